@@ -1,0 +1,40 @@
+"""conveyor: streaming compute pipelines that explain themselves.
+
+Stages connected by bounded queues, each running a pool of workers at the same
+time as the others; items flow through like cars on an assembly line.
+"""
+
+from conveyor._errors import (
+    ConveyorError,
+    PipelineError,
+    RemoteTraceback,
+    RunError,
+    StageError,
+    WorkerLostError,
+)
+from conveyor._instrument import Instrument, RunInfo, StageInfo
+from conveyor._pipeline import Pipeline
+from conveyor._run import Run
+from conveyor._stage import Stage, stage
+from conveyor._statistics import QueueStatistics, RunStatistics, StageStatistics
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConveyorError",
+    "Instrument",
+    "Pipeline",
+    "PipelineError",
+    "QueueStatistics",
+    "RemoteTraceback",
+    "Run",
+    "RunError",
+    "RunInfo",
+    "RunStatistics",
+    "Stage",
+    "StageError",
+    "StageInfo",
+    "StageStatistics",
+    "WorkerLostError",
+    "stage",
+]

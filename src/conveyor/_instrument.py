@@ -1,0 +1,132 @@
+"""Hooks: how the recorder, progress display, metrics and run store see a run.
+
+The scheduler calls every registered :class:`Instrument` at the events below; the
+core itself never prints. Subclass :class:`Instrument` and override what you need;
+every method is a no-op by default. Calls come from the thread that iterates the
+run (the scheduler's thread), in event order, so an instrument needs no lock of
+its own unless it shares state with another thread (a metrics server, say).
+
+Times are ``time.monotonic_ns()`` values; on Linux and macOS the monotonic clock is
+shared by every process of the machine, so process workers' times line up with
+the driver's. Keys are tuples: ``(i,)`` for the i-th source item, ``k + (j,)`` for
+the j-th result of a flat_map on key ``k``. Events are per task (a chunk of items),
+not per item, so recording stays cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+Key = tuple[Any, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class StageInfo:
+    name: str
+    kind: str
+    executor: str
+    workers: int
+    capacity: int | None  # bound of its input queue; None for collect
+    predecessors: tuple[str, ...]
+    successors: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What an instrument needs to know about the run it observes."""
+
+    run_id: str
+    pipeline: str
+    stages: tuple[StageInfo, ...]  # topological order
+    ordered: bool
+    started_ns: int
+
+
+class Instrument:
+    """Receives a run's events. Override any subset; all are no-ops here."""
+
+    def run_started(self, run: RunInfo) -> None:
+        """The run starts: workers are being started, no item has been read."""
+
+    def items_read(self, keys: Sequence[Key], t_ns: int) -> None:
+        """Items were taken from the source (before entering the first queues)."""
+
+    def items_enqueued(self, stage: str, keys: Sequence[Key], depth: int, t_ns: int) -> None:
+        """Items entered ``stage``'s input queue; ``depth`` is its depth afterwards."""
+
+    def task_started(
+        self, stage: str, task: int, keys: Sequence[Key], depth: int, t_ns: int
+    ) -> None:
+        """A task (a chunk of items) left ``stage``'s queue for a worker; ``depth`` after."""
+
+    def task_finished(
+        self,
+        stage: str,
+        task: int,
+        worker: int,
+        keys: Sequence[Key],
+        starts_ns: Sequence[int],
+        ends_ns: Sequence[int],
+        error: BaseException | None,
+    ) -> None:
+        """A task came back. ``keys[i]`` ran on ``worker`` from ``starts_ns[i]`` to
+        ``ends_ns[i]``. For a batch stage each entry is one batch and its key is the
+        batch's first key. On error the lists cover the items that ran, the failing
+        one last."""
+
+    def items_emitted(self, keys: Sequence[Key], t_ns: int) -> None:
+        """Results were handed to the consumer."""
+
+    def run_finished(self, state: str, error: BaseException | None, t_ns: int) -> None:
+        """The run ended: ``state`` is succeeded, failed or cancelled."""
+
+
+class Instruments(Instrument):
+    """Fans every event out to several instruments, in order."""
+
+    def __init__(self, instruments: Sequence[Instrument]) -> None:
+        self.instruments = tuple(instruments)
+
+    def __bool__(self) -> bool:
+        return bool(self.instruments)
+
+    def run_started(self, run: RunInfo) -> None:
+        for i in self.instruments:
+            i.run_started(run)
+
+    def items_read(self, keys: Sequence[Key], t_ns: int) -> None:
+        for i in self.instruments:
+            i.items_read(keys, t_ns)
+
+    def items_enqueued(self, stage: str, keys: Sequence[Key], depth: int, t_ns: int) -> None:
+        for i in self.instruments:
+            i.items_enqueued(stage, keys, depth, t_ns)
+
+    def task_started(
+        self, stage: str, task: int, keys: Sequence[Key], depth: int, t_ns: int
+    ) -> None:
+        for i in self.instruments:
+            i.task_started(stage, task, keys, depth, t_ns)
+
+    def task_finished(
+        self,
+        stage: str,
+        task: int,
+        worker: int,
+        keys: Sequence[Key],
+        starts_ns: Sequence[int],
+        ends_ns: Sequence[int],
+        error: BaseException | None,
+    ) -> None:
+        for i in self.instruments:
+            i.task_finished(stage, task, worker, keys, starts_ns, ends_ns, error)
+
+    def items_emitted(self, keys: Sequence[Key], t_ns: int) -> None:
+        for i in self.instruments:
+            i.items_emitted(keys, t_ns)
+
+    def run_finished(self, state: str, error: BaseException | None, t_ns: int) -> None:
+        for i in self.instruments:
+            i.run_finished(state, error, t_ns)

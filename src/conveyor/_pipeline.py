@@ -1,0 +1,207 @@
+"""Pipelines: a validated DAG of stages, and the entry points that run it.
+
+A chain is a list; a DAG adds ``edges`` (pairs of stages or stage names)::
+
+    Pipeline("etl", [extract, parse, load])
+    Pipeline("fan", [split, left, right, merge],
+             edges=[(split, left), (split, right), (left, merge), (right, merge)])
+
+Stages with no predecessor read the source; stages with no successor are sinks,
+whose results the run yields. Fan-out sends every item to each successor; fan-in
+merges the items of several predecessors into one queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from conveyor._errors import PipelineError
+from conveyor._instrument import Instrument
+from conveyor._stage import Stage
+
+if TYPE_CHECKING:
+    from conveyor._run import Run
+
+DEFAULT_CAPACITY = 128
+
+Edge = tuple["Stage | str", "Stage | str"]
+
+
+class Pipeline:
+    """A named DAG of stages, validated when built.
+
+    Args:
+        name: the pipeline's name, shown in reports and run history.
+        stages: the stages; without ``edges`` they form a chain in this order.
+        edges: ``(upstream, downstream)`` pairs, by stage or by name, for a DAG.
+        ordered: yield results in source order (a bounded reorder buffer holds
+            early results); default unordered, which never waits for stragglers.
+        capacity: default bound of each stage's input queue, in items.
+        source: the default source for :meth:`run` and ``conveyor run``: an
+            iterable, or a function of no arguments returning one.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        stages: Sequence[Stage | Callable[..., Any]],
+        *,
+        edges: Iterable[Edge] | None = None,
+        ordered: bool = False,
+        capacity: int = DEFAULT_CAPACITY,
+        source: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise PipelineError(f"pipeline name must be a non-empty string, got {name!r}")
+        if not isinstance(capacity, int) or capacity < 1:
+            raise PipelineError(
+                f"pipeline {name!r}: capacity={capacity!r}; give a whole number of at least 1"
+            )
+        self.name = name
+        self.ordered = ordered
+        self.capacity = capacity
+        self.source = source
+        self.stages: dict[str, Stage] = {}
+        for s in stages:
+            if not isinstance(s, Stage):
+                s = Stage(s)  # a plain function becomes a map stage on threads
+            if s.name in self.stages:
+                raise PipelineError(
+                    f"pipeline {name!r}: two stages are named {s.name!r}; stage names must "
+                    f"be unique: rename one, e.g. stage(fn, name='{s.name}_2')",
+                    stage=s.name,
+                )
+            self.stages[s.name] = s
+        if not self.stages:
+            raise PipelineError(f"pipeline {name!r} has no stages; give at least one")
+        names = list(self.stages)
+        if edges is None:
+            pairs = list(zip(names, names[1:]))
+        else:
+            pairs = [(self._resolve(a), self._resolve(b)) for a, b in edges]
+        self.successors: dict[str, tuple[str, ...]] = {n: () for n in names}
+        self.predecessors: dict[str, tuple[str, ...]] = {n: () for n in names}
+        for a, b in pairs:
+            if a == b:
+                raise PipelineError(
+                    f"pipeline {name!r}: edge {a!r} -> {b!r} connects a stage to itself; "
+                    "pipelines are acyclic",
+                    stage=a,
+                )
+            if b in self.successors[a]:
+                continue
+            self.successors[a] += (b,)
+            self.predecessors[b] += (a,)
+        self.order: tuple[str, ...] = self._topological_order()
+        self.entries = tuple(n for n in self.order if not self.predecessors[n])
+        self.sinks = tuple(n for n in self.order if not self.successors[n])
+
+    def _resolve(self, ref: Stage | str) -> str:
+        n = ref.name if isinstance(ref, Stage) else ref
+        if n not in self.stages:
+            known = ", ".join(self.stages)
+            raise PipelineError(
+                f"pipeline {self.name!r}: an edge names stage {n!r}, which is not among "
+                f"its stages ({known}); add it to the stage list",
+                stage=n,
+            )
+        return n
+
+    def _topological_order(self) -> tuple[str, ...]:
+        # Kahn's algorithm, stable in declaration order; leftovers form a cycle.
+        indegree = {n: len(p) for n, p in self.predecessors.items()}
+        ready = [n for n in self.stages if indegree[n] == 0]
+        order: list[str] = []
+        while ready:
+            n = ready.pop(0)
+            order.append(n)
+            for m in self.successors[n]:
+                indegree[m] -= 1
+                if indegree[m] == 0:
+                    ready.append(m)
+        if len(order) < len(self.stages):
+            cycle = self._find_cycle({n for n in self.stages if n not in order})
+            raise PipelineError(
+                f"pipeline {self.name!r} has a cycle: {' -> '.join(cycle)}; pipelines are "
+                "acyclic: remove one of these edges",
+                stage=cycle[0],
+            )
+        return tuple(order)
+
+    def _find_cycle(self, nodes: set[str]) -> list[str]:
+        start = min(nodes, key=list(self.stages).index)
+        path, seen = [start], {start}
+        while True:
+            nxt = next(m for m in self.successors[path[-1]] if m in nodes)
+            if nxt in seen:
+                return [*path[path.index(nxt) :], nxt]
+            path.append(nxt)
+            seen.add(nxt)
+
+    def capacity_of(self, stage: str) -> int | None:
+        """The bound of ``stage``'s input queue; ``None`` for a collect stage."""
+        s = self.stages[stage]
+        if s.kind == "collect":
+            return None
+        bound = s.capacity if s.capacity is not None else self.capacity
+        if s.kind == "batch":
+            assert s.size is not None
+            bound = max(bound, s.size)  # a full batch must fit in the queue
+        return bound
+
+    def stream(
+        self,
+        source: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
+        *,
+        ordered: bool | None = None,
+        instruments: Sequence[Instrument] = (),
+    ) -> Run:
+        """Start a run over ``source`` and return it as an iterator of results.
+
+        Results stream: the first ones arrive before the source is exhausted.
+        The pipeline advances while you iterate; close the run (or leave its
+        ``with`` block) to stop early, which stops every worker.
+        """
+        from conveyor._run import Run
+
+        return Run(
+            self,
+            self._resolve_source(source),
+            ordered=self.ordered if ordered is None else ordered,
+            instruments=instruments,
+        )
+
+    def run(
+        self,
+        source: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
+        *,
+        ordered: bool | None = None,
+        instruments: Sequence[Instrument] = (),
+    ) -> Run:
+        """Run to the end; the returned run holds ``results`` (a list) and statistics."""
+        run = self.stream(source, ordered=ordered, instruments=instruments)
+        run.wait()
+        return run
+
+    def _resolve_source(
+        self, source: Iterable[Any] | Callable[[], Iterable[Any]] | None
+    ) -> Iterable[Any]:
+        if source is None:
+            source = self.source
+        if source is None:
+            raise PipelineError(
+                f"pipeline {self.name!r} was given no source; pass an iterable to "
+                "run()/stream(), or build the pipeline with source=..."
+            )
+        if callable(source) and not hasattr(source, "__iter__"):
+            source = source()
+        if not hasattr(source, "__iter__"):
+            raise PipelineError(
+                f"pipeline {self.name!r}: the source {source!r} is not iterable; "
+                "give a list, a generator, a file, or any iterable"
+            )
+        return source
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.name!r}, stages={list(self.order)})"

@@ -1,0 +1,227 @@
+"""Stages: a named function plus the policy that says how it runs.
+
+A stage is a value. Build one with the :func:`stage` decorator or the :class:`Stage`
+constructor; both validate at once, so a mistake is reported where it was made::
+
+    @stage(workers=4, executor="processes")
+    def parse(line: str) -> dict: ...
+
+    embed = Stage(embed_rows, kind="batch", size=32, split=True)
+
+Kinds (what one call of the function sees and returns):
+
+    map       one item in, one result out
+    flat_map  one item in, an iterable of results out (zero drops the item)
+    batch     a list of up to ``size`` items in, one result out; with ``split=True``
+              a list of len(batch) results out, each going on as its own item
+    collect   every item of the run in one list, one result out: a barrier
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import pickle
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar, overload
+
+from conveyor._errors import PipelineError
+
+Kind = Literal["map", "flat_map", "batch", "collect"]
+ExecutorName = Literal["sync", "threads", "processes"]
+
+KINDS: tuple[str, ...] = ("map", "flat_map", "batch", "collect")
+EXECUTORS: tuple[str, ...] = ("sync", "threads", "processes")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A pipeline stage: ``fn`` applied to the items that reach it, under a policy.
+
+    Args:
+        fn: the function; ``async def`` functions run on an event loop with up to
+            ``concurrency`` calls in flight per worker.
+        name: unique within a pipeline; defaults to the function's name.
+        kind: ``"map"``, ``"flat_map"``, ``"batch"`` or ``"collect"`` (module docstring).
+        executor: ``"sync"`` (in the caller: deterministic, for tests and debugging),
+            ``"threads"`` or ``"processes"`` (spawned; the function must be picklable).
+        workers: how many calls of this stage run at the same time.
+        size: items per micro-batch; required for ``kind="batch"``.
+        split: for ``kind="batch"``: the function returns one result per input item,
+            and each result continues as its own item, under its input's key.
+        capacity: bound of this stage's input queue (items); ``None`` takes the
+            pipeline's default.
+        concurrency: for ``async def`` functions, calls in flight per worker.
+    """
+
+    fn: Callable[..., Any]
+    name: str = ""
+    kind: Kind = "map"
+    executor: ExecutorName = "threads"
+    workers: int = 1
+    size: int | None = None
+    split: bool = False
+    capacity: int | None = None
+    concurrency: int = 1
+
+    def __post_init__(self) -> None:
+        if not callable(self.fn):
+            raise PipelineError(
+                f"stage {self.name or '?'!r}: {self.fn!r} is not callable; "
+                "pass a function (or an object with __call__)",
+                stage=self.name or None,
+            )
+        if not self.name:
+            object.__setattr__(self, "name", _default_name(self.fn))
+        _check_policy(self)
+        _check_arity(self)
+        if self.executor == "processes":
+            _check_picklable(self)
+
+    @property
+    def is_async(self) -> bool:
+        """Whether the function is a coroutine function (``async def``)."""
+        return inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(
+            getattr(self.fn, "__call__", None)
+        )
+
+    @property
+    def slots(self) -> int:
+        """How many tasks of this stage may run at once: workers × concurrency."""
+        return self.workers * (self.concurrency if self.is_async else 1)
+
+    def with_options(self, **changes: Any) -> Stage:
+        """A copy of this stage with some options changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # A stage stays usable as the plain function it wraps.
+        return self.fn(*args, **kwargs)
+
+
+@overload
+def stage(fn: F, /) -> Stage: ...
+
+
+@overload
+def stage(
+    fn: None = None,
+    /,
+    *,
+    name: str = "",
+    kind: Kind = "map",
+    executor: ExecutorName = "threads",
+    workers: int = 1,
+    size: int | None = None,
+    split: bool = False,
+    capacity: int | None = None,
+    concurrency: int = 1,
+) -> Callable[[F], Stage]: ...
+
+
+def stage(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str = "",
+    kind: Kind = "map",
+    executor: ExecutorName = "threads",
+    workers: int = 1,
+    size: int | None = None,
+    split: bool = False,
+    capacity: int | None = None,
+    concurrency: int = 1,
+) -> Stage | Callable[[Callable[..., Any]], Stage]:
+    """Make a :class:`Stage` from a function; usable bare (``@stage``) or with options."""
+    options: dict[str, Any] = dict(
+        name=name,
+        kind=kind,
+        executor=executor,
+        workers=workers,
+        size=size,
+        split=split,
+        capacity=capacity,
+        concurrency=concurrency,
+    )
+    if fn is not None:
+        return Stage(fn, **options)
+
+    def decorate(f: Callable[..., Any]) -> Stage:
+        return Stage(f, **options)
+
+    return decorate
+
+
+def _default_name(fn: Callable[..., Any]) -> str:
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    return "lambda" if name == "<lambda>" else name
+
+
+def _check_policy(s: Stage) -> None:
+    def fail(rule: str) -> None:
+        raise PipelineError(f"stage {s.name!r}: {rule}", stage=s.name)
+
+    if s.kind not in KINDS:
+        fail(f"kind={s.kind!r} is not one of {', '.join(KINDS)}")
+    if s.executor not in EXECUTORS:
+        fail(f"executor={s.executor!r} is not one of {', '.join(EXECUTORS)}")
+    if not isinstance(s.workers, int) or s.workers < 1:
+        fail(f"workers={s.workers!r}; give a whole number of at least 1")
+    if not isinstance(s.concurrency, int) or s.concurrency < 1:
+        fail(f"concurrency={s.concurrency!r}; give a whole number of at least 1")
+    if s.capacity is not None and (not isinstance(s.capacity, int) or s.capacity < 1):
+        fail(f"capacity={s.capacity!r}; give a whole number of at least 1, or None")
+    if s.kind == "batch":
+        if not isinstance(s.size, int) or s.size < 1:
+            fail(f"kind='batch' needs size, the items per batch (got size={s.size!r}); e.g. size=32")
+    elif s.size is not None:
+        fail(f"size={s.size} is only for kind='batch' (this stage is kind={s.kind!r})")
+    if s.split and s.kind != "batch":
+        fail(f"split=True is only for kind='batch' (this stage is kind={s.kind!r})")
+    if s.kind == "collect" and s.workers != 1:
+        fail(f"kind='collect' runs once over every item; workers={s.workers} has no meaning, use 1")
+
+
+def _check_arity(s: Stage) -> None:
+    """Every kind calls the function with exactly one positional argument."""
+    try:
+        sig = inspect.signature(s.fn)
+    except (TypeError, ValueError):
+        return  # some builtins have no signature; they fail at run time instead
+    params = list(sig.parameters.values())
+    positional = [
+        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    required = [p for p in positional if p.default is p.empty]
+    var_positional = any(p.kind is p.VAR_POSITIONAL for p in params)
+    required_kw = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    what = {
+        "map": "one item",
+        "flat_map": "one item",
+        "batch": "one list (the batch)",
+        "collect": "one list (every item)",
+    }[s.kind]
+    if len(required) > 1 or (not positional and not var_positional) or required_kw:
+        shown = f"{getattr(s.fn, '__name__', s.fn)!s}{sig}"
+        raise PipelineError(
+            f"stage {s.name!r}: a {s.kind} stage calls its function with {what}, "
+            f"but {shown} needs {len(required)} positional argument(s)"
+            + (f" and keyword(s) {required_kw}" if required_kw else "")
+            + "; give the function exactly one required parameter "
+            "(bind the others with functools.partial)",
+            stage=s.name,
+        )
+
+
+def _check_picklable(s: Stage) -> None:
+    try:
+        pickle.dumps(s.fn)
+    except Exception as exc:
+        raise PipelineError(
+            f"stage {s.name!r}: its function cannot be sent to a process worker "
+            f"({type(exc).__name__}: {exc}); define it at the top level of a module "
+            "(not a lambda, a nested function or a closure), or use executor='threads'",
+            stage=s.name,
+        ) from exc

@@ -1,0 +1,70 @@
+"""Frozen snapshots of a run's counters: what ``statistics()`` returns.
+
+Snapshots are plain values, taken at one instant; they never change under you.
+The full per-item record (timelines, latencies, the bottleneck) is the recorder's
+job: see :mod:`conveyor._instrument`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueStatistics:
+    """A stage's input queue: its bound and how full it has been."""
+
+    bound: int | None  # None: unbounded (a collect stage holds every item by design)
+    depth: int
+    peak_depth: int
+    items_in: int
+    items_out: int
+
+
+@dataclasses.dataclass(frozen=True)
+class StageStatistics:
+    """One stage's counters.
+
+    ``busy_seconds`` sums the workers' time inside the function, so
+    ``busy_seconds / (workers * elapsed)`` is the busy share of its workers and
+    ``busy_seconds / items_in`` the mean service time per item.
+    """
+
+    name: str
+    kind: str
+    executor: str
+    workers: int
+    items_in: int  # items handed to the function
+    items_out: int  # results it produced
+    errors: int
+    tasks: int  # chunks dispatched
+    busy_workers: int  # workers running a task now
+    busy_seconds: float
+    queue: QueueStatistics
+
+    @property
+    def mean_service_seconds(self) -> float | None:
+        return self.busy_seconds / self.items_in if self.items_in else None
+
+    def busy_share(self, elapsed_seconds: float) -> float:
+        """Share of the workers' time spent inside the function over ``elapsed_seconds``."""
+        if elapsed_seconds <= 0:
+            return 0.0
+        return min(1.0, self.busy_seconds / (self.workers * elapsed_seconds))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStatistics:
+    """The whole run: its state, its clock, and each stage's counters (topological order)."""
+
+    pipeline: str
+    state: str  # pending | running | succeeded | failed | cancelled
+    elapsed_seconds: float
+    items_read: int  # taken from the source
+    items_emitted: int  # results handed to the consumer
+    stages: dict[str, StageStatistics]
+
+    @property
+    def throughput(self) -> float:
+        """Results per second over the run so far."""
+        return self.items_emitted / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
