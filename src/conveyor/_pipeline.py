@@ -13,6 +13,7 @@ merges the items of several predecessors into one queue.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -77,7 +78,7 @@ class Pipeline:
             raise PipelineError(f"pipeline {name!r} has no stages; give at least one")
         names = list(self.stages)
         if edges is None:
-            pairs = list(zip(names, names[1:]))
+            pairs = list(itertools.pairwise(names))
         else:
             pairs = [(self._resolve(a), self._resolve(b)) for a, b in edges]
         self.successors: dict[str, tuple[str, ...]] = {n: () for n in names}

@@ -65,6 +65,7 @@ class Stage:
     split: bool = False
     capacity: int | None = None
     concurrency: int = 1
+    is_async: bool = dataclasses.field(init=False, repr=False, compare=False, default=False)
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
@@ -75,22 +76,15 @@ class Stage:
             )
         if not self.name:
             object.__setattr__(self, "name", _default_name(self.fn))
+        # Whether the function is a coroutine function (``async def``).
+        is_async = inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(
+            getattr(self.fn, "__call__", None)
+        )
+        object.__setattr__(self, "is_async", is_async)
         _check_policy(self)
         _check_arity(self)
         if self.executor == "processes":
             _check_picklable(self)
-
-    @property
-    def is_async(self) -> bool:
-        """Whether the function is a coroutine function (``async def``)."""
-        return inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(
-            getattr(self.fn, "__call__", None)
-        )
-
-    @property
-    def slots(self) -> int:
-        """How many tasks of this stage may run at once: workers × concurrency."""
-        return self.workers * (self.concurrency if self.is_async else 1)
 
     def with_options(self, **changes: Any) -> Stage:
         """A copy of this stage with some options changed (validated again)."""
@@ -175,7 +169,9 @@ def _check_policy(s: Stage) -> None:
         fail(f"capacity={s.capacity!r}; give a whole number of at least 1, or None")
     if s.kind == "batch":
         if not isinstance(s.size, int) or s.size < 1:
-            fail(f"kind='batch' needs size, the items per batch (got size={s.size!r}); e.g. size=32")
+            fail(
+                f"kind='batch' needs size, the items per batch (got size={s.size!r}); e.g. size=32"
+            )
     elif s.size is not None:
         fail(f"size={s.size} is only for kind='batch' (this stage is kind={s.kind!r})")
     if s.split and s.kind != "batch":
@@ -191,9 +187,7 @@ def _check_arity(s: Stage) -> None:
     except (TypeError, ValueError):
         return  # some builtins have no signature; they fail at run time instead
     params = list(sig.parameters.values())
-    positional = [
-        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     required = [p for p in positional if p.default is p.empty]
     var_positional = any(p.kind is p.VAR_POSITIONAL for p in params)
     required_kw = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
