@@ -116,7 +116,7 @@ def test_no_shared_memory_segment_outlives_a_run() -> None:
     def ours() -> set[str]:  # the run's segments are named cv<driver pid>x<run token>...
         return {n for n in os.listdir("/dev/shm") if n.startswith(f"cv{os.getpid()}x")}
 
-    assert ours() == set()
+    before = ours()  # arrays of earlier tests may still hold theirs
     arrays = [np.ones(1 << 20) * i for i in range(8)]  # 8 MiB each
     pipe = cv.Pipeline(
         "shm",
@@ -131,11 +131,11 @@ def test_no_shared_memory_segment_outlives_a_run() -> None:
     import gc
 
     gc.collect()
-    assert ours() == set()
+    assert ours() <= before
 
     # and after a cancelled run
     run = pipe.stream(iter(arrays * 50))
     next(run)
     run.close()
     gc.collect()
-    assert ours() == set()
+    assert ours() <= before

@@ -161,6 +161,7 @@ class Progress(Instrument):
                 f"{self.read} read, {self.emitted} results"
             ),
             title_justify="left",
+            show_edge=False,
         )
         table.add_column("stage")
         table.add_column("done", justify="right")

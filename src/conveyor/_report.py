@@ -40,15 +40,16 @@ def stage_table(stats: RunStatistics, *, title: str | None = None) -> Table:
     table = Table(
         title=title if title is not None else f"{stats.pipeline}: {stats.state}",
         title_justify="left",
+        show_edge=False,  # fits 80 columns
     )
     table.add_column("stage")
-    table.add_column(f"executor{TIMES}workers")
-    table.add_column("items in", justify="right")
-    table.add_column("items out", justify="right")
+    table.add_column("executor", no_wrap=True)  # e.g. processes\u00d72: executor, workers
+    table.add_column("in", justify="right")
+    table.add_column("out", justify="right")
     table.add_column("items/s", justify="right")
-    table.add_column("service ms", justify="right")
+    table.add_column("ms/item", justify="right")
     table.add_column("busy", justify="right")
-    table.add_column("peak queue", justify="right")
+    table.add_column("peak queue", justify="right", no_wrap=True)
     for s in stats.stages.values():
         name = f"[bold]{s.name}[/bold]" if s.name == limiting else s.name
         table.add_row(
@@ -98,7 +99,7 @@ def run_summary(stats: RunStatistics) -> str:
 
 def _service_ms(s: StageStatistics) -> str:
     mean = s.mean_service_seconds
-    return "-" if mean is None else f"{mean * 1e3:.2f}"
+    return "-" if mean is None else f"{mean * 1e3:.3g}"
 
 
 def _bound(bound: int | None) -> str:

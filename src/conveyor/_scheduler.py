@@ -64,6 +64,7 @@ Item = tuple[Key, Any]
 # enough to keep latency low and work spread over the workers.
 TARGET_TASK_NS = {"sync": 1_000_000, "threads": 2_000_000, "processes": 10_000_000}
 MAX_UNITS = 1024
+SYNC_UNITS = 64  # a sync task runs in the caller: its size only sets latency
 SOURCE_BURST_NS = 1_000_000  # read the source at most this long per pass
 WAIT_SECONDS = 0.2  # wake up this often while waiting, to stay responsive to Ctrl-C
 EWMA = 0.3
@@ -135,6 +136,8 @@ class _StageState:
 
     def unit_cap(self) -> int:
         """Units per task so that a task lasts about ``target_ns``."""
+        if self.stage.executor == "sync":
+            return SYNC_UNITS  # never from the clock: sync runs must be deterministic
         if self.unit_ns <= 0:
             return 1  # measure one unit before sending more
         cap = int(self.target_ns / self.unit_ns) or 1
@@ -194,6 +197,7 @@ class Scheduler:
             s.predecessors = [by_name[n] for n in pipeline.predecessors[s.name]]
             s.targets = [t.queue for t in s.successors] or [self.output]
         self.entries = [s for s in self.stages if not s.predecessors]
+        self.deterministic = all(s.stage.executor == "sync" for s in self.stages)
         # Root counts: live descendants of each source item still in the system.
         self._live: dict[int, int] = {}
         # Ordered mode: results wait in a heap until all earlier roots are done.
@@ -357,7 +361,9 @@ class Scheduler:
         if n <= 0:
             return False
         items: list[Item] = []
-        deadline = monotonic_ns() + SOURCE_BURST_NS
+        # A slow source must not starve the workers, so a pass reads for at most
+        # SOURCE_BURST_NS; with every stage on sync, no clock decides anything.
+        deadline = (1 << 63) if self.deterministic else monotonic_ns() + SOURCE_BURST_NS
         source = self._source
         i = self._next_index
         try:

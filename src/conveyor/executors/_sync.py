@@ -7,7 +7,7 @@ which makes it the reference for tests and the executor to use under a debugger.
 from __future__ import annotations
 
 from conveyor.executors._base import Executor
-from conveyor.executors._task import Task, run_task
+from conveyor.executors._task import Task, close_thread_loop, run_task
 
 
 class SyncExecutor(Executor):
@@ -24,3 +24,7 @@ class SyncExecutor(Executor):
                 concurrency=s.concurrency,
             )
         )
+
+    def shutdown(self, *, cancel: bool) -> None:
+        if self.stage.is_async:
+            close_thread_loop()

@@ -76,6 +76,13 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
     return _loops.loop
 
 
+def close_thread_loop() -> None:
+    """Close this thread's event loop, if async tasks ever made one."""
+    loop, _loops.loop = _loops.loop, None
+    if loop is not None and not loop.is_closed():
+        loop.close()
+
+
 def run_task(
     fn: Callable[[Any], Any],
     kind: str,

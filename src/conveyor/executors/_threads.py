@@ -11,7 +11,7 @@ import queue
 import threading
 
 from conveyor.executors._base import Executor
-from conveyor.executors._task import Task, run_task
+from conveyor.executors._task import Task, close_thread_loop, run_task
 
 
 class _Cancelled(Exception):
@@ -39,6 +39,12 @@ class ThreadExecutor(Executor):
             raise _Cancelled
 
     def _work(self, worker: int) -> None:
+        try:
+            self._loop(worker)
+        finally:
+            close_thread_loop()
+
+    def _loop(self, worker: int) -> None:
         s = self.stage
         while True:
             task = self._inbox.get()
