@@ -7,10 +7,10 @@ import multiprocessing
 import time
 
 import pytest
-import stagefns as f
-from conftest import alive, conveyor_threads, wait_until
 
 import conveyor as cv
+import stagefns as f
+from conftest import alive, conveyor_threads, wait_until
 
 
 def chain(executor: str, *fns, workers: int = 2, **pipe_options):  # type: ignore[no-untyped-def]
@@ -76,9 +76,7 @@ def test_fan_out_to_two_sinks_yields_both(executor: str) -> None:
 
 
 def test_flat_map_expands_and_drops(executor: str) -> None:
-    pipe = cv.Pipeline(
-        "flat", [cv.stage(f.explode, kind="flat_map", executor=executor, workers=2)]
-    )
+    pipe = cv.Pipeline("flat", [cv.stage(f.explode, kind="flat_map", executor=executor, workers=2)])
     out = pipe.run(range(100), ordered=True).results
     assert out == [x for x in range(100) for _ in range(x % 4)]
 
@@ -253,6 +251,57 @@ def test_sync_runs_are_deterministic() -> None:
     pipe = chain("sync", f.explode, f.inc, workers=3)
     pipe = cv.Pipeline(
         "d",
-        [cv.stage(f.explode, kind="flat_map", executor="sync", workers=3), cv.stage(f.inc, executor="sync")],
+        [
+            cv.stage(f.explode, kind="flat_map", executor="sync", workers=3),
+            cv.stage(f.inc, executor="sync"),
+        ],
     )
     assert pipe.run(range(200)).results == pipe.run(range(200)).results
+
+
+def test_resize_grows_and_shrinks_a_stage_while_it_runs(executor: str) -> None:
+    pipe = cv.Pipeline("grow", [cv.stage(f.slow, executor=executor, workers=1)])
+    seen = []
+    with pipe.stream(range(300)) as run:
+        for i, x in enumerate(run):
+            seen.append(x)
+            if i == 20:
+                run.resize("slow", 3)
+                assert run.statistics().stages["slow"].workers == 3
+                if executor == "processes":
+                    assert len(run.worker_pids()) == 3
+                elif executor == "threads":
+                    assert len(conveyor_threads()) == 3
+            if i == 150:
+                run.resize("slow", 1)
+                # the workers told to stop finish their task, then exit
+                if executor == "processes":
+                    assert wait_until(lambda: len(run.worker_pids()) == 1)
+                elif executor == "threads":
+                    assert wait_until(lambda: len(conveyor_threads()) == 1)
+    assert sorted(seen) == list(range(300))
+    with pytest.raises(cv.PipelineError, match="no such stage"):
+        run.resize("nope", 2)
+    with pytest.raises(cv.PipelineError, match="give at least 1"):
+        run.resize("slow", 0)
+
+
+def test_an_instrument_can_resize_through_the_run_control(executor: str) -> None:
+    class GrowOnce(cv.Instrument):
+        def run_started(self, run: cv.RunInfo) -> None:
+            self.control = run.control
+            self.resized: list[tuple[str, int]] = []
+
+        def task_finished(self, stage, task, worker, keys, starts_ns, ends_ns, error):  # type: ignore[no-untyped-def]
+            if not self.resized:
+                self.control.resize(stage, 2)  # type: ignore[union-attr]
+
+        def stage_resized(self, stage: str, workers: int, t_ns: int) -> None:
+            self.resized.append((stage, workers))
+
+    grow = GrowOnce()
+    pipe = cv.Pipeline("grow", [cv.stage(f.slow, executor=executor, workers=1)])
+    run = pipe.run(range(100), instruments=[grow])
+    assert sorted(run.results) == list(range(100))
+    assert grow.resized == [("slow", 2)]
+    assert run.statistics().stages["slow"].workers == 2

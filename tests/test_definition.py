@@ -5,9 +5,9 @@ from __future__ import annotations
 import functools
 
 import pytest
-import stagefns as f
 
 import conveyor as cv
+import stagefns as f
 
 
 def test_stage_decorator_bare_and_with_options() -> None:
@@ -140,8 +140,21 @@ def test_errors_share_one_hierarchy() -> None:
 def test_public_names_are_pinned() -> None:
     assert sorted(cv.__all__) == sorted(
         [
-            "ConveyorError", "Instrument", "Pipeline", "PipelineError", "QueueStatistics",
-            "RemoteTraceback", "Run", "RunError", "RunInfo", "RunStatistics", "Stage",
-            "StageError", "StageInfo", "StageStatistics", "WorkerLostError", "stage",
+            "ConveyorError",
+            "Instrument",
+            "Pipeline",
+            "PipelineError",
+            "QueueStatistics",
+            "RemoteTraceback",
+            "Run",
+            "RunError",
+            "RunInfo",
+            "RunStatistics",
+            "Stage",
+            "StageError",
+            "StageInfo",
+            "StageStatistics",
+            "WorkerLostError",
+            "stage",
         ]
     )

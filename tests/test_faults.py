@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-import stagefns as f
-from conftest import alive, wait_until
 
 import conveyor as cv
+import stagefns as f
+from conftest import alive, wait_until
 
 
 @pytest.mark.parametrize(
@@ -69,7 +69,7 @@ def test_ctrl_c_cancels_cleanly_with_no_orphans(tmp_path: Path) -> None:
         textwrap.dedent(
             """
             import os, sys, time
-            sys.path.insert(0, %r)
+            sys.path.insert(0, {tests!r})
             import conveyor as cv
             import stagefns as f
 
@@ -89,8 +89,7 @@ def test_ctrl_c_cancels_cleanly_with_no_orphans(tmp_path: Path) -> None:
                     print("STATE", run.state, flush=True)
                     sys.exit(130)
             """
-            % str(Path(__file__).parent)
-        )
+        ).format(tests=str(Path(__file__).parent))
     )
     proc = subprocess.Popen(
         [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -113,6 +112,7 @@ def test_no_shared_memory_segment_outlives_a_run() -> None:
     np = pytest.importorskip("numpy")
     if not os.path.isdir("/dev/shm"):
         pytest.skip("no /dev/shm on this platform")
+
     def ours() -> set[str]:  # the run's segments are named cv<driver pid>x<run token>...
         return {n for n in os.listdir("/dev/shm") if n.startswith(f"cv{os.getpid()}x")}
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-import stagefns as f
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import conveyor as cv
+import stagefns as f
 
 # (function, kind, options, sequential meaning over a list of values)
 MENU: list[tuple[Any, str, dict[str, Any], Any]] = [
@@ -31,7 +31,9 @@ step = st.tuples(
 
 def build(steps: list[tuple[int, int]], executors: list[str], capacity: int) -> cv.Pipeline:
     stages = []
-    for i, ((choice, workers), executor) in enumerate(zip(steps, executors)):
+    for i, ((choice, workers), executor) in enumerate(
+        zip(steps, executors[: len(steps)], strict=True)
+    ):
         fn, kind, options, _ = MENU[choice]
         if kind == "collect":
             workers = 1

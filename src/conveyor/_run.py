@@ -46,7 +46,12 @@ class Run(Iterator[Any]):
         self.error: BaseException | None = None
         self.results: list[Any] | None = None
         self._scheduler = Scheduler(
-            pipeline, source, ordered=ordered, instruments=instruments, run_id=self.id
+            pipeline,
+            source,
+            ordered=ordered,
+            instruments=instruments,
+            run_id=self.id,
+            control=weakref.proxy(self),  # no cycle: an abandoned run is collected
         )
         self._ended_ns: int | None = None
         # Abandoned without close(): stop the workers when the run is collected.
@@ -115,6 +120,15 @@ class Run(Iterator[Any]):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def resize(self, stage: str, workers: int) -> None:
+        """Grow or shrink ``stage``'s worker pool while the run goes on.
+
+        Call it between results, or from an instrument's hook (``RunInfo.control``);
+        it takes effect at once for new tasks. Raises PipelineError for an unknown
+        stage or fewer than one worker.
+        """
+        self._scheduler.resize(stage, workers)
 
     def worker_pids(self) -> list[int]:
         """Process ids of this run's live worker processes."""

@@ -46,8 +46,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from time import monotonic_ns
 from typing import TYPE_CHECKING, Any
 
-from conveyor._errors import RunError, StageError, WorkerLostError
-from conveyor._instrument import Instrument, Instruments, RunInfo, StageInfo
+from conveyor._errors import PipelineError, RunError, StageError, WorkerLostError
+from conveyor._instrument import Instrument, Instruments, RunControl, RunInfo, StageInfo
 from conveyor._stage import Stage
 from conveyor._statistics import QueueStatistics, StageStatistics
 from conveyor.executors import Executor, Outcome, Task, make_executor
@@ -151,7 +151,7 @@ class _StageState:
             name=self.name,
             kind=self.kind,
             executor=s.executor,
-            workers=s.workers,
+            workers=self.slots,
             items_in=self.items_in,
             items_out=self.items_out,
             errors=self.errors,
@@ -173,8 +173,10 @@ class Scheduler:
         ordered: bool,
         instruments: Sequence[Instrument],
         run_id: str,
+        control: RunControl | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.control = control
         self.run_id = run_id
         self.ordered = ordered
         self._source: Iterator[Any] = iter(source)
@@ -236,6 +238,30 @@ class Scheduler:
         if self._shm is not None:
             self._shm.cleanup()
 
+    def resize(self, stage: str, workers: int) -> None:
+        """Give ``stage`` ``workers`` workers from now on (its tasks in flight finish)."""
+        s = next((s for s in self.stages if s.name == stage), None)
+        if s is None:
+            raise PipelineError(
+                f"cannot resize stage {stage!r}: pipeline {self.pipeline.name!r} has no such "
+                f"stage (its stages: {', '.join(x.name for x in self.stages)})",
+                stage=stage,
+            )
+        if not isinstance(workers, int) or workers < 1:
+            raise PipelineError(
+                f"cannot resize stage {stage!r} to workers={workers!r}; give at least 1",
+                stage=stage,
+            )
+        if s.kind == "collect" and workers != 1:
+            raise PipelineError(
+                f"stage {stage!r} is a collect stage: it has one worker", stage=stage
+            )
+        s.slots = workers
+        if s.executor is not None:
+            s.executor.resize(workers)
+        if self._ins:
+            self._ins.stage_resized(stage, workers, monotonic_ns())
+
     def worker_pids(self) -> list[int]:
         return [pid for s in self.stages if s.executor for pid in s.executor.pids()]
 
@@ -265,6 +291,7 @@ class Scheduler:
             ),
             ordered=self.ordered,
             started_ns=self.started_ns,
+            control=self.control,
         )
 
     # --- the consumer's side ----------------------------------------------------

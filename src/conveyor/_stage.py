@@ -77,8 +77,8 @@ class Stage:
         if not self.name:
             object.__setattr__(self, "name", _default_name(self.fn))
         # Whether the function is a coroutine function (``async def``).
-        is_async = inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(
-            getattr(self.fn, "__call__", None)
+        is_async = inspect.iscoroutinefunction(self.fn) or (
+            not inspect.isroutine(self.fn) and inspect.iscoroutinefunction(type(self.fn).__call__)
         )
         object.__setattr__(self, "is_async", is_async)
         _check_policy(self)

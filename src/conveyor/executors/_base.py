@@ -32,6 +32,11 @@ class Executor:
         """Run ``task`` on a free worker; its outcome arrives through ``post``."""
         raise NotImplementedError  # every executor overrides this
 
+    def resize(self, workers: int) -> None:
+        """Grow or shrink the pool to ``workers`` while the run goes on. Stopping
+        workers finish their task first; the scheduler never sends more tasks than
+        the new size."""
+
     def shutdown(self, *, cancel: bool) -> None:
         """Stop every worker and wait for them. With ``cancel``, abandon running work:
         threads stop before their next item, processes are terminated."""

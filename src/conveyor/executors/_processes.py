@@ -37,74 +37,90 @@ _STOP = b"stop"
 _READY = "ready"
 
 
+class _Worker:
+    """One worker process, its pipe, its published unit index and its proxy thread."""
+
+    def __init__(self, proc: Any, conn: multiprocessing.connection.Connection, current: Any):
+        self.proc = proc
+        self.conn = conn
+        self.current = current
+        self.proxy: threading.Thread | None = None
+
+
 class ProcessExecutor(Executor):
     def __init__(self, stage: Stage, post: Post, *, registry: SegmentRegistry) -> None:
         super().__init__(stage, post)
         self._registry = registry
+        self._workers: list[_Worker] = []
+        self._closed = False
 
     def start(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        s = self.stage
-        fn_bytes = pickle.dumps(s.fn)
+        self._ctx = multiprocessing.get_context("spawn")
+        self._fn_bytes = pickle.dumps(self.stage.fn)
         self._inbox: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
         self._cancelled = threading.Event()
-        self._procs: list[Any] = []
-        self._conns: list[multiprocessing.connection.Connection] = []
-        self._current: list[Any] = []
-        for i in range(s.workers):
-            parent_conn, child_conn = ctx.Pipe(duplex=True)
-            current = ctx.RawValue("q", -1)
-            proc = ctx.Process(
-                target=_worker_main,
-                args=(
-                    child_conn,
-                    fn_bytes,
-                    s.kind,
-                    s.is_async,
-                    s.concurrency,
-                    i,
-                    current,
-                    self._registry.prefix,
-                    self._registry.threshold,
-                ),
-                name=f"conveyor-{s.name}-{i}",
-                daemon=True,
-            )
-            proc.start()
-            child_conn.close()  # our copy: the worker's death must close the pipe
-            self._procs.append(proc)
-            self._conns.append(parent_conn)
-            self._current.append(current)
-        self._proxies = [
-            threading.Thread(
-                target=self._proxy, args=(i,), name=f"conveyor-{s.name}-proxy-{i}", daemon=True
-            )
-            for i in range(s.workers)
-        ]
-        for t in self._proxies:
-            t.start()
+        self.resize(self.stage.workers)
+
+    def resize(self, workers: int) -> None:
+        """Start workers up to ``workers`` live ones, or ask idle ones to stop."""
+        live = sum(1 for w in self._workers if w.proxy is not None and w.proxy.is_alive())
+        for _ in range(workers - live):
+            self._start_worker(len(self._workers))
+        for _ in range(live - workers):
+            self._inbox.put(None)  # the next idle proxy stops its worker and exits
+
+    def _start_worker(self, i: int) -> None:
+        s = self.stage
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        current = self._ctx.RawValue("q", -1)
+        proc = self._ctx.Process(
+            target=_worker_main,
+            args=(
+                child_conn,
+                self._fn_bytes,
+                s.kind,
+                s.is_async,
+                s.concurrency,
+                i,
+                current,
+                self._registry.prefix,
+                self._registry.threshold,
+            ),
+            name=f"conveyor-{s.name}-{i}",
+            daemon=True,
+        )
+        proc.start()
+        child_conn.close()  # our copy: the worker's death must close the pipe
+        w = _Worker(proc, parent_conn, current)
+        self._workers.append(w)
+        w.proxy = threading.Thread(
+            target=self._proxy, args=(i,), name=f"conveyor-{s.name}-proxy-{i}", daemon=True
+        )
+        w.proxy.start()
 
     def submit(self, task: Task) -> None:
         self._inbox.put(task)
 
     def pids(self) -> list[int]:
-        return [p.pid for p in self._procs if p.is_alive()]
+        if self._closed:
+            return []
+        return [w.proc.pid for w in self._workers if w.proc.is_alive()]
 
     def _receive(self, i: int) -> bytes | None:
         """The worker's next message, or None if it died (or the run was cancelled)."""
-        conn, proc = self._conns[i], self._procs[i]
-        ready = multiprocessing.connection.wait([conn, proc.sentinel])
-        if conn in ready:
+        w = self._workers[i]
+        ready = multiprocessing.connection.wait([w.conn, w.proc.sentinel])
+        if w.conn in ready:
             try:
-                return conn.recv_bytes()
+                return w.conn.recv_bytes()
             except (EOFError, OSError):
                 return None
         return None
 
     def _lost(self, i: int, task: Task) -> Outcome:
-        proc = self._procs[i]
+        proc = self._workers[i].proc
         proc.join(timeout=1.0)
-        index = int(self._current[i].value)
+        index = int(self._workers[i].current.value)
         return Outcome(
             task.id,
             i,
@@ -114,7 +130,7 @@ class ProcessExecutor(Executor):
         )
 
     def _died_at_start(self, i: int, task: Task) -> Outcome:
-        proc = self._procs[i]
+        proc = self._workers[i].proc
         proc.join(timeout=1.0)
         return Outcome(
             task.id,
@@ -131,7 +147,7 @@ class ProcessExecutor(Executor):
         )
 
     def _proxy(self, i: int) -> None:
-        conn = self._conns[i]
+        conn = self._workers[i].conn
         hello = self._receive(i)
         init_error: BaseException | None = None
         if hello is None:
@@ -170,23 +186,23 @@ class ProcessExecutor(Executor):
     def shutdown(self, *, cancel: bool) -> None:
         if cancel:
             self._cancelled.set()
-        for _ in self._proxies:
+        for _ in self._workers:
             self._inbox.put(None)
         if cancel:
-            for p in self._procs:
-                if p.is_alive():
-                    p.terminate()
-        for p in self._procs:
-            p.join(timeout=2.0)
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=2.0)
-        for t in self._proxies:
-            t.join(timeout=2.0)
-        for c in self._conns:
-            c.close()
-        for p in self._procs:
-            p.close()
+            for w in self._workers:
+                if w.proc.is_alive():
+                    w.proc.terminate()
+        for w in self._workers:
+            w.proc.join(timeout=2.0)
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join(timeout=2.0)
+        for w in self._workers:
+            if w.proxy is not None:
+                w.proxy.join(timeout=2.0)
+            w.conn.close()
+            w.proc.close()
+        self._closed = True
 
 
 def _as_exception(kind: str, exc: Any, tb: str) -> BaseException:

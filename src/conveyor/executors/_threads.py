@@ -22,14 +22,20 @@ class ThreadExecutor(Executor):
     def start(self) -> None:
         self._inbox: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
         self._cancelled = threading.Event()
-        self._threads = [
-            threading.Thread(
+        self._threads: list[threading.Thread] = []
+        self.resize(self.stage.workers)
+
+    def resize(self, workers: int) -> None:
+        live = sum(1 for t in self._threads if t.is_alive())
+        for _ in range(workers - live):
+            i = len(self._threads)
+            t = threading.Thread(
                 target=self._work, args=(i,), name=f"conveyor-{self.stage.name}-{i}", daemon=True
             )
-            for i in range(self.stage.workers)
-        ]
-        for t in self._threads:
+            self._threads.append(t)
             t.start()
+        for _ in range(live - workers):
+            self._inbox.put(None)  # the next idle thread exits
 
     def submit(self, task: Task) -> None:
         self._inbox.put(task)
