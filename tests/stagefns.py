@@ -9,6 +9,8 @@ import threading
 import time
 from typing import Any
 
+import conveyor as cv
+
 
 def inc(x: int) -> int:
     return x + 1
@@ -148,3 +150,9 @@ class ConcurrencyProbe:
         with self.lock:
             self.now -= 1
         return x
+
+
+@cv.stage(executor="processes", workers=2)
+def decorated_triple(x: int) -> int:
+    """A module-level function decorated in place for process workers."""
+    return 3 * x

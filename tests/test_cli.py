@@ -155,6 +155,14 @@ def test_bad_targets(target_dir: Path, target: str, code: int, message: str) -> 
     assert "Traceback" not in result.output
 
 
+def test_file_named_like_a_loaded_module(tmp_path: Path, target_dir: Path) -> None:
+    (tmp_path / "json.py").write_text("pipeline = None\n")
+    result = invoke("run", f"{tmp_path}/json.py:pipeline")
+    assert result.exit_code == 2
+    assert "a module of that name is already loaded" in result.output
+    assert "rename the file" in result.output
+
+
 def test_missing_attribute_lists_the_pipelines(target_dir: Path) -> None:
     result = invoke("run", f"{target_dir}/cvpipe.py:nope")
     assert "these pipelines: no_source, pipeline" in result.output
@@ -178,6 +186,13 @@ def test_pipeline_built_wrong_is_a_one_line_error(tmp_path: Path, target_dir: Pa
     assert result.exit_code == 1
     assert "two stages are named 'f'" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_json_into_a_missing_directory(target_dir: Path, tmp_path: Path) -> None:
+    result = invoke("run", f"{target_dir}/cvpipe.py:pipeline", "--json", f"{tmp_path}/no/s.json")
+    assert result.exit_code == 1
+    assert "cannot write the statistics to --json" in result.output
+    assert "small: succeeded" in result.stdout  # the report still came first
 
 
 def test_version() -> None:
@@ -317,3 +332,36 @@ def test_entry_point_module_runs() -> None:
     out = subprocess.run(_cli("--help"), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
     assert "run" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("train_cli", "code", "message"),
+    [
+        (
+            "import click\n@click.command()\ndef train():\n    click.echo('training')\n",
+            0,
+            "training",
+        ),
+        (
+            "import torch_is_not_installed_here\n",
+            1,
+            "conveyor train needs the train extra (torch_is_not_installed_here is not installed)",
+        ),
+    ],
+)
+def test_train_command_comes_from_the_train_extra(
+    tmp_path: Path, train_cli: str, code: int, message: str
+) -> None:
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "__init__.py").write_text("")
+    (tmp_path / "train" / "cli.py").write_text(train_cli)
+    script = (
+        "import sys, conveyor\n"
+        f"conveyor.__path__.append({str(tmp_path)!r})  # a stand-in conveyor.train\n"
+        "from conveyor.cli import main\n"
+        "sys.argv = ['conveyor', 'train']\n"
+        "main()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == code, out.stderr
+    assert message in out.stdout + out.stderr

@@ -305,3 +305,43 @@ def test_an_instrument_can_resize_through_the_run_control(executor: str) -> None
     assert sorted(run.results) == list(range(100))
     assert grow.resized == [("slow", 2)]
     assert run.statistics().stages["slow"].workers == 2
+
+
+class Ledger(cv.Instrument):
+    def __init__(self) -> None:
+        self.states: dict[int, str] = {}
+
+    def roots_finished(self, roots, state, t_ns):  # type: ignore[no-untyped-def]
+        for r in roots:
+            assert r not in self.states, f"root {r} finished twice"
+            self.states[r] = state
+
+
+def test_every_source_item_ends_in_exactly_one_terminal_state(executor: str) -> None:
+    ledger = Ledger()
+    pipe = cv.Pipeline(
+        "ledger",
+        [
+            cv.stage(f.explode, kind="flat_map", executor=executor, workers=2),
+            cv.stage(f.batch_len, kind="batch", size=4, executor=executor),
+        ],
+    )
+    pipe.run(range(40), instruments=[ledger])
+    assert sorted(ledger.states) == list(range(40))
+    assert {r for r, st in ledger.states.items() if st == "filtered"} == {
+        x for x in range(40) if x % 4 == 0
+    }
+    assert all(st == "done" for r, st in ledger.states.items() if r % 4)
+
+
+def test_collect_gives_every_item_the_fate_of_the_merged_result(executor: str) -> None:
+    ledger = Ledger()
+    pipe = cv.Pipeline(
+        "c",
+        [
+            cv.stage(f.evens_only, kind="flat_map", executor=executor),
+            cv.stage(f.total, kind="collect", executor=executor),
+        ],
+    )
+    assert pipe.run(range(30), instruments=[ledger]).results == [sum(range(0, 30, 2))]
+    assert ledger.states == {r: ("filtered" if r % 2 else "done") for r in range(30)}

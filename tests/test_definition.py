@@ -158,3 +158,20 @@ def test_public_names_are_pinned() -> None:
             "stage",
         ]
     )
+
+
+def test_decorated_module_functions_run_on_process_workers() -> None:
+    # @stage binds the module's name to the Stage; the worker still finds the function.
+    pipe = cv.Pipeline("deco", [f.decorated_triple])
+    assert pipe.run(range(20), ordered=True).results == [3 * x for x in range(20)]
+
+
+def test_a_module_level_name_bound_elsewhere_is_caught_when_the_pipeline_is_built() -> None:
+    def shadowed(x):  # type: ignore[no-untyped-def]
+        return x
+
+    shadowed.__qualname__ = "inc"  # claims to be stagefns.inc, which is another function
+    shadowed.__module__ = "stagefns"
+    s = cv.stage(shadowed, executor="processes", name="shadowed")
+    with pytest.raises(cv.PipelineError, match="cannot be sent to a process worker"):
+        cv.Pipeline("p", [s])

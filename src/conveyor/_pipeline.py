@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor._errors import PipelineError
 from conveyor._instrument import Instrument
-from conveyor._stage import Stage
+from conveyor._stage import Stage, check_picklable
 
 if TYPE_CHECKING:
     from conveyor._run import Run
@@ -73,6 +73,8 @@ class Pipeline:
                     f"be unique: rename one, e.g. stage(fn, name='{s.name}_2')",
                     stage=s.name,
                 )
+            if s.executor == "processes":
+                check_picklable(s)
             self.stages[s.name] = s
         if not self.stages:
             raise PipelineError(f"pipeline {name!r} has no stages; give at least one")

@@ -141,6 +141,9 @@ class Progress(Instrument):
     def items_emitted(self, keys: Sequence[Key], t_ns: int) -> None:
         self.emitted += len(keys)
 
+    def stage_resized(self, stage: str, workers: int, t_ns: int) -> None:
+        self.stages[stage].workers = workers
+
     def run_finished(self, state: str, error: BaseException | None, t_ns: int) -> None:
         self.state = state
         self.finished_ns = t_ns

@@ -207,6 +207,10 @@ class Scheduler:
         self._heap_seq = 0
         self._frontier = 0  # every root below it is finished
         self._finished_roots: set[int] = set()
+        # For instruments: terminal states of source items, reported in batches.
+        self._reached: set[int] = set()  # roots with a result at the output, still live
+        self._absorbed: dict[int, list[int]] = {}  # root -> roots merged into its batch
+        self._finished_by_state: dict[str, list[int]] = {"done": [], "filtered": []}
         # A collect stage holds every root until the source ends, so it must not be
         # throttled by the window; its output is one item, with nothing to reorder.
         bounds = sum(s.queue.bound or 0 for s in self.stages) + pipeline.capacity
@@ -219,9 +223,6 @@ class Scheduler:
     # --- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
-        self.started_ns = monotonic_ns()
-        if self._ins:
-            self._ins.run_started(self._run_info())
         for s in self.stages:
             # Sync tasks finish inside submit(); their outcomes wait in a local deque.
             post = self._local.append if s.stage.executor == "sync" else self._completions.put
@@ -229,6 +230,11 @@ class Scheduler:
         for s in self.stages:
             assert s.executor is not None
             s.executor.start()
+        # The run's clock starts once its workers are started, so that start-up
+        # (spawning processes) does not count as the pipeline's time.
+        self.started_ns = monotonic_ns()
+        if self._ins:
+            self._ins.run_started(self._run_info())
 
     def shutdown(self, *, cancel: bool) -> None:
         """Stop every executor's workers; with ``cancel``, abandon work in flight."""
@@ -377,6 +383,8 @@ class Scheduler:
             progressed = True
             for s in self.entries:
                 self._dispatch(s)
+        if self._ins:
+            self._report_finished()
         return progressed
 
     def _read_source(self) -> bool:
@@ -592,18 +600,31 @@ class Scheduler:
             first = keys[0][0]
             live[first] = live.get(first, 0) + 1
             for k in keys:
-                self._add_live(k[0], -1)
+                self._add_live(k[0], -1, into=first)
         return [(keys[0], v) for keys, v in zip(task.batch_keys, results, strict=False)]
 
-    def _add_live(self, root: int, delta: int) -> None:
+    def _add_live(self, root: int, delta: int, *, into: int | None = None) -> None:
+        """Change ``root``'s live count; at zero it is finished (or, when its last item
+        merged into a batch keyed by root ``into``, it shares that root's fate)."""
         n = self._live[root] + delta
         if n:
             self._live[root] = n
+            return
+        del self._live[root]
+        if into is not None and into != root:
+            self._absorbed.setdefault(into, []).append(root)
+            self._root_finished(root, None)
         else:
-            del self._live[root]
-            self._root_finished(root)
+            self._root_finished(root, "done" if root in self._reached else "filtered")
 
-    def _root_finished(self, root: int) -> None:
+    def _root_finished(self, root: int, state: str | None) -> None:
+        """Every item descended from source item ``root`` is gone from the pipeline."""
+        if self._ins and state is not None:
+            self._reached.discard(root)
+            roots = [root]
+            for r in roots:  # the roots merged into it, and theirs, share its state
+                roots.extend(self._absorbed.pop(r, ()))
+            self._finished_by_state[state].extend(roots)
         if not self.ordered:
             return
         if root != self._frontier:
@@ -621,6 +642,14 @@ class Scheduler:
             released.append((key, value))
         if released:
             self.output.put(released)
+
+    def _report_finished(self) -> None:
+        """Tell instruments which source items reached a terminal state (batched)."""
+        now = monotonic_ns()
+        for state, roots in self._finished_by_state.items():
+            if roots:
+                self._ins.roots_finished(roots, state, now)
+                self._finished_by_state[state] = []
 
     def _route(self, s: _StageState, items: list[Item]) -> None:
         if not s.successors:
@@ -653,15 +682,18 @@ class Scheduler:
         else:
             self._put(s, self.output, items, "<output>", monotonic_ns())
         live = self._live
+        track = bool(self._ins)
         for key, _ in items:
             root = key[0]
             n = live[root] - 1
             if n:
                 live[root] = n
+                if track:
+                    self._reached.add(root)
             else:
                 del live[root]
-                if self.ordered:
-                    self._root_finished(root)
+                if self.ordered or track:
+                    self._root_finished(root, "done")
 
     def _drain_overflow(self, s: _StageState) -> bool:
         progressed = False

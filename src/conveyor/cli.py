@@ -109,8 +109,7 @@ def run_command(
         with run, live:
             for _ in run:
                 pass
-    except KeyboardInterrupt:
-        run.close()
+    except KeyboardInterrupt:  # the run has cancelled itself: workers are stopped
         cancelled = True
     except ConveyorError as exc:
         failure = exc
@@ -126,14 +125,24 @@ def run_command(
         sys.exit(1)
 
 
-# --- conveyor train: registered from the train extra when it is installed -----------
+# --- conveyor train: registered from the train extra -----------------------------------
 try:
-    from conveyor.train.cli import train as _train  # type: ignore[import-not-found]
-except ImportError:
-    pass
+    from conveyor.train.cli import train as _train
+except ImportError as exc:
+    if not (exc.name or "").startswith("conveyor.train"):  # the module is there, torch is not
+        _missing = exc.name
+
+        @cli.command("train", context_settings={"ignore_unknown_options": True})
+        @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+        def _train_missing(args: tuple[str, ...]) -> None:
+            """Pipeline-parallel training (needs the train extra)."""
+            raise click.ClickException(
+                f"conveyor train needs the train extra ({_missing} is not installed): "
+                "pip install torch, then pip install 'conveyor[train]'"
+            )
 else:
     cli.add_command(_train)
-# ------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------
 
 
 def main() -> None:
@@ -189,6 +198,13 @@ def _load_file(where: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise click.UsageError(f"cannot load {where!r} as a Python module")
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__file__", None) != str(path):
+        raise click.UsageError(
+            f"{where!r} would be imported as module {name!r}, but a module of that name is "
+            f"already loaded ({getattr(loaded, '__file__', None) or 'built in'}); "
+            "rename the file"
+        )
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -277,7 +293,13 @@ def _report(console: Console, stats: RunStatistics) -> None:
 
 
 def _write_json(path: Path, stats: RunStatistics) -> None:
-    path.write_text(json.dumps(dataclasses.asdict(stats), indent=2) + "\n", encoding="utf-8")
+    try:
+        path.write_text(json.dumps(dataclasses.asdict(stats), indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot write the statistics to --json {str(path)!r}: {exc.strerror}; "
+            "check that its directory exists and is writable"
+        ) from exc
 
 
 def _describe_error(exc: ConveyorError) -> str:

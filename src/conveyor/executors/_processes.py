@@ -28,7 +28,7 @@ import threading
 import traceback
 from typing import Any
 
-from conveyor._stage import Stage
+from conveyor._stage import Stage, dump_function, load_function
 from conveyor.executors._base import Executor, Post
 from conveyor.executors._shm import SegmentRegistry, dumps, loads
 from conveyor.executors._task import LostWorker, Outcome, Task, run_task
@@ -56,7 +56,7 @@ class ProcessExecutor(Executor):
 
     def start(self) -> None:
         self._ctx = multiprocessing.get_context("spawn")
-        self._fn_bytes = pickle.dumps(self.stage.fn)
+        self._fn_bytes = dump_function(self.stage.fn)
         self._inbox: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
         self._cancelled = threading.Event()
         self.resize(self.stage.workers)
@@ -239,7 +239,7 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     registry = SegmentRegistry(prefix, owner=False, threshold=threshold)
     try:
-        fn = pickle.loads(fn_bytes)
+        fn = load_function(fn_bytes)
     except BaseException as exc:
         conn.send_bytes(dumps(("init", _picklable(exc), traceback.format_exc()), registry)[0])
         return
