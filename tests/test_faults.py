@@ -139,3 +139,21 @@ def test_no_shared_memory_segment_outlives_a_run() -> None:
     run.close()
     gc.collect()
     assert ours() <= before
+
+
+def test_in_place_process_stages_return_the_segment_they_were_sent() -> None:
+    # The worker answers with the very shared-memory segment the driver sent; the
+    # driver must keep it mapped until the answer is unpickled (a past race).
+    np = pytest.importorskip("numpy")
+    arrays = [np.full(1 << 18, float(i)) for i in range(12)]  # 2 MiB each
+    pipe = cv.Pipeline(
+        "inplace",
+        [
+            cv.stage(f.array_touch, name="t1", executor="processes"),
+            cv.stage(f.array_touch, name="t2", executor="processes"),
+        ],
+        capacity=2,
+    )
+    for _ in range(3):
+        out = sorted(pipe.run(arrays).results, key=lambda a: float(a[1]))
+        assert [float(a[0]) for a in out] == [i + 2.0 for i in range(12)]

@@ -52,6 +52,7 @@ class ProcessExecutor(Executor):
         super().__init__(stage, post)
         self._registry = registry
         self._workers: list[_Worker] = []
+        self._holding: dict[int, Task] = {}  # worker index -> the task it runs
         self._closed = False
 
     def start(self) -> None:
@@ -147,12 +148,26 @@ class ProcessExecutor(Executor):
         )
 
     def _proxy(self, i: int) -> None:
+        task: Task | None = None
+        try:
+            self._serve(i)
+        except BaseException as exc:
+            # A proxy must never die silently: the scheduler would wait for its task
+            # forever. Report the failure as the outcome of the task it held.
+            task = self._holding.pop(i, None)
+            if task is not None and not self._cancelled.is_set():
+                error = RuntimeError(
+                    f"conveyor's proxy for process worker {i} failed: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                error.__cause__ = exc
+                self.post(Outcome(task.id, i, [], [0, 0], error, traceback.format_exc()))
+
+    def _serve(self, i: int) -> None:
         conn = self._workers[i].conn
         hello = self._receive(i)
         init_error: BaseException | None = None
-        if hello is None:
-            init_error = None  # died at start: reported as lost with its first task
-        else:
+        if hello is not None:
             msg = loads(hello, self._registry)
             if msg != _READY:
                 init_error = _as_exception(*msg)
@@ -162,12 +177,15 @@ class ProcessExecutor(Executor):
                 with contextlib.suppress(OSError):
                     conn.send_bytes(_STOP)
                 return
-            if hello is None:
+            self._holding[i] = task
+            if hello is None:  # died at start
                 self.post(self._died_at_start(i, task))
                 return
             if init_error is not None:
                 self.post(Outcome(task.id, i, [], [0, 0], init_error, None))
                 continue
+            # ``pinned`` keeps the task's shared-memory inputs mapped until the reply
+            # is unpickled: an in-place stage answers with those very segments.
             data, pinned = dumps((task.id, task.units), self._registry)
             try:
                 conn.send_bytes(data)
@@ -175,13 +193,15 @@ class ProcessExecutor(Executor):
                 reply = None
             else:
                 reply = self._receive(i)
-            del pinned  # the worker has answered (or died): its inputs may go
             if self._cancelled.is_set():
                 return
             if reply is None:
                 self.post(self._lost(i, task))
                 return
-            self.post(_outcome_from_message(loads(reply, self._registry), i))
+            outcome = _outcome_from_message(loads(reply, self._registry), i)
+            del pinned
+            self._holding.pop(i, None)
+            self.post(outcome)
 
     def shutdown(self, *, cancel: bool) -> None:
         if cancel:
