@@ -156,3 +156,47 @@ class ConcurrencyProbe:
 def decorated_triple(x: int) -> int:
     """A module-level function decorated in place for process workers."""
     return 3 * x
+
+
+def flaky(x: int) -> int:
+    """Fails one call in five, whatever the item: only retries get every item through."""
+    import random
+
+    if random.random() < 0.2:
+        raise ConnectionError(f"flaky on {x}")
+    return x
+
+
+def suicidal(x: int) -> int:
+    """A process worker that kills itself now and then, at random."""
+    import random
+
+    if random.random() < 0.03:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def kill_once(marker: str, x: int) -> int:
+    """SIGKILL the worker the first time item 7 is seen (the marker file remembers)."""
+    if x == 7 and not os.path.exists(marker):
+        with open(marker, "w") as fh:
+            fh.write("killed")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def hang_on_5(x: int) -> int:
+    if x == 5:
+        time.sleep(1.5)
+    return x
+
+
+async def async_hang_on_5(x: int) -> int:
+    await asyncio.sleep(1.5 if x == 5 else 0.001)
+    return x
+
+
+def bad_on_multiples_of_10(x: int) -> int:
+    if x % 10 == 0:
+        raise ValueError(f"bad record {x}")
+    return x

@@ -14,6 +14,7 @@ from conveyor._errors import (
 )
 from conveyor._instrument import Instrument, RunInfo, StageInfo
 from conveyor._pipeline import Pipeline
+from conveyor._policy import Retry
 from conveyor._run import Run
 from conveyor._stage import Stage, stage
 from conveyor._statistics import QueueStatistics, RunStatistics, StageStatistics
@@ -27,6 +28,7 @@ __all__ = [
     "PipelineError",
     "QueueStatistics",
     "RemoteTraceback",
+    "Retry",
     "Run",
     "RunError",
     "RunInfo",

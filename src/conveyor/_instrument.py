@@ -109,7 +109,13 @@ class Instrument:
         ``retrying`` says whether the stage's retry policy will run it again."""
 
     def dead_lettered(
-        self, stage: str, key: Key, value: Any, error: BaseException, traceback: str | None, t_ns: int
+        self,
+        stage: str,
+        key: Key,
+        value: Any,
+        error: BaseException,
+        traceback: str | None,
+        t_ns: int,
     ) -> None:
         """``stage`` gave up on ``key`` under its skip policy; ``value`` is its input."""
 
@@ -186,7 +192,13 @@ class Instruments(Instrument):
             i.unit_failed(stage, key, error, traceback, attempt, retrying, t_ns)
 
     def dead_lettered(
-        self, stage: str, key: Key, value: Any, error: BaseException, traceback: str | None, t_ns: int
+        self,
+        stage: str,
+        key: Key,
+        value: Any,
+        error: BaseException,
+        traceback: str | None,
+        t_ns: int,
     ) -> None:
         for i in self.instruments:
             i.dead_lettered(stage, key, value, error, traceback, t_ns)

@@ -39,8 +39,10 @@ import heapq
 import operator
 import os
 import queue
+import random
 import secrets
 import signal
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from time import monotonic_ns
@@ -48,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor._errors import PipelineError, RunError, StageError, WorkerLostError
 from conveyor._instrument import Instrument, Instruments, RunControl, RunInfo, StageInfo
+from conveyor._policy import Retry
 from conveyor._stage import Stage
 from conveyor._statistics import QueueStatistics, StageStatistics
 from conveyor.executors import Executor, Outcome, Task, make_executor
@@ -131,8 +134,15 @@ class _StageState:
         self.items_in = 0
         self.items_out = 0
         self.errors = 0
+        self.retries = 0
+        self.dead_lettered = 0
+        self.timeouts = 0
+        self.lost_workers = 0
+        self.cache_hits = 0
         self.tasks = 0
         self.busy_ns = 0
+        # Units to run again: (ready time, sequence, the unit's items), soonest first.
+        self.retry: list[tuple[int, int, list[Item]]] = []
 
     def unit_cap(self) -> int:
         """Units per task so that a task lasts about ``target_ns``."""
@@ -159,6 +169,11 @@ class _StageState:
             busy_workers=self.busy,
             busy_seconds=self.busy_ns / 1e9,
             queue=self.queue.statistics(),
+            retries=self.retries,
+            dead_lettered=self.dead_lettered,
+            timeouts=self.timeouts,
+            lost_workers=self.lost_workers,
+            cache_hits=self.cache_hits,
         )
 
 
@@ -209,8 +224,17 @@ class Scheduler:
         self._finished_roots: set[int] = set()
         # For instruments: terminal states of source items, reported in batches.
         self._reached: set[int] = set()  # roots with a result at the output, still live
+        self._dead: set[int] = set()  # roots with a dead-lettered item
         self._absorbed: dict[int, list[int]] = {}  # root -> roots merged into its batch
-        self._finished_by_state: dict[str, list[int]] = {"done": [], "filtered": []}
+        self._finished_by_state: dict[str, list[int]] = {
+            "done": [],
+            "filtered": [],
+            "dead_lettered": [],
+        }
+        # Failure handling: attempts per (stage, unit key) that failed at least once.
+        self._attempts: dict[tuple[str, Key], int] = {}
+        self._retry_seq = 0
+        self._rng = random.Random()
         # A collect stage holds every root until the source ends, so it must not be
         # throttled by the window; its output is one item, with nothing to reorder.
         bounds = sum(s.queue.bound or 0 for s in self.stages) + pipeline.capacity
@@ -333,12 +357,20 @@ class Scheduler:
             self._source_done
             and not self._inflight
             and not self._heap
-            and all(not s.queue.items and not s.overflow for s in self.stages)
+            and all(not s.queue.items and not s.overflow and not s.retry for s in self.stages)
         )
 
+    def _next_retry_ns(self) -> int | None:
+        return min((s.retry[0][0] for s in self.stages if s.retry), default=None)
+
     def _wait(self) -> None:
-        """Block until a worker finishes a task (or a stalled batch can be flushed)."""
+        """Block until a worker finishes a task, a retry comes due, or a stalled batch
+        can be flushed."""
+        due = self._next_retry_ns()
         if not self._inflight:
+            if due is not None:
+                time.sleep(max(0.0, min(WAIT_SECONDS, (due - monotonic_ns()) / 1e9)))
+                return
             if self._flush_stalled():
                 return
             raise RunError(
@@ -347,9 +379,14 @@ class Scheduler:
                 stage="<scheduler>",
             )
         while True:
+            timeout = WAIT_SECONDS
+            if due is not None:
+                timeout = max(0.0, min(timeout, (due - monotonic_ns()) / 1e9))
             try:
-                out = self._completions.get(timeout=WAIT_SECONDS)
+                out = self._completions.get(timeout=timeout)
             except queue.Empty:
+                if due is not None and monotonic_ns() >= due:
+                    return  # a retry is due: let the next pass dispatch it
                 continue
             self._complete(out)
             return
@@ -437,16 +474,36 @@ class Scheduler:
 
     def _dispatch(self, s: _StageState) -> bool:
         progressed = False
-        while s.busy < s.slots and s.queue.items and not s.overflow:
+        while s.busy < s.slots and not s.overflow:
+            retry_due = bool(s.retry) and s.retry[0][0] <= monotonic_ns()
+            if not (retry_due or s.queue.items):
+                break
             room = min(t.room() for t in s.targets)
             if room <= 0:
                 break
-            task = self._make_task(s, room)
+            task = self._retry_task(s, room) if retry_due else self._make_task(s, room)
             if task is None:
                 break
             self._submit(s, task)
             progressed = True
         return progressed
+
+    def _retry_task(self, s: _StageState, room: int) -> Task:
+        """A task of units that are due to run again (retries go before new items)."""
+        now = monotonic_ns()
+        cap = min(s.unit_cap(), max(1, room))
+        units: list[list[Item]] = []
+        while s.retry and s.retry[0][0] <= now and len(units) < cap:
+            units.append(heapq.heappop(s.retry)[2])
+        if s.kind in ("map", "flat_map"):
+            self._task_ids += 1
+            items = [u[0] for u in units]
+            keys = list(map(_first, items))
+            return Task(
+                self._task_ids, s.name, list(map(_second, items)), keys, reserved=len(items)
+            )
+        out = sum(len(u) for u in units) if s.stage.split else len(units)
+        return self._batch_task(s, units, reserved=min(out, room))
 
     def _submit(self, s: _StageState, task: Task) -> None:
         for t in s.targets:
@@ -508,7 +565,11 @@ class Scheduler:
     def _is_drained(self, s: _StageState) -> bool:
         if not s.drained:
             s.drained = (
-                self._upstream_done(s) and not s.queue.items and not s.busy and not s.overflow
+                self._upstream_done(s)
+                and not s.queue.items
+                and not s.busy
+                and not s.overflow
+                and not s.retry
             )
         return s.drained
 
@@ -533,8 +594,8 @@ class Scheduler:
         for t in s.targets:
             t.reserved -= task.reserved
         stamps = out.stamps
-        ran = len(stamps) - 1  # units that ran, the failing one included
-        if ran > 0:
+        ran = max(0, len(stamps) - 1)  # units that ran, the failing one included
+        if ran:
             busy = stamps[-1] - stamps[0]
             s.busy_ns += busy
             unit = busy / ran
@@ -543,31 +604,82 @@ class Scheduler:
                 s.items_in += ran
             else:
                 s.items_in += sum(len(b) for b in task.batch_keys[:ran])
+        lost = out.lost
+        error = out.error
+        if lost is not None:
+            error = self._lost_exception(s, task, out)
         if self._ins:
-            error = out.error
-            if out.lost is not None:
-                error = WorkerLostError("worker lost", stage=s.name)
             self._ins.task_finished(
                 s.name, task.id, out.worker, task.keys[:ran], stamps[:-1], stamps[1:], error
             )
-        if out.lost is not None:
-            s.errors += 1
-            raise self._lost_error(s, task, out)
-        if out.error is not None:
-            s.errors += 1
-            done = len(out.results)
-            key = task.keys[done]
-            what = f"item {_show(key)}"
-            if task.batch_keys is not None:
-                what = f"a batch of {len(task.batch_keys[done])} items starting at {_show(key)}"
-            raise StageError(
-                f"stage {s.name!r} failed on {what}: {type(out.error).__name__}: {out.error}",
-                stage=s.name,
-                key=key,
-            ) from out.error
-        results = self._pair(s, task, out.results)
-        s.items_out += len(results)
-        self._route(s, results)
+        done = len(out.results)
+        if done:
+            if self._attempts:
+                for key in task.keys[:done]:
+                    self._attempts.pop((s.name, key), None)
+            results = self._pair(s, task, out.results)
+            s.items_out += len(results)
+            self._route(s, results)
+        if error is None:
+            return
+        s.errors += 1
+        n = len(task.keys)
+        failed = min(max(lost.unit_index, 0), n - 1) if lost is not None else done
+        # Units after the failed one never ran; a lost worker's finished units lost
+        # their results with it. Both run again, and it costs them no attempt.
+        again = [i for i in range(done, n) if i != failed]
+        if again:
+            self._requeue(s, task, again, monotonic_ns())
+        self._unit_failed(s, task, failed, error, out.error_traceback)
+
+    def _unit_items(self, task: Task, i: int) -> list[Item]:
+        if task.batch_keys is None:
+            return [(task.keys[i], task.units[i])]
+        return list(zip(task.batch_keys[i], task.units[i], strict=True))
+
+    def _requeue(self, s: _StageState, task: Task, units: list[int], ready_ns: int) -> None:
+        for i in units:
+            self._retry_seq += 1
+            heapq.heappush(s.retry, (ready_ns, self._retry_seq, self._unit_items(task, i)))
+
+    def _unit_failed(
+        self, s: _StageState, task: Task, i: int, error: BaseException, tb: str | None
+    ) -> None:
+        """Unit ``i`` of ``task`` failed: retry it, dead-letter it, or fail the run."""
+        key = task.keys[i]
+        attempt = self._attempts.get((s.name, key), 1)
+        policy = s.stage.retry
+        assert isinstance(policy, Retry)
+        retrying = policy.retries(error, attempt)
+        now = monotonic_ns()
+        if self._ins:
+            self._ins.unit_failed(s.name, key, error, tb, attempt, retrying, now)
+        if retrying:
+            self._attempts[(s.name, key)] = attempt + 1
+            s.retries += 1
+            ready = now + int(policy.delay(attempt, self._rng) * 1e9)
+            self._requeue(s, task, [i], ready)
+            return
+        self._attempts.pop((s.name, key), None)
+        if s.stage.on_error == "skip":
+            for item_key, value in self._unit_items(task, i):
+                s.dead_lettered += 1
+                if self._ins:
+                    self._ins.dead_lettered(s.name, item_key, value, error, tb, now)
+                self._dead.add(item_key[0])
+                self._add_live(item_key[0], -1)
+            return
+        if isinstance(error, WorkerLostError):
+            raise error
+        what = f"item {_show(key)}"
+        if task.batch_keys is not None:
+            what = f"a batch of {len(task.batch_keys[i])} items starting at {_show(key)}"
+        tries = f" (attempt {attempt} of {policy.attempts})" if policy.attempts > 1 else ""
+        raise StageError(
+            f"stage {s.name!r} failed on {what}{tries}: {type(error).__name__}: {error}",
+            stage=s.name,
+            key=key,
+        ) from error
 
     def _pair(self, s: _StageState, task: Task, results: list[Any]) -> list[Item]:
         """Give each result its key, and keep the root counts true."""
@@ -615,7 +727,11 @@ class Scheduler:
             self._absorbed.setdefault(into, []).append(root)
             self._root_finished(root, None)
         else:
-            self._root_finished(root, "done" if root in self._reached else "filtered")
+            if root in self._dead:
+                self._dead.discard(root)
+                self._root_finished(root, "dead_lettered")
+            else:
+                self._root_finished(root, "done" if root in self._reached else "filtered")
 
     def _root_finished(self, root: int, state: str | None) -> None:
         """Every item descended from source item ``root`` is gone from the pipeline."""
@@ -704,16 +820,27 @@ class Scheduler:
             progressed = True
         return progressed
 
-    def _lost_error(self, s: _StageState, task: Task, out: Outcome) -> WorkerLostError:
+    def _lost_exception(self, s: _StageState, task: Task, out: Outcome) -> BaseException:
+        """The error a stopped worker stands for: TimeoutError or WorkerLostError."""
         lost = out.lost
         assert lost is not None
         index = lost.unit_index if 0 <= lost.unit_index < len(task.keys) else 0
         key = task.keys[index]
-        how = _describe_exit(lost.exitcode)
+        if lost.timed_out:
+            s.timeouts += 1
+            how = (
+                "was killed and replaced" if lost.pid is not None else "was abandoned and replaced"
+            )
+            return TimeoutError(
+                f"item {_show(key)} ran longer than stage {s.name!r}'s timeout of "
+                f"{s.stage.timeout} s; its worker {how}"
+            )
+        s.lost_workers += 1
         return WorkerLostError(
-            f"stage {s.name!r} lost process worker {out.worker} (pid {lost.pid}, {how}) while "
-            f"it ran item {_show(key)}; the item did not complete. If the process was killed "
-            "for memory, lower this stage's workers or the pipeline's capacity",
+            f"stage {s.name!r} lost process worker {out.worker} (pid {lost.pid}, "
+            f"{_describe_exit(lost.exitcode)}) while it ran item {_show(key)}; the item did not "
+            "complete. If the process was killed for memory, lower this stage's workers or "
+            "the pipeline's capacity",
             stage=s.name,
             key=key,
             keys=tuple(task.keys),

@@ -28,9 +28,11 @@ from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 from conveyor._errors import PipelineError
+from conveyor._policy import Retry, as_retry
 
 Kind = Literal["map", "flat_map", "batch", "collect"]
 ExecutorName = Literal["sync", "threads", "processes"]
+OnError = Literal["fail", "skip"]
 
 KINDS: tuple[str, ...] = ("map", "flat_map", "batch", "collect")
 EXECUTORS: tuple[str, ...] = ("sync", "threads", "processes")
@@ -56,6 +58,18 @@ class Stage:
         capacity: bound of this stage's input queue (items); ``None`` takes the
             pipeline's default.
         concurrency: for ``async def`` functions, calls in flight per worker.
+        retry: retries of a failed call: a number (``retry=3``) or a :class:`Retry`
+            policy (attempts, backoff with jitter, which exceptions).
+        on_error: what happens to an item whose last attempt failed: ``"fail"``
+            stops the run (the default); ``"skip"`` moves it to the dead letters
+            (an ``Instrument.dead_lettered`` event, a row in the run store) and
+            the run goes on.
+        timeout: seconds one call may take. A process worker past it is killed and
+            replaced; a thread past it is abandoned and replaced (Python cannot
+            interrupt a thread); an ``async`` call is cancelled. The call then
+            counts as a failure with :class:`TimeoutError`. Not for ``sync``.
+        cache: look results up by content before calling the function, and store
+            them after (see ``conveyor.cache``); resumed runs skip cached work.
     """
 
     fn: Callable[..., Any]
@@ -67,6 +81,10 @@ class Stage:
     split: bool = False
     capacity: int | None = None
     concurrency: int = 1
+    retry: Retry | int | None = None
+    on_error: OnError = "fail"
+    timeout: float | None = None
+    cache: bool = False
     is_async: bool = dataclasses.field(init=False, repr=False, compare=False, default=False)
 
     def __post_init__(self) -> None:
@@ -83,6 +101,10 @@ class Stage:
             not inspect.isroutine(self.fn) and inspect.iscoroutinefunction(type(self.fn).__call__)
         )
         object.__setattr__(self, "is_async", is_async)
+        try:
+            object.__setattr__(self, "retry", as_retry(self.retry))
+        except PipelineError as exc:
+            raise PipelineError(f"stage {self.name!r}: {exc}", stage=self.name) from None
         _check_policy(self)
         _check_arity(self)
         if self.executor == "processes":
@@ -114,6 +136,10 @@ def stage(
     split: bool = False,
     capacity: int | None = None,
     concurrency: int = 1,
+    retry: Retry | int | None = None,
+    on_error: OnError = "fail",
+    timeout: float | None = None,
+    cache: bool = False,
 ) -> Callable[[F], Stage]: ...
 
 
@@ -129,6 +155,10 @@ def stage(
     split: bool = False,
     capacity: int | None = None,
     concurrency: int = 1,
+    retry: Retry | int | None = None,
+    on_error: OnError = "fail",
+    timeout: float | None = None,
+    cache: bool = False,
 ) -> Stage | Callable[[Callable[..., Any]], Stage]:
     """Make a :class:`Stage` from a function; usable bare (``@stage``) or with options."""
     options: dict[str, Any] = dict(
@@ -140,6 +170,10 @@ def stage(
         split=split,
         capacity=capacity,
         concurrency=concurrency,
+        retry=retry,
+        on_error=on_error,
+        timeout=timeout,
+        cache=cache,
     )
     if fn is not None:
         return Stage(fn, **options)
@@ -178,6 +212,18 @@ def _check_policy(s: Stage) -> None:
         fail(f"size={s.size} is only for kind='batch' (this stage is kind={s.kind!r})")
     if s.split and s.kind != "batch":
         fail(f"split=True is only for kind='batch' (this stage is kind={s.kind!r})")
+    if s.on_error not in ("fail", "skip"):
+        fail(
+            f"on_error={s.on_error!r}; give 'fail' (stop the run) or 'skip' (dead-letter the item)"
+        )
+    if s.timeout is not None:
+        if isinstance(s.timeout, bool) or not isinstance(s.timeout, (int, float)) or s.timeout <= 0:
+            fail(f"timeout={s.timeout!r}; give the seconds one call may take, e.g. timeout=30")
+        if s.executor == "sync":
+            fail(
+                "timeout needs executor='threads' or 'processes': a call running in the "
+                "caller cannot be interrupted"
+            )
     if s.kind == "collect" and s.workers != 1:
         fail(f"kind='collect' runs once over every item; workers={s.workers} has no meaning, use 1")
 

@@ -41,6 +41,11 @@ class StageStatistics:
     busy_workers: int  # workers running a task now
     busy_seconds: float
     queue: QueueStatistics
+    retries: int = 0  # calls run again under the stage's retry policy
+    dead_lettered: int = 0  # items skipped under on_error="skip"
+    timeouts: int = 0  # calls that ran past the stage's timeout
+    lost_workers: int = 0  # process workers that died mid-task (and were replaced)
+    cache_hits: int = 0  # calls answered from the stage's cache
 
     @property
     def mean_service_seconds(self) -> float | None:

@@ -26,6 +26,7 @@ import queue
 import signal
 import threading
 import traceback
+from time import monotonic_ns
 from typing import Any
 
 from conveyor._stage import Stage, dump_function, load_function
@@ -45,6 +46,7 @@ class _Worker:
         self.conn = conn
         self.current = current
         self.proxy: threading.Thread | None = None
+        self.timed_out = False
 
 
 class ProcessExecutor(Executor):
@@ -53,6 +55,8 @@ class ProcessExecutor(Executor):
         self._registry = registry
         self._workers: list[_Worker] = []
         self._holding: dict[int, Task] = {}  # worker index -> the task it runs
+        self._lock = threading.Lock()  # proxies start replacements, the scheduler resizes
+        self._closing = False
         self._closed = False
 
     def start(self) -> None:
@@ -64,16 +68,18 @@ class ProcessExecutor(Executor):
 
     def resize(self, workers: int) -> None:
         """Start workers up to ``workers`` live ones, or ask idle ones to stop."""
-        live = sum(1 for w in self._workers if w.proxy is not None and w.proxy.is_alive())
-        for _ in range(workers - live):
-            self._start_worker(len(self._workers))
+        with self._lock:
+            live = sum(1 for w in self._workers if w.proxy is not None and w.proxy.is_alive())
+            for _ in range(workers - live):
+                self._start_worker(len(self._workers))
         for _ in range(live - workers):
             self._inbox.put(None)  # the next idle proxy stops its worker and exits
 
     def _start_worker(self, i: int) -> None:
         s = self.stage
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        current = self._ctx.RawValue("q", -1)
+        current = self._ctx.RawArray("q", 2)  # [unit index, its start (monotonic ns)]
+        current[0] = -1
         proc = self._ctx.Process(
             target=_worker_main,
             args=(
@@ -82,6 +88,7 @@ class ProcessExecutor(Executor):
                 s.kind,
                 s.is_async,
                 s.concurrency,
+                s.timeout,
                 i,
                 current,
                 self._registry.prefix,
@@ -108,27 +115,44 @@ class ProcessExecutor(Executor):
         return [w.proc.pid for w in self._workers if w.proc.is_alive()]
 
     def _receive(self, i: int) -> bytes | None:
-        """The worker's next message, or None if it died (or the run was cancelled)."""
+        """The worker's next message; None if it died, or if it ran one unit past the
+        stage's timeout, in which case it has been killed (``_timed_out`` says so)."""
         w = self._workers[i]
-        ready = multiprocessing.connection.wait([w.conn, w.proc.sentinel])
-        if w.conn in ready:
-            try:
-                return w.conn.recv_bytes()
-            except (EOFError, OSError):
+        timeout = self.stage.timeout
+        # Without a timeout, wait for the reply or the death; with one, look at the
+        # unit's start time the worker publishes, a few times per timeout.
+        poll = None if timeout is None else min(0.05, timeout / 4)
+        while True:
+            ready = multiprocessing.connection.wait([w.conn, w.proc.sentinel], timeout=poll)
+            if w.conn in ready:
+                try:
+                    return w.conn.recv_bytes()
+                except (EOFError, OSError):
+                    return None
+            if ready:
                 return None
-        return None
+            started = w.current[1]
+            if timeout is not None and started and monotonic_ns() - started > timeout * 1e9:
+                w.timed_out = True
+                w.proc.kill()
+                return None
 
     def _lost(self, i: int, task: Task) -> Outcome:
-        proc = self._workers[i].proc
-        proc.join(timeout=1.0)
-        index = int(self._workers[i].current.value)
-        return Outcome(
-            task.id,
-            i,
-            [],
-            [],
-            lost=LostWorker(pid=proc.pid, exitcode=proc.exitcode, unit_index=index),
+        w = self._workers[i]
+        w.proc.join(timeout=1.0)
+        lost = LostWorker(
+            pid=w.proc.pid,
+            exitcode=w.proc.exitcode,
+            unit_index=int(w.current[0]),
+            timed_out=w.timed_out,
         )
+        return Outcome(task.id, i, [], [], lost=lost)
+
+    def _replace(self) -> None:
+        """Start a worker in place of one that died or was killed (unless stopping)."""
+        with self._lock:
+            if not self._closing and not self._cancelled.is_set():
+                self._start_worker(len(self._workers))
 
     def _died_at_start(self, i: int, task: Task) -> Outcome:
         proc = self._workers[i].proc
@@ -157,8 +181,7 @@ class ProcessExecutor(Executor):
             task = self._holding.pop(i, None)
             if task is not None and not self._cancelled.is_set():
                 error = RuntimeError(
-                    f"conveyor's proxy for process worker {i} failed: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"conveyor's proxy for process worker {i} failed: {type(exc).__name__}: {exc}"
                 )
                 error.__cause__ = exc
                 self.post(Outcome(task.id, i, [], [0, 0], error, traceback.format_exc()))
@@ -197,6 +220,7 @@ class ProcessExecutor(Executor):
                 return
             if reply is None:
                 self.post(self._lost(i, task))
+                self._replace()
                 return
             outcome = _outcome_from_message(loads(reply, self._registry), i)
             del pinned
@@ -204,6 +228,8 @@ class ProcessExecutor(Executor):
             self.post(outcome)
 
     def shutdown(self, *, cancel: bool) -> None:
+        with self._lock:
+            self._closing = True  # no replacement starts from here on
         if cancel:
             self._cancelled.set()
         for _ in self._workers:
@@ -251,6 +277,7 @@ def _worker_main(
     kind: str,
     is_async: bool,
     concurrency: int,
+    timeout: float | None,
     worker: int,
     current: Any,
     prefix: str,
@@ -266,7 +293,8 @@ def _worker_main(
     conn.send_bytes(dumps(_READY, registry)[0])
 
     def publish(i: int) -> None:
-        current.value = i
+        current[1] = monotonic_ns()
+        current[0] = i
 
     while True:
         try:
@@ -284,7 +312,8 @@ def _worker_main(
             task_id=task_id,
             is_async=is_async,
             concurrency=concurrency,
-            on_unit=publish,
+            timeout=timeout if is_async else None,  # sync calls: the proxy kills on time
+            on_unit=None if is_async else publish,
         )
         error = None
         if out.error is not None:
@@ -301,7 +330,8 @@ def _worker_main(
             )
             msg = (task_id, [], out.stamps[:2], ("error", bad, tb))
             payload = dumps(msg, registry)[0]
-        current.value = -1
+        current[0] = -1
+        current[1] = 0
         conn.send_bytes(payload)
 
 

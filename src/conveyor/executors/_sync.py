@@ -22,6 +22,7 @@ class SyncExecutor(Executor):
                 task_id=task.id,
                 is_async=s.is_async,
                 concurrency=s.concurrency,
+                timeout=s.timeout,
             )
         )
 

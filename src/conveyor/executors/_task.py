@@ -55,11 +55,13 @@ class Outcome:
 
 @dataclasses.dataclass(frozen=True)
 class LostWorker:
-    """A process worker vanished while running a task."""
+    """A worker stopped mid-task: its process died, or it ran past the stage's timeout
+    and was killed (a process) or abandoned (a thread). Results of the task are lost."""
 
     pid: int | None
     exitcode: int | None
     unit_index: int  # which unit of the task it was running (-1: unknown)
+    timed_out: bool = False
 
 
 class _Loop(threading.local):
@@ -92,6 +94,7 @@ def run_task(
     task_id: int,
     is_async: bool = False,
     concurrency: int = 1,
+    timeout: float | None = None,
     on_unit: Callable[[int], None] | None = None,
 ) -> Outcome:
     """Call ``fn`` on each unit of a task and collect what it returned or raised.
@@ -100,7 +103,7 @@ def run_task(
     starts (process workers use it to publish which item they hold).
     """
     if is_async:
-        return _run_async(fn, kind, units, worker, task_id, concurrency)
+        return _run_async(fn, kind, units, worker, task_id, concurrency, timeout)
     results: list[Any] = []
     append = results.append
     stamps = [monotonic_ns()]
@@ -139,6 +142,7 @@ def _run_async(
     worker: int,
     task_id: int,
     concurrency: int,
+    timeout: float | None,
 ) -> Outcome:
     # Units overlap here, so each has its own start and end; stamps are the
     # starts in unit order plus the last end, which keeps the Outcome contract
@@ -152,7 +156,7 @@ def _run_async(
         async with sem:
             starts[i] = monotonic_ns()
             try:
-                r = await fn(units[i])
+                r = await asyncio.wait_for(fn(units[i]), timeout)
                 results[i] = _materialise(r) if kind == "flat_map" else r
             except Exception as exc:
                 errors.append((i, exc, traceback.format_exc()))

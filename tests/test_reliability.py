@@ -1,0 +1,167 @@
+"""Failure handling in the engine: retries, dead letters, timeouts, worker loss."""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+
+import pytest
+
+import conveyor as cv
+import stagefns as f
+from test_conformance import Ledger
+
+
+def test_retries_get_every_item_through_random_failures(executor: str) -> None:
+    policy = cv.Retry(attempts=15, backoff=0, jitter=0, on=(ConnectionError,))
+    ledger = Ledger()
+    pipe = cv.Pipeline(
+        "flaky", [cv.stage(f.flaky, executor=executor, workers=2, retry=policy), f.inc]
+    )
+    run = pipe.run(range(300), instruments=[ledger])
+    assert sorted(run.results) == [x + 1 for x in range(300)]
+    stats = run.statistics().stages["flaky"]
+    assert stats.retries > 20  # about one call in five failed
+    assert stats.errors == stats.retries and stats.dead_lettered == 0
+    assert set(ledger.states.values()) == {"done"} and len(ledger.states) == 300
+
+
+def test_retry_only_the_exceptions_named() -> None:
+    policy = cv.Retry(attempts=5, backoff=0, on=(ConnectionError,))
+    pipe = cv.Pipeline("p", [cv.stage(f.fail_on_13, retry=policy)])
+    with pytest.raises(cv.StageError, match="item 13") as info:
+        pipe.run(range(20))
+    assert "attempt 1 of 5" in str(info.value)  # ValueError is not retried
+
+
+def test_exhausted_retries_fail_the_run_naming_the_attempts(executor: str) -> None:
+    pipe = cv.Pipeline(
+        "p", [cv.stage(f.fail_on_13, executor=executor, retry=cv.Retry(attempts=3, backoff=0.01))]
+    )
+    started = time.monotonic()
+    with pytest.raises(cv.StageError, match=r"item 13 \(attempt 3 of 3\)"):
+        pipe.run(range(40))
+    assert time.monotonic() - started < 10
+
+
+def test_backoff_waits_between_attempts() -> None:
+    policy = cv.Retry(attempts=3, backoff=0.1, factor=2, jitter=0)
+    calls: list[float] = []
+
+    def always_fails(x: int) -> int:
+        calls.append(time.monotonic())
+        raise OSError("down")
+
+    with pytest.raises(cv.StageError):
+        cv.Pipeline("p", [cv.stage(always_fails, retry=policy)]).run([1])
+    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    assert len(calls) == 3
+    assert 0.09 <= gaps[0] < 0.5 and 0.19 <= gaps[1] < 0.8
+
+
+def test_skip_moves_bad_items_to_the_dead_letters(executor: str) -> None:
+    class DeadLetters(cv.Instrument):
+        def __init__(self) -> None:
+            self.rows: list[tuple[str, tuple, object, str]] = []  # type: ignore[type-arg]
+
+        def dead_lettered(self, stage, key, value, error, traceback, t_ns):  # type: ignore[no-untyped-def]
+            self.rows.append((stage, key, value, type(error).__name__))
+
+    dead, ledger = DeadLetters(), Ledger()
+    pipe = cv.Pipeline(
+        "skip",
+        [
+            cv.stage(f.bad_on_multiples_of_10, executor=executor, workers=2, on_error="skip"),
+            cv.stage(f.inc, executor=executor),
+        ],
+    )
+    run = pipe.run(range(100), instruments=[dead, ledger])
+    assert sorted(run.results) == [x + 1 for x in range(100) if x % 10]
+    assert sorted(dead.rows) == [
+        ("bad_on_multiples_of_10", (x,), x, "ValueError") for x in range(0, 100, 10)
+    ]
+    assert run.statistics().stages["bad_on_multiples_of_10"].dead_lettered == 10
+    assert {r for r, s in ledger.states.items() if s == "dead_lettered"} == set(range(0, 100, 10))
+    assert sum(1 for s in ledger.states.values() if s == "done") == 90
+
+
+@pytest.mark.parametrize("executor", ["threads", "processes"])
+def test_a_call_past_its_timeout_is_stopped_and_the_run_goes_on(executor: str) -> None:
+    ledger = Ledger()
+    pipe = cv.Pipeline(
+        "timeout",
+        [cv.stage(f.hang_on_5, executor=executor, workers=2, timeout=0.3, on_error="skip")],
+    )
+    started = time.monotonic()
+    run = pipe.run(range(20), instruments=[ledger])
+    assert time.monotonic() - started < 1.4  # did not wait for the 1.5 s call
+    assert sorted(run.results) == [x for x in range(20) if x != 5]
+    assert ledger.states[5] == "dead_lettered"
+    stats = run.statistics().stages["hang_on_5"]
+    assert stats.timeouts == 1 and stats.dead_lettered == 1
+
+
+def test_an_async_call_past_its_timeout_is_cancelled() -> None:
+    pipe = cv.Pipeline(
+        "t", [cv.stage(f.async_hang_on_5, timeout=0.2, concurrency=4, on_error="skip")]
+    )
+    started = time.monotonic()
+    run = pipe.run(range(12))
+    assert time.monotonic() - started < 1.2
+    assert sorted(run.results) == [x for x in range(12) if x != 5]
+
+
+def test_a_timeout_with_no_retry_left_fails_with_timeout_error(executor: str) -> None:
+    if executor == "sync":
+        with pytest.raises(cv.PipelineError, match="timeout needs executor='threads'"):
+            cv.stage(f.hang_on_5, executor=executor, timeout=0.2)
+        return
+    pipe = cv.Pipeline("t", [cv.stage(f.hang_on_5, executor=executor, timeout=0.2)])
+    with pytest.raises(cv.StageError, match="ran longer than stage 'hang_on_5'") as info:
+        pipe.run(range(10))
+    assert isinstance(info.value.__cause__, TimeoutError) and info.value.key == (5,)
+
+
+def test_a_killed_worker_is_replaced_and_its_item_retried(tmp_path: Path) -> None:
+    marker = tmp_path / "killed"
+    fn = functools.partial(f.kill_once, str(marker))
+    pipe = cv.Pipeline(
+        "lost", [cv.stage(fn, name="kill_once", executor="processes", workers=2, retry=2)]
+    )
+    with pipe.stream(range(30)) as run:
+        out = sorted(run)
+        stats = run.statistics().stages["kill_once"]
+    assert marker.exists()
+    assert out == list(range(30))
+    assert stats.lost_workers == 1 and stats.retries == 1
+
+
+@pytest.mark.slow
+def test_workers_killed_at_random_lose_no_item() -> None:
+    ledger = Ledger()
+    pipe = cv.Pipeline(
+        "chaos",
+        [
+            cv.stage(f.suicidal, executor="processes", workers=2, retry=cv.Retry(20, backoff=0)),
+            cv.stage(f.inc, executor="threads"),
+        ],
+    )
+    run = pipe.run(range(200), instruments=[ledger])
+    assert sorted(run.results) == [x + 1 for x in range(200)]
+    assert run.statistics().stages["suicidal"].lost_workers >= 1
+    assert sorted(ledger.states) == list(range(200))
+    assert set(ledger.states.values()) == {"done"}
+
+
+def test_bad_policies_are_rejected() -> None:
+    with pytest.raises(cv.PipelineError, match="attempts=0"):
+        cv.Retry(attempts=0)
+    with pytest.raises(cv.PipelineError, match="give exception classes"):
+        cv.Retry(on=("ValueError",))  # type: ignore[arg-type]
+    with pytest.raises(cv.PipelineError, match="retry=-1"):
+        cv.stage(f.inc, retry=-1)
+    with pytest.raises(cv.PipelineError, match="on_error='ignore'"):
+        cv.stage(f.inc, on_error="ignore")  # type: ignore[arg-type]
+    with pytest.raises(cv.PipelineError, match="timeout=0"):
+        cv.stage(f.inc, timeout=0)
