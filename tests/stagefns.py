@@ -200,3 +200,18 @@ def bad_on_multiples_of_10(x: int) -> int:
     if x % 10 == 0:
         raise ValueError(f"bad record {x}")
     return x
+
+
+def logged_square(log: str, x: int) -> int:
+    """Square x, appending x to the log file: a side effect that counts real calls."""
+    with open(log, "a") as fh:
+        fh.write(f"{x}\n")
+    return x * x
+
+
+def calls(log: str) -> list[int]:
+    try:
+        with open(log) as fh:
+            return [int(line) for line in fh]
+    except FileNotFoundError:
+        return []

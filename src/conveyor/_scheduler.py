@@ -43,6 +43,7 @@ import random
 import secrets
 import signal
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from time import monotonic_ns
@@ -54,6 +55,7 @@ from conveyor._policy import Retry
 from conveyor._stage import Stage
 from conveyor._statistics import QueueStatistics, StageStatistics
 from conveyor.executors import Executor, Outcome, Task, make_executor
+from conveyor.executors._task import CacheSpec
 
 if TYPE_CHECKING:
     from conveyor._pipeline import Pipeline
@@ -235,6 +237,7 @@ class Scheduler:
         self._attempts: dict[tuple[str, Key], int] = {}
         self._retry_seq = 0
         self._rng = random.Random()
+        self._cache_warned: set[str] = set()
         # A collect stage holds every root until the source ends, so it must not be
         # throttled by the window; its output is one item, with nothing to reorder.
         bounds = sum(s.queue.bound or 0 for s in self.stages) + pipeline.capacity
@@ -253,12 +256,34 @@ class Scheduler:
             s.executor = make_executor(s.stage, post, shm_registry_factory=self._shm_registry)
         for s in self.stages:
             assert s.executor is not None
+            s.executor.cache = self._cache_spec(s.stage)
             s.executor.start()
         # The run's clock starts once its workers are started, so that start-up
         # (spawning processes) does not count as the pipeline's time.
         self.started_ns = monotonic_ns()
         if self._ins:
             self._ins.run_started(self._run_info())
+
+    def _cache_spec(self, stage: Stage) -> CacheSpec | None:
+        """Where and under which key a cached stage looks its results up."""
+        if not stage.cache:
+            return None
+        from conveyor.cache import CacheWarning, FingerprintError, fingerprint_function
+
+        try:
+            code = fingerprint_function(stage.fn)
+        except FingerprintError as exc:
+            warnings.warn(
+                f"stage {stage.name!r}: caching is off for this run: {exc}",
+                CacheWarning,
+                stacklevel=2,
+            )
+            return None
+        if stage.cache is True:
+            root = os.environ.get("CONVEYOR_CACHE") or os.path.join(".conveyor", "cache")
+        else:
+            root = os.fspath(stage.cache)
+        return CacheSpec(os.path.abspath(root), f"{self.pipeline.name}/{stage.name}", code)
 
     def shutdown(self, *, cancel: bool) -> None:
         """Stop every executor's workers; with ``cancel``, abandon work in flight."""
@@ -608,10 +633,16 @@ class Scheduler:
         error = out.error
         if lost is not None:
             error = self._lost_exception(s, task, out)
+        if out.hits or out.uncached:
+            self._cache_news(s, task, out)
         if self._ins:
-            self._ins.task_finished(
-                s.name, task.id, out.worker, task.keys[:ran], stamps[:-1], stamps[1:], error
-            )
+            keys, starts, ends = task.keys[:ran], stamps[:-1], stamps[1:]
+            if out.hits:  # cache hits are reported as such, not as calls
+                ran_ = [i for i in range(ran) if i not in set(out.hits)]
+                keys = [keys[i] for i in ran_]
+                starts = [starts[i] for i in ran_]
+                ends = [ends[i] for i in ran_]
+            self._ins.task_finished(s.name, task.id, out.worker, keys, starts, ends, error)
         done = len(out.results)
         if done:
             if self._attempts:
@@ -631,6 +662,23 @@ class Scheduler:
         if again:
             self._requeue(s, task, again, monotonic_ns())
         self._unit_failed(s, task, failed, error, out.error_traceback)
+
+    def _cache_news(self, s: _StageState, task: Task, out: Outcome) -> None:
+        if out.hits:
+            s.cache_hits += len(out.hits)
+            if self._ins:
+                self._ins.cache_hits(s.name, [task.keys[i] for i in out.hits], monotonic_ns())
+        if out.uncached and s.name not in self._cache_warned:
+            from conveyor.cache import CacheWarning
+
+            self._cache_warned.add(s.name)
+            warnings.warn(
+                f"stage {s.name!r}: {out.uncached}, so such items are computed every time, "
+                "never cached; pass plain values (numbers, strings, bytes, tuples, lists, "
+                "dicts, dataclasses, NumPy arrays)",
+                CacheWarning,
+                stacklevel=4,
+            )
 
     def _unit_items(self, task: Task, i: int) -> list[Item]:
         if task.batch_keys is None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import os
 import pickle
 import sys
 from collections.abc import Callable
@@ -70,6 +71,8 @@ class Stage:
             counts as a failure with :class:`TimeoutError`. Not for ``sync``.
         cache: look results up by content before calling the function, and store
             them after (see ``conveyor.cache``); resumed runs skip cached work.
+            ``True`` uses ``$CONVEYOR_CACHE`` or ``./.conveyor/cache``; a path
+            names another cache folder.
     """
 
     fn: Callable[..., Any]
@@ -84,7 +87,7 @@ class Stage:
     retry: Retry | int | None = None
     on_error: OnError = "fail"
     timeout: float | None = None
-    cache: bool = False
+    cache: bool | str | os.PathLike[str] = False
     is_async: bool = dataclasses.field(init=False, repr=False, compare=False, default=False)
 
     def __post_init__(self) -> None:
@@ -139,7 +142,7 @@ def stage(
     retry: Retry | int | None = None,
     on_error: OnError = "fail",
     timeout: float | None = None,
-    cache: bool = False,
+    cache: bool | str | os.PathLike[str] = False,
 ) -> Callable[[F], Stage]: ...
 
 
@@ -158,7 +161,7 @@ def stage(
     retry: Retry | int | None = None,
     on_error: OnError = "fail",
     timeout: float | None = None,
-    cache: bool = False,
+    cache: bool | str | os.PathLike[str] = False,
 ) -> Stage | Callable[[Callable[..., Any]], Stage]:
     """Make a :class:`Stage` from a function; usable bare (``@stage``) or with options."""
     options: dict[str, Any] = dict(
@@ -224,6 +227,8 @@ def _check_policy(s: Stage) -> None:
                 "timeout needs executor='threads' or 'processes': a call running in the "
                 "caller cannot be interrupted"
             )
+    if s.cache and s.is_async:
+        fail("cache=True is not supported for async def functions; cache a sync stage instead")
     if s.kind == "collect" and s.workers != 1:
         fail(f"kind='collect' runs once over every item; workers={s.workers} has no meaning, use 1")
 

@@ -89,14 +89,18 @@ class StageCache:
         self._stage_of: dict[str, str] = {}  # key → stage, to label the blob put later
         self._hits = self._misses = self._damaged = self._puts = self._unkeyed = 0
 
-    def key(self, stage_qualname: str, code_fp: str, value: Any) -> str | None:
+    def key(
+        self, stage_qualname: str, code_fp: str, value: Any, *, warn: bool = True
+    ) -> str | None:
         """The cache key of ``stage_qualname`` (code ``code_fp``) called on ``value``, or
-        None when ``value`` cannot be fingerprinted (a CacheWarning says so, once)."""
+        None when ``value`` cannot be fingerprinted (a CacheWarning says so, once, unless
+        ``warn=False``: the engine's workers report it to the driver, which warns)."""
         digest, refused = explain_value(value)
         if digest is None:
             with self._lock:
                 self._unkeyed += 1
-            self.warn_unfingerprintable(stage_qualname, type(value), refused)
+            if warn:
+                self.warn_unfingerprintable(stage_qualname, type(value), refused)
             return None
         h = hashlib.sha256(KEY_FORMAT)
         for part in (stage_qualname, code_fp, digest):
@@ -130,7 +134,7 @@ class StageCache:
             self._damaged += damaged
         return False, None
 
-    def put(self, key: str, value: Any, *, stage: str | None = None) -> bool:
+    def put(self, key: str, value: Any, *, stage: str | None = None, warn: bool = True) -> bool:
         """Store ``value`` under ``key``; False (and a CacheWarning, once per stage) when
         it cannot be pickled. ``stage`` labels the entry for listing; by default the
         stage that :meth:`key` made the key for."""
@@ -139,6 +143,8 @@ class StageCache:
         try:
             payload = pickle.dumps(value, protocol=5)
         except Exception as exc:  # objects refuse pickling in many ways
+            if not warn:
+                return False
             self._warn_once(
                 label,
                 "unpicklable",

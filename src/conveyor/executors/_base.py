@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from conveyor._stage import Stage
-from conveyor.executors._task import Outcome, Task
+from conveyor.executors._task import CacheSpec, Outcome, Task
 
 Post = Callable[[Outcome], None]
 
@@ -24,6 +24,7 @@ class Executor:
     def __init__(self, stage: Stage, post: Post) -> None:
         self.stage = stage
         self.post = post
+        self.cache: CacheSpec | None = None  # set by the scheduler before start()
 
     def start(self) -> None:
         """Start the workers (threads, processes); called once before any submit."""

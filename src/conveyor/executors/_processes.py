@@ -32,7 +32,7 @@ from typing import Any
 from conveyor._stage import Stage, dump_function, load_function
 from conveyor.executors._base import Executor, Post
 from conveyor.executors._shm import SegmentRegistry, dumps, loads
-from conveyor.executors._task import LostWorker, Outcome, Task, run_task
+from conveyor.executors._task import CacheSpec, LostWorker, Outcome, Task, run_task
 
 _STOP = b"stop"
 _READY = "ready"
@@ -89,6 +89,7 @@ class ProcessExecutor(Executor):
                 s.is_async,
                 s.concurrency,
                 s.timeout,
+                self.cache,
                 i,
                 current,
                 self._registry.prefix,
@@ -262,10 +263,10 @@ def _as_exception(kind: str, exc: Any, tb: str) -> BaseException:
 
 
 def _outcome_from_message(msg: tuple[Any, ...], worker: int) -> Outcome:
-    task_id, results, stamps, error = msg
+    task_id, results, stamps, error, hits, uncached = msg
     exc = _as_exception(*error) if error is not None else None
     tb = error[2] if error is not None else None
-    return Outcome(task_id, worker, results, stamps, exc, tb)
+    return Outcome(task_id, worker, results, stamps, exc, tb, hits=hits, uncached=uncached)
 
 
 # --- the worker process ---------------------------------------------------------
@@ -278,6 +279,7 @@ def _worker_main(
     is_async: bool,
     concurrency: int,
     timeout: float | None,
+    cache: CacheSpec | None,
     worker: int,
     current: Any,
     prefix: str,
@@ -314,11 +316,12 @@ def _worker_main(
             concurrency=concurrency,
             timeout=timeout if is_async else None,  # sync calls: the proxy kills on time
             on_unit=None if is_async else publish,
+            cache=cache,
         )
         error = None
         if out.error is not None:
             error = ("error", _picklable(out.error), out.error_traceback or "")
-        msg = (task_id, out.results, out.stamps, error)
+        msg = (task_id, out.results, out.stamps, error, out.hits, out.uncached)
         try:
             payload = dumps(msg, registry)[0]
         except Exception as exc:
@@ -328,7 +331,7 @@ def _worker_main(
                 f"worker ({type(exc).__name__}: {exc}); return plain data (numbers, strings, "
                 "lists, dicts, NumPy arrays), or run this stage on threads"
             )
-            msg = (task_id, [], out.stamps[:2], ("error", bad, tb))
+            msg = (task_id, [], out.stamps[:2], ("error", bad, tb), [], None)
             payload = dumps(msg, registry)[0]
         current[0] = -1
         current[1] = 0

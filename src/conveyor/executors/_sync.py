@@ -23,6 +23,7 @@ class SyncExecutor(Executor):
                 is_async=s.is_async,
                 concurrency=s.concurrency,
                 timeout=s.timeout,
+                cache=self.cache,
             )
         )
 

@@ -51,6 +51,30 @@ class Outcome:
     error: BaseException | None = None
     error_traceback: str | None = None
     lost: LostWorker | None = None
+    hits: list[int] = dataclasses.field(default_factory=list)  # units answered by the cache
+    uncached: str | None = None  # type of an input that could not be fingerprinted
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheSpec:
+    """What a worker needs to consult a stage's cache: picklable, made by the driver."""
+
+    root: str
+    stage: str  # the key's qualified stage name: "<pipeline>/<stage>"
+    code: str  # fingerprint of the stage's function
+
+
+_caches: dict[str, Any] = {}
+_caches_lock = threading.Lock()
+
+
+def _cache_at(root: str) -> Any:
+    with _caches_lock:
+        if root not in _caches:
+            from conveyor.cache import StageCache
+
+            _caches[root] = StageCache(root)
+        return _caches[root]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +120,7 @@ def run_task(
     concurrency: int = 1,
     timeout: float | None = None,
     on_unit: Callable[[int], None] | None = None,
+    cache: CacheSpec | None = None,
 ) -> Outcome:
     """Call ``fn`` on each unit of a task and collect what it returned or raised.
 
@@ -104,6 +129,8 @@ def run_task(
     """
     if is_async:
         return _run_async(fn, kind, units, worker, task_id, concurrency, timeout)
+    if cache is not None:
+        return _run_cached(fn, kind, units, worker, task_id, on_unit, cache)
     results: list[Any] = []
     append = results.append
     stamps = [monotonic_ns()]
@@ -124,6 +151,62 @@ def run_task(
         stamp(monotonic_ns())
         append(r)
     return Outcome(task_id, worker, results, stamps)
+
+
+def _run_cached(
+    fn: Callable[[Any], Any],
+    kind: str,
+    units: list[Any],
+    worker: int,
+    task_id: int,
+    on_unit: Callable[[int], None] | None,
+    spec: CacheSpec,
+) -> Outcome:
+    """``run_task`` for a cached stage: look each unit up by content first."""
+    cache = _cache_at(spec.root)
+    results: list[Any] = []
+    stamps = [monotonic_ns()]
+    hits: list[int] = []
+    uncached: str | None = None
+    for i, unit in enumerate(units):
+        if on_unit is not None:
+            on_unit(i)
+        key = cache.key(spec.stage, spec.code, unit, warn=False)
+        if key is None:
+            uncached = (
+                uncached or f"an input of type {type(unit).__qualname__} cannot be fingerprinted"
+            )
+        else:
+            hit, value = cache.get(key)
+            if hit:
+                results.append(value)
+                hits.append(i)
+                stamps.append(monotonic_ns())
+                continue
+        try:
+            r = fn(unit)
+            if kind == "flat_map":
+                r = _materialise(r)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            stamps.append(monotonic_ns())
+            out = Outcome(task_id, worker, results, stamps, exc, traceback.format_exc())
+            out.hits, out.uncached = hits, uncached
+            return out
+        if key is not None:
+            try:
+                stored = cache.put(key, r, stage=spec.stage, warn=False)
+            except OSError as exc:  # a full or read-only disk must not fail the item
+                uncached = uncached or f"writing the cache failed ({exc})"
+            else:
+                if not stored:
+                    uncached = (
+                        uncached or f"a result of type {type(r).__qualname__} cannot be pickled"
+                    )
+        stamps.append(monotonic_ns())
+        results.append(r)
+    return Outcome(task_id, worker, results, stamps, hits=hits, uncached=uncached)
 
 
 def _materialise(r: Any) -> list[Any]:

@@ -94,6 +94,7 @@ class ThreadExecutor(Executor):
                     is_async=s.is_async,
                     concurrency=s.concurrency,
                     timeout=s.timeout,
+                    cache=self.cache,
                     on_unit=on_unit,
                 )
             except _Cancelled:
