@@ -187,7 +187,7 @@ def kill_once(marker: str, x: int) -> int:
 
 def hang_on_5(x: int) -> int:
     if x == 5:
-        time.sleep(1.5)
+        time.sleep(3.0)
     return x
 
 

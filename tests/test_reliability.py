@@ -95,7 +95,7 @@ def test_a_call_past_its_timeout_is_stopped_and_the_run_goes_on(executor: str) -
     )
     started = time.monotonic()
     run = pipe.run(range(20), instruments=[ledger])
-    assert time.monotonic() - started < 1.4  # did not wait for the 1.5 s call
+    assert time.monotonic() - started < 2.5  # did not wait for the 3 s call
     assert sorted(run.results) == [x for x in range(20) if x != 5]
     assert ledger.states[5] == "dead_lettered"
     stats = run.statistics().stages["hang_on_5"]
