@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import os
 import pickle
 import queue
 import signal
@@ -294,7 +295,11 @@ def _worker_main(
         return
     conn.send_bytes(dumps(_READY, registry)[0])
 
+    driver = os.getppid()
+
     def publish(i: int) -> None:
+        if os.getppid() != driver:
+            os._exit(0)  # the driver died: stop at once rather than work as an orphan
         current[1] = monotonic_ns()
         current[0] = i
 

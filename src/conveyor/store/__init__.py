@@ -3,6 +3,7 @@ ledger of source items, in embedded SQLite (``./.conveyor/runs.db``)."""
 
 from conveyor.store._db import PipelineChangedError, RunNotFoundError, StoreError
 from conveyor.store._recorder import StoreRecorder
+from conveyor.store._resume import ResumePlan, plan_resume, resume_report
 from conveyor.store._schema import SCHEMA_VERSION
 from conveyor.store._store import (
     DeadLetter,
@@ -20,6 +21,7 @@ __all__ = [
     "ItemOutcome",
     "Ledger",
     "PipelineChangedError",
+    "ResumePlan",
     "RunNotFoundError",
     "RunRecord",
     "RunStore",
@@ -27,4 +29,6 @@ __all__ = [
     "StoreError",
     "StoreRecorder",
     "encode_key",
+    "plan_resume",
+    "resume_report",
 ]
