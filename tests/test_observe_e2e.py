@@ -217,3 +217,42 @@ def test_cli_analyze_and_run_refuse_bad_input_in_one_line(tmp_path: Path) -> Non
     assert "Traceback" not in bad.output
     png = CliRunner().invoke(cli, ["analyze", str(tmp_path / "bad.cvrec"), "--gantt", "x.png"])
     assert png.exit_code == 2 and "give a path ending in .svg" in png.output
+
+
+REBALANCE_FILE = """
+import time
+import conveyor as cv
+
+def light(x):
+    time.sleep(0.003)
+    return x
+
+def heavy(x):
+    time.sleep(0.012)
+    return x
+
+pipeline = cv.Pipeline(
+    "rb", [cv.Stage(light, workers=2), cv.Stage(heavy)], source=lambda: range(120)
+)
+"""
+
+
+def test_cli_rebalance_moves_workers_while_the_run_goes_on(tmp_path: Path) -> None:
+    (tmp_path / "rbpipe.py").write_text(REBALANCE_FILE)
+    path, modules = sys.path[:], set(sys.modules)
+    try:
+        result = CliRunner().invoke(
+            cli, ["run", f"{tmp_path}/rbpipe.py:pipeline", "--no-progress", "--rebalance", "3"]
+        )
+        small = CliRunner().invoke(
+            cli, ["run", f"{tmp_path}/rbpipe.py:pipeline", "--no-progress", "--rebalance", "1"]
+        )
+    finally:
+        sys.path[:] = path
+        for name in set(sys.modules) - modules:
+            del sys.modules[name]
+    assert result.exit_code == 0, result.output
+    # light 3 ms on 2 workers, heavy 12 ms on 1: the budget of 3 goes 1 + 2.
+    assert "rebalanced at " in result.stderr and "light 1, heavy 2" in result.stderr
+    assert "threads×1→2" in result.stdout
+    assert small.exit_code == 2 and "each needs a worker; give at least 2" in small.output

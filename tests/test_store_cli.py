@@ -92,7 +92,9 @@ def test_show_lists_failures_of_a_failed_run(tmp_path: Path) -> None:
     result = invoke("show", run.id, "--store", str(path))
     assert result.exit_code == 0, result.output
     assert f"run {run.id} of pipeline 'unlucky': failed" in result.output
-    assert "fail_on_13 item 13: ValueError: thirteen is unlucky: 13" in result.output
+    assert "fail_on_13 item 13 attempt 1: ValueError: thirteen is unlucky: 13" in result.output
+    # items 0-12 reached the output before the failure: they are done, the rest pending
+    assert "done 13 + filtered 0 + dead-lettered 0 + pending 17 = read 30" in result.output
     assert "balanced:" in result.output and "pending" in result.output
 
 

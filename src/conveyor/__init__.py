@@ -13,8 +13,11 @@ from conveyor._errors import (
     WorkerLostError,
 )
 from conveyor._instrument import Instrument, RunInfo, StageInfo
+from conveyor._metrics import Metrics
 from conveyor._pipeline import Pipeline
 from conveyor._policy import Retry
+from conveyor._rebalance import Rebalancer
+from conveyor._recorder import Recorder, Recording, RecordingError
 from conveyor._run import Run
 from conveyor._stage import Stage, stage
 from conveyor._statistics import QueueStatistics, RunStatistics, StageStatistics
@@ -24,9 +27,14 @@ __version__ = "0.1.0"
 __all__ = [
     "ConveyorError",
     "Instrument",
+    "Metrics",
     "Pipeline",
     "PipelineError",
     "QueueStatistics",
+    "Rebalancer",
+    "Recorder",
+    "Recording",
+    "RecordingError",
     "RemoteTraceback",
     "Retry",
     "Run",

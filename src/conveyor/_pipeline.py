@@ -159,12 +159,15 @@ class Pipeline:
         *,
         ordered: bool | None = None,
         instruments: Sequence[Instrument] = (),
+        record: bool = True,
     ) -> Run:
         """Start a run over ``source`` and return it as an iterator of results.
 
         Results stream: the first ones arrive before the source is exhausted.
         The pipeline advances while you iterate; close the run (or leave its
-        ``with`` block) to stop early, which stops every worker.
+        ``with`` block) to stop early, which stops every worker. ``record`` keeps
+        every unit's times for ``run.recording`` and ``run.report()``; turn it off
+        to save its small per-item cost.
         """
         from conveyor._run import Run
 
@@ -173,6 +176,7 @@ class Pipeline:
             self._resolve_source(source),
             ordered=self.ordered if ordered is None else ordered,
             instruments=instruments,
+            record=record,
         )
 
     def run(
@@ -181,9 +185,11 @@ class Pipeline:
         *,
         ordered: bool | None = None,
         instruments: Sequence[Instrument] = (),
+        record: bool = True,
     ) -> Run:
-        """Run to the end; the returned run holds ``results`` (a list) and statistics."""
-        run = self.stream(source, ordered=ordered, instruments=instruments)
+        """Run to the end; the returned run holds ``results`` (a list), statistics, and
+        (with ``record``) its recording: ``run.report()`` explains it."""
+        run = self.stream(source, ordered=ordered, instruments=instruments, record=record)
         run.wait()
         return run
 

@@ -17,11 +17,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from conveyor._instrument import Instrument
+from conveyor._recorder import Recorder, Recording
 from conveyor._scheduler import Scheduler
 from conveyor._statistics import RunStatistics, StageStatistics
 
 if TYPE_CHECKING:
     from conveyor._pipeline import Pipeline
+    from conveyor.analysis import Report
 
 
 class Run(Iterator[Any]):
@@ -29,6 +31,9 @@ class Run(Iterator[Any]):
 
     ``results`` holds every result once :meth:`wait` (or ``Pipeline.run``) has
     returned. ``state`` is pending, running, succeeded, failed or cancelled.
+    With ``record`` (the default of ``Pipeline.run``/``stream``) the run keeps a
+    :class:`~conveyor.Recording` of every unit's times: :attr:`recording`,
+    :meth:`report`.
     """
 
     def __init__(
@@ -38,8 +43,12 @@ class Run(Iterator[Any]):
         *,
         ordered: bool,
         instruments: Sequence[Instrument] = (),
+        record: bool = False,
     ) -> None:
         self.id = secrets.token_hex(6)
+        self._recorder = Recorder() if record else None
+        if self._recorder is not None:
+            instruments = [self._recorder, *instruments]
         self.pipeline = pipeline
         self.ordered = ordered
         self.state = "pending"
@@ -129,6 +138,31 @@ class Run(Iterator[Any]):
         stage or fewer than one worker.
         """
         self._scheduler.resize(stage, workers)
+
+    @property
+    def recording(self) -> Recording:
+        """What the recorder captured: final once the run has ended, a snapshot before.
+
+        Raises RuntimeError for a run started with ``record=False`` or not started.
+        """
+        if self._recorder is None:
+            raise RuntimeError(
+                f"run {self.id} was started with record=False, so it has no recording; "
+                "start it with Pipeline.run(..., record=True) (the default)"
+            )
+        if self._recorder.finished:
+            return self._recorder.recording
+        return self._recorder.snapshot()
+
+    def report(self, *, budget: int | None = None) -> Report:
+        """The run explained: per-stage table, bottleneck and evidence, the model's
+        prediction beside the measurement, and advice (``print(run.report().render())``).
+
+        ``budget`` is the number of workers to balance over (default: the run's own).
+        """
+        from conveyor.analysis import build_report
+
+        return build_report(self.recording, budget=budget)
 
     def worker_pids(self) -> list[int]:
         """Process ids of this run's live worker processes."""

@@ -287,6 +287,8 @@ class Scheduler:
 
     def shutdown(self, *, cancel: bool) -> None:
         """Stop every executor's workers; with ``cancel``, abandon work in flight."""
+        if self._ins:
+            self._report_finished()  # roots finished in the pass a failure interrupted
         for s in self.stages:
             if s.executor is not None:
                 s.executor.shutdown(cancel=cancel)

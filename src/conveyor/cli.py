@@ -4,13 +4,19 @@
 
     $ conveyor run examples/science.py:pipeline
     $ conveyor run mypackage.jobs:build_pipeline --source events.txt --json stats.json
+    $ conveyor run examples/science.py:pipeline --record run.cvrec --gantt run.svg --trace run.json
+    $ conveyor analyze run.cvrec --budget 8
     $ conveyor --version
 
 ``TARGET`` is ``module:attr`` or ``path/to/file.py:attr``; ``attr`` names a
 :class:`~conveyor.Pipeline`, or a function of no arguments that returns one. While
 the run goes on a live table (stderr, terminals only) shows each stage's progress;
-afterwards a table explains it: per-stage throughput, service time, busy share,
-peak queue, and the stage that limits throughput.
+afterwards a report explains it: per-stage throughput, service time, queue wait,
+busy, starved and blocked shares, peak queue; the stage that limits throughput and
+the evidence; the model's prediction beside the measurement; and advice. ``--record``
+saves the run's recording for ``conveyor analyze``; ``--trace`` writes a Chrome /
+Perfetto trace, ``--gantt`` an SVG timeline; ``--metrics-port`` serves Prometheus
+metrics on 127.0.0.1 while the run goes on.
 
 Exit codes: 0 success; 1 the run failed (or the target raised while loading);
 2 a usage error (bad TARGET, missing file or attribute); 130 cancelled by Ctrl-C.
@@ -19,15 +25,11 @@ Exit codes: 0 success; 1 the run failed (or the target raised while loading);
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
-import inspect
 import json
+import os
 import sys
-from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import click
@@ -39,11 +41,11 @@ import conveyor
 from conveyor._errors import ConveyorError, StageError
 from conveyor._pipeline import Pipeline
 from conveyor._progress import Progress
+from conveyor._rebalance import Rebalancer
+from conveyor._recorder import Recording, RecordingError
 from conveyor._report import limiting_line, run_summary, stage_table
-from conveyor._stage import Stage
 from conveyor._statistics import RunStatistics
-
-TARGET_HELP = "TARGET is module:attr or path/to/file.py:attr, e.g. examples/science.py:pipeline"
+from conveyor._target import load_pipeline, read_lines
 
 
 @click.group()
@@ -69,18 +71,80 @@ def cli() -> None:
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     help="Write the run's statistics to this file as JSON.",
 )
+@click.option(
+    "--record",
+    "record_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Save the run's recording here (gzipped JSON) for `conveyor analyze`.",
+)
+@click.option(
+    "--trace",
+    "trace_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write a Chrome/Perfetto trace (JSON) of every worker's activity.",
+)
+@click.option(
+    "--gantt",
+    "gantt_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Draw the workers' timeline and queue depths as an SVG file.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=0,
+    show_default=True,
+    help="Serve Prometheus metrics on 127.0.0.1:PORT while the run goes on (0: off).",
+)
+@click.option(
+    "--budget",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Workers to balance over in the advice (default: the run's own total).",
+)
+@click.option(
+    "--rebalance",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="BUDGET",
+    help="While the run goes on, move workers to the bottleneck, BUDGET workers in all.",
+)
+@click.option(
+    "--store",
+    "store_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Record the run in this SQLite run store (default: $CONVEYOR_STORE or .conveyor/runs.db).",
+)
+@click.option("--no-store", is_flag=True, help="Do not record the run in the run store.")
+@click.option(
+    "--output",
+    "output_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write every result to this file, one JSON value per line.",
+)
 def run_command(
     target: str,
     source_file: Path | None,
     ordered: bool,
     no_progress: bool,
     json_path: Path | None,
+    record_path: Path | None,
+    trace_path: Path | None,
+    gantt_path: Path | None,
+    metrics_port: int,
+    budget: int | None,
+    rebalance: int | None,
+    store_path: Path | None,
+    no_store: bool,
+    output_path: Path | None,
 ) -> None:
     """Run the pipeline TARGET to the end and print a per-stage report.
 
     TARGET is module:attr or path/to/file.py:attr, naming a Pipeline or a
     function of no arguments that returns one.
     """
+    _check_gantt_path(gantt_path)
     out = Console(width=None if sys.stdout.isatty() else 120)
     err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
     progress = Progress() if sys.stderr.isatty() and not no_progress else None
@@ -91,32 +155,139 @@ def run_command(
                 f"pipeline {pipeline.name!r} has no source; pass --source FILE (one item per "
                 "line) or build it with Pipeline(..., source=...)"
             )
-        source = _read_lines(source_file) if source_file is not None else None
-        run = pipeline.stream(
-            source, ordered=True if ordered else None, instruments=[progress] if progress else []
-        )
+        source = read_lines(source_file) if source_file is not None else None
+        metrics = _serve_metrics(metrics_port, err) if metrics_port else None
+        if rebalance is not None and rebalance < len(pipeline.stages):
+            raise click.UsageError(
+                f"--rebalance {rebalance}: pipeline {pipeline.name!r} has "
+                f"{len(pipeline.stages)} stages and each needs a worker; give at least "
+                f"{len(pipeline.stages)}"
+            )
+        rebalancer = Rebalancer(rebalance) if rebalance is not None else None
+        params = {
+            "source": str(source_file.resolve()) if source_file is not None else None,
+            "ordered": ordered or pipeline.ordered,
+        }
+        recorder = None if no_store else _recorder(store_path, pipeline, _stored(target), params)
+        instruments: list[Any] = [
+            i for i in (progress, metrics, rebalancer, recorder) if i is not None
+        ]
+        run = pipeline.stream(source, ordered=True if ordered else None, instruments=instruments)
     except ConveyorError as exc:  # the pipeline is built wrong: no run to report on
         err.print(f"[red]error: {escape(_describe_error(exc))}[/red]")
         sys.exit(1)
+    try:
+        failure, cancelled = _execute(run, progress, err, output_path)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    stats = run.statistics()
+    recording = _recording_of(run)
+    _report(out, stats, recording, budget)
+    if json_path is not None:
+        _write_json(json_path, stats)
+    if recording is not None:
+        _write_outputs(recording, record_path, trace_path, gantt_path, err)
+    if rebalancer is not None:
+        for d in rebalancer.decisions:
+            plan = ", ".join(f"{n} {w}" for n, w in d.workers.items())
+            err.print(f"rebalanced at {d.t_s:.2f} s: {plan} (predicted {d.predicted_gain:.2f}×)")
+    _finish(run, recorder, failure, cancelled, err)
+
+
+@cli.command("resume")
+@click.argument("run_ref", metavar="RUN")
+@click.option(
+    "--store",
+    "store_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The run store (default: $CONVEYOR_STORE or .conveyor/runs.db).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Resume even if the run succeeded or its pipeline's code changed since.",
+)
+@click.option("--no-progress", is_flag=True, help="No live progress display.")
+@click.option(
+    "--output",
+    "output_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write every result to this file, one JSON value per line.",
+)
+def resume_command(
+    run_ref: str,
+    store_path: Path | None,
+    force: bool,
+    no_progress: bool,
+    output_path: Path | None,
+) -> None:
+    """Finish the interrupted run RUN (an id or its first characters), computing only
+    what is missing: cached stages answer the items the run finished from the cache."""
+    from conveyor.store import RunNotFoundError, StoreError, plan_resume, resume_report
+
+    out = Console(width=None if sys.stdout.isatty() else 120)
+    err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+    progress = Progress() if sys.stderr.isatty() and not no_progress else None
+    store = _open_store(store_path, create=False)
+    try:
+        plan = plan_resume(store, run_ref, load_pipeline, force=force)
+        recorder = _recorder(store, plan.pipeline, plan.record.target, plan.params())
+        instruments = [i for i in (progress, recorder) if i is not None]
+        run = plan.pipeline.stream(plan.source(), ordered=plan.ordered, instruments=instruments)
+    except RunNotFoundError as exc:
+        raise click.UsageError(str(exc)) from None
+    except (StoreError, ConveyorError) as exc:
+        err.print(f"[red]error: {escape(_describe_error(exc))}[/red]")
+        sys.exit(1)
+    err.print(f"resuming run {plan.record.id} of {plan.record.pipeline!r} as run {run.id}")
+    failure, cancelled = _execute(run, progress, err, output_path)
+    stats = run.statistics()
+    _report(out, stats, _recording_of(run), None)
+    for line in resume_report(plan, stats):
+        out.print(escape(line))
+    _finish(run, recorder, failure, cancelled, err)
+
+
+def _execute(
+    run: conveyor.Run, progress: Progress | None, err: Console, output_path: Path | None
+) -> tuple[ConveyorError | None, bool]:
+    """Drive ``run`` to its end with the live display; (failure, cancelled)."""
     live = (
         Live(progress, console=err, refresh_per_second=4, transient=True)
         if progress is not None
         else nullcontext()
     )
-    failure: ConveyorError | None = None
-    cancelled = False
+    output = output_path.open("w", encoding="utf-8") if output_path is not None else None
     try:
         with run, live:
-            for _ in run:
-                pass
+            for result in run:
+                if output is not None:
+                    output.write(json.dumps(result, default=repr) + "\n")
     except KeyboardInterrupt:  # the run has cancelled itself: workers are stopped
-        cancelled = True
+        return None, True
     except ConveyorError as exc:
-        failure = exc
-    stats = run.statistics()
-    _report(out, stats)
-    if json_path is not None:
-        _write_json(json_path, stats)
+        return exc, False
+    finally:
+        if output is not None:
+            output.close()
+    return None, False
+
+
+def _finish(
+    run: conveyor.Run,
+    recorder: Any,
+    failure: ConveyorError | None,
+    cancelled: bool,
+    err: Console,
+) -> None:
+    """Say where the run is recorded and how to resume it; exit with its status."""
+    if recorder is not None:
+        where = recorder.store.path
+        err.print(f"run {run.id} recorded in {where}")
+        if failure is not None or cancelled:
+            err.print(f"finish it with: conveyor resume {run.id[:8]} --store {where}")
     if cancelled:
         err.print("[yellow]cancelled[/yellow]")
         sys.exit(130)
@@ -124,6 +295,104 @@ def run_command(
         err.print(f"[red]error: {escape(_describe_error(failure))}[/red]")
         sys.exit(1)
 
+
+def _stored(target: str) -> str:
+    """``target`` as the run store keeps it: a file target with an absolute path, so
+    that ``conveyor resume`` finds it from any folder."""
+    where, _, attr = target.rpartition(":")
+    if where.endswith(".py"):
+        return f"{Path(where).resolve()}:{attr}"
+    return target
+
+
+def _open_store(path: Path | None, *, create: bool = True) -> Any:
+    from conveyor.store import RunStore, StoreError
+
+    path = path or _default_store()
+    if not create and not path.exists():
+        raise click.UsageError(
+            f"no run store at {path}; runs are recorded there by `conveyor run` "
+            "(pass --store PATH for another store)"
+        )
+    try:
+        return RunStore(path, create=create)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _default_store() -> Path:
+    return Path(os.environ.get("CONVEYOR_STORE") or Path(".conveyor") / "runs.db")
+
+
+def _recorder(store: Any, pipeline: Pipeline, target: str | None, params: dict[str, Any]) -> Any:
+    from conveyor.store import RunStore, StoreRecorder
+
+    if not isinstance(store, RunStore):
+        store = _open_store(store)
+    return StoreRecorder(store, pipeline=pipeline, params=params, target=target)
+
+
+@cli.command("analyze")
+@click.argument("recording_path", metavar="RECORDING", type=click.Path(path_type=Path))
+@click.option(
+    "--budget",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Workers to balance over in the advice (default: the run's own total).",
+)
+@click.option(
+    "--trace",
+    "trace_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write a Chrome/Perfetto trace (JSON) of every worker's activity.",
+)
+@click.option(
+    "--gantt",
+    "gantt_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Draw the workers' timeline and queue depths as an SVG file.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write every figure of the report to this file as JSON.",
+)
+def analyze_command(
+    recording_path: Path,
+    budget: int | None,
+    trace_path: Path | None,
+    gantt_path: Path | None,
+    json_path: Path | None,
+) -> None:
+    """Explain a recorded run: RECORDING is a file saved by `conveyor run --record`."""
+    from conveyor.analysis import build_report
+
+    _check_gantt_path(gantt_path)
+    width = (
+        int(os.environ.get("COLUMNS", "120")) if os.environ.get("COLUMNS", "").isdigit() else 120
+    )
+    out = Console(width=None if sys.stdout.isatty() else width)
+    err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+    try:
+        recording = Recording.load(recording_path)
+    except RecordingError as exc:
+        raise click.UsageError(str(exc)) from None
+    report = build_report(recording, budget=budget)
+    out.print(report)
+    if json_path is not None:
+        _write_text(json_path, json.dumps(report.to_dict(), indent=2) + "\n", "--json")
+    _write_outputs(recording, None, trace_path, gantt_path, err)
+
+
+# --- run history and cache: conveyor runs | show | deadletters | cache ---------------------
+from conveyor.cache.cli import cache as _cache  # noqa: E402
+from conveyor.store.cli import deadletters as _deadletters  # noqa: E402
+from conveyor.store.cli import runs as _runs  # noqa: E402
+from conveyor.store.cli import show as _show  # noqa: E402
+
+for _command in (_runs, _show, _deadletters, _cache):
+    cli.add_command(_command)
 
 # --- conveyor train: registered from the train extra -----------------------------------
 try:
@@ -150,146 +419,89 @@ def main() -> None:
     cli()
 
 
-def load_pipeline(target: str) -> Pipeline:
-    """The :class:`Pipeline` that ``target`` (``module:attr`` or ``file.py:attr``) names.
+def _report(
+    console: Console, stats: RunStatistics, recording: Recording | None, budget: int | None
+) -> None:
+    if recording is None or not recording.stages:
+        console.print(stage_table(stats))
+        console.print(escape(run_summary(stats)))
+        line = limiting_line(stats)
+        if line is not None:
+            console.print(escape(line))
+        return
+    from conveyor.analysis import build_report
 
-    A file is loaded as a module named after its stem, with its directory put first
-    on ``sys.path`` so process workers can import it too. Raises
-    :class:`click.UsageError` (exit 2) for a target that cannot be found and
-    :class:`click.ClickException` (exit 1) for one that fails while loading.
-    """
-    where, sep, attr = target.rpartition(":")
-    if not sep or not where or not attr or not attr.isidentifier():
-        raise click.UsageError(f"bad TARGET {target!r}: {TARGET_HELP}")
-    module = _load_file(where) if _is_path(where) else _import_module(where)
-    try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        found = sorted(k for k, v in vars(module).items() if isinstance(v, Pipeline))
-        hint = (
-            f"it defines these pipelines: {', '.join(found)}"
-            if found
-            else "it defines no Pipeline at module level"
-        )
-        raise click.UsageError(f"{where!r} has no attribute {attr!r}; {hint}") from None
-    return _as_pipeline(obj, target)
-
-
-def _is_path(where: str) -> bool:
-    return where.endswith(".py") or "/" in where or "\\" in where
-
-
-def _load_file(where: str) -> ModuleType:
-    path = Path(where)
-    if not path.is_file():
-        raise click.UsageError(
-            f"file {where!r} not found (from {Path.cwd()}); give a path to a .py file, "
-            "e.g. examples/science.py:pipeline"
-        )
-    if path.suffix != ".py":
-        raise click.UsageError(f"{where!r} is not a .py file; {TARGET_HELP}")
-    path = path.resolve()
-    name = path.stem
-    # First on sys.path before loading: spawned process workers inherit sys.path and
-    # import the stages' functions from this module by name.
-    directory = str(path.parent)
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise click.UsageError(f"cannot load {where!r} as a Python module")
-    loaded = sys.modules.get(name)
-    if loaded is not None and getattr(loaded, "__file__", None) != str(path):
-        raise click.UsageError(
-            f"{where!r} would be imported as module {name!r}, but a module of that name is "
-            f"already loaded ({getattr(loaded, '__file__', None) or 'built in'}); "
-            "rename the file"
-        )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except ConveyorError:
-        del sys.modules[name]
-        raise
-    except Exception as exc:
-        del sys.modules[name]
-        raise click.ClickException(
-            f"loading {where!r} raised {type(exc).__name__}: {exc}; fix the file "
-            f"(try: python {where})"
-        ) from exc
-    return module
-
-
-def _import_module(name: str) -> ModuleType:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and name.startswith(exc.name):
-            raise click.UsageError(
-                f"no module named {name!r}; check the name and that it is importable from "
-                f"here, or give a file: path/to/{name.rpartition('.')[2]}.py:attr"
-            ) from None
-        raise click.ClickException(
-            f"importing {name!r} raised ModuleNotFoundError: {exc}; install the missing module"
-        ) from exc
-    except ConveyorError:
-        raise
-    except Exception as exc:
-        raise click.ClickException(
-            f"importing {name!r} raised {type(exc).__name__}: {exc}"
-        ) from exc
-
-
-def _as_pipeline(obj: Any, target: str) -> Pipeline:
-    if isinstance(obj, Pipeline):
-        return obj
-    if isinstance(obj, Stage):
-        raise click.UsageError(
-            f"{target!r} is a Stage, not a Pipeline; wrap it: "
-            f"Pipeline('name', [{obj.name}], source=...)"
-        )
-    if not callable(obj):
-        raise click.UsageError(
-            f"{target!r} is a {type(obj).__name__}, not a Pipeline; name a Pipeline or a "
-            "function of no arguments that returns one"
-        )
-    try:
-        inspect.signature(obj).bind()
-    except TypeError:
-        raise click.UsageError(
-            f"{target!r} is a callable that needs arguments; name a Pipeline or a function "
-            "of no arguments that returns one"
-        ) from None
-    except ValueError:
-        pass  # no signature to check (some builtins): just call it
-    try:
-        result = obj()
-    except ConveyorError:
-        raise
-    except Exception as exc:
-        raise click.ClickException(
-            f"calling {target!r} raised {type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(result, Pipeline):
-        raise click.UsageError(
-            f"{target!r}() returned a {type(result).__name__}, not a Pipeline; return the Pipeline"
-        )
-    return result
-
-
-def _read_lines(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            yield line.rstrip("\r\n")
-
-
-def _report(console: Console, stats: RunStatistics) -> None:
-    console.print(stage_table(stats))
+    report = build_report(recording, budget=budget)
+    console.print(report.table())
     console.print(escape(run_summary(stats)))
-    line = limiting_line(stats)
-    if line is not None:
+    for line in report.lines()[1:]:  # the first repeats the summary, in the report's words
         console.print(escape(line))
+
+
+def _recording_of(run: conveyor.Run) -> Recording | None:
+    try:
+        return run.recording
+    except RuntimeError:  # not started (failed while starting): nothing recorded
+        return None
+
+
+def _serve_metrics(port: int, err: Console) -> Any:
+    try:
+        from conveyor._metrics import Metrics
+
+        metrics = Metrics()
+    except ImportError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        bound = metrics.serve(port)
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
+    err.print(f"metrics at http://127.0.0.1:{bound}/metrics")
+    return metrics
+
+
+def _write_outputs(
+    recording: Recording,
+    record_path: Path | None,
+    trace_path: Path | None,
+    gantt_path: Path | None,
+    err: Console,
+) -> None:
+    from conveyor._gantt import gantt_svg
+    from conveyor._trace import chrome_trace
+
+    if record_path is not None:
+        try:
+            recording.save(record_path)
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot write the recording to --record {str(record_path)!r}: {exc.strerror}; "
+                "check that its directory exists and is writable"
+            ) from exc
+    if trace_path is not None:
+        _write_text(trace_path, json.dumps(chrome_trace(recording)), "--trace")
+    if gantt_path is not None:
+        _write_text(gantt_path, gantt_svg(recording), "--gantt")
+    for what, path in (("recording", record_path), ("trace", trace_path), ("timeline", gantt_path)):
+        if path is not None:
+            err.print(f"{what} written to {escape(str(path))}")
+
+
+def _check_gantt_path(path: Path | None) -> None:
+    if path is not None and path.suffix.lower() != ".svg":
+        raise click.UsageError(
+            f"--gantt {str(path)!r}: the timeline is drawn as SVG; give a path ending in .svg"
+        )
+
+
+def _write_text(path: Path, text: str, option: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot write {option} {str(path)!r}: {exc.strerror}; "
+            "check that its directory exists and is writable"
+        ) from exc
 
 
 def _write_json(path: Path, stats: RunStatistics) -> None:

@@ -125,3 +125,41 @@ def _lines(path: Path) -> Iterator[str]:
     with path.open(encoding="utf-8") as fh:
         for line in fh:
             yield line.rstrip("\n")
+
+
+def redrive_plan(pipeline: Pipeline, letters: list[Any]) -> list[tuple[Pipeline, list[Any]]]:
+    """For each stage with dead letters: the sub-pipeline of that stage and every stage
+    after it, and the inputs to feed it (the dead letters' values, in key order)."""
+    from conveyor._errors import PipelineError
+
+    by_stage: dict[str, list[Any]] = {}
+    for letter in letters:
+        by_stage.setdefault(letter.stage, []).append(letter)
+    plans = []
+    for stage, group in by_stage.items():
+        if stage not in pipeline.stages:
+            raise PipelineError(
+                f"the dead letters are from stage {stage!r}, which pipeline "
+                f"{pipeline.name!r} no longer has; re-drive them from Python",
+                stage=stage,
+            )
+        keep = _downstream(pipeline, stage)
+        edges = [(a, b) for a in keep for b in pipeline.successors[a] if b in keep]
+        sub = Pipeline(
+            f"{pipeline.name}:redrive-{stage}",
+            [pipeline.stages[n] for n in pipeline.order if n in keep],
+            edges=edges,
+            capacity=pipeline.capacity,
+        )
+        plans.append((sub, [letter.load_value() for letter in group]))
+    return plans
+
+
+def _downstream(pipeline: Pipeline, stage: str) -> set[str]:
+    seen, todo = {stage}, [stage]
+    while todo:
+        for nxt in pipeline.successors[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen

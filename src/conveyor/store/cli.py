@@ -16,6 +16,7 @@ conveyor; 3 from ``show`` when the run's ledger does not balance.
 from __future__ import annotations
 
 import datetime
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +68,8 @@ def _console() -> Console:
 
 
 def _with_store(store_path: Path | None, fn: Callable[[RunStore], T]) -> T:
+    if store_path is None and os.environ.get("CONVEYOR_STORE"):
+        store_path = Path(os.environ["CONVEYOR_STORE"])
     try:
         with RunStore(store_path, create=False) as store:
             return fn(store)
@@ -193,8 +196,14 @@ def _print_ledger(out: Console, run: RunRecord, ledger: Ledger) -> None:
 @click.command("deadletters")
 @click.argument("run_id", metavar="RUN")
 @click.option("--traceback", "show_traceback", is_flag=True, help="Print each traceback.")
+@click.option(
+    "--redrive",
+    is_flag=True,
+    help="Run the dead-lettered items again through the stage that gave up on them and "
+    "the stages after it (after a fix), recording a new run per stage.",
+)
 @store_option
-def deadletters(run_id: str, show_traceback: bool, store_path: Path | None) -> None:
+def deadletters(run_id: str, show_traceback: bool, redrive: bool, store_path: Path | None) -> None:
     """List the items run RUN gave up on: stage, item key, error and input value."""
 
     def gather(store: RunStore) -> tuple[RunRecord, Any]:
@@ -205,6 +214,9 @@ def deadletters(run_id: str, show_traceback: bool, store_path: Path | None) -> N
     out = _console()
     if not letters:
         out.print(f"run {run.id} has no dead letters")
+        return
+    if redrive:
+        _redrive(run, letters, store_path, out)
         return
     table = Table(
         title=f"{len(letters)} dead letters of run {run.id}",
@@ -240,3 +252,39 @@ def _when(t: float | None) -> str:
 
 def _num(value: float | None, fmt: str = "{}") -> str:
     return "-" if value is None else fmt.format(value)
+
+
+def _redrive(run: RunRecord, letters: list[Any], store_path: Path | None, out: Console) -> None:
+    from conveyor._errors import ConveyorError
+    from conveyor._target import load_pipeline
+    from conveyor.store._recorder import StoreRecorder
+    from conveyor.store._resume import redrive_plan
+
+    if not run.target:
+        raise StoreUsageProblem(
+            f"run {run.id} was not started by `conveyor run`, so its pipeline cannot be "
+            "loaded here; re-drive from Python: DeadLetter.load_value() gives each input"
+        )
+    pipeline = load_pipeline(run.target)
+    try:
+        plans = redrive_plan(pipeline, letters)
+    except ConveyorError as exc:
+        raise StoreProblem(str(exc)) from None
+    with RunStore(store_path or _env_store(), create=False) as store:
+        for sub, values in plans:
+            recorder = StoreRecorder(
+                store, pipeline=sub, params={"redrive_of": run.id}, target=run.target
+            )
+            again = sub.run(values, instruments=[recorder])
+            stats = again.statistics()
+            dead = sum(st.dead_lettered for st in stats.stages.values())
+            out.print(
+                f"re-drove {len(values)} item(s) through {', '.join(sub.order)}: "
+                f"{stats.items_emitted} result(s), {dead} dead-lettered again "
+                f"(run {again.id})"
+            )
+
+
+def _env_store() -> Path | None:
+    value = os.environ.get("CONVEYOR_STORE")
+    return Path(value) if value else None

@@ -1,0 +1,360 @@
+"""The report: a run explained in numbers and plain words.
+
+:func:`build_report` turns a recording into a :class:`Report`, a value holding
+every figure (measurements, the model's prediction beside them, Little's law, the
+bottleneck and its evidence, the balanced allocation) and the recommendations in
+words. ``render()`` gives text; the report is also a rich renderable::
+
+    report = run.report(budget=8)
+    print(report.render())
+    report.recommendations  # ("give `embed` 3 workers of the 8: predicted 2.4x throughput ...", ...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from typing import Any
+
+from conveyor._recorder import Recording
+from conveyor.analysis._balance import Allocation, balance
+from conveyor.analysis._bottleneck import Bottleneck, WindowVerdict, find_bottleneck
+from conveyor.analysis._measure import RunMeasure, measure
+from conveyor.analysis._model import Little, Model, Prediction, little, model_of, predict
+
+__all__ = ["Comparison", "Report", "build_report"]
+
+TIMES = "\u00d7"
+SPEEDUP_WORTH_SAYING = 1.05  # recommend a change only if it predicts 5% more throughput
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """One figure as the model predicts it and as the run measured it."""
+
+    name: str
+    formula: str
+    predicted: float
+    measured: float
+    unit: str
+
+    @property
+    def error(self) -> float:
+        """(measured - predicted) / predicted."""
+        return (self.measured - self.predicted) / self.predicted if self.predicted else math.nan
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """Every figure of one run's explanation, and the recommendations in words."""
+
+    measure: RunMeasure
+    model: Model
+    prediction: Prediction
+    comparisons: tuple[Comparison, ...]
+    little: Little | None
+    bottleneck: Bottleneck | None
+    budget: int
+    allocation: Allocation | None
+    recommendations: tuple[str, ...]
+
+    def limiting_line(self) -> str | None:
+        """``"limiting stage: render (busy 97% of its workers' time; ...)"``."""
+        b = self.bottleneck
+        if b is None:
+            return None
+        return f"limiting stage: {b.stage} ({'; '.join(b.evidence())})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every figure as JSON-ready data (NaN and infinity become None)."""
+        return _clean(dataclasses.asdict(self))
+
+    def render(self, *, width: int = 120) -> str:
+        """The report as plain text (no colour)."""
+        from rich.console import Console
+
+        buf = io.StringIO()
+        Console(file=buf, width=width, color_system=None, force_terminal=False).print(self)
+        return buf.getvalue()
+
+    def table(self) -> Any:
+        """The per-stage table (a rich Table): stage, executor×workers, items in and out,
+        items/s, mean and p95 ms per unit, mean queue wait, busy share, starved and
+        blocked shares, peak queue over its bound."""
+        from rich.table import Table
+
+        m = self.measure
+        t = Table(title=f"{m.pipeline}: {m.state}", title_justify="left", show_edge=False)
+        for col in ("stage", "executor"):
+            t.add_column(col, no_wrap=True)
+        for col in (
+            "in",
+            "out",
+            "items/s",
+            "ms/unit",
+            "p95 ms",
+            "wait ms",
+            "busy",
+            "starved",
+            "blocked",
+            "peak queue",
+        ):
+            t.add_column(col, justify="right", no_wrap=True)
+        limiting = self.bottleneck.stage if self.bottleneck else None
+        for s in m.stages.values():
+            workers = (
+                f"{s.workers}" if s.final_workers == s.workers else f"{s.workers}→{s.final_workers}"
+            )
+            t.add_row(
+                f"[bold]{s.name}[/bold]" if s.name == limiting else s.name,
+                f"{s.executor}{TIMES}{workers}",
+                str(s.items_in),
+                "-" if s.items_out is None else str(s.items_out),
+                f"{(s.items_out or s.items_in) / m.makespan_s:.1f}" if m.makespan_s > 0 else "-",
+                _ms(s.service.mean),
+                _ms(s.service.p95),
+                _ms(s.queue_wait.mean),
+                f"{s.utilisation:.0%}",
+                f"{s.starved_share:.0%}",
+                f"{s.blocked_share:.0%}",
+                f"{s.peak_queue_depth} / {'∞' if s.bound is None else s.bound}",
+            )
+        return t
+
+    def lines(self) -> list[str]:
+        """The words below the table, one line each."""
+        m = self.measure
+        out = [
+            f"{m.pipeline}: {m.state}, {m.done} of {m.items} items in {m.makespan_s:.2f} s "
+            f"({m.throughput:.1f} items/s); latency p50 {_dur(m.latency.p50)}, "
+            f"p95 {_dur(m.latency.p95)}, p99 {_dur(m.latency.p99)}"
+        ]
+        line = self.limiting_line()
+        if line:
+            out.append(line)
+        b = self.bottleneck
+        if b is not None and b.drifted:
+            spans = ", ".join(f"{a:.1f}-{z:.1f} s: {name}" for a, z, name in _merge_spans(b.moves))
+            out.append(f"the bottleneck moved during the run ({spans}; {b.stage} elsewhere)")
+        if m.startup_s > 0.01 and m.startup_s >= 0.05 * (m.makespan_s + m.startup_s):
+            out.append(
+                f"start-up: {m.startup_s:.2f} s passed before the first unit started (process "
+                "workers importing their modules); the figures below leave it out"
+            )
+        failed = [f"{s.name} {s.errors}" for s in m.stages.values() if s.errors]
+        if failed:
+            out.append(f"errors (units that raised): {', '.join(failed)}")
+        out.extend(_caveats(m))
+        out.append("model against measurement:")
+        for c in self.comparisons:
+            err = "" if math.isnan(c.error) else f" ({c.error:+.0%})"
+            out.append(
+                f"  {c.name:<24} {c.formula:<22} predicted {_num(c.predicted)} {c.unit}, "
+                f"measured {_num(c.measured)} {c.unit}{err}"
+            )
+        if self.little is not None:
+            lt = self.little
+            out.append(
+                f"  {'Little: items in system':<24} {'L = λ·W':<22} λ·W = {lt.throughput:.1f}/s × "
+                f"{_dur(lt.mean_latency_s)} = {lt.predicted:.2f}, measured in queues and "
+                f"workers {lt.items_in_system:.2f} ({lt.error:+.0%})"
+            )
+        out.append(
+            f"  {'bubble (idle workers)':<24} {'1 - Σbusy/Σ(w·T)':<22} {m.bubble:.0%} of the "
+            "workers' time"
+        )
+        if self.recommendations:
+            out.append("recommendations:")
+            out.extend(f"  - {r}" for r in self.recommendations)
+        return out
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.text import Text
+
+        return Group(self.table(), *(Text(line) for line in self.lines()))
+
+
+def build_report(rec: Recording, *, budget: int | None = None) -> Report:
+    """Explain the run in ``rec``. ``budget``: workers to balance over (default: the
+    run's own total, so the advice moves workers rather than adding them)."""
+    m = measure(rec)
+    model = model_of(m)
+    n = m.items
+    pred = predict(model, items=n)
+    comparisons = _comparisons(m, pred)
+    bn = find_bottleneck(rec, m)
+    total = sum(s.workers for s in model.stages)
+    budget = total if budget is None else budget
+    alloc = None
+    fixed = {s.name: s.workers for s in model.stages if not s.resizable}
+    demands = model.demands
+    if (
+        bn is not None
+        and budget >= len(demands)
+        and budget >= sum(fixed.values()) + sum(1 for s in model.stages if s.resizable)
+    ):
+        alloc = balance(demands, budget, fixed=fixed)
+    lt = little(rec)
+    recs = _recommend(m, model, pred, bn, alloc, budget, lt) if bn is not None else []
+    return Report(m, model, pred, tuple(comparisons), lt, bn, budget, alloc, tuple(recs))
+
+
+def _comparisons(m: RunMeasure, pred: Prediction) -> list[Comparison]:
+    if m.done < 2 or m.first_latency_s is None:
+        return []
+    if any(s.kind == "collect" for s in m.stages.values()):
+        # A collect stage is a barrier: every item waits for the last, so there is
+        # no steady period to compare; the convoy formula applies up to it.
+        return []
+    measured_period = (m.makespan_s - m.first_latency_s) / (m.done - 1)
+    assert pred.makespan_s is not None
+    return [
+        Comparison("period P", "max d_i/w_i", pred.period_s * 1e3, measured_period * 1e3, "ms"),
+        # Steady throughput: the run's fill (the first item's latency) left out.
+        Comparison("steady throughput λ", "1/P", pred.throughput, 1 / measured_period, "items/s"),
+        Comparison(
+            "first-item latency L",
+            "Σ u_i (longest path)",
+            pred.latency_s * 1e3,
+            m.first_latency_s * 1e3,
+            "ms",
+        ),
+        Comparison(f"makespan T_N, N={m.items}", "L + (N-1)·P", pred.makespan_s, m.makespan_s, "s"),
+    ]
+
+
+def _recommend(
+    m: RunMeasure,
+    model: Model,
+    pred: Prediction,
+    bn: Bottleneck,
+    alloc: Allocation | None,
+    budget: int,
+    lt: Little | None,
+) -> list[str]:
+    out: list[str] = []
+    now = pred.throughput
+    current = model.workers
+    b = bn.stage
+    if (
+        alloc is not None
+        and alloc.workers != current
+        and alloc.throughput > now * SPEEDUP_WORTH_SAYING
+    ):
+        changed = [n for n in alloc.workers if alloc.workers[n] != current[n]]
+        lead = b if b in changed else changed[0]
+        rest = ", ".join(f"{n} {alloc.workers[n]}" for n in alloc.workers if n != lead)
+        out.append(
+            f"give `{lead}` {alloc.workers[lead]} workers of the {budget} ({rest}): predicted "
+            f"{alloc.throughput / now:.1f}{TIMES} throughput ({now:.1f} → {alloc.throughput:.1f} "
+            "items/s)"
+        )
+    elif alloc is not None:
+        fixed = {st.name: st.workers for st in model.stages if not st.resizable}
+        for extra in range(1, budget + 1):
+            more = balance(model.demands, budget + extra, fixed=fixed)
+            if more.throughput >= now * SPEEDUP_WORTH_SAYING:
+                plan = ", ".join(f"{n} {w}" for n, w in more.workers.items())
+                out.append(
+                    f"the {budget} workers are already balanced; with {extra} more "
+                    f"({budget + extra}: {plan}) the model predicts "
+                    f"{more.throughput / now:.2f}{TIMES} throughput"
+                )
+                break
+    fast = predict(model, faster={b: 2.0})
+    out.append(
+        f"making `{b}` 2{TIMES} faster: predicted {fast.throughput / now:.2f}{TIMES} throughput"
+        + (f" (then `{fast.bottleneck}` limits)" if fast.bottleneck != b else "")
+    )
+    others = [s for s in model.stages if s.name != b and s.demand_s > 0]
+    if others:
+        o = max(others, key=lambda s: s.demand_s / s.workers)
+        same = predict(model, faster={o.name: 2.0})
+        gain = same.throughput / now
+        effect = "changes nothing" if gain < 1.01 else f"gives only {gain:.2f}{TIMES}"
+        out.append(
+            f"making `{o.name}` 2{TIMES} faster {effect}: it is not the bottleneck "
+            f"(predicted {same.throughput:.1f} items/s, now {now:.1f})"
+        )
+    if pred.makespan_s and pred.latency_s > 0.2 * pred.makespan_s:
+        out.append(
+            f"the run is short: filling and draining the pipeline take about "
+            f"{pred.latency_s / pred.makespan_s:.0%} of it; more items amortise that"
+        )
+    workers = sum(current.values())
+    if lt is not None and lt.items_in_system > 4 * workers:
+        out.append(
+            f"about {lt.items_in_system:.0f} items wait in the system for {workers} workers "
+            f"(Little: W = L/λ = {_dur(lt.mean_latency_s)}); a smaller queue capacity would "
+            "cut latency without costing throughput"
+        )
+    return out
+
+
+def _merge_spans(windows: list[WindowVerdict]) -> list[tuple[float, float, str]]:
+    """Adjacent windows with the same bottleneck, as one span."""
+    spans: list[tuple[float, float, str]] = []
+    for w in windows:
+        name = w.bottleneck or ""
+        if spans and spans[-1][2] == name and abs(spans[-1][1] - w.start_s) < 1e-9:
+            spans[-1] = (spans[-1][0], w.end_s, name)
+        else:
+            spans.append((w.start_s, w.end_s, name))
+    return spans
+
+
+def _caveats(m: RunMeasure) -> list[str]:
+    """What makes the measurement stray from the model: cold first units, shared cores."""
+    out = []
+    cold = [
+        f"{s.name} {_dur(s.first_service_s)} ({s.first_service_s / s.service.p50:.1f}{TIMES})"
+        for s in m.stages.values()
+        if s.first_service_s is not None
+        and s.service.count > 2
+        and s.first_service_s > 2 * s.service.p50
+        and s.first_service_s > 0.001
+    ]
+    if cold:
+        out.append(
+            "warm-up: the first unit ran slower than the median in "
+            + ", ".join(cold)
+            + "; the first item's latency includes it"
+        )
+    procs = sum(s.mean_workers for s in m.stages.values() if s.executor == "processes")
+    if m.cpus and procs > m.cpus:
+        out.append(
+            f"{procs:.0f} process workers shared {m.cpus} CPU cores: busy time includes waiting "
+            "for a core, and the model assumes each worker has one"
+        )
+    return out
+
+
+def _ms(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "-"
+    ms = seconds * 1e3
+    return f"{ms:.0f}" if ms >= 1000 else f"{ms:.3g}"
+
+
+def _dur(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "-"
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    return f"{seconds * 1e3:.3g} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.3g} µs"
+
+
+def _num(x: float) -> str:
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, float):
+        return None if math.isnan(x) or math.isinf(x) else x
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    return x

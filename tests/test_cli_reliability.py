@@ -1,0 +1,202 @@
+"""The run store from the command line: run, kill, resume; dead letters and re-drive."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import stagefns as f
+from conveyor.cli import cli
+
+TESTS = str(Path(__file__).parent)
+
+PIPE = textwrap.dedent(
+    """
+    import functools, sys, time
+    sys.path.insert(0, {tests!r})
+    import conveyor as cv
+    import stagefns as f
+
+    def slow_square(x):
+        time.sleep({sleep})
+        return f.logged_square({log!r}, int(x))
+
+    def check(x):
+        if x % 7 == 0 and {strict}:
+            raise ValueError(f"no multiples of 7: {{x}}")
+        return x
+
+    pipeline = cv.Pipeline(
+        "cli-resume",
+        [
+            cv.stage(slow_square, executor="processes", workers=2, cache={cache!r}),
+            cv.stage(check, on_error="skip"),
+        ],
+        ordered=True,
+    )
+    """
+)
+
+
+@pytest.fixture(autouse=True)
+def fresh_module():  # type: ignore[no-untyped-def]
+    """Each test writes its own cli_resume_pipe.py: forget the last one's module."""
+    sys.modules.pop("cli_resume_pipe", None)
+    yield
+    sys.modules.pop("cli_resume_pipe", None)
+
+
+def write_pipe(tmp_path: Path, *, strict: bool = False, sleep: float = 0.01) -> Path:
+    path = tmp_path / "cli_resume_pipe.py"
+    path.write_text(
+        PIPE.format(
+            tests=TESTS,
+            log=str(tmp_path / "calls.log"),
+            cache=str(tmp_path / "cache"),
+            strict=strict,
+            sleep=sleep,
+        )
+    )
+    return path
+
+
+def conveyor(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "conveyor.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.slow
+def test_run_killed_then_resumed_from_the_command_line(tmp_path: Path) -> None:
+    pipe = write_pipe(tmp_path)
+    source = tmp_path / "numbers.txt"
+    source.write_text("".join(f"{i}\n" for i in range(100)))
+    log, store = tmp_path / "calls.log", tmp_path / "runs.db"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "conveyor.cli",
+            "run",
+            f"{pipe}:pipeline",
+            "--source",
+            str(source),
+            "--store",
+            str(store),
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while len(f.calls(str(log))) < 30:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    time.sleep(0.5)  # orphaned workers finish the call in hand and exit
+    before = f.calls(str(log))
+
+    runs = conveyor("runs", "--store", str(store), cwd=tmp_path)
+    assert runs.returncode == 0 and "running" in runs.stdout
+    run_id = re.search(r"\b[0-9a-f]{12}\b", runs.stdout).group(0)  # type: ignore[union-attr]
+    out = tmp_path / "results.jsonl"
+    resumed = conveyor(
+        "resume",
+        run_id[:8],
+        "--store",
+        str(store),
+        "--no-progress",
+        "--output",
+        str(out),
+        cwd=tmp_path,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    after = f.calls(str(log))[len(before) :]
+    assert sorted(set(before) | set(after)) == list(range(100)) and len(set(after)) == len(after)
+    assert (
+        f"slow_square: {100 - len(after)} from the cache, {len(after)} computed" in resumed.stdout
+    )
+    assert "check: 100 computed again (the stage is not cached)" in resumed.stdout
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert results == [x * x for x in range(100)]  # what a clean run gives, in order
+    shown = conveyor("show", run_id[:8], "--store", str(store), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+
+
+def test_dead_letters_are_listed_and_re_driven(tmp_path: Path) -> None:
+    pipe = write_pipe(tmp_path, strict=True, sleep=0)
+    store = tmp_path / "runs.db"
+    source = tmp_path / "numbers.txt"
+    source.write_text("".join(f"{i}\n" for i in range(30)))
+    runner = CliRunner()
+    first = runner.invoke(
+        cli,
+        [
+            "run",
+            f"{pipe}:pipeline",
+            "--source",
+            str(source),
+            "--store",
+            str(store),
+            "--no-progress",
+        ],
+    )
+    assert first.exit_code == 0, first.output
+    run_id = next(
+        line.split()[1]
+        for line in first.output.splitlines()
+        if line.startswith("run ") and "recorded in" in line
+    )
+    letters = runner.invoke(cli, ["deadletters", run_id, "--store", str(store)])
+    assert letters.exit_code == 0, letters.output
+    assert "5 dead letters" in letters.output and "no multiples of 7" in letters.output
+
+    write_pipe(tmp_path, strict=False, sleep=0)  # the fix
+    sys.modules.pop("cli_resume_pipe", None)
+    again = runner.invoke(cli, ["deadletters", run_id, "--store", str(store), "--redrive"])
+    assert again.exit_code == 0, again.output
+    assert "re-drove 5 item(s) through check: 5 result(s), 0 dead-lettered again" in again.output
+
+
+def test_resume_errors_are_one_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(cli, ["resume", "abc", "--store", str(tmp_path / "none.db")])
+    assert missing.exit_code == 2 and "no run store at" in missing.output
+    pipe = write_pipe(tmp_path, sleep=0)
+    store = tmp_path / "runs.db"
+    source = tmp_path / "n.txt"
+    source.write_text("1\n2\n")
+    ok = runner.invoke(
+        cli,
+        [
+            "run",
+            f"{pipe}:pipeline",
+            "--source",
+            str(source),
+            "--store",
+            str(store),
+            "--no-progress",
+        ],
+    )
+    assert ok.exit_code == 0, ok.output
+    unknown = runner.invoke(cli, ["resume", "zzzz", "--store", str(store)])
+    assert unknown.exit_code == 2 and "Traceback" not in unknown.output
+    run_id = next(line.split()[1] for line in ok.output.splitlines() if "recorded in" in line)
+    done = runner.invoke(cli, ["resume", run_id, "--store", str(store)])
+    assert done.exit_code == 1 and "nothing to resume" in done.output
