@@ -134,87 +134,44 @@ class Instrument:
         """The run ended: ``state`` is succeeded, failed or cancelled."""
 
 
+EVENTS: tuple[str, ...] = tuple(
+    name for name, value in vars(Instrument).items() if callable(value) and not name.startswith("_")
+)
+
+
 class Instruments(Instrument):
-    """Fans every event out to several instruments, in order."""
+    """Fans every event out to several instruments, in order.
+
+    Built once per run: for each event it keeps only the instruments that override
+    it, so an event nobody listens to costs one call to a no-op, and ``active`` and
+    ``wants(event)`` let the scheduler skip building an event's arguments at all.
+    """
 
     def __init__(self, instruments: Sequence[Instrument]) -> None:
         self.instruments = tuple(instruments)
+        self.active = bool(self.instruments)
+        self._listening: set[str] = set()
+        for name in EVENTS:
+            hooks = tuple(
+                getattr(i, name)
+                for i in self.instruments
+                if getattr(type(i), name) is not getattr(Instrument, name)
+            )
+            if hooks:
+                self._listening.add(name)
+            setattr(self, name, hooks[0] if len(hooks) == 1 else _fan_out(hooks))
 
     def __bool__(self) -> bool:
-        return bool(self.instruments)
+        return self.active
 
-    def run_started(self, run: RunInfo) -> None:
-        for i in self.instruments:
-            i.run_started(run)
+    def wants(self, event: str) -> bool:
+        """Whether any instrument overrides ``event``."""
+        return event in self._listening
 
-    def items_read(self, keys: Sequence[Key], t_ns: int) -> None:
-        for i in self.instruments:
-            i.items_read(keys, t_ns)
 
-    def items_enqueued(self, stage: str, keys: Sequence[Key], depth: int, t_ns: int) -> None:
-        for i in self.instruments:
-            i.items_enqueued(stage, keys, depth, t_ns)
+def _fan_out(hooks: tuple[Any, ...]) -> Any:
+    def call(*args: Any) -> None:
+        for hook in hooks:
+            hook(*args)
 
-    def task_started(
-        self, stage: str, task: int, keys: Sequence[Key], depth: int, t_ns: int
-    ) -> None:
-        for i in self.instruments:
-            i.task_started(stage, task, keys, depth, t_ns)
-
-    def task_finished(
-        self,
-        stage: str,
-        task: int,
-        worker: int,
-        keys: Sequence[Key],
-        starts_ns: Sequence[int],
-        ends_ns: Sequence[int],
-        error: BaseException | None,
-    ) -> None:
-        for i in self.instruments:
-            i.task_finished(stage, task, worker, keys, starts_ns, ends_ns, error)
-
-    def items_emitted(self, keys: Sequence[Key], t_ns: int) -> None:
-        for i in self.instruments:
-            i.items_emitted(keys, t_ns)
-
-    def unit_failed(
-        self,
-        stage: str,
-        key: Key,
-        error: BaseException,
-        traceback: str | None,
-        attempt: int,
-        retrying: bool,
-        t_ns: int,
-    ) -> None:
-        for i in self.instruments:
-            i.unit_failed(stage, key, error, traceback, attempt, retrying, t_ns)
-
-    def dead_lettered(
-        self,
-        stage: str,
-        key: Key,
-        value: Any,
-        error: BaseException,
-        traceback: str | None,
-        t_ns: int,
-    ) -> None:
-        for i in self.instruments:
-            i.dead_lettered(stage, key, value, error, traceback, t_ns)
-
-    def cache_hits(self, stage: str, keys: Sequence[Key], t_ns: int) -> None:
-        for i in self.instruments:
-            i.cache_hits(stage, keys, t_ns)
-
-    def roots_finished(self, roots: Sequence[int], state: str, t_ns: int) -> None:
-        for i in self.instruments:
-            i.roots_finished(roots, state, t_ns)
-
-    def stage_resized(self, stage: str, workers: int, t_ns: int) -> None:
-        for i in self.instruments:
-            i.stage_resized(stage, workers, t_ns)
-
-    def run_finished(self, state: str, error: BaseException | None, t_ns: int) -> None:
-        for i in self.instruments:
-            i.run_finished(state, error, t_ns)
+    return call

@@ -200,6 +200,8 @@ class Scheduler:
         self._source_done = False
         self._next_index = 0
         self._ins = Instruments(instruments)
+        self._has_ins = self._ins.active
+        self._emit_hook = self._ins.wants("items_emitted")
         self._completions: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._local: deque[Outcome] = deque()
         self._inflight: dict[int, tuple[_StageState, Task]] = {}
@@ -261,7 +263,7 @@ class Scheduler:
         # The run's clock starts once its workers are started, so that start-up
         # (spawning processes) does not count as the pipeline's time.
         self.started_ns = monotonic_ns()
-        if self._ins:
+        if self._has_ins:
             self._ins.run_started(self._run_info())
 
     def _cache_spec(self, stage: Stage) -> CacheSpec | None:
@@ -287,7 +289,7 @@ class Scheduler:
 
     def shutdown(self, *, cancel: bool) -> None:
         """Stop every executor's workers; with ``cancel``, abandon work in flight."""
-        if self._ins:
+        if self._has_ins:
             self._report_finished()  # roots finished in the pass a failure interrupted
         for s in self.stages:
             if s.executor is not None:
@@ -316,7 +318,7 @@ class Scheduler:
         s.slots = workers
         if s.executor is not None:
             s.executor.resize(workers)
-        if self._ins:
+        if self._has_ins:
             self._ins.stage_resized(stage, workers, monotonic_ns())
 
     def worker_pids(self) -> list[int]:
@@ -375,7 +377,7 @@ class Scheduler:
         key, value = out.items.popleft()
         out.items_out += 1
         self.items_emitted += 1
-        if self._ins:
+        if self._emit_hook:
             self._ins.items_emitted([key], monotonic_ns())
         return value
 
@@ -447,7 +449,7 @@ class Scheduler:
             progressed = True
             for s in self.entries:
                 self._dispatch(s)
-        if self._ins:
+        if self._has_ins:
             self._report_finished()
         return progressed
 
@@ -483,18 +485,18 @@ class Scheduler:
             self._next_index = i
         if not items:
             return self._source_done
-        fan = len(self.entries)
-        live = self._live
-        for key, _ in items:
-            live[key[0]] = fan
+        # items are numbered consecutively: set their root counts in one C-level call
+        first = items[0][0][0]
+        self._live.update(dict.fromkeys(range(first, first + len(items)), len(self.entries)))
         self.items_read += len(items)
         now = monotonic_ns()
-        if self._ins:
-            self._ins.items_read([k for k, _ in items], now)
+        if self._has_ins:
+            keys = list(map(_first, items))
+            self._ins.items_read(keys, now)
         for s in self.entries:
             s.queue.put(items)
-            if self._ins:
-                self._ins.items_enqueued(s.name, [k for k, _ in items], len(s.queue.items), now)
+            if self._has_ins:
+                self._ins.items_enqueued(s.name, keys, len(s.queue.items), now)
         return True
 
     # --- dispatch ---------------------------------------------------------------
@@ -539,7 +541,7 @@ class Scheduler:
         s.tasks += 1
         self._inflight[task.id] = (s, task)
         task.dispatched_ns = monotonic_ns()
-        if self._ins:
+        if self._has_ins:
             self._ins.task_started(
                 s.name, task.id, task.keys, len(s.queue.items), task.dispatched_ns
             )
@@ -637,7 +639,7 @@ class Scheduler:
             error = self._lost_exception(s, task, out)
         if out.hits or out.uncached:
             self._cache_news(s, task, out)
-        if self._ins:
+        if self._has_ins:
             keys, starts, ends = task.keys[:ran], stamps[:-1], stamps[1:]
             if out.hits:  # cache hits are reported as such, not as calls
                 ran_ = [i for i in range(ran) if i not in set(out.hits)]
@@ -668,7 +670,7 @@ class Scheduler:
     def _cache_news(self, s: _StageState, task: Task, out: Outcome) -> None:
         if out.hits:
             s.cache_hits += len(out.hits)
-            if self._ins:
+            if self._has_ins:
                 self._ins.cache_hits(s.name, [task.keys[i] for i in out.hits], monotonic_ns())
         if out.uncached and s.name not in self._cache_warned:
             from conveyor.cache import CacheWarning
@@ -702,7 +704,7 @@ class Scheduler:
         assert isinstance(policy, Retry)
         retrying = policy.retries(error, attempt)
         now = monotonic_ns()
-        if self._ins:
+        if self._has_ins:
             self._ins.unit_failed(s.name, key, error, tb, attempt, retrying, now)
         if retrying:
             self._attempts[(s.name, key)] = attempt + 1
@@ -714,7 +716,7 @@ class Scheduler:
         if s.stage.on_error == "skip":
             for item_key, value in self._unit_items(task, i):
                 s.dead_lettered += 1
-                if self._ins:
+                if self._has_ins:
                     self._ins.dead_lettered(s.name, item_key, value, error, tb, now)
                 self._dead.add(item_key[0])
                 self._add_live(item_key[0], -1)
@@ -785,7 +787,7 @@ class Scheduler:
 
     def _root_finished(self, root: int, state: str | None) -> None:
         """Every item descended from source item ``root`` is gone from the pipeline."""
-        if self._ins and state is not None:
+        if self._has_ins and state is not None:
             self._reached.discard(root)
             roots = [root]
             for r in roots:  # the roots merged into it, and theirs, share its state
@@ -811,11 +813,14 @@ class Scheduler:
 
     def _report_finished(self) -> None:
         """Tell instruments which source items reached a terminal state (batched)."""
+        by_state = self._finished_by_state
+        if not (by_state["done"] or by_state["filtered"] or by_state["dead_lettered"]):
+            return
         now = monotonic_ns()
-        for state, roots in self._finished_by_state.items():
+        for state, roots in by_state.items():
             if roots:
                 self._ins.roots_finished(roots, state, now)
-                self._finished_by_state[state] = []
+                by_state[state] = []
 
     def _route(self, s: _StageState, items: list[Item]) -> None:
         if not s.successors:
@@ -834,8 +839,8 @@ class Scheduler:
         fits = items if len(items) <= room else items[:room]
         if fits:
             q.put(fits)
-            if self._ins:
-                self._ins.items_enqueued(name, [k for k, _ in fits], len(q.items), now)
+            if self._has_ins:
+                self._ins.items_enqueued(name, list(map(_first, fits)), len(q.items), now)
         if len(fits) < len(items):
             s.overflow.append((q, items[len(fits) :]))
 
@@ -848,7 +853,8 @@ class Scheduler:
         else:
             self._put(s, self.output, items, "<output>", monotonic_ns())
         live = self._live
-        track = bool(self._ins)
+        track = self._has_ins
+        done = self._finished_by_state["done"]
         for key, _ in items:
             root = key[0]
             n = live[root] - 1
@@ -858,7 +864,10 @@ class Scheduler:
                     self._reached.add(root)
             else:
                 del live[root]
-                if self.ordered or track:
+                if not self.ordered and not self._reached and not self._absorbed:
+                    if track:  # the common case, inlined: one root, one result
+                        done.append(root)
+                elif self.ordered or track:
                     self._root_finished(root, "done")
 
     def _drain_overflow(self, s: _StageState) -> bool:
