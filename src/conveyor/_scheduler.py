@@ -129,6 +129,10 @@ class _StageState:
         self.overflow: deque[tuple[_Queue, list[Item]]] = deque()
         self.executor: Executor | None = None
         self.slots = stage.workers
+        # Tasks dispatched beyond the running ones, one per worker, wait in the
+        # executor's inbox so that a worker starts its next task at once instead of
+        # waiting for the scheduler's round trip. Sync tasks finish inside submit().
+        self.prefetch = 0 if stage.executor == "sync" else 1
         self.busy = 0
         self.unit_ns = 0.0  # moving average of one unit's service time; 0: unknown
         self.target_ns = TARGET_TASK_NS[stage.executor]
@@ -168,7 +172,7 @@ class _StageState:
             items_out=self.items_out,
             errors=self.errors,
             tasks=self.tasks,
-            busy_workers=self.busy,
+            busy_workers=min(self.busy, self.slots),
             busy_seconds=self.busy_ns / 1e9,
             queue=self.queue.statistics(),
             retries=self.retries,
@@ -503,7 +507,7 @@ class Scheduler:
 
     def _dispatch(self, s: _StageState) -> bool:
         progressed = False
-        while s.busy < s.slots and not s.overflow:
+        while s.busy < s.slots * (1 + s.prefetch) and not s.overflow:
             retry_due = bool(s.retry) and s.retry[0][0] <= monotonic_ns()
             if not (retry_due or s.queue.items):
                 break
@@ -551,7 +555,7 @@ class Scheduler:
     def _make_task(self, s: _StageState, room: int) -> Task | None:
         q = s.queue
         n = len(q.items)
-        free = s.slots - s.busy
+        free = s.slots * (1 + s.prefetch) - s.busy
         if s.kind in ("map", "flat_map"):
             k = min(n, -(-n // free), s.unit_cap(), room)
             items = q.take(k)
@@ -634,6 +638,10 @@ class Scheduler:
             else:
                 s.items_in += sum(len(b) for b in task.batch_keys[:ran])
         lost = out.lost
+        if lost is not None and not lost.started:
+            # It waited behind a task whose worker died: run it again, no harm done.
+            self._requeue(s, task, list(range(len(task.keys))), monotonic_ns())
+            return
         error = out.error
         if lost is not None:
             error = self._lost_exception(s, task, out)

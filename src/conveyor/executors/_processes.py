@@ -27,6 +27,7 @@ import queue
 import signal
 import threading
 import traceback
+from collections import deque
 from time import monotonic_ns
 from typing import Any
 
@@ -36,6 +37,7 @@ from conveyor.executors._shm import SegmentRegistry, dumps, loads
 from conveyor.executors._task import CacheSpec, LostWorker, Outcome, Task, run_task
 
 _STOP = b"stop"
+_NEVER_STARTED = LostWorker(pid=None, exitcode=None, unit_index=-1, started=False)
 _READY = "ready"
 
 
@@ -55,7 +57,8 @@ class ProcessExecutor(Executor):
         super().__init__(stage, post)
         self._registry = registry
         self._workers: list[_Worker] = []
-        self._holding: dict[int, Task] = {}  # worker index -> the task it runs
+        # worker index -> the tasks sent to it and not yet answered, oldest first
+        self._holding: dict[int, deque[tuple[Task, list[object]]]] = {}
         self._lock = threading.Lock()  # proxies start replacements, the scheduler resizes
         self._closing = False
         self._closed = False
@@ -174,19 +177,22 @@ class ProcessExecutor(Executor):
         )
 
     def _proxy(self, i: int) -> None:
-        task: Task | None = None
         try:
             self._serve(i)
         except BaseException as exc:
-            # A proxy must never die silently: the scheduler would wait for its task
-            # forever. Report the failure as the outcome of the task it held.
-            task = self._holding.pop(i, None)
-            if task is not None and not self._cancelled.is_set():
+            # A proxy must never die silently: the scheduler would wait for its tasks
+            # forever. The task the worker ran fails; those queued behind it run again.
+            pending = self._holding.pop(i, deque())
+            if pending and not self._cancelled.is_set():
                 error = RuntimeError(
-                    f"conveyor's proxy for process worker {i} failed: {type(exc).__name__}: {exc}"
+                    f"conveyor's proxy for process worker {i} failed: "
+                    f"{type(exc).__name__}: {exc}"
                 )
                 error.__cause__ = exc
-                self.post(Outcome(task.id, i, [], [0, 0], error, traceback.format_exc()))
+                first, _ = pending.popleft()
+                self.post(Outcome(first.id, i, [], [0, 0], error, traceback.format_exc()))
+                for task, _ in pending:
+                    self.post(Outcome(task.id, i, [], [], lost=_NEVER_STARTED))
 
     def _serve(self, i: int) -> None:
         conn = self._workers[i].conn
@@ -196,37 +202,53 @@ class ProcessExecutor(Executor):
             msg = loads(hello, self._registry)
             if msg != _READY:
                 init_error = _as_exception(*msg)
+        # Up to two tasks at the worker: the one it runs and the next, waiting in its
+        # pipe, so that it starts the next the moment it answers. ``pinned`` keeps a
+        # task's shared-memory inputs mapped until its reply is unpickled: an in-place
+        # stage answers with those very segments.
+        pending: deque[tuple[Task, list[object]]] = deque()
+        self._holding[i] = pending
+        stopping = False
         while True:
-            task = self._inbox.get()
-            if task is None or self._cancelled.is_set():
-                with contextlib.suppress(OSError):
-                    conn.send_bytes(_STOP)
-                return
-            self._holding[i] = task
-            if hello is None:  # died at start
-                self.post(self._died_at_start(i, task))
-                return
-            if init_error is not None:
-                self.post(Outcome(task.id, i, [], [0, 0], init_error, None))
+            while len(pending) < 2 and not stopping:
+                try:
+                    task = self._inbox.get() if not pending else self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if task is None or self._cancelled.is_set():
+                    stopping = True
+                    break
+                if hello is None:  # died at start
+                    self.post(self._died_at_start(i, task))
+                    return
+                if init_error is not None:
+                    self.post(Outcome(task.id, i, [], [0, 0], init_error, None))
+                    continue
+                data, pinned = dumps((task.id, task.units), self._registry)
+                pending.append((task, pinned))
+                try:
+                    conn.send_bytes(data)
+                except OSError:
+                    break  # the worker is gone: _receive says so below
+            if not pending:
+                if stopping:
+                    with contextlib.suppress(OSError):
+                        conn.send_bytes(_STOP)
+                    return
                 continue
-            # ``pinned`` keeps the task's shared-memory inputs mapped until the reply
-            # is unpickled: an in-place stage answers with those very segments.
-            data, pinned = dumps((task.id, task.units), self._registry)
-            try:
-                conn.send_bytes(data)
-            except OSError:
-                reply = None
-            else:
-                reply = self._receive(i)
+            reply = self._receive(i)
             if self._cancelled.is_set():
                 return
+            task, pinned = pending.popleft()
             if reply is None:
                 self.post(self._lost(i, task))
+                for never_ran, _ in pending:  # still in the dead worker's pipe
+                    self.post(Outcome(never_ran.id, i, [], [], lost=_NEVER_STARTED))
+                pending.clear()
                 self._replace()
                 return
             outcome = _outcome_from_message(loads(reply, self._registry), i)
             del pinned
-            self._holding.pop(i, None)
             self.post(outcome)
 
     def shutdown(self, *, cancel: bool) -> None:

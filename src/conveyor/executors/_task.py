@@ -86,6 +86,7 @@ class LostWorker:
     exitcode: int | None
     unit_index: int  # which unit of the task it was running (-1: unknown)
     timed_out: bool = False
+    started: bool = True  # False: the task was still waiting at the worker: nothing ran
 
 
 class _Loop(threading.local):
