@@ -51,10 +51,12 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor._errors import PipelineError, RunError, StageError, WorkerLostError
 from conveyor._instrument import Instrument, Instruments, RunControl, RunInfo, StageInfo
+from conveyor._ledger import Ledger
 from conveyor._policy import Retry
 from conveyor._stage import Stage
-from conveyor._statistics import QueueStatistics, StageStatistics
-from conveyor.executors import Executor, Outcome, Task, make_executor
+from conveyor._stagestate import StageQueue, StageState
+from conveyor._statistics import StageStatistics
+from conveyor.executors import Outcome, Task, make_executor
 from conveyor.executors._task import CacheSpec
 
 if TYPE_CHECKING:
@@ -64,123 +66,9 @@ if TYPE_CHECKING:
 Key = tuple[Any, ...]
 Item = tuple[Key, Any]
 
-# How long one task should last, per executor: long enough to amortise the
-# hand-off (tens of µs for threads, a few hundred µs for processes), short
-# enough to keep latency low and work spread over the workers.
-TARGET_TASK_NS = {"sync": 1_000_000, "threads": 2_000_000, "processes": 10_000_000}
-MAX_UNITS = 1024
-SYNC_UNITS = 64  # a sync task runs in the caller: its size only sets latency
 SOURCE_BURST_NS = 1_000_000  # read the source at most this long per pass
 WAIT_SECONDS = 0.2  # wake up this often while waiting, to stay responsive to Ctrl-C
 EWMA = 0.3
-
-
-class _Queue:
-    """A bounded FIFO of items with its counters; ``bound`` None means unbounded."""
-
-    __slots__ = ("bound", "items", "items_in", "items_out", "peak", "reserved")
-
-    def __init__(self, bound: int | None) -> None:
-        self.bound = bound
-        self.items: deque[Item] = deque()
-        self.reserved = 0  # places held by in-flight upstream tasks
-        self.items_in = 0
-        self.items_out = 0
-        self.peak = 0
-
-    def room(self) -> int:
-        if self.bound is None:
-            return MAX_UNITS * 64
-        return self.bound - len(self.items) - self.reserved
-
-    def put(self, items: Sequence[Item]) -> None:
-        self.items.extend(items)
-        self.items_in += len(items)
-        if len(self.items) > self.peak:
-            self.peak = len(self.items)
-
-    def take(self, n: int) -> list[Item]:
-        q = self.items
-        if n == len(q):
-            taken = list(q)
-            q.clear()
-        else:
-            taken = [q.popleft() for _ in range(n)]
-        self.items_out += n
-        return taken
-
-    def statistics(self) -> QueueStatistics:
-        return QueueStatistics(
-            self.bound, len(self.items), self.peak, self.items_in, self.items_out
-        )
-
-
-class _StageState:
-    """A stage while it runs: its queue, its workers' slots, its counters."""
-
-    def __init__(self, stage: Stage, bound: int | None) -> None:
-        self.stage = stage
-        self.name = stage.name
-        self.kind = stage.kind
-        self.queue = _Queue(bound)
-        self.targets: list[_Queue] = []  # successors' queues, or the output buffer
-        self.successors: list[_StageState] = []
-        self.predecessors: list[_StageState] = []
-        self.overflow: deque[tuple[_Queue, list[Item]]] = deque()
-        self.executor: Executor | None = None
-        self.slots = stage.workers
-        # Tasks dispatched beyond the running ones, one per worker, wait in the
-        # executor's inbox so that a worker starts its next task at once instead of
-        # waiting for the scheduler's round trip. Sync tasks finish inside submit().
-        self.prefetch = 0 if stage.executor == "sync" else 1
-        self.busy = 0
-        self.unit_ns = 0.0  # moving average of one unit's service time; 0: unknown
-        self.target_ns = TARGET_TASK_NS[stage.executor]
-        self.drained = False  # no item will ever reach this stage again, and it is idle
-        self.items_in = 0
-        self.items_out = 0
-        self.errors = 0
-        self.retries = 0
-        self.dead_lettered = 0
-        self.timeouts = 0
-        self.lost_workers = 0
-        self.cache_hits = 0
-        self.tasks = 0
-        self.busy_ns = 0
-        # Units to run again: (ready time, sequence, the unit's items), soonest first.
-        self.retry: list[tuple[int, int, list[Item]]] = []
-
-    def unit_cap(self) -> int:
-        """Units per task so that a task lasts about ``target_ns``."""
-        if self.stage.executor == "sync":
-            return SYNC_UNITS  # never from the clock: sync runs must be deterministic
-        if self.unit_ns <= 0:
-            return 1  # measure one unit before sending more
-        cap = int(self.target_ns / self.unit_ns) or 1
-        if self.stage.is_async:
-            cap *= self.stage.concurrency
-        return min(cap, MAX_UNITS)
-
-    def statistics(self) -> StageStatistics:
-        s = self.stage
-        return StageStatistics(
-            name=self.name,
-            kind=self.kind,
-            executor=s.executor,
-            workers=self.slots,
-            items_in=self.items_in,
-            items_out=self.items_out,
-            errors=self.errors,
-            tasks=self.tasks,
-            busy_workers=min(self.busy, self.slots),
-            busy_seconds=self.busy_ns / 1e9,
-            queue=self.queue.statistics(),
-            retries=self.retries,
-            dead_lettered=self.dead_lettered,
-            timeouts=self.timeouts,
-            lost_workers=self.lost_workers,
-            cache_hits=self.cache_hits,
-        )
 
 
 class Scheduler:
@@ -208,14 +96,14 @@ class Scheduler:
         self._emit_hook = self._ins.wants("items_emitted")
         self._completions: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._local: deque[Outcome] = deque()
-        self._inflight: dict[int, tuple[_StageState, Task]] = {}
+        self._inflight: dict[int, tuple[StageState, Task]] = {}
         self._task_ids = 0
         self._shm: SegmentRegistry | None = None
-        self.stages: list[_StageState] = [
-            _StageState(pipeline.stages[n], pipeline.capacity_of(n)) for n in pipeline.order
+        self.stages: list[StageState] = [
+            StageState(pipeline.stages[n], pipeline.capacity_of(n)) for n in pipeline.order
         ]
         by_name = {s.name: s for s in self.stages}
-        self.output = _Queue(pipeline.capacity)
+        self.output = StageQueue(pipeline.capacity)
         self.refill = max(1, pipeline.capacity // 4)
         for s in self.stages:
             s.successors = [by_name[n] for n in pipeline.successors[s.name]]
@@ -223,22 +111,7 @@ class Scheduler:
             s.targets = [t.queue for t in s.successors] or [self.output]
         self.entries = [s for s in self.stages if not s.predecessors]
         self.deterministic = all(s.stage.executor == "sync" for s in self.stages)
-        # Root counts: live descendants of each source item still in the system.
-        self._live: dict[int, int] = {}
-        # Ordered mode: results wait in a heap until all earlier roots are done.
-        self._heap: list[tuple[Key, int, Any]] = []
-        self._heap_seq = 0
-        self._frontier = 0  # every root below it is finished
-        self._finished_roots: set[int] = set()
-        # For instruments: terminal states of source items, reported in batches.
-        self._reached: set[int] = set()  # roots with a result at the output, still live
-        self._dead: set[int] = set()  # roots with a dead-lettered item
-        self._absorbed: dict[int, list[int]] = {}  # root -> roots merged into its batch
-        self._finished_by_state: dict[str, list[int]] = {
-            "done": [],
-            "filtered": [],
-            "dead_lettered": [],
-        }
+        self.ledger = Ledger(ordered=ordered, tracking=self._has_ins)
         # Failure handling: attempts per (stage, unit key) that failed at least once.
         self._attempts: dict[tuple[str, Key], int] = {}
         self._retry_seq = 0
@@ -389,7 +262,7 @@ class Scheduler:
         return (
             self._source_done
             and not self._inflight
-            and not self._heap
+            and not self.ledger.holding
             and all(not s.queue.items and not s.overflow and not s.retry for s in self.stages)
         )
 
@@ -453,6 +326,8 @@ class Scheduler:
             progressed = True
             for s in self.entries:
                 self._dispatch(s)
+        if self.ordered:
+            self._release()
         if self._has_ins:
             self._report_finished()
         return progressed
@@ -462,7 +337,7 @@ class Scheduler:
             return False
         n = min(q.queue.room() for q in self.entries)
         if self.ordered:
-            n = min(n, self._frontier + self.window - self._next_index)
+            n = min(n, self.ledger.frontier + self.window - self._next_index)
         if n <= 0:
             return False
         items: list[Item] = []
@@ -489,9 +364,7 @@ class Scheduler:
             self._next_index = i
         if not items:
             return self._source_done
-        # items are numbered consecutively: set their root counts in one C-level call
-        first = items[0][0][0]
-        self._live.update(dict.fromkeys(range(first, first + len(items)), len(self.entries)))
+        self.ledger.read(items[0][0][0], len(items), len(self.entries))
         self.items_read += len(items)
         now = monotonic_ns()
         if self._has_ins:
@@ -505,7 +378,7 @@ class Scheduler:
 
     # --- dispatch ---------------------------------------------------------------
 
-    def _dispatch(self, s: _StageState) -> bool:
+    def _dispatch(self, s: StageState) -> bool:
         progressed = False
         while s.busy < s.slots * (1 + s.prefetch) and not s.overflow:
             retry_due = bool(s.retry) and s.retry[0][0] <= monotonic_ns()
@@ -521,7 +394,7 @@ class Scheduler:
             progressed = True
         return progressed
 
-    def _retry_task(self, s: _StageState, room: int) -> Task:
+    def _retry_task(self, s: StageState, room: int) -> Task:
         """A task of units that are due to run again (retries go before new items)."""
         now = monotonic_ns()
         cap = min(s.unit_cap(), max(1, room))
@@ -538,7 +411,7 @@ class Scheduler:
         out = sum(len(u) for u in units) if s.stage.split else len(units)
         return self._batch_task(s, units, reserved=min(out, room))
 
-    def _submit(self, s: _StageState, task: Task) -> None:
+    def _submit(self, s: StageState, task: Task) -> None:
         for t in s.targets:
             t.reserved += task.reserved
         s.busy += 1
@@ -552,7 +425,7 @@ class Scheduler:
         assert s.executor is not None
         s.executor.submit(task)
 
-    def _make_task(self, s: _StageState, room: int) -> Task | None:
+    def _make_task(self, s: StageState, room: int) -> Task | None:
         q = s.queue
         n = len(q.items)
         free = s.slots * (1 + s.prefetch) - s.busy
@@ -578,7 +451,7 @@ class Scheduler:
         out = sum(len(u) for u in units) if s.stage.split else k
         return self._batch_task(s, units, reserved=min(out, room))
 
-    def _batch_task(self, s: _StageState, units: list[list[Item]], *, reserved: int) -> Task:
+    def _batch_task(self, s: StageState, units: list[list[Item]], *, reserved: int) -> Task:
         self._task_ids += 1
         return Task(
             self._task_ids,
@@ -589,13 +462,13 @@ class Scheduler:
             reserved=reserved,
         )
 
-    def _upstream_done(self, s: _StageState) -> bool:
+    def _upstream_done(self, s: StageState) -> bool:
         """True once no item can reach ``s`` again (memoised once true)."""
         if not s.predecessors:
             return self._source_done
         return all(self._is_drained(p) for p in s.predecessors)
 
-    def _is_drained(self, s: _StageState) -> bool:
+    def _is_drained(self, s: StageState) -> bool:
         if not s.drained:
             s.drained = (
                 self._upstream_done(s)
@@ -675,7 +548,7 @@ class Scheduler:
             self._requeue(s, task, again, monotonic_ns())
         self._unit_failed(s, task, failed, error, out.error_traceback)
 
-    def _cache_news(self, s: _StageState, task: Task, out: Outcome) -> None:
+    def _cache_news(self, s: StageState, task: Task, out: Outcome) -> None:
         if out.hits:
             s.cache_hits += len(out.hits)
             if self._has_ins:
@@ -697,13 +570,13 @@ class Scheduler:
             return [(task.keys[i], task.units[i])]
         return list(zip(task.batch_keys[i], task.units[i], strict=True))
 
-    def _requeue(self, s: _StageState, task: Task, units: list[int], ready_ns: int) -> None:
+    def _requeue(self, s: StageState, task: Task, units: list[int], ready_ns: int) -> None:
         for i in units:
             self._retry_seq += 1
             heapq.heappush(s.retry, (ready_ns, self._retry_seq, self._unit_items(task, i)))
 
     def _unit_failed(
-        self, s: _StageState, task: Task, i: int, error: BaseException, tb: str | None
+        self, s: StageState, task: Task, i: int, error: BaseException, tb: str | None
     ) -> None:
         """Unit ``i`` of ``task`` failed: retry it, dead-letter it, or fail the run."""
         key = task.keys[i]
@@ -726,8 +599,7 @@ class Scheduler:
                 s.dead_lettered += 1
                 if self._has_ins:
                     self._ins.dead_lettered(s.name, item_key, value, error, tb, now)
-                self._dead.add(item_key[0])
-                self._add_live(item_key[0], -1)
+                self.ledger.dead_letter(item_key[0])
             return
         if isinstance(error, WorkerLostError):
             raise error
@@ -741,16 +613,15 @@ class Scheduler:
             key=key,
         ) from error
 
-    def _pair(self, s: _StageState, task: Task, results: list[Any]) -> list[Item]:
+    def _pair(self, s: StageState, task: Task, results: list[Any]) -> list[Item]:
         """Give each result its key, and keep the root counts true."""
-        live = self._live
         if s.kind == "map":
             return list(zip(task.keys, results, strict=False))
         if s.kind == "flat_map":
             paired: list[Item] = []
             for key, children in zip(task.keys, results, strict=False):
                 paired.extend(((*key, j), v) for j, v in enumerate(children))
-                self._add_live(key[0], len(children) - 1)
+                self.ledger.add(key[0], len(children) - 1)
             return paired
         assert task.batch_keys is not None
         if s.stage.split:
@@ -768,81 +639,36 @@ class Scheduler:
                 paired.extend(zip(keys, values, strict=False))
             return paired
         # batch (unsplit) and collect: many items merge into one, keyed by the first.
-        for keys in task.batch_keys:
-            first = keys[0][0]
-            live[first] = live.get(first, 0) + 1
-            for k in keys:
-                self._add_live(k[0], -1, into=first)
+        self.ledger.merge(task.batch_keys)
         return [(keys[0], v) for keys, v in zip(task.batch_keys, results, strict=False)]
-
-    def _add_live(self, root: int, delta: int, *, into: int | None = None) -> None:
-        """Change ``root``'s live count; at zero it is finished (or, when its last item
-        merged into a batch keyed by root ``into``, it shares that root's fate)."""
-        n = self._live[root] + delta
-        if n:
-            self._live[root] = n
-            return
-        del self._live[root]
-        if into is not None and into != root:
-            self._absorbed.setdefault(into, []).append(root)
-            self._root_finished(root, None)
-        else:
-            if root in self._dead:
-                self._dead.discard(root)
-                self._root_finished(root, "dead_lettered")
-            else:
-                self._root_finished(root, "done" if root in self._reached else "filtered")
-
-    def _root_finished(self, root: int, state: str | None) -> None:
-        """Every item descended from source item ``root`` is gone from the pipeline."""
-        if self._has_ins and state is not None:
-            self._reached.discard(root)
-            roots = [root]
-            for r in roots:  # the roots merged into it, and theirs, share its state
-                roots.extend(self._absorbed.pop(r, ()))
-            self._finished_by_state[state].extend(roots)
-        if not self.ordered:
-            return
-        if root != self._frontier:
-            self._finished_roots.add(root)
-            return
-        f = root + 1
-        while f in self._finished_roots:
-            self._finished_roots.remove(f)
-            f += 1
-        self._frontier = f
-        heap = self._heap
-        released = []
-        while heap and heap[0][0][0] < f:
-            key, _, value = heapq.heappop(heap)
-            released.append((key, value))
-        if released:
-            self.output.put(released)
 
     def _report_finished(self) -> None:
         """Tell instruments which source items reached a terminal state (batched)."""
-        by_state = self._finished_by_state
-        if not (by_state["done"] or by_state["filtered"] or by_state["dead_lettered"]):
+        finished = self.ledger.take_finished()
+        if finished is None:
             return
         now = monotonic_ns()
-        for state, roots in by_state.items():
+        for state, roots in finished.items():
             if roots:
                 self._ins.roots_finished(roots, state, now)
-                by_state[state] = []
 
-    def _route(self, s: _StageState, items: list[Item]) -> None:
+    def _release(self) -> None:
+        """Move ordered results whose turn has come to the output buffer."""
+        released = self.ledger.take_released()
+        if released:
+            self.output.put(released)
+
+    def _route(self, s: StageState, items: list[Item]) -> None:
         if not s.successors:
             self._to_output(s, items)
             return
         if len(s.successors) > 1:
-            extra = len(s.successors) - 1
-            for key, _ in items:
-                self._live[key[0]] += extra
+            self.ledger.fan_out(items, len(s.successors) - 1)
         now = monotonic_ns()
         for t in s.successors:
             self._put(s, t.queue, items, t.name, now)
 
-    def _put(self, s: _StageState, q: _Queue, items: list[Item], name: str, now: int) -> None:
+    def _put(self, s: StageState, q: StageQueue, items: list[Item], name: str, now: int) -> None:
         room = max(0, q.room())
         fits = items if len(items) <= room else items[:room]
         if fits:
@@ -852,33 +678,14 @@ class Scheduler:
         if len(fits) < len(items):
             s.overflow.append((q, items[len(fits) :]))
 
-    def _to_output(self, s: _StageState, items: list[Item]) -> None:
-        """Results reaching the output are finished: count their roots down."""
-        if self.ordered:
-            for key, value in items:
-                heapq.heappush(self._heap, (key, self._heap_seq, value))
-                self._heap_seq += 1
-        else:
+    def _to_output(self, s: StageState, items: list[Item]) -> None:
+        """Results reaching the output are finished: the ledger counts their roots down
+        (and, ordered, holds them until their turn)."""
+        if not self.ordered:
             self._put(s, self.output, items, "<output>", monotonic_ns())
-        live = self._live
-        track = self._has_ins
-        done = self._finished_by_state["done"]
-        for key, _ in items:
-            root = key[0]
-            n = live[root] - 1
-            if n:
-                live[root] = n
-                if track:
-                    self._reached.add(root)
-            else:
-                del live[root]
-                if not self.ordered and not self._reached and not self._absorbed:
-                    if track:  # the common case, inlined: one root, one result
-                        done.append(root)
-                elif self.ordered or track:
-                    self._root_finished(root, "done")
+        self.ledger.arrive(items)
 
-    def _drain_overflow(self, s: _StageState) -> bool:
+    def _drain_overflow(self, s: StageState) -> bool:
         progressed = False
         while s.overflow and s.overflow[0][0].room() > 0:
             q, items = s.overflow.popleft()
@@ -887,7 +694,7 @@ class Scheduler:
             progressed = True
         return progressed
 
-    def _lost_exception(self, s: _StageState, task: Task, out: Outcome) -> BaseException:
+    def _lost_exception(self, s: StageState, task: Task, out: Outcome) -> BaseException:
         """The error a stopped worker stands for: TimeoutError or WorkerLostError."""
         lost = out.lost
         assert lost is not None

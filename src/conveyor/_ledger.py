@@ -1,0 +1,162 @@
+"""The ledger: what became of every source item while a run goes on.
+
+Source item *i* is *root* i. The ledger counts each root's live descendants:
+
+    read            count = number of entry stages
+    flat_map        count += len(results) - 1        (an empty result drops the item)
+    fan-out to n    count += n - 1
+    batch, collect  the merged items' counts move onto the first item's root; the
+                    others are *absorbed* and share that root's fate
+    dead letter     count -= 1, and the root is marked
+    output          count -= 1 per result that reaches it
+
+At zero a root is finished, in one terminal state: ``done`` (a result of it reached
+the output), ``dead_lettered`` (a part of it was skipped) or ``filtered`` (no result).
+In ordered mode results wait in a heap until every earlier root has finished; the
+*frontier* is the oldest unfinished root, which also bounds how far the source may
+be read ahead.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+Key = tuple[Any, ...]
+Item = tuple[Key, Any]
+
+
+class Ledger:
+    """Root counts, terminal states and the ordered-output frontier of one run.
+
+    ``tracking`` keeps terminal states for instruments (``take_finished``); without
+    it the ledger only counts, and orders when ``ordered``.
+    """
+
+    def __init__(self, *, ordered: bool, tracking: bool) -> None:
+        self.ordered = ordered
+        self.tracking = tracking
+        self.live: dict[int, int] = {}
+        self.frontier = 0  # every root below it is finished
+        self._finished_ahead: set[int] = set()  # finished roots above the frontier
+        self._heap: list[tuple[Key, int, Any]] = []
+        self._seq = 0
+        self._released: list[Item] = []
+        self._reached: set[int] = set()  # live roots with a result at the output
+        self._dead: set[int] = set()  # live roots with a dead-lettered part
+        self._absorbed: dict[int, list[int]] = {}  # root -> roots merged into it
+        self._finished: dict[str, list[int]] = {"done": [], "filtered": [], "dead_lettered": []}
+
+    @property
+    def holding(self) -> bool:
+        """Whether ordered results still wait for earlier roots."""
+        return bool(self._heap)
+
+    def read(self, first: int, n: int, fan: int) -> None:
+        """Roots ``first .. first + n - 1`` entered ``fan`` entry stages."""
+        self.live.update(dict.fromkeys(range(first, first + n), fan))
+
+    def add(self, root: int, delta: int) -> None:
+        """``root`` has ``delta`` more live items (negative: fewer)."""
+        n = self.live[root] + delta
+        if n:
+            self.live[root] = n
+            return
+        del self.live[root]
+        if root in self._dead:
+            self._dead.discard(root)
+            self._finish(root, "dead_lettered")
+        else:
+            self._finish(root, "done" if root in self._reached else "filtered")
+
+    def fan_out(self, items: list[Item], extra: int) -> None:
+        live = self.live
+        for key, _ in items:
+            live[key[0]] += extra
+
+    def merge(self, batches: list[list[Key]]) -> None:
+        """Each batch of items became one item, keyed by its first item's key."""
+        live = self.live
+        for keys in batches:
+            into = keys[0][0]
+            live[into] = live.get(into, 0) + 1
+            for key in keys:
+                root = key[0]
+                n = live[root] - 1
+                if n:
+                    live[root] = n
+                elif root == into:
+                    del live[root]
+                    self._finish(root, "done" if root in self._reached else "filtered")
+                else:  # its last item went into the batch: it shares the batch's fate
+                    del live[root]
+                    self._absorbed.setdefault(into, []).append(root)
+                    self._finish(root, None)
+
+    def dead_letter(self, root: int) -> None:
+        """An item of ``root`` was skipped into the dead letters."""
+        self._dead.add(root)
+        self.add(root, -1)
+
+    def arrive(self, items: list[Item]) -> None:
+        """Results reached the output: count their roots down (and, ordered, hold them
+        until ``take_released`` may hand them out)."""
+        if self.ordered:
+            for key, value in items:
+                heapq.heappush(self._heap, (key, self._seq, value))
+                self._seq += 1
+        live = self.live
+        for key, _ in items:
+            root = key[0]
+            n = live[root] - 1
+            if n:
+                live[root] = n
+                if self.tracking:
+                    self._reached.add(root)
+            elif not (self.ordered or self._reached or self._absorbed or self._dead):
+                del live[root]  # the common case, inlined: one root, one result
+                if self.tracking:
+                    self._finished["done"].append(root)
+            else:
+                del live[root]
+                if root in self._dead:
+                    self._dead.discard(root)
+                    self._finish(root, "dead_lettered")
+                else:
+                    self._finish(root, "done")
+
+    def take_released(self) -> list[Item]:
+        """Ordered results whose roots and every earlier root have finished."""
+        released, self._released = self._released, []
+        return released
+
+    def take_finished(self) -> dict[str, list[int]] | None:
+        """Roots finished since the last call, by terminal state (None if none)."""
+        f = self._finished
+        if not (f["done"] or f["filtered"] or f["dead_lettered"]):
+            return None
+        self._finished = {"done": [], "filtered": [], "dead_lettered": []}
+        return f
+
+    def _finish(self, root: int, state: str | None) -> None:
+        """Every item descended from ``root`` is gone; ``state`` None: absorbed."""
+        if self.tracking and state is not None:
+            self._reached.discard(root)
+            roots = [root]
+            for r in roots:  # the roots merged into it, and theirs, share its state
+                roots.extend(self._absorbed.pop(r, ()))
+            self._finished[state].extend(roots)
+        if not self.ordered:
+            return
+        if root != self.frontier:
+            self._finished_ahead.add(root)
+            return
+        f = root + 1
+        while f in self._finished_ahead:
+            self._finished_ahead.remove(f)
+            f += 1
+        self.frontier = f
+        heap = self._heap
+        while heap and heap[0][0][0] < f:
+            key, _, value = heapq.heappop(heap)
+            self._released.append((key, value))
