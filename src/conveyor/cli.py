@@ -47,6 +47,20 @@ from conveyor._report import limiting_line, run_summary, stage_table
 from conveyor._statistics import RunStatistics
 from conveyor._target import load_pipeline, read_lines
 
+STORE_OPTION = click.option(
+    "--store",
+    "store_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The SQLite run store (default: $CONVEYOR_STORE or .conveyor/runs.db).",
+)
+OUTPUT_OPTION = click.option(
+    "--output",
+    "output_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write every result to this file, one JSON value per line.",
+)
+
 
 @click.group()
 @click.version_option(conveyor.__version__, prog_name="conveyor")
@@ -109,20 +123,9 @@ def cli() -> None:
     metavar="BUDGET",
     help="While the run goes on, move workers to the bottleneck, BUDGET workers in all.",
 )
-@click.option(
-    "--store",
-    "store_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Record the run in this SQLite run store (default: $CONVEYOR_STORE or .conveyor/runs.db).",
-)
+@STORE_OPTION
 @click.option("--no-store", is_flag=True, help="Do not record the run in the run store.")
-@click.option(
-    "--output",
-    "output_path",
-    type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    help="Write every result to this file, one JSON value per line.",
-)
+@OUTPUT_OPTION
 def run_command(
     target: str,
     source_file: Path | None,
@@ -197,25 +200,14 @@ def run_command(
 
 @cli.command("resume")
 @click.argument("run_ref", metavar="RUN")
-@click.option(
-    "--store",
-    "store_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="The run store (default: $CONVEYOR_STORE or .conveyor/runs.db).",
-)
+@STORE_OPTION
 @click.option(
     "--force",
     is_flag=True,
     help="Resume even if the run succeeded or its pipeline's code changed since.",
 )
 @click.option("--no-progress", is_flag=True, help="No live progress display.")
-@click.option(
-    "--output",
-    "output_path",
-    type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    help="Write every result to this file, one JSON value per line.",
-)
+@OUTPUT_OPTION
 def resume_command(
     run_ref: str,
     store_path: Path | None,
