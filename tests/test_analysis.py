@@ -303,3 +303,16 @@ def test_report_names_the_stages_that_raised() -> None:
     assert report.measure.stages["a"].errors == 1
     assert "errors (units that raised): a 1" in report.render()
     assert report.measure.state == "failed" and report.measure.done == 1
+
+
+def test_a_run_too_short_for_a_period_still_reports() -> None:
+    # Every item in one sync task: they all finish in the same pass.
+    import conveyor as cv
+
+    def up(x: str) -> str:
+        return x.upper()
+
+    run = cv.Pipeline("p", [cv.stage(up, executor="sync")]).run(["a", "b"])
+    report = run.report()
+    assert report.comparisons == ()
+    assert "p" in report.render()

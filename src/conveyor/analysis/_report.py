@@ -209,6 +209,8 @@ def _comparisons(m: RunMeasure, pred: Prediction) -> list[Comparison]:
         # no steady period to compare; the convoy formula applies up to it.
         return []
     measured_period = (m.makespan_s - m.first_latency_s) / (m.done - 1)
+    if measured_period <= 0:
+        return []  # every item finished at once (one task): no period to measure
     assert pred.makespan_s is not None
     return [
         Comparison("period P", "max d_i/w_i", pred.period_s * 1e3, measured_period * 1e3, "ms"),
