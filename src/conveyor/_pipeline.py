@@ -205,7 +205,7 @@ class Pipeline:
             )
         if callable(source) and not hasattr(source, "__iter__"):
             source = source()
-        if not hasattr(source, "__iter__"):
+        if not isinstance(source, Iterable):
             raise PipelineError(
                 f"pipeline {self.name!r}: the source {source!r} is not iterable; "
                 "give a list, a generator, a file, or any iterable"

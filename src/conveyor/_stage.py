@@ -295,10 +295,10 @@ def dump_function(fn: Callable[..., Any]) -> bytes:
 
 def load_function(data: bytes) -> Callable[..., Any]:
     """The function :func:`dump_function` pickled, in a process worker."""
-    fn = pickle.loads(data)
+    fn: Any = pickle.loads(data)
     if isinstance(fn, _StageFunctionRef):
         fn = _lookup(fn.module, fn.qualname).fn
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def check_picklable(s: Stage) -> None:
