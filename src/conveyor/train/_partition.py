@@ -130,13 +130,18 @@ def partition_optimal(
     *,
     memory: Sequence[float] | None = None,
     memory_cap: float | Sequence[float] | None = None,
+    activations: Sequence[float] | None = None,
+    live: Sequence[int] | None = None,
     speeds: Sequence[float] | None = None,
 ) -> Partition:
     """The contiguous partition of ``costs`` into ``stages`` runs with the smallest slowest stage.
 
     ``memory`` (one value per layer) and ``memory_cap`` (one value, or one per stage)
-    bound each stage's summed memory; ``speeds`` (one per stage, in pipeline order)
-    divide a stage's cost, for devices of unequal speed. Exact, by dynamic programming.
+    bound each stage's memory: the sum of its layers' ``memory``, plus, when given,
+    ``live[j]`` times the sum of its layers' ``activations`` (stage j holds that many
+    micro-batches' activations at its peak). ``speeds`` (one per stage, in pipeline
+    order) divide a stage's cost, for devices of unequal speed. Exact, by dynamic
+    programming.
 
     >>> partition_optimal([1, 1, 1, 3], 2).bounds
     (0, 3, 4)
@@ -151,6 +156,11 @@ def partition_optimal(
         raise TrainError("memory_cap needs memory: one value per layer (bytes)")
     if memory is not None and len(memory) != n:
         raise TrainError(f"memory has {len(memory)} values for {n} layers; give one per layer")
+    if activations is not None and (memory is None or live is None or len(activations) != n):
+        raise TrainError("activations needs memory, and live (one count per stage), and one value per layer")
+    copies = [int(c) for c in live] if live is not None else [0] * p
+    if len(copies) != p:
+        raise TrainError(f"live gives {len(copies)} counts for {p} stages; give one per stage")
 
     prefix = [0.0]
     for c in costs:
@@ -158,6 +168,9 @@ def partition_optimal(
     mprefix = [0.0]
     for m in memory or []:
         mprefix.append(mprefix[-1] + m)
+    aprefix = [0.0]
+    for a in activations or [0.0] * n:
+        aprefix.append(aprefix[-1] + a)
 
     inf = math.inf
     # best[j][i]: smallest bottleneck placing layers [0, i) on stages 0..j-1
@@ -167,12 +180,15 @@ def partition_optimal(
     for j in range(1, p + 1):
         speed = sp[j - 1] if sp else 1.0
         cap = caps[j - 1] if caps else None
+        held = copies[j - 1]
         # stage j-1 ends at i; the p-j later stages need at least one layer each
         for i in range(j, n - (p - j) + 1):
             for k in range(j - 1, i):
                 if best[j - 1][k] == inf:
                     continue
-                if cap is not None and mprefix[i] - mprefix[k] > cap:
+                if cap is not None and (
+                    mprefix[i] - mprefix[k] + held * (aprefix[i] - aprefix[k]) > cap
+                ):
                     continue
                 value = max(best[j - 1][k], (prefix[i] - prefix[k]) / speed)
                 if value < best[j][i]:
@@ -188,7 +204,15 @@ def partition_optimal(
     bounds = [n]
     for j in range(p, 0, -1):
         bounds.append(cut[j][bounds[-1]])
-    return _evaluate(bounds[::-1], costs, memory, sp, "optimal")
+    part = _evaluate(bounds[::-1], costs, memory, sp, "optimal")
+    if activations is not None and part.stage_memory is not None:
+        b = part.bounds
+        mem = tuple(
+            part.stage_memory[j] + copies[j] * float(sum(activations[b[j] : b[j + 1]]))
+            for j in range(p)
+        )
+        part = Partition(part.bounds, part.stage_costs, mem, part.method)
+    return part
 
 
 def partition_uniform(
