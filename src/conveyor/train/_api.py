@@ -56,7 +56,9 @@ def replay(schedule: Schedule, steps: Sequence[Sequence[Interval]]) -> float:
 
     costs = StageCosts(
         forward=tuple(mean("F", s) for s in range(n)),
-        backward=tuple(mean("I", s) if schedule.splits_backward else mean("B", s) for s in range(n)),
+        backward=tuple(
+            mean("I", s) if schedule.splits_backward else mean("B", s) for s in range(n)
+        ),
         weight=tuple(mean("W", s) for s in range(n)),
     )
     return float(simulate(schedule, costs).bubble)
@@ -105,7 +107,9 @@ class TrainReport:
         steps = self.timelines[1:] or self.timelines
         median_step = sorted(steps, key=lambda ivs: bubble_of(ivs, p))[len(steps) // 2]
         start = min(iv.start for iv in median_step)
-        shifted = [Interval(iv.rank, iv.action, iv.start - start, iv.end - start) for iv in median_step]
+        shifted = [
+            Interval(iv.rank, iv.action, iv.start - start, iv.end - start) for iv in median_step
+        ]
         return draw_svg(shifted, p, title=f"{name}, measured")
 
     def summary(self) -> str:
@@ -113,8 +117,12 @@ class TrainReport:
         lines = [self.partition.describe()]
         if self.plan is not None:
             lines += ["", "plan:", self.plan.table(), "", "why: " + self.plan.reason]
-        lines += ["", f"schedule {self.schedule.name}, p={self.schedule.ranks}, "
-                  f"m={self.schedule.microbatches}, v={self.schedule.stages_per_rank}", "losses:"]
+        lines += [
+            "",
+            f"schedule {self.schedule.name}, p={self.schedule.ranks}, "
+            f"m={self.schedule.microbatches}, v={self.schedule.stages_per_rank}",
+            "losses:",
+        ]
         for i in range(0, len(self.losses), 5):
             chunk = self.losses[i : i + 5]
             lines.append(f"  step {i:>3}: " + "  ".join(f"{x:.4f}" for x in chunk))
@@ -183,7 +191,9 @@ def train(
     model_spec = _spec_of(model)
     data_spec = _spec_of(data) if data is not None else model_spec.rsplit(":", 1)[0] + ":make_data"
     if schedule != "auto" and schedule not in SCHEDULES:
-        raise TrainError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)} or auto")
+        raise TrainError(
+            f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)} or auto"
+        )
     if partition not in ("optimal", "uniform", "parameters"):
         raise TrainError(f"unknown partition {partition!r}; choose optimal, uniform or parameters")
     if microbatches != "auto" and (not isinstance(microbatches, int) or batch_size % microbatches):
@@ -225,7 +235,9 @@ def train(
                 f"({stages} ranks x {v} per rank): every stage needs a layer. "
                 f"Use fewer --stages or a model with more layers."
             )
-        candidate = predict(prof, build_schedule(schedule, stages, int(microbatches), v), batch_size, **common)
+        candidate = predict(
+            prof, build_schedule(schedule, stages, int(microbatches), v), batch_size, **common
+        )
     assert candidate.simulation is not None and candidate.partition is not None
     sched = candidate.simulation.schedule
     if partition != "optimal":

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from conveyor.train._errors import TrainError
 
@@ -52,7 +53,7 @@ class Partition:
     @property
     def sizes(self) -> tuple[int, ...]:
         """Number of layers on each stage."""
-        return tuple(b - a for a, b in zip(self.bounds, self.bounds[1:]))
+        return tuple(b - a for a, b in pairwise(self.bounds))
 
     @property
     def bottleneck(self) -> float:
@@ -104,7 +105,9 @@ def _per_stage(value: float | Sequence[float] | None, stages: int, name: str) ->
         return [float(value)] * stages
     values = [float(v) for v in value]
     if len(values) != stages:
-        raise TrainError(f"{name} gives {len(values)} values for {stages} stages; give one per stage")
+        raise TrainError(
+            f"{name} gives {len(values)} values for {stages} stages; give one per stage"
+        )
     return values
 
 
@@ -157,7 +160,9 @@ def partition_optimal(
     if memory is not None and len(memory) != n:
         raise TrainError(f"memory has {len(memory)} values for {n} layers; give one per layer")
     if activations is not None and (memory is None or live is None or len(activations) != n):
-        raise TrainError("activations needs memory, and live (one count per stage), and one value per layer")
+        raise TrainError(
+            "activations needs memory, and live (one count per stage), and one value per layer"
+        )
     copies = [int(c) for c in live] if live is not None else [0] * p
     if len(copies) != p:
         raise TrainError(f"live gives {len(copies)} counts for {p} stages; give one per stage")

@@ -65,9 +65,13 @@ class Plan:
         for c in sorted(self.candidates, key=_order):
             mark = " *" if c is self.best else ""
             if c.rejected:
-                lines.append(f"{c.schedule:<11} {c.microbatches:>2} {c.stages_per_rank:>2}  rejected: {c.rejected}")
+                lines.append(
+                    f"{c.schedule:<11} {c.microbatches:>2} {c.stages_per_rank:>2}  rejected: {c.rejected}"
+                )
             else:
-                assert c.step_time is not None and c.bubble is not None and c.peak_memory is not None
+                assert (
+                    c.step_time is not None and c.bubble is not None and c.peak_memory is not None
+                )
                 lines.append(
                     f"{c.schedule:<11} {c.microbatches:>2} {c.stages_per_rank:>2}  "
                     f"{c.step_time * 1e3:8.2f}  {c.bubble:6.1%}  {c.peak_memory / 2**20:9.2f}{mark}"
@@ -130,7 +134,10 @@ def predict(
         weight=tuple(stage_sum([c[2] for c in layer_costs], s) for s in range(n_stages)),
         comm=comm_latency
         + max(
-            (profile.layers[b[s] - 1].output_bytes * rows / profile.batch for s in range(1, n_stages)),
+            (
+                profile.layers[b[s] - 1].output_bytes * rows / profile.batch
+                for s in range(1, n_stages)
+            ),
             default=0.0,
         )
         / comm_bandwidth,
@@ -178,7 +185,9 @@ def plan(
         v = stages_per_rank if name == "interleaved" else 1
         for m in microbatches:
             if batch_size % m:
-                candidates.append(Candidate(name, m, v, rejected=f"{m} does not divide batch {batch_size}"))
+                candidates.append(
+                    Candidate(name, m, v, rejected=f"{m} does not divide batch {batch_size}")
+                )
                 continue
             try:
                 if len(profile.layers) < ranks * v:
@@ -202,7 +211,10 @@ def plan(
         reasons: dict[str, list[str]] = {}
         for c in candidates:
             reasons.setdefault(str(c.rejected), []).append(f"{c.schedule} m={c.microbatches}")
-        details = "; ".join(f"{', '.join(who[:4])}{' ...' if len(who) > 4 else ''}: {why}" for why, who in reasons.items())
+        details = "; ".join(
+            f"{', '.join(who[:4])}{' ...' if len(who) > 4 else ''}: {why}"
+            for why, who in reasons.items()
+        )
         raise TrainError(
             f"no schedule fits: {details}. Raise the memory cap, use more stages, "
             f"or a larger batch so that more micro-batch counts are possible."

@@ -162,9 +162,7 @@ def _saved_bytes(layer: Any, x: Any) -> int:
     return total
 
 
-def profile_model(
-    model: Any, sample: Any, *, repeats: int = 5, warmup: int = 2
-) -> ModelProfile:
+def profile_model(model: Any, sample: Any, *, repeats: int = 5, warmup: int = 2) -> ModelProfile:
     """Profile every layer of ``model`` on ``sample`` (one micro-batch of inputs).
 
     >>> prof = profile_model(nn.Sequential(nn.Linear(8, 8), nn.ReLU()), torch.randn(4, 8))

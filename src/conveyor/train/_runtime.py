@@ -206,9 +206,7 @@ def _torch_actions(schedule: Schedule) -> dict[int, list[_Action | None]]:
     }
 
 
-def _build_schedule(
-    plan: Schedule, stages: list[PipelineStage], loss: Callable[..., Any]
-) -> Any:
+def _build_schedule(plan: Schedule, stages: list[PipelineStage], loss: Callable[..., Any]) -> Any:
     m = plan.microbatches
     if plan.name == "gpipe":
         return ScheduleGPipe(stages[0], n_microbatches=m, loss_fn=loss)
@@ -216,9 +214,7 @@ def _build_schedule(
         return Schedule1F1B(stages[0], n_microbatches=m, loss_fn=loss)
     if plan.name == "interleaved":
         sched = ScheduleInterleaved1F1B(stages, n_microbatches=m, loss_fn=loss)
-        theirs = {
-            r: [a for a in acts if a is not None] for r, acts in sched.pipeline_order.items()
-        }
+        theirs = {r: [a for a in acts if a is not None] for r, acts in sched.pipeline_order.items()}
         if theirs != _torch_actions(plan):
             raise TrainError(
                 "torch's ScheduleInterleaved1F1B order differs from conveyor's interleaved "
@@ -254,7 +250,9 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
             f"bounds {spec.bounds} do not cut {len(layers)} layers into {n_stages} stages"
         )
     mine = [s for s in range(n_stages) if plan.stage_to_rank[s] == rank]
-    modules = {s: nn.Sequential(*layers[spec.bounds[s] : spec.bounds[s + 1]]).to(device) for s in mine}
+    modules = {
+        s: nn.Sequential(*layers[spec.bounds[s] : spec.bounds[s + 1]]).to(device) for s in mine
+    }
     stages = [PipelineStage(modules[s], s, n_stages, device) for s in mine]
     recorder = _Recorder()
     for stage in stages:
@@ -285,7 +283,9 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
         if spec.record_parameters:
             snapshots.append(
                 {
-                    f"{spec.bounds[s] + int(name.split('.', 1)[0])}.{name.split('.', 1)[1]}": p.detach().cpu().clone()
+                    f"{spec.bounds[s] + int(name.split('.', 1)[0])}.{name.split('.', 1)[1]}": p.detach()
+                    .cpu()
+                    .clone()
                     for s in mine
                     for name, p in modules[s].named_parameters()
                 }
