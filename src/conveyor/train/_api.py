@@ -214,7 +214,6 @@ def train(
     finally:
         torch.set_num_threads(threads)
 
-    common = {"memory_cap": memory_cap}
     chosen_plan: Plan | None = None
     if schedule == "auto" or microbatches == "auto":
         chosen_plan = plan(
@@ -224,7 +223,7 @@ def train(
             schedules=SCHEDULES if schedule == "auto" else (schedule,),
             microbatches=None if microbatches == "auto" else [int(microbatches)],
             stages_per_rank=stages_per_rank,
-            **common,
+            memory_cap=memory_cap,
         )
         candidate = chosen_plan.best
     else:
@@ -236,7 +235,10 @@ def train(
                 f"Use fewer --stages or a model with more layers."
             )
         candidate = predict(
-            prof, build_schedule(schedule, stages, int(microbatches), v), batch_size, **common
+            prof,
+            build_schedule(schedule, stages, int(microbatches), v),
+            batch_size,
+            memory_cap=memory_cap,
         )
     assert candidate.simulation is not None and candidate.partition is not None
     sched = candidate.simulation.schedule
@@ -248,7 +250,7 @@ def train(
             if partition == "uniform"
             else partition_by_params(totals, [lp.params for lp in prof.layers], sched.num_stages)
         )
-        candidate = predict(prof, sched, batch_size, bounds=cut.bounds, **common)
+        candidate = predict(prof, sched, batch_size, bounds=cut.bounds, memory_cap=memory_cap)
         assert candidate.partition is not None
         candidate = Candidate(**{**candidate.__dict__, "partition": cut})
     assert candidate.partition is not None

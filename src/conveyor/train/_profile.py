@@ -146,12 +146,13 @@ def _saved_bytes(layer: Any, x: Any) -> int:
     import torch
 
     total = 0
-    seen: set[int] = set()
+    # parameters (and views of them, like a Linear's transposed weight) are not activations
+    seen = {p.untyped_storage().data_ptr() for p in layer.parameters()}
 
     def pack(t: Any) -> Any:
         nonlocal total
         key = t.untyped_storage().data_ptr()
-        if key not in seen and not isinstance(t, torch.nn.Parameter):
+        if key not in seen:
             seen.add(key)
             total += t.untyped_storage().nbytes()
         return t

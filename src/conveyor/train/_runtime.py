@@ -118,7 +118,7 @@ def _loss_fn(spec: str) -> Callable[..., Any]:
     fn = load_object(spec)
     if not callable(fn):
         raise TrainError(f"loss {spec!r} is not callable")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def build_model_layers(spec: RunSpec) -> list[nn.Module]:
@@ -223,9 +223,9 @@ def _build_schedule(plan: Schedule, stages: list[PipelineStage], loss: Callable[
             )
         return sched
     if plan.name == "zbh1":
-        sched = _PipelineScheduleRuntime(stages, n_microbatches=m, loss_fn=loss)
-        sched._prepare_schedule_with_comms(_torch_actions(plan))
-        return sched
+        runtime = _PipelineScheduleRuntime(stages, n_microbatches=m, loss_fn=loss)
+        runtime._prepare_schedule_with_comms(_torch_actions(plan))
+        return runtime
     raise TrainError(f"no runtime for schedule {plan.name!r}")
 
 
