@@ -206,7 +206,7 @@ def _torch_actions(schedule: Schedule) -> dict[int, list[_Action | None]]:
     }
 
 
-def _build_schedule(plan: Schedule, stages: list[PipelineStage], loss: Callable[..., Any]) -> Any:
+def _build_schedule(plan: Schedule, stages: list[Any], loss: Callable[..., Any]) -> Any:
     m = plan.microbatches
     if plan.name == "gpipe":
         return ScheduleGPipe(stages[0], n_microbatches=m, loss_fn=loss)
