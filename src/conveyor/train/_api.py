@@ -23,7 +23,7 @@ from conveyor.train._errors import TrainError, require_torch
 from conveyor.train._partition import Partition, partition_by_params, partition_uniform
 from conveyor.train._plan import Candidate, Plan, plan, predict
 from conveyor.train._profile import ModelProfile
-from conveyor.train._schedules import SCHEDULES, Action, Schedule, build_schedule
+from conveyor.train._schedules import SCHEDULES, Action, Schedule, build_schedule, dependencies
 from conveyor.train._simulate import Interval, StageCosts, bubble_of, simulate
 
 __all__ = ["TrainReport", "measured_intervals", "replay", "train"]
@@ -38,17 +38,53 @@ def measured_intervals(timeline: Sequence[Sequence[Sequence[Any]]], ranks: int) 
     ]
 
 
+def runtime_costs(schedule: Schedule, steps: Sequence[Sequence[Interval]]) -> tuple[float, float]:
+    """(overhead, comm) seconds the runtime adds, read off measured timelines (medians).
+
+    overhead: the gap between two actions on a rank when the second's inputs were
+    already there (posting sends and receives, the loss). comm: the gap between an
+    action on another rank finishing and the action waiting on it starting, when
+    its rank was otherwise free.
+    """
+    gaps: list[float] = []
+    hops: list[float] = []
+    rank_of = schedule.stage_to_rank
+    for step in steps:
+        end = {iv.action: iv.end for iv in step}
+        by_rank: dict[int, list[Interval]] = {}
+        for iv in step:
+            by_rank.setdefault(iv.rank, []).append(iv)
+        for ivs in by_rank.values():
+            ivs.sort(key=lambda iv: iv.start)
+            for prev, nxt in zip(ivs, ivs[1:], strict=False):
+                deps = [end[d] for d in dependencies(nxt.action, schedule) if d in end]
+                if all(d <= prev.end for d in deps):
+                    gaps.append(nxt.start - prev.end)
+                else:
+                    crossing = [
+                        end[d]
+                        for d in dependencies(nxt.action, schedule)
+                        if d in end and rank_of[d.stage] != nxt.rank
+                    ]
+                    if crossing and max(crossing) > prev.end:
+                        hops.append(nxt.start - max(crossing))
+    overhead = max(0.0, statistics.median(gaps)) if gaps else 0.0
+    comm = max(0.0, statistics.median(hops) - overhead) if hops else 0.0
+    return overhead, comm
+
+
 def replay(schedule: Schedule, steps: Sequence[Sequence[Interval]]) -> float:
     """The simulator's bubble for ``schedule`` with each stage's mean measured F, B, I, W times.
 
-    Held against the measured bubble it shows what the schedule explains and what
-    communication and start-up delays add.
+    Runtime overhead and communication come from :func:`runtime_costs`. Held
+    against the measured bubble it shows how much of the run the model explains.
     """
     sums: dict[tuple[str, int], list[float]] = {}
     for step in steps:
         for iv in step:
             sums.setdefault((iv.action.kind, iv.action.stage), []).append(iv.end - iv.start)
     n = schedule.num_stages
+    overhead, comm = runtime_costs(schedule, steps)
 
     def mean(kind: str, s: int) -> float:
         values = sums.get((kind, s), [])
@@ -60,6 +96,9 @@ def replay(schedule: Schedule, steps: Sequence[Sequence[Interval]]) -> float:
             mean("I", s) if schedule.splits_backward else mean("B", s) for s in range(n)
         ),
         weight=tuple(mean("W", s) for s in range(n)),
+        # measured I and W already show torch's stage-0 deferral
+        comm=comm,
+        overhead=overhead,
     )
     return float(simulate(schedule, costs).bubble)
 

@@ -53,6 +53,10 @@ def sleep_layer(forward_ms: float, backward_ms: float, weight_ms: float = 0.0) -
             self.times_ms = (forward_ms, backward_ms, weight_ms)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not x.requires_grad:
+                # a real first stage's backward still runs through its layers; make
+                # autograd reach the input path here too, so B sleeps I + W
+                x = x.detach().requires_grad_()
             return _SleepInput.apply(x) + _SleepWeight.apply(self.weight)
 
         def extra_repr(self) -> str:

@@ -141,6 +141,7 @@ def predict(
             default=0.0,
         )
         / comm_bandwidth,
+        first_stage_defers_input=True,  # as torch's runtime does
     )
     sim = simulate(schedule, costs)
     per_rank = [0.0] * schedule.ranks

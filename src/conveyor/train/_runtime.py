@@ -65,7 +65,8 @@ class RunSpec:
     """Everything a rank needs to train, as JSON-friendly values.
 
     ``model`` and ``data`` are ``"path/to/file.py:name"`` or ``"module:name"``
-    specs of factories; ``bounds`` the partition's layer cut points (p·v + 1 values).
+    specs of factories (the model's called with ``model_kwargs``); ``bounds`` the
+    partition's layer cut points (p·v + 1 values).
     """
 
     model: str
@@ -82,7 +83,7 @@ class RunSpec:
     seed: int = 0
     threads: int = 1
     record_parameters: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def load_object(spec: str) -> Any:
@@ -124,7 +125,7 @@ def _loss_fn(spec: str) -> Callable[..., Any]:
 def build_model_layers(spec: RunSpec) -> list[nn.Module]:
     """The factory's layers, built under ``spec.seed`` so every rank gets the same weights."""
     torch.manual_seed(spec.seed)
-    return as_layers(load_object(spec.model)())
+    return as_layers(load_object(spec.model)(**spec.model_kwargs))
 
 
 def batches(spec: RunSpec) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -266,6 +267,7 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
     losses: list[float] = []
     timelines: list[list[tuple[str, int, int, float, float]]] = []
     snapshots: list[dict[str, torch.Tensor]] = []
+    walls: list[float] = []
     for x, y in batches(spec):
         optimizer.zero_grad()
         dist.barrier()
@@ -278,6 +280,7 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
         sched.step(*args, **kwargs)
         timelines.append(list(recorder.events))
         optimizer.step()
+        walls.append(time.perf_counter() - recorder.origin)
         if holds_last:
             losses.append(float(torch.stack([t.detach() for t in mb_losses]).mean()))
         if spec.record_parameters:
@@ -293,7 +296,13 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
 
     gathered: list[Any] = [None] * world if rank == 0 else []
     dist.gather_object(
-        {"rank": rank, "losses": losses, "timelines": timelines, "snapshots": snapshots},
+        {
+            "rank": rank,
+            "losses": losses,
+            "timelines": timelines,
+            "snapshots": snapshots,
+            "walls": walls,
+        },
         gathered if rank == 0 else None,
         dst=0,
     )
@@ -309,6 +318,8 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
         "ranks": world,
         "losses": losses,
         "timelines": [[g["timelines"][step] for g in gathered] for step in range(spec.steps)],
+        # from the barrier to the end of the optimizer step, on the slowest rank
+        "step_seconds": [max(g["walls"][step] for g in gathered) for step in range(spec.steps)],
         "parameters": params_by_step if spec.record_parameters else None,
     }
 

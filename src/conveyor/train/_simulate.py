@@ -38,29 +38,52 @@ class StageCosts:
 
     ``backward`` is the input-gradient part; a full backward B costs
     ``backward + weight``. ``comm`` is added when a dependency crosses ranks.
+    ``overhead`` is time a rank spends after each action outside compute (posting
+    sends and receives): the rank is occupied but not busy, as the runtime measures.
+    ``first_stage_defers_input`` models torch.distributed.pipelining, whose stage 0
+    has no input gradient to send: its I does nothing and its W runs the whole
+    backward (``backward + weight``).
     """
 
     forward: tuple[float, ...]
     backward: tuple[float, ...]
     weight: tuple[float, ...]
     comm: float = 0
+    first_stage_defers_input: bool = False
+    overhead: float = 0
 
     @classmethod
     def uniform(
-        cls, stages: int, forward: float, backward: float, weight: float = 0, comm: float = 0
+        cls,
+        stages: int,
+        forward: float,
+        backward: float,
+        weight: float = 0,
+        comm: float = 0,
+        *,
+        first_stage_defers_input: bool = False,
+        overhead: float = 0,
     ) -> StageCosts:
         """The same costs on every stage."""
-        return cls((forward,) * stages, (backward,) * stages, (weight,) * stages, comm)
+        return cls(
+            (forward,) * stages,
+            (backward,) * stages,
+            (weight,) * stages,
+            comm,
+            first_stage_defers_input,
+            overhead,
+        )
 
     def duration(self, action: Action) -> float:
         s = action.stage
+        deferred = self.first_stage_defers_input and s == 0
         if action.kind == "F":
             return self.forward[s]
         if action.kind == "B":
             return self.backward[s] + self.weight[s]
         if action.kind == "I":
-            return self.backward[s]
-        return self.weight[s]
+            return 0 if deferred else self.backward[s]
+        return self.weight[s] + (self.backward[s] if deferred else 0)
 
 
 @dataclass(frozen=True)
@@ -151,7 +174,7 @@ def simulate(schedule: Schedule, costs: StageCosts) -> Simulation:
             ready = max(ready, end[dep] + hop)
         finish = ready + costs.duration(action)
         end[action] = finish
-        rank_free[r] = finish
+        rank_free[r] = finish + costs.overhead
         intervals.append(Interval(r, action, ready, finish))
     intervals.sort(key=lambda iv: (iv.rank, iv.start))
     return Simulation(schedule, tuple(intervals), peak_live_activations(schedule, intervals))
