@@ -26,7 +26,7 @@ from conveyor.train._runtime import RunSpec
 from conveyor.train._simulate import bubble_of
 
 HERE = Path(__file__).parent
-F = I = W = 20.0  # ms per rank per micro-batch
+F_MS = I_MS = W_MS = 20.0  # per rank per micro-batch
 M = 8
 SCHEDULES = [("gpipe", 1), ("1f1b", 1), ("interleaved", 2), ("zbh1", 1)]
 
@@ -39,7 +39,7 @@ def specs(p: int, steps: int) -> list[RunSpec]:
             RunSpec(
                 model=f"{HERE / 'sleep_model.py'}:make_model",
                 data=f"{HERE / 'sleep_model.py'}:make_data",
-                model_kwargs={"costs_ms": [[F / v, I / v, W / v]] * n},
+                model_kwargs={"costs_ms": [[F_MS / v, I_MS / v, W_MS / v]] * n},
                 schedule=name,
                 microbatches=M,
                 bounds=list(range(n + 1)),
@@ -75,7 +75,7 @@ def main() -> None:
                 sim = simulate(
                     sched,
                     StageCosts.uniform(
-                        p * v, F / v / 1e3, I / v / 1e3, W / v / 1e3,
+                        p * v, F_MS / v / 1e3, I_MS / v / 1e3, W_MS / v / 1e3,
                         comm=comm, overhead=overhead, first_stage_defers_input=True,
                     ),
                 )  # fmt: skip
@@ -87,7 +87,11 @@ def main() -> None:
             sim = simulate(
                 sched,
                 StageCosts.uniform(
-                    p * v, F / v / 1e3, I / v / 1e3, W / v / 1e3, first_stage_defers_input=True
+                    p * v,
+                    F_MS / v / 1e3,
+                    I_MS / v / 1e3,
+                    W_MS / v / 1e3,
+                    first_stage_defers_input=True,
                 ),
             )
             runs = per_run[name]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ def runtime_costs(schedule: Schedule, steps: Sequence[Sequence[Interval]]) -> tu
             by_rank.setdefault(iv.rank, []).append(iv)
         for ivs in by_rank.values():
             ivs.sort(key=lambda iv: iv.start)
-            for prev, nxt in zip(ivs, ivs[1:], strict=False):
+            for prev, nxt in pairwise(ivs):
                 deps = [end[d] for d in dependencies(nxt.action, schedule) if d in end]
                 if all(d <= prev.end for d in deps):
                     gaps.append(nxt.start - prev.end)
