@@ -109,7 +109,9 @@ class TrainReport:
     """What a pipelined run did and how its bubble compares with the prediction.
 
     Bubbles and step times are medians over the steps after the first (which
-    includes torch's shape inference). ``predicted_bubble`` comes from the
+    includes torch's shape inference). ``step_time`` is the schedule's makespan
+    (first action start to last action end); ``step_seconds`` the wall time of a
+    whole step, barrier to optimizer step done, on the slowest rank. ``predicted_bubble`` comes from the
     profile; ``replayed_bubble`` simulates the schedule with the measured
     per-stage action times, so the gap between it and ``measured_bubble`` is
     what communication and waiting add.
@@ -125,6 +127,7 @@ class TrainReport:
     measured_bubble: float
     replayed_bubble: float
     step_time: float
+    step_seconds: float
     parameters: list[dict[str, Any]] | None = None
 
     @property
@@ -169,7 +172,8 @@ class TrainReport:
         lines += [
             "",
             f"step time   measured {self.step_time * 1e3:8.2f} ms   predicted "
-            f"{self.predicted_step_time * 1e3:8.2f} ms",
+            f"{self.predicted_step_time * 1e3:8.2f} ms   (with optimizer: "
+            f"{self.step_seconds * 1e3:.2f} ms)",
             f"bubble      measured {self.measured_bubble:8.1%}      predicted "
             f"{self.predicted_bubble:8.1%}   (replayed from measured action times "
             f"{self.replayed_bubble:.1%})",
@@ -338,6 +342,7 @@ def report_from_result(
         measured_bubble=statistics.median(bubble_of(s, p) for s in later),
         replayed_bubble=replay(schedule, later),
         step_time=statistics.median(makespans),
+        step_seconds=statistics.median(result["step_seconds"][1:] or result["step_seconds"]),
         parameters=result["parameters"],
     )
 

@@ -147,14 +147,16 @@ def _saved_bytes(layer: Any, x: Any) -> int:
 
     total = 0
     # parameters (and views of them, like a Linear's transposed weight) are not activations
-    seen = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+    params = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+    seen: set[tuple[int, tuple[int, ...]]] = set()
 
     def pack(t: Any) -> Any:
         nonlocal total
-        key = t.untyped_storage().data_ptr()
-        if key not in seen:
+        key = (t.data_ptr(), tuple(t.shape))
+        if t.untyped_storage().data_ptr() not in params and key not in seen:
             seen.add(key)
-            total += t.untyped_storage().nbytes()
+            # the tensor's own bytes: a slice of a larger batch keeps only its rows
+            total += t.numel() * t.element_size()
         return t
 
     inp = x.detach().requires_grad_(x.is_floating_point())
