@@ -27,7 +27,7 @@ def profile(n=8, *, fixed=0.0, act=1000, params=100, batch=64):
     return ModelProfile(layers, batch)
 
 
-NO_COMM = {"comm_latency": 0.0}
+NO_COMM = {"comm_latency": 0.0, "action_overhead": 0.0}
 
 
 def test_without_fixed_costs_more_microbatches_always_help():

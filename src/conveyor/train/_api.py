@@ -12,6 +12,7 @@ functions, then starts torchrun and turns what the ranks recorded into
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -114,7 +115,8 @@ class TrainReport:
     whole step, barrier to optimizer step done, on the slowest rank. ``predicted_bubble`` comes from the
     profile; ``replayed_bubble`` simulates the schedule with the measured
     per-stage action times, so the gap between it and ``measured_bubble`` is
-    what communication and waiting add.
+    what communication and waiting add. ``state_dict`` holds the trained weights,
+    keyed as the factory's ``nn.Sequential``: ``model.load_state_dict(report.state_dict)``.
     """
 
     schedule: Schedule
@@ -128,7 +130,14 @@ class TrainReport:
     replayed_bubble: float
     step_time: float
     step_seconds: float
+    state_dict: dict[str, Any]
+    assumed_costs: tuple[float, float] = (0.0, 0.0)
     parameters: list[dict[str, Any]] | None = None
+
+    @property
+    def runtime_costs(self) -> tuple[float, float]:
+        """(action overhead, communication) seconds this run showed; feed them to :func:`plan`."""
+        return runtime_costs(self.schedule, self.timelines[1:] or self.timelines)
 
     @property
     def predicted_bubble(self) -> float:
@@ -166,9 +175,13 @@ class TrainReport:
             f"m={self.schedule.microbatches}, v={self.schedule.stages_per_rank}",
             "losses:",
         ]
-        for i in range(0, len(self.losses), 5):
-            chunk = self.losses[i : i + 5]
-            lines.append(f"  step {i:>3}: " + "  ".join(f"{x:.4f}" for x in chunk))
+        every = max(1, len(self.losses) // 20)
+        shown = list(range(0, len(self.losses), every))
+        for k in range(0, len(shown), 5):
+            lines.append(
+                "  " + "  ".join(f"step {i:>3} {self.losses[i]:.4f}" for i in shown[k : k + 5])
+            )
+        overhead, comm = self.runtime_costs
         lines += [
             "",
             f"step time   measured {self.step_time * 1e3:8.2f} ms   predicted "
@@ -177,6 +190,9 @@ class TrainReport:
             f"bubble      measured {self.measured_bubble:8.1%}      predicted "
             f"{self.predicted_bubble:8.1%}   (replayed from measured action times "
             f"{self.replayed_bubble:.1%})",
+            f"runtime     {overhead * 1e3:.2f} ms per action, {comm * 1e3:.2f} ms per send "
+            f"(measured; the plan assumed {self.assumed_costs[0] * 1e3:.2f} and "
+            f"{self.assumed_costs[1] * 1e3:.2f})",
         ]
         return "\n".join(lines)
 
@@ -215,6 +231,8 @@ def train(
     timeout: float = 600,
     record_parameters: bool = False,
     profile_repeats: int = 5,
+    comm_latency: float = 3e-4,
+    action_overhead: float = 3e-4,
 ) -> TrainReport:
     """Profile ``model``, cut it into ``stages`` ranks, plan, train ``steps`` steps pipelined.
 
@@ -223,7 +241,8 @@ def train(
     returns ``(inputs, targets)`` tensors; ``data`` defaults to ``make_data``
     beside the model factory. ``schedule`` is one of gpipe, 1f1b, interleaved,
     zbh1 or auto; ``microbatches`` a number or auto; ``partition`` optimal,
-    uniform or parameters; ``memory_cap`` bytes per rank.
+    uniform or parameters; ``memory_cap`` bytes per rank; ``comm_latency`` and
+    ``action_overhead`` (seconds) the runtime costs the plan assumes.
     """
     require_torch()
     import torch
@@ -268,6 +287,8 @@ def train(
             microbatches=None if microbatches == "auto" else [int(microbatches)],
             stages_per_rank=stages_per_rank,
             memory_cap=memory_cap,
+            comm_latency=comm_latency,
+            action_overhead=action_overhead,
         )
         candidate = chosen_plan.best
     else:
@@ -283,6 +304,8 @@ def train(
             build_schedule(schedule, stages, int(microbatches), v),
             batch_size,
             memory_cap=memory_cap,
+            comm_latency=comm_latency,
+            action_overhead=action_overhead,
         )
     assert candidate.simulation is not None and candidate.partition is not None
     sched = candidate.simulation.schedule
@@ -294,7 +317,15 @@ def train(
             if partition == "uniform"
             else partition_by_params(totals, [lp.params for lp in prof.layers], sched.num_stages)
         )
-        candidate = predict(prof, sched, batch_size, bounds=cut.bounds, memory_cap=memory_cap)
+        candidate = predict(
+            prof,
+            sched,
+            batch_size,
+            bounds=cut.bounds,
+            memory_cap=memory_cap,
+            comm_latency=comm_latency,
+            action_overhead=action_overhead,
+        )
         assert candidate.partition is not None
         candidate = Candidate(**{**candidate.__dict__, "partition": cut})
     assert candidate.partition is not None
@@ -315,7 +346,8 @@ def train(
         record_parameters=record_parameters,
     )
     (result,) = launch([spec], stages, timeout=timeout, device=device)
-    return report_from_result(result, sched, candidate, chosen_plan, prof)
+    report = report_from_result(result, sched, candidate, chosen_plan, prof)
+    return dataclasses.replace(report, assumed_costs=(action_overhead, comm_latency))
 
 
 def report_from_result(
@@ -343,6 +375,7 @@ def report_from_result(
         replayed_bubble=replay(schedule, later),
         step_time=statistics.median(makespans),
         step_seconds=statistics.median(result["step_seconds"][1:] or result["step_seconds"]),
+        state_dict=result["final_state"],
         parameters=result["parameters"],
     )
 

@@ -90,14 +90,19 @@ def predict(
     *,
     memory_cap: float | None = None,
     state_copies: int = 1,
-    comm_latency: float = 1e-4,
+    comm_latency: float = 3e-4,
     comm_bandwidth: float = 1e9,
+    action_overhead: float = 3e-4,
     bounds: Sequence[int] | None = None,
 ) -> Candidate:
     """Predict one schedule: partition (exact, or the given ``bounds``), step time, bubble, memory.
 
     ``memory_cap`` is bytes per rank; ``state_copies`` the copies of each parameter
     besides itself that training keeps (1 for SGD's gradient, 3 for Adam's).
+    ``comm_latency`` + bytes / ``comm_bandwidth`` is a send between ranks, and
+    ``action_overhead`` the runtime's time around each action (the defaults are
+    what gloo on a 2-core CPU machine showed; :attr:`TrainReport.runtime_costs`
+    measures them on yours).
     Raises TrainError when no partition meets the cap.
     """
     m = schedule.microbatches
@@ -142,6 +147,7 @@ def predict(
         )
         / comm_bandwidth,
         first_stage_defers_input=True,  # as torch's runtime does
+        overhead=action_overhead,
     )
     sim = simulate(schedule, costs)
     per_rank = [0.0] * schedule.ranks
@@ -169,8 +175,9 @@ def plan(
     stages_per_rank: int = 2,
     memory_cap: float | None = None,
     state_copies: int = 1,
-    comm_latency: float = 1e-4,
+    comm_latency: float = 3e-4,
     comm_bandwidth: float = 1e9,
+    action_overhead: float = 3e-4,
 ) -> Plan:
     """The (schedule, m) with the smallest predicted step time whose every rank fits ``memory_cap``.
 
@@ -203,6 +210,7 @@ def plan(
                         state_copies=state_copies,
                         comm_latency=comm_latency,
                         comm_bandwidth=comm_bandwidth,
+                        action_overhead=action_overhead,
                     )
                 )
             except TrainError as exc:

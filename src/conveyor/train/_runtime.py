@@ -29,7 +29,7 @@ import importlib.util
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,6 +230,16 @@ def _build_schedule(plan: Schedule, stages: list[Any], loss: Callable[..., Any])
     raise TrainError(f"no runtime for schedule {plan.name!r}")
 
 
+def _global_state(spec: RunSpec, modules: Mapping[int, nn.Module]) -> dict[str, torch.Tensor]:
+    """This rank's parameters and buffers keyed as in the whole ``nn.Sequential``'s state dict."""
+    out = {}
+    for s, module in modules.items():
+        for name, value in module.state_dict().items():
+            local, rest = name.split(".", 1)
+            out[f"{spec.bounds[s] + int(local)}.{rest}"] = value.detach().cpu().clone()
+    return out
+
+
 def run_rank(spec: RunSpec) -> dict[str, Any] | None:
     """Train ``spec.steps`` steps on this rank; rank 0 returns the gathered result, others None.
 
@@ -284,15 +294,7 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
         if holds_last:
             losses.append(float(torch.stack([t.detach() for t in mb_losses]).mean()))
         if spec.record_parameters:
-            snapshots.append(
-                {
-                    f"{spec.bounds[s] + int(name.split('.', 1)[0])}.{name.split('.', 1)[1]}": p.detach()
-                    .cpu()
-                    .clone()
-                    for s in mine
-                    for name, p in modules[s].named_parameters()
-                }
-            )
+            snapshots.append(_global_state(spec, modules))
 
     gathered: list[Any] = [None] * world if rank == 0 else []
     dist.gather_object(
@@ -302,6 +304,7 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
             "timelines": timelines,
             "snapshots": snapshots,
             "walls": walls,
+            "final": _global_state(spec, modules),
         },
         gathered if rank == 0 else None,
         dst=0,
@@ -313,8 +316,12 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
     for g in gathered:
         for step, snap in enumerate(g["snapshots"]):
             params_by_step[step].update(snap)
+    final: dict[str, torch.Tensor] = {}
+    for g in gathered:
+        final.update(g["final"])
     return {
         "spec": asdict(spec),
+        "final_state": final,
         "ranks": world,
         "losses": losses,
         "timelines": [[g["timelines"][step] for g in gathered] for step in range(spec.steps)],

@@ -75,6 +75,20 @@ def _microbatches(value: str) -> int | str:
     default=None,
     help="Write the measured timeline here (and the predicted one beside it).",
 )
+@click.option(
+    "--comm-ms",
+    type=float,
+    default=0.3,
+    show_default=True,
+    help="Send latency between ranks the plan assumes.",
+)
+@click.option(
+    "--overhead-ms",
+    type=float,
+    default=0.3,
+    show_default=True,
+    help="Runtime time around each action the plan assumes.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--timeout",
@@ -99,6 +113,8 @@ def train(
     memory_cap: float | None,
     device: str,
     svg: str | None,
+    comm_ms: float,
+    overhead_ms: float,
     seed: int,
     timeout: float,
 ) -> None:
@@ -123,6 +139,8 @@ def train(
             memory_cap=None if memory_cap is None else memory_cap * 2**20,
             seed=seed,
             device=device,
+            comm_latency=comm_ms / 1e3,
+            action_overhead=overhead_ms / 1e3,
             timeout=timeout,
         )
     except TrainError as exc:
