@@ -55,7 +55,7 @@ def main() -> None:
     from conveyor.train import train
 
     report = train(
-        make_model, make_data, stages=2, schedule="auto", microbatches=8, steps=100,
+        make_model, make_data, stages=2, schedule="auto", microbatches=8, batch_size=256, steps=100,
         optimizer="adam", lr=1e-3,
     )  # fmt: skip
     print(report.summary())

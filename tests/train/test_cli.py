@@ -31,8 +31,9 @@ def test_cli_trains_and_reports(tmp_path):
     text = out.stdout
     assert "partition (optimal)" in text and "stage 1: layers" in text
     assert "why: " in text and "plan:" in text
-    losses = re.findall(r"step +0: (.*)", text)[0].split()
-    assert len(losses) == 4 and all(0 < float(x) < 10 for x in losses)
+    losses = re.findall(r"step +(\d+) (\d+\.\d+)", text)
+    assert [int(step) for step, _ in losses] == [0, 1, 2, 3]
+    assert all(0 < float(x) < 10 for _, x in losses)
     assert re.search(r"bubble +measured +\d+\.\d% +predicted +\d+\.\d%", text)
     assert svg.read_text().startswith("<svg") and svg.with_name("timeline-predicted.svg").exists()
 
