@@ -68,3 +68,15 @@ def test_cli_model_not_a_sequence(tmp_path):
     result = CliRunner().invoke(train, [f"{bad}:make_model", "--stages", "2"])
     assert result.exit_code == 1
     assert "sequence of layers, got Net" in result.output
+
+
+def test_digits_example_factories():
+    pytest.importorskip("sklearn")
+    from conveyor.train._profile import as_layers
+    from conveyor.train._runtime import load_object
+
+    example = Path(__file__).parents[2] / "examples" / "train_digits.py"
+    x, y = load_object(f"{example}:make_data")()
+    assert x.shape == (1500, 64) and y.shape == (1500,) and set(y.tolist()) == set(range(10))
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    assert len(as_layers(load_object(f"{example}:make_model")())) == 9

@@ -156,31 +156,37 @@ def make_optimizer(spec: RunSpec, params: list[nn.Parameter]) -> torch.optim.Opt
 
 
 class _Recorder:
-    """Wraps a stage's compute methods to log (kind, stage, micro-batch, start, end)."""
+    """Wraps a stage's compute methods to log (kind, stage, micro-batch, start, end).
 
-    def __init__(self) -> None:
+    On a GPU each action is bracketed by ``torch.cuda.synchronize`` so that the
+    times are the kernels', not their launches'.
+    """
+
+    def __init__(self, device: torch.device) -> None:
         self.origin = time.perf_counter()
         self.events: list[tuple[str, int, int, float, float]] = []
+        self.sync: Callable[[], None] | None = (
+            torch.cuda.synchronize if device.type == "cuda" else None
+        )
 
     def reset(self) -> None:
         self.origin = time.perf_counter()
         self.events = []
 
+    def now(self) -> float:
+        if self.sync is not None:
+            self.sync()
+        return time.perf_counter() - self.origin
+
     def wrap(self, stage: PipelineStage) -> None:
         index = stage.stage_index
-        forward, backward, weight = (
-            stage.forward_one_chunk,
-            stage.backward_one_chunk,
-            stage.backward_weight_one_chunk,
-        )
-        log, now = self.events, time.perf_counter
 
         def timed(kind: str | Callable[..., str], fn: Callable[..., Any]) -> Callable[..., Any]:
             def run(chunk: int, *args: Any, **kwargs: Any) -> Any:
-                t0 = now()
+                t0 = self.now()
                 out = fn(chunk, *args, **kwargs)
                 k = kind(*args, **kwargs) if callable(kind) else kind
-                self.events.append((k, index, chunk, t0 - self.origin, now() - self.origin))
+                self.events.append((k, index, chunk, t0, self.now()))
                 return out
 
             return run
@@ -188,10 +194,9 @@ class _Recorder:
         def backward_kind(*args: Any, full_backward: bool = True, **kwargs: Any) -> str:
             return "B" if full_backward else "I"
 
-        del log
-        stage.forward_one_chunk = timed("F", forward)  # type: ignore[method-assign]
-        stage.backward_one_chunk = timed(backward_kind, backward)  # type: ignore[method-assign]
-        stage.backward_weight_one_chunk = timed("W", weight)  # type: ignore[method-assign]
+        stage.forward_one_chunk = timed("F", stage.forward_one_chunk)  # type: ignore[method-assign]
+        stage.backward_one_chunk = timed(backward_kind, stage.backward_one_chunk)  # type: ignore[method-assign]
+        stage.backward_weight_one_chunk = timed("W", stage.backward_weight_one_chunk)  # type: ignore[method-assign]
 
 
 def _torch_actions(schedule: Schedule) -> dict[int, list[_Action | None]]:
@@ -265,7 +270,7 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
         s: nn.Sequential(*layers[spec.bounds[s] : spec.bounds[s + 1]]).to(device) for s in mine
     }
     stages = [PipelineStage(modules[s], s, n_stages, device) for s in mine]
-    recorder = _Recorder()
+    recorder = _Recorder(device)
     for stage in stages:
         recorder.wrap(stage)
     loss_fn = _loss_fn(spec.loss)
@@ -290,7 +295,7 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
         sched.step(*args, **kwargs)
         timelines.append(list(recorder.events))
         optimizer.step()
-        walls.append(time.perf_counter() - recorder.origin)
+        walls.append(recorder.now())
         if holds_last:
             losses.append(float(torch.stack([t.detach() for t in mb_losses]).mean()))
         if spec.record_parameters:
