@@ -327,7 +327,7 @@ def train(
             action_overhead=action_overhead,
         )
         assert candidate.partition is not None
-        candidate = Candidate(**{**candidate.__dict__, "partition": cut})
+        candidate = dataclasses.replace(candidate, partition=cut)
     assert candidate.partition is not None
 
     spec = RunSpec(

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from conveyor.train._errors import TrainError
-from conveyor.train._partition import Partition, partition_optimal
+from conveyor.train._partition import Partition, _evaluate, partition_optimal
 from conveyor.train._profile import ModelProfile
 from conveyor.train._schedules import SCHEDULES, Schedule, build_schedule
 from conveyor.train._simulate import Simulation, StageCosts, simulate
@@ -125,8 +125,6 @@ def predict(
             memory_cap=None if memory_cap is None else memory_cap / v,
         )
     else:
-        from conveyor.train._partition import _evaluate
-
         part = _evaluate(tuple(bounds), totals, memory, None, "given")
     b = part.bounds
 
