@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from conveyor._statistics import RunStatistics
 
 Key = tuple[Any, ...]
 
@@ -33,15 +36,28 @@ class StageInfo:
     successors: tuple[str, ...]
 
 
+class RunControl(Protocol):
+    """What an instrument may do to the run it observes (a :class:`~conveyor.Run`)."""
+
+    def resize(self, stage: str, workers: int) -> None: ...
+
+    def statistics(self) -> RunStatistics: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class RunInfo:
-    """What an instrument needs to know about the run it observes."""
+    """What an instrument needs to know about the run it observes.
+
+    ``control`` lets an instrument act on the run from inside a hook, e.g. a
+    rebalancer that resizes the bottleneck stage's pool.
+    """
 
     run_id: str
     pipeline: str
     stages: tuple[StageInfo, ...]  # topological order
     ordered: bool
     started_ns: int
+    control: RunControl | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 class Instrument:
@@ -78,6 +94,35 @@ class Instrument:
 
     def items_emitted(self, keys: Sequence[Key], t_ns: int) -> None:
         """Results were handed to the consumer."""
+
+    def unit_failed(
+        self,
+        stage: str,
+        key: Key,
+        error: BaseException,
+        traceback: str | None,
+        attempt: int,
+        retrying: bool,
+        t_ns: int,
+    ) -> None:
+        """A call of ``stage``'s function raised on ``key`` (``attempt`` counts from 1);
+        ``retrying`` says whether the stage's retry policy will run it again."""
+
+    def dead_lettered(
+        self, stage: str, key: Key, value: Any, error: BaseException, traceback: str | None, t_ns: int
+    ) -> None:
+        """``stage`` gave up on ``key`` under its skip policy; ``value`` is its input."""
+
+    def cache_hits(self, stage: str, keys: Sequence[Key], t_ns: int) -> None:
+        """``stage`` served these keys from its cache instead of calling its function."""
+
+    def roots_finished(self, roots: Sequence[int], state: str, t_ns: int) -> None:
+        """Source items reached a terminal state: ``done`` (a result of theirs reached
+        the output), ``filtered`` (no result: a flat_map dropped them) or
+        ``dead_lettered``. Items never finished are still pending."""
+
+    def stage_resized(self, stage: str, workers: int, t_ns: int) -> None:
+        """``stage``'s pool now has ``workers`` workers (see ``Run.resize``)."""
 
     def run_finished(self, state: str, error: BaseException | None, t_ns: int) -> None:
         """The run ended: ``state`` is succeeded, failed or cancelled."""
@@ -126,6 +171,37 @@ class Instruments(Instrument):
     def items_emitted(self, keys: Sequence[Key], t_ns: int) -> None:
         for i in self.instruments:
             i.items_emitted(keys, t_ns)
+
+    def unit_failed(
+        self,
+        stage: str,
+        key: Key,
+        error: BaseException,
+        traceback: str | None,
+        attempt: int,
+        retrying: bool,
+        t_ns: int,
+    ) -> None:
+        for i in self.instruments:
+            i.unit_failed(stage, key, error, traceback, attempt, retrying, t_ns)
+
+    def dead_lettered(
+        self, stage: str, key: Key, value: Any, error: BaseException, traceback: str | None, t_ns: int
+    ) -> None:
+        for i in self.instruments:
+            i.dead_lettered(stage, key, value, error, traceback, t_ns)
+
+    def cache_hits(self, stage: str, keys: Sequence[Key], t_ns: int) -> None:
+        for i in self.instruments:
+            i.cache_hits(stage, keys, t_ns)
+
+    def roots_finished(self, roots: Sequence[int], state: str, t_ns: int) -> None:
+        for i in self.instruments:
+            i.roots_finished(roots, state, t_ns)
+
+    def stage_resized(self, stage: str, workers: int, t_ns: int) -> None:
+        for i in self.instruments:
+            i.stage_resized(stage, workers, t_ns)
 
     def run_finished(self, state: str, error: BaseException | None, t_ns: int) -> None:
         for i in self.instruments:

@@ -13,12 +13,13 @@ merges the items of several predecessors into one queue.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from conveyor._errors import PipelineError
 from conveyor._instrument import Instrument
-from conveyor._stage import Stage
+from conveyor._stage import Stage, check_picklable
 
 if TYPE_CHECKING:
     from conveyor._run import Run
@@ -72,12 +73,14 @@ class Pipeline:
                     f"be unique: rename one, e.g. stage(fn, name='{s.name}_2')",
                     stage=s.name,
                 )
+            if s.executor == "processes":
+                check_picklable(s)
             self.stages[s.name] = s
         if not self.stages:
             raise PipelineError(f"pipeline {name!r} has no stages; give at least one")
         names = list(self.stages)
         if edges is None:
-            pairs = list(zip(names, names[1:]))
+            pairs = list(itertools.pairwise(names))
         else:
             pairs = [(self._resolve(a), self._resolve(b)) for a, b in edges]
         self.successors: dict[str, tuple[str, ...]] = {n: () for n in names}

@@ -20,10 +20,12 @@ Kinds (what one call of the function sees and returns):
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import pickle
+import sys
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 from conveyor._errors import PipelineError
 
@@ -65,6 +67,7 @@ class Stage:
     split: bool = False
     capacity: int | None = None
     concurrency: int = 1
+    is_async: bool = dataclasses.field(init=False, repr=False, compare=False, default=False)
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
@@ -75,22 +78,15 @@ class Stage:
             )
         if not self.name:
             object.__setattr__(self, "name", _default_name(self.fn))
+        # Whether the function is a coroutine function (``async def``).
+        is_async = inspect.iscoroutinefunction(self.fn) or (
+            not inspect.isroutine(self.fn) and inspect.iscoroutinefunction(type(self.fn).__call__)
+        )
+        object.__setattr__(self, "is_async", is_async)
         _check_policy(self)
         _check_arity(self)
         if self.executor == "processes":
-            _check_picklable(self)
-
-    @property
-    def is_async(self) -> bool:
-        """Whether the function is a coroutine function (``async def``)."""
-        return inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(
-            getattr(self.fn, "__call__", None)
-        )
-
-    @property
-    def slots(self) -> int:
-        """How many tasks of this stage may run at once: workers × concurrency."""
-        return self.workers * (self.concurrency if self.is_async else 1)
+            _check_picklable_early(self)
 
     def with_options(self, **changes: Any) -> Stage:
         """A copy of this stage with some options changed (validated again)."""
@@ -175,7 +171,9 @@ def _check_policy(s: Stage) -> None:
         fail(f"capacity={s.capacity!r}; give a whole number of at least 1, or None")
     if s.kind == "batch":
         if not isinstance(s.size, int) or s.size < 1:
-            fail(f"kind='batch' needs size, the items per batch (got size={s.size!r}); e.g. size=32")
+            fail(
+                f"kind='batch' needs size, the items per batch (got size={s.size!r}); e.g. size=32"
+            )
     elif s.size is not None:
         fail(f"size={s.size} is only for kind='batch' (this stage is kind={s.kind!r})")
     if s.split and s.kind != "batch":
@@ -191,9 +189,7 @@ def _check_arity(s: Stage) -> None:
     except (TypeError, ValueError):
         return  # some builtins have no signature; they fail at run time instead
     params = list(sig.parameters.values())
-    positional = [
-        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     required = [p for p in positional if p.default is p.empty]
     var_positional = any(p.kind is p.VAR_POSITIONAL for p in params)
     required_kw = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
@@ -215,9 +211,49 @@ def _check_arity(s: Stage) -> None:
         )
 
 
-def _check_picklable(s: Stage) -> None:
+class _StageFunctionRef(NamedTuple):
+    """A module-level function that ``@stage`` replaced by a Stage under its own name:
+    pickle finds the Stage there, not the function, so it travels as this reference."""
+
+    module: str
+    qualname: str
+
+
+def _lookup(module: str, qualname: str) -> Any:
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def dump_function(fn: Callable[..., Any]) -> bytes:
+    """Pickle a stage's function for a process worker (see :func:`load_function`)."""
     try:
-        pickle.dumps(s.fn)
+        return pickle.dumps(fn)
+    except Exception:
+        module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+        if module and "<" not in qualname:
+            try:
+                bound = _lookup(module, qualname)
+            except (ImportError, AttributeError):
+                bound = None
+            if isinstance(bound, Stage) and bound.fn is fn:
+                return pickle.dumps(_StageFunctionRef(module, qualname))
+        raise
+
+
+def load_function(data: bytes) -> Callable[..., Any]:
+    """The function :func:`dump_function` pickled, in a process worker."""
+    fn = pickle.loads(data)
+    if isinstance(fn, _StageFunctionRef):
+        fn = _lookup(fn.module, fn.qualname).fn
+    return fn  # type: ignore[no-any-return]
+
+
+def check_picklable(s: Stage) -> None:
+    """Raise PipelineError unless ``s``'s function can be sent to a process worker."""
+    try:
+        dump_function(s.fn)
     except Exception as exc:
         raise PipelineError(
             f"stage {s.name!r}: its function cannot be sent to a process worker "
@@ -225,3 +261,14 @@ def _check_picklable(s: Stage) -> None:
             "(not a lambda, a nested function or a closure), or use executor='threads'",
             stage=s.name,
         ) from exc
+
+
+def _check_picklable_early(s: Stage) -> None:
+    # ``@stage(executor="processes")`` runs before the module binds the function's
+    # name (to this Stage), so a module-level function cannot be checked yet: the
+    # Pipeline checks it when it is built. Anything else is checked now.
+    fn = s.fn
+    qualname = getattr(fn, "__qualname__", "")
+    if inspect.isfunction(fn) and "<" not in qualname and fn.__module__ in sys.modules:
+        return
+    check_picklable(s)

@@ -1,0 +1,161 @@
+"""Runs: one execution of a pipeline over a source.
+
+A :class:`Run` is an iterator of results and a context manager. It moves through
+the states pending → running → succeeded | failed | cancelled. Iterating drives the
+scheduler in the caller's thread; leaving a ``with`` block, calling :meth:`close`,
+a Ctrl-C, or an error in a stage stops every worker (threads at their next item,
+processes terminated) and removes any shared memory the run created.
+"""
+
+from __future__ import annotations
+
+import secrets
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from time import monotonic_ns
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from conveyor._instrument import Instrument
+from conveyor._scheduler import Scheduler
+from conveyor._statistics import RunStatistics, StageStatistics
+
+if TYPE_CHECKING:
+    from conveyor._pipeline import Pipeline
+
+
+class Run(Iterator[Any]):
+    """One execution of a pipeline; iterate it for results.
+
+    ``results`` holds every result once :meth:`wait` (or ``Pipeline.run``) has
+    returned. ``state`` is pending, running, succeeded, failed or cancelled.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        source: Iterable[Any],
+        *,
+        ordered: bool,
+        instruments: Sequence[Instrument] = (),
+    ) -> None:
+        self.id = secrets.token_hex(6)
+        self.pipeline = pipeline
+        self.ordered = ordered
+        self.state = "pending"
+        self.error: BaseException | None = None
+        self.results: list[Any] | None = None
+        self._scheduler = Scheduler(
+            pipeline,
+            source,
+            ordered=ordered,
+            instruments=instruments,
+            run_id=self.id,
+            control=weakref.proxy(self),  # no cycle: an abandoned run is collected
+        )
+        self._ended_ns: int | None = None
+        # Abandoned without close(): stop the workers when the run is collected.
+        self._finalizer = weakref.finalize(self, self._scheduler.shutdown, cancel=True)
+
+    def __iter__(self) -> Run:
+        return self
+
+    def __next__(self) -> Any:
+        if self.state == "pending":
+            self._start()
+        elif self.state != "running":
+            raise StopIteration
+        try:
+            return self._scheduler.next_output()
+        except StopIteration:
+            self._end("succeeded", None, cancel=False)
+            raise
+        except KeyboardInterrupt as exc:
+            self._end("cancelled", exc, cancel=True)
+            raise
+        except BaseException as exc:
+            self._end("failed", exc, cancel=True)
+            raise
+
+    def _start(self) -> None:
+        self.state = "running"
+        try:
+            self._scheduler.start()
+        except BaseException as exc:
+            self._end("failed", exc, cancel=True)
+            raise
+
+    def _end(self, state: str, error: BaseException | None, *, cancel: bool) -> None:
+        self.state = state
+        self.error = error
+        self._ended_ns = monotonic_ns()
+        self._finalizer.detach()
+        try:
+            self._scheduler.shutdown(cancel=cancel)
+        finally:
+            ins = self._scheduler._ins
+            if ins:
+                ins.run_finished(state, error, self._ended_ns)
+
+    def wait(self) -> list[Any]:
+        """Run to the end and return every result (also kept in ``results``)."""
+        self.results = list(self)
+        return self.results
+
+    def close(self) -> None:
+        """Stop the run now: workers stop, no more results come. Safe to call twice."""
+        if self.state == "running":
+            self._end("cancelled", None, cancel=True)
+        elif self.state == "pending":
+            self.state = "cancelled"
+            self._finalizer.detach()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def resize(self, stage: str, workers: int) -> None:
+        """Grow or shrink ``stage``'s worker pool while the run goes on.
+
+        Call it between results, or from an instrument's hook (``RunInfo.control``);
+        it takes effect at once for new tasks. Raises PipelineError for an unknown
+        stage or fewer than one worker.
+        """
+        self._scheduler.resize(stage, workers)
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of this run's live worker processes."""
+        return self._scheduler.worker_pids()
+
+    @property
+    def elapsed_seconds(self) -> float:
+        start = self._scheduler.started_ns
+        if not start:
+            return 0.0
+        end = self._ended_ns if self._ended_ns is not None else monotonic_ns()
+        return (end - start) / 1e9
+
+    def statistics(self) -> RunStatistics:
+        """A snapshot of the run's counters, per stage and in total."""
+        sched = self._scheduler
+        return RunStatistics(
+            pipeline=self.pipeline.name,
+            state=self.state,
+            elapsed_seconds=self.elapsed_seconds,
+            items_read=sched.items_read,
+            items_emitted=sched.items_emitted,
+            stages=sched.stage_statistics(),
+        )
+
+    def stage_statistics(self, name: str) -> StageStatistics:
+        return self._scheduler.stage_statistics()[name]
+
+    def __repr__(self) -> str:
+        return f"<Run {self.id} of {self.pipeline.name!r}: {self.state}>"

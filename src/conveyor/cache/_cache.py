@@ -1,0 +1,205 @@
+"""StageCache: a stage's results by content, on disk, never stale and never corrupt.
+
+The key of one call joins three things, so that changing any of them misses::
+
+    key = sha256(format, stage qualified name, code fingerprint, input fingerprint)
+
+- the stage's qualified name (two stages with the same code keep apart entries);
+- its code fingerprint (:func:`fingerprint_function`: source, closed-over values,
+  referenced constants and helpers, defaults), computed once per run;
+- the input's fingerprint (:func:`fingerprint_value`).
+
+An input that cannot be fingerprinted has no key (:meth:`StageCache.key` returns
+None): the stage runs, nothing is cached, and a :class:`CacheWarning` says so once
+per stage per process. Values are pickled (protocol 5) into checksummed blobs
+(:mod:`conveyor.cache._blobs`); a damaged blob is a miss, and the engine recomputes.
+
+::
+
+    cache = StageCache()                              # ./.conveyor/cache
+    code = fingerprint_function(parse)                # once per run
+    key = cache.key("etl.parse", code, line)
+    hit, value = cache.get(key) if key else (False, None)
+    if not hit:
+        value = parse(line)
+        if key:
+            cache.put(key, value)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pickle
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+from conveyor.cache._blobs import BlobStore
+from conveyor.cache._fingerprint import explain_value
+
+DEFAULT_ROOT = Path(".conveyor") / "cache"
+KEY_FORMAT = b"conveyor-cache-key/1"
+_LAYOUT = "blobs-v1"  # bump when the blob format changes: old blobs are then ignored
+_MEMO_LIMIT = 1 << 16
+
+_warned: set[tuple[str, str]] = set()  # (stage, reason kind): per process
+_warned_lock = threading.Lock()
+
+
+class CacheWarning(UserWarning):
+    """A stage's cache could not serve or store a value (an input that cannot be
+    fingerprinted, a result that cannot be pickled): the stage still runs, uncached.
+    Issued once per stage and reason per process."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheEntry:
+    """One cached result: its stage, key, size on disk and when it was written."""
+
+    stage: str
+    key: str
+    size_bytes: int
+    created_at: float
+    path: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheStatistics:
+    """This StageCache object's counters since it was made."""
+
+    hits: int
+    misses: int
+    damaged: int  # blobs that failed their checksum and were deleted (each also a miss)
+    puts: int
+    unkeyed: int  # inputs that could not be fingerprinted
+
+
+class StageCache:
+    """Cached stage results under ``root`` (default ``./.conveyor/cache``); safe to share
+    between threads and processes (blobs are written atomically). ``fsync=False`` trades
+    durability of fresh entries for speed (see :class:`BlobStore`); never correctness."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, *, fsync: bool = True) -> None:
+        self.root = Path(root) if root is not None else Path.cwd() / DEFAULT_ROOT
+        self.blobs = BlobStore(self.root / _LAYOUT, fsync=fsync)
+        self._lock = threading.Lock()
+        self._stage_of: dict[str, str] = {}  # key → stage, to label the blob put later
+        self._hits = self._misses = self._damaged = self._puts = self._unkeyed = 0
+
+    def key(self, stage_qualname: str, code_fp: str, value: Any) -> str | None:
+        """The cache key of ``stage_qualname`` (code ``code_fp``) called on ``value``, or
+        None when ``value`` cannot be fingerprinted (a CacheWarning says so, once)."""
+        digest, refused = explain_value(value)
+        if digest is None:
+            with self._lock:
+                self._unkeyed += 1
+            self.warn_unfingerprintable(stage_qualname, type(value), refused)
+            return None
+        h = hashlib.sha256(KEY_FORMAT)
+        for part in (stage_qualname, code_fp, digest):
+            data = part.encode("utf-8", "surrogatepass")
+            h.update(len(data).to_bytes(8, "big") + data)
+        key = h.hexdigest()
+        with self._lock:
+            if len(self._stage_of) >= _MEMO_LIMIT:
+                self._stage_of.clear()  # only labels are lost: listing shows "?"
+            self._stage_of[key] = stage_qualname
+        return key
+
+    def get(self, key: str) -> tuple[bool, Any]:
+        """``(True, value)`` on a hit; ``(False, None)`` when absent, damaged (the blob
+        is deleted: the caller recomputes and puts it again) or no longer loadable (its
+        class is gone, say)."""
+        payload, damaged = self.blobs.fetch(key)
+        if payload is not None:
+            try:
+                value = pickle.loads(payload)
+            except Exception:  # unpickling runs arbitrary code; any failure is a miss
+                self.blobs.discard(key)
+                damaged = True
+            else:
+                with self._lock:
+                    self._hits += 1
+                    self._stage_of.pop(key, None)
+                return True, value
+        with self._lock:
+            self._misses += 1
+            self._damaged += damaged
+        return False, None
+
+    def put(self, key: str, value: Any, *, stage: str | None = None) -> bool:
+        """Store ``value`` under ``key``; False (and a CacheWarning, once per stage) when
+        it cannot be pickled. ``stage`` labels the entry for listing; by default the
+        stage that :meth:`key` made the key for."""
+        with self._lock:
+            label = stage or self._stage_of.pop(key, None) or "?"
+        try:
+            payload = pickle.dumps(value, protocol=5)
+        except Exception as exc:  # objects refuse pickling in many ways
+            self._warn_once(
+                label,
+                "unpicklable",
+                f"stage {label!r}: a result of type {type(value).__qualname__} cannot be "
+                f"pickled ({type(exc).__name__}: {exc}), so it is not cached; return "
+                "picklable values or turn caching off for this stage",
+            )
+            return False
+        self.blobs.put(key, payload, label=label)
+        with self._lock:
+            self._puts += 1
+        return True
+
+    def warn_unfingerprintable(
+        self, stage: str, value_type: type | str, what: str | None = None
+    ) -> None:
+        """Say once per stage per process that its inputs cannot be fingerprinted."""
+        name = value_type if isinstance(value_type, str) else value_type.__qualname__
+        inside = f" (it holds {what})" if what and what != f"a {name}" else ""
+        self._warn_once(
+            stage,
+            "unfingerprintable",
+            f"stage {stage!r}: an input of type {name}{inside} cannot be fingerprinted, so "
+            "such inputs are computed every time, never cached; pass plain values (numbers, "
+            "strings, bytes, tuples, lists, dicts, dataclasses, NumPy arrays)",
+        )
+
+    @staticmethod
+    def _warn_once(stage: str, reason: str, message: str) -> None:
+        with _warned_lock:
+            if (stage, reason) in _warned:
+                return
+            _warned.add((stage, reason))
+        warnings.warn(message, CacheWarning, stacklevel=3)
+
+    def statistics(self) -> CacheStatistics:
+        with self._lock:
+            return CacheStatistics(
+                self._hits, self._misses, self._damaged, self._puts, self._unkeyed
+            )
+
+    def entries(self, stage: str | None = None) -> list[CacheEntry]:
+        """Every entry (of ``stage`` alone if given), by stage then key."""
+        found = [
+            CacheEntry(info.label, info.address, info.file_bytes, info.mtime, info.path)
+            for info in self.blobs.infos()
+            if stage is None or info.label == stage
+        ]
+        return sorted(found, key=lambda e: (e.stage, e.key))
+
+    def size_bytes(self) -> int:
+        """Bytes on disk taken by every entry."""
+        return sum(info.file_bytes for info in self.blobs.infos())
+
+    def clear(self, stage: str | None = None) -> int:
+        """Delete every entry (of ``stage`` alone if given); returns how many."""
+        removed = 0
+        for entry in self.entries(stage):
+            if self.blobs.discard(entry.key):
+                removed += 1
+        return removed
+
+    def __repr__(self) -> str:
+        return f"StageCache({str(self.root)!r})"

@@ -1,0 +1,233 @@
+"""SQLite connections for the run store: WAL, busy waits, retries, clear errors.
+
+Every read and write goes through :func:`read` or :func:`write`, the one place
+where SQLite's errors become :class:`StoreError` and where "database is locked"
+is retried, so no caller ever sees it:
+
+- WAL journal: readers never block the writer, and the writer never blocks readers.
+- Writes open with ``BEGIN IMMEDIATE``: the write lock is taken up front, so two
+  writers queue on ``busy_timeout`` instead of one failing while it upgrades a
+  read lock (the deadlock SQLite resolves by returning SQLITE_BUSY at once).
+- Whatever SQLITE_BUSY or SQLITE_LOCKED still gets through (a checkpoint, WAL
+  recovery, a timeout under heavy contention) is retried with exponential backoff
+  and jitter for up to :data:`RETRY_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from conveyor._errors import ConveyorError
+from conveyor.store._schema import MIGRATIONS, SCHEMA_VERSION
+
+T = TypeVar("T")
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+SQLITE_HEADER_BYTES = 100
+BUSY_TIMEOUT_MS = 5_000
+RETRY_SECONDS = 60.0
+_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (low byte of extended codes too)
+
+
+class StoreError(ConveyorError):
+    """The run store cannot be used: missing, not a database, corrupt, from a newer
+    conveyor, or asked for a run it does not hold. ``path`` names the store file."""
+
+    def __init__(self, message: str, *, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class RunNotFoundError(StoreError):
+    """No run, or more than one, has the id (or id prefix) asked for; ``candidates``
+    holds the ids that matched (empty when none did)."""
+
+    def __init__(
+        self, message: str, *, path: Path | None = None, candidates: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message, path=path)
+        self.candidates = candidates
+
+
+class PipelineChangedError(StoreError):
+    """The pipeline's code fingerprint differs from the one recorded with the run, so
+    its recorded results may not be what the code computes now (raised before resume)."""
+
+
+def connect(path: Path, *, create: bool) -> sqlite3.Connection:
+    """Open (or, with ``create``, create) the store at ``path``, migrated to the
+    current schema. Raises StoreError for a missing store (``create=False``), a file
+    that is not a conveyor store, a corrupt one, or one from a newer conveyor."""
+    if path.exists():
+        _check_header(path)
+    elif not create:
+        raise StoreError(
+            f"no run store at {path}; runs are recorded there when a pipeline runs with a "
+            "StoreRecorder, or pass --store PATH to read another one",
+            path=path,
+        )
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(
+            str(path),
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,  # autocommit: transactions are explicit (BEGIN IMMEDIATE)
+            check_same_thread=False,  # RunStore serialises use with its own lock
+        )
+    except sqlite3.Error as exc:
+        raise _translate(exc, path) from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        retrying(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone(), path=path)
+        conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrate(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> int:
+    """Bring the database to :data:`SCHEMA_VERSION`; return the version it had."""
+
+    def step(c: sqlite3.Connection) -> int:
+        version = _user_version(c, path)
+        for steps in MIGRATIONS[version:]:
+            for sql in steps:
+                c.execute(sql)
+        if version < SCHEMA_VERSION:
+            c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        return version
+
+    version = read(conn, lambda c: _user_version(c, path), path=path)
+    if version == SCHEMA_VERSION:
+        return version
+    return write(conn, step, path=path)  # re-checked inside: another process may have won
+
+
+def _user_version(c: sqlite3.Connection, path: Path) -> int:
+    version = int(c.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        from conveyor import __version__
+
+        raise StoreError(
+            f"run store {path} has schema version {version}, newer than this conveyor "
+            f"{__version__} understands (schema version {SCHEMA_VERSION}); upgrade conveyor "
+            "(pip install -U conveyor) or pass another --store path",
+            path=path,
+        )
+    if version == 0:
+        tables = c.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if tables:
+            raise StoreError(
+                f"{path} is an SQLite database but not a conveyor run store (it has "
+                f"{tables} schema objects and no conveyor schema version); move it aside "
+                "or pass another --store path",
+                path=path,
+            )
+    return version
+
+
+def read(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T], *, path: Path) -> T:
+    """Run ``fn(conn)`` (queries only), retrying while the database is busy."""
+    return retrying(lambda: fn(conn), path=path)
+
+
+def write(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T], *, path: Path) -> T:
+    """Run ``fn(conn)`` in one ``BEGIN IMMEDIATE`` transaction, committed when it returns,
+    rolled back if it raises; the whole transaction is retried while the database is busy."""
+
+    def attempt() -> T:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    return retrying(attempt, path=path)
+
+
+def retrying(fn: Callable[[], T], *, path: Path) -> T:
+    """Call ``fn``; while it fails with SQLITE_BUSY or SQLITE_LOCKED, wait (exponential
+    backoff with jitter) and call it again, for up to :data:`RETRY_SECONDS`. Every other
+    SQLite error, and a busy database past the deadline, becomes a StoreError."""
+    deadline = time.monotonic() + RETRY_SECONDS
+    delay = 0.002
+    while True:
+        try:
+            return fn()
+        except sqlite3.Error as exc:
+            if not (_is_busy(exc) and time.monotonic() < deadline):
+                raise _translate(exc, path) from exc
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 0.25)
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _BUSY_CODES
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def _check_header(path: Path) -> None:
+    try:
+        with path.open("rb") as f:
+            head = f.read(SQLITE_HEADER_BYTES)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot read the run store {path}: {exc.strerror}; check its permissions or "
+            "pass another --store path",
+            path=path,
+        ) from exc
+    if not head:
+        return  # an empty file: SQLite makes a new database in it
+    if len(head) < SQLITE_HEADER_BYTES or not head.startswith(SQLITE_MAGIC):
+        raise _not_a_store(path)
+
+
+def _not_a_store(path: Path) -> StoreError:
+    return StoreError(
+        f"{path} is not a conveyor run store (file is not a database); move it aside or "
+        "pass another --store path",
+        path=path,
+    )
+
+
+def _translate(exc: sqlite3.Error, path: Path) -> StoreError:
+    """One SQLite error as a StoreError that names the store and the fix."""
+    text = str(exc)
+    low = text.lower()
+    if "not a database" in low:
+        return _not_a_store(path)
+    if "malformed" in low or "corrupt" in low:
+        return StoreError(
+            f"run store {path} is corrupt ({text}); move it aside (a new one is made on the "
+            "next run) or pass another --store path",
+            path=path,
+        )
+    if _is_busy(exc):
+        return StoreError(
+            f"run store {path} stayed locked for {RETRY_SECONDS:.0f} s ({text}); another "
+            "process holds a write transaction open: find it, or pass another --store path",
+            path=path,
+        )
+    if "readonly" in low or "read-only" in low or "unable to open" in low:
+        return StoreError(
+            f"cannot write the run store {path} ({text}); check that its directory is "
+            "writable, or pass another --store path",
+            path=path,
+        )
+    return StoreError(f"run store {path}: {type(exc).__name__}: {text}", path=path)

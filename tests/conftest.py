@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+
+import pytest
+
+EXECUTORS = ("sync", "threads", "processes")
+
+
+@pytest.fixture(params=EXECUTORS)
+def executor(request: pytest.FixtureRequest) -> str:
+    """Run the test once per executor, with identical assertions."""
+    return str(request.param)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_until(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return bool(predicate())
+
+
+def conveyor_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("conveyor-")]
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_workers():
+    """Every test must leave no worker process or thread behind."""
+    yield
+    assert wait_until(lambda: not multiprocessing.active_children()), (
+        f"worker processes left behind: {multiprocessing.active_children()}"
+    )
+    assert wait_until(lambda: not conveyor_threads()), (
+        f"worker threads left behind: {conveyor_threads()}"
+    )

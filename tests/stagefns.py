@@ -1,0 +1,158 @@
+"""Stage functions for the tests, at module level so process workers can import them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import conveyor as cv
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def double(x: int) -> int:
+    return x * 2
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def negate(x: int) -> int:
+    return -x
+
+
+def jitter(x: int) -> int:
+    """Sleep a pseudo-random 0-2 ms, so that workers finish out of order."""
+    time.sleep(((x * 7919) % 5) / 2000)
+    return x
+
+
+def slow(x: Any) -> Any:
+    time.sleep(0.002)
+    return x
+
+
+def very_slow(x: Any) -> Any:
+    time.sleep(0.5)
+    return x
+
+
+def explode(x: int) -> list[int]:
+    """flat_map: x copies of x (zero drops the item)."""
+    return [x] * (x % 4)
+
+
+def evens_only(x: int) -> list[int]:
+    return [x] if x % 2 == 0 else []
+
+
+def words(line: str) -> list[str]:
+    return line.split()
+
+
+def total(xs: list[int]) -> int:
+    return sum(xs)
+
+
+def batch_square(xs: list[int]) -> list[int]:
+    return [x * x for x in xs]
+
+
+def batch_len(xs: list[Any]) -> int:
+    return len(xs)
+
+
+def batch_wrong_length(xs: list[int]) -> list[int]:
+    return xs[:-1]
+
+
+def fail_on_13(x: int) -> int:
+    if x == 13:
+        raise ValueError(f"thirteen is unlucky: {x}")
+    return x
+
+
+def kill_on_7(x: int) -> int:
+    if x == 7:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def exit_on_7(x: int) -> int:
+    if x == 7:
+        os._exit(3)
+    return x
+
+
+def segfault_on_7(x: int) -> int:
+    if x == 7:
+        import ctypes
+
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+    return x
+
+
+def pid_of(_x: Any) -> int:
+    return os.getpid()
+
+
+def not_iterable(x: int) -> int:
+    return x
+
+
+def array_plus_one(a: Any) -> Any:
+    return a + 1
+
+
+def array_touch(a: Any) -> Any:
+    a[0] += 1
+    return a
+
+
+class Unpicklable(Exception):
+    def __init__(self, x: int) -> None:
+        super().__init__(x)
+        self.lock = threading.Lock()
+
+    def __reduce__(self) -> Any:
+        raise TypeError("cannot pickle this exception")
+
+
+def raise_unpicklable(x: int) -> int:
+    raise Unpicklable(x)
+
+
+async def async_double(x: int) -> int:
+    await asyncio.sleep(0.005)
+    return x * 2
+
+
+class ConcurrencyProbe:
+    """An async callable that records the most calls it saw in flight at once."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self.lock = threading.Lock()
+
+    async def __call__(self, x: int) -> int:
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        await asyncio.sleep(0.01)
+        with self.lock:
+            self.now -= 1
+        return x
+
+
+@cv.stage(executor="processes", workers=2)
+def decorated_triple(x: int) -> int:
+    """A module-level function decorated in place for process workers."""
+    return 3 * x

@@ -1,0 +1,170 @@
+"""Several processes writing one run store at once: no "database is locked" reaches them."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conveyor.store import RunStore, _db
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from conveyor.store import RunStore
+
+    path, name, runs, rows, start = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:6])
+    store = RunStore(path)
+    while time.time() < start:  # every writer begins at the same instant
+        time.sleep(0.001)
+    for i in range(int(runs)):
+        run_id = f"{name}-{i}"
+        store.begin_run(run_id, "stress", None, {"writer": name})
+        store.set_state(run_id, "running")
+        store.record_item_outcomes(  # stored as ranges
+            run_id, [("s", (k,), "done", None, None, None, time.time()) for k in range(int(rows))]
+        )
+        store.record_item_outcomes(  # stored row by row
+            run_id,
+            [("t", (k,), "failed", 1, "ValueError: x", "tb", time.time()) for k in range(int(rows))],
+        )
+        store.record_roots(run_id, [(k, "done") for k in range(int(rows))])
+        store.finish_run(run_id, "succeeded", items_read=int(rows))
+    store.close()
+    """
+)
+
+PIPELINE = textwrap.dedent(
+    """
+    import sys, time
+    import conveyor as cv
+    from conveyor.store import RunStore, StoreRecorder
+
+    def inc(x):
+        return x + 1
+
+    def odd(x):
+        return [x] if x % 2 else []
+
+    path, start = sys.argv[1], float(sys.argv[2])
+    pipe = cv.Pipeline("pair", [cv.stage(inc), cv.Stage(odd, kind="flat_map")])
+    recorder = StoreRecorder(RunStore(path), pipeline=pipe, flush_rows=50)
+    while time.time() < start:
+        time.sleep(0.001)
+    run = pipe.run(range(3000), instruments=[recorder])
+    assert recorder.error is None, recorder.error
+    print(run.id)
+    """
+)
+
+
+def _spawn(script: str, *args: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-W", "error", "-c", script, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(procs: list[subprocess.Popen[str]]) -> list[str]:
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=110)
+        assert p.returncode == 0, err
+        assert "locked" not in err and err == "", err
+        outs.append(out)
+    return outs
+
+
+def test_three_processes_write_many_small_transactions(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    RunStore(path).close()
+    runs, rows = 150, 25
+    start = time.time() + 1.0
+    procs = [_spawn(WRITER, path, f"w{k}", runs, rows, start) for k in range(3)]
+    _finish(procs)
+    with RunStore(path) as store:
+        all_runs = store.runs(limit=1000)
+        assert len(all_runs) == 3 * runs
+        assert {r.state for r in all_runs} == {"succeeded"}
+        for name in ("w0", "w1", "w2"):
+            for i in (0, runs // 2, runs - 1):
+                assert len(store.item_outcomes(f"{name}-{i}")) == 2 * rows
+                assert store.ledger(f"{name}-{i}").balanced
+        count = store._read(lambda c: c.execute("SELECT count(*) FROM item_outcomes").fetchone())
+        assert count[0] == 3 * runs * rows  # the failures; the done ones are ranges
+    # Their writes interleaved: it was a real race, not three runs one after the other.
+    ordered = sorted(all_runs, key=lambda r: r.created_at)
+    writers = [r.id.split("-")[0] for r in ordered]
+    switches = sum(a != b for a, b in itertools.pairwise(writers))
+    assert switches > 3
+
+
+def test_two_recorded_pipeline_runs_share_a_store(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    RunStore(path).close()
+    start = time.time() + 1.0
+    outs = _finish([_spawn(PIPELINE, path, start) for _ in range(2)])
+    run_ids = [o.strip() for o in outs]
+    with RunStore(path) as store:
+        for run_id in run_ids:
+            ledger = store.ledger(run_id)
+            assert (ledger.done, ledger.filtered, ledger.items_read) == (1500, 1500, 3000)
+            assert ledger.balanced
+            assert store.outcome_counts(run_id) == {"inc": {"done": 3000}, "odd": {"done": 3000}}
+
+
+def test_a_held_write_lock_is_waited_out_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With SQLite's own busy wait off, the retry loop alone rides out a held lock."""
+    monkeypatch.setattr(_db, "BUSY_TIMEOUT_MS", 0)
+    path = tmp_path / "runs.db"
+    store = RunStore(path)
+    store._connection().execute("PRAGMA busy_timeout = 0")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            store.begin_run("r1", "etl", None)
+        except BaseException as exc:
+            errors.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    time.sleep(0.2)  # the writer is now retrying against the held lock
+    assert writer.is_alive()
+    blocker.execute("COMMIT")
+    blocker.close()
+    writer.join(timeout=10)
+    assert not errors
+    assert store.get_run("r1").state == "pending"
+    store.close()
+
+
+def test_a_lock_held_too_long_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_db, "RETRY_SECONDS", 0.1)
+    path = tmp_path / "runs.db"
+    store = RunStore(path)
+    store._connection().execute("PRAGMA busy_timeout = 0")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(_db.StoreError, match=r"stayed locked .* another process holds"):
+            store.begin_run("r1", "etl", None)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        store.close()
