@@ -80,3 +80,11 @@ def test_digits_example_factories():
     assert x.shape == (1500, 64) and y.shape == (1500,) and set(y.tolist()) == set(range(10))
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     assert len(as_layers(load_object(f"{example}:make_model")())) == 9
+
+
+def test_registered_in_the_conveyor_group():
+    from conveyor.cli import cli
+
+    result = CliRunner().invoke(cli, ["train", "--help"])
+    assert result.exit_code == 0
+    assert "--stages" in result.output and "--schedule" in result.output
