@@ -277,6 +277,7 @@ def train(
     finally:
         torch.set_num_threads(threads)
 
+    state_copies = 3 if optimizer == "adam" else 1  # gradient (+ Adam's two moments)
     chosen_plan: Plan | None = None
     if schedule == "auto" or microbatches == "auto":
         chosen_plan = plan(
@@ -287,6 +288,7 @@ def train(
             microbatches=None if microbatches == "auto" else [int(microbatches)],
             stages_per_rank=stages_per_rank,
             memory_cap=memory_cap,
+            state_copies=state_copies,
             comm_latency=comm_latency,
             action_overhead=action_overhead,
         )
@@ -304,6 +306,7 @@ def train(
             build_schedule(schedule, stages, int(microbatches), v),
             batch_size,
             memory_cap=memory_cap,
+            state_copies=state_copies,
             comm_latency=comm_latency,
             action_overhead=action_overhead,
         )
@@ -323,6 +326,7 @@ def train(
             batch_size,
             bounds=cut.bounds,
             memory_cap=memory_cap,
+            state_copies=state_copies,
             comm_latency=comm_latency,
             action_overhead=action_overhead,
         )
