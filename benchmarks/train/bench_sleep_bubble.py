@@ -1,6 +1,6 @@
 """Measured bubble against the simulator, stages emulated by sleeping (no CPU used by ranks).
 
-Every rank costs F = I = W = 20 ms per micro-batch (a full backward B = I + W);
+Every rank costs F = I = W = ``--ms`` (default 40) ms per micro-batch (a full backward B = I + W);
 interleaved gives each of its v = 2 chunks half of that. m = 8 micro-batches,
 p in {2, 4}, every schedule; 6 steps per run, the first dropped (warm-up); the
 whole launch repeated ``--repeats`` times and the median taken.
@@ -26,12 +26,11 @@ from conveyor.train._runtime import RunSpec
 from conveyor.train._simulate import bubble_of
 
 HERE = Path(__file__).parent
-F_MS = I_MS = W_MS = 20.0  # per rank per micro-batch
 M = 8
 SCHEDULES = [("gpipe", 1), ("1f1b", 1), ("interleaved", 2), ("zbh1", 1)]
 
 
-def specs(p: int, steps: int) -> list[RunSpec]:
+def specs(p: int, steps: int, ms: float) -> list[RunSpec]:
     out = []
     for name, v in SCHEDULES:
         n = p * v
@@ -39,7 +38,7 @@ def specs(p: int, steps: int) -> list[RunSpec]:
             RunSpec(
                 model=f"{HERE / 'sleep_model.py'}:make_model",
                 data=f"{HERE / 'sleep_model.py'}:make_data",
-                model_kwargs={"costs_ms": [[F_MS / v, I_MS / v, W_MS / v]] * n},
+                model_kwargs={"costs_ms": [[ms / v, ms / v, ms / v]] * n},
                 schedule=name,
                 microbatches=M,
                 bounds=list(range(n + 1)),
@@ -56,14 +55,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--ms", type=float, default=40.0, help="F = I = W per rank, milliseconds")
     args = parser.parse_args()
     rows = []
     for p in (2, 4):
         per_run: dict[str, list[tuple[float, float, float]]] = {}
         for _ in range(args.repeats):
-            for spec, result in zip(
-                specs(p, args.steps), launch(specs(p, args.steps), p), strict=True
-            ):
+            run_specs = specs(p, args.steps, args.ms)
+            for spec, result in zip(run_specs, launch(run_specs, p), strict=True):
                 sched = build_schedule(spec.schedule, p, M, spec.stages_per_rank)
                 steps = [measured_intervals(t, p) for t in result["timelines"]][1:]
                 measured = statistics.median(bubble_of(s, p) for s in steps)
@@ -75,7 +74,7 @@ def main() -> None:
                 sim = simulate(
                     sched,
                     StageCosts.uniform(
-                        p * v, F_MS / v / 1e3, I_MS / v / 1e3, W_MS / v / 1e3,
+                        p * v, args.ms / v / 1e3, args.ms / v / 1e3, args.ms / v / 1e3,
                         comm=comm, overhead=overhead, first_stage_defers_input=True,
                     ),
                 )  # fmt: skip
@@ -88,9 +87,9 @@ def main() -> None:
                 sched,
                 StageCosts.uniform(
                     p * v,
-                    F_MS / v / 1e3,
-                    I_MS / v / 1e3,
-                    W_MS / v / 1e3,
+                    args.ms / v / 1e3,
+                    args.ms / v / 1e3,
+                    args.ms / v / 1e3,
                     first_stage_defers_input=True,
                 ),
             )
@@ -121,9 +120,10 @@ def main() -> None:
         "torch": torch.__version__,
         "repeats": args.repeats,
         "steps": args.steps,
+        "ms": args.ms,
     }
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "sleep_bubble.json").write_text(
+    (HERE / "results" / f"sleep_bubble_{args.ms:g}ms.json").write_text(
         json.dumps({"meta": meta, "rows": rows}, indent=2)
     )
     print(

@@ -12,7 +12,9 @@ mkdir -p "$out"
     python -c "import platform, torch; print('python', platform.python_version(), 'torch', torch.__version__)"
     uptime
 } > "$out/machine.txt"
-python benchmarks/train/bench_sleep_bubble.py --repeats "$repeats" | tee "$out/sleep_bubble.md"
+for ms in 40 20; do
+    python benchmarks/train/bench_sleep_bubble.py --repeats "$repeats" --ms "$ms" | tee "$out/sleep_bubble_${ms}ms.md"
+done
 for schedule in 1f1b zbh1; do
     python benchmarks/train/bench_throughput.py --repeats "$((repeats + 2))" --schedule "$schedule" | tee "$out/throughput_$schedule.md"
 done
