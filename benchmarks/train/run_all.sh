@@ -20,3 +20,4 @@ for schedule in 1f1b zbh1; do
 done
 python benchmarks/train/bench_partition.py --repeats "$repeats" | tee "$out/partition.md"
 uptime >> "$out/machine.txt"
+python benchmarks/train/write_results.py
