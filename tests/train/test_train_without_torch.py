@@ -31,3 +31,23 @@ def test_pure_parts_work_without_torch_and_the_rest_says_how_to_install():
         "(0, 2, 3)",
         "conveyor.train needs PyTorch: pip install torch==2.13.0 && pip install 'conveyor[train]'",
     ]
+
+
+def test_cli_without_torch_says_how_to_install():
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["torch"] = None
+        from click.testing import CliRunner
+        from conveyor.train.cli import train
+        result = CliRunner().invoke(train, ["model.py:make_model", "--stages", "2"])
+        print(result.exit_code)
+        print(result.output.strip())
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "1",
+        "Error: conveyor.train needs PyTorch: pip install torch==2.13.0 && pip install 'conveyor[train]'",
+    ]
