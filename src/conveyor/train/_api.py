@@ -71,7 +71,7 @@ def runtime_costs(schedule: Schedule, steps: Sequence[Sequence[Interval]]) -> tu
                     if crossing and max(crossing) > prev.end:
                         hops.append(nxt.start - max(crossing))
     overhead = max(0.0, statistics.median(gaps)) if gaps else 0.0
-    comm = max(0.0, statistics.median(hops) - overhead) if hops else 0.0
+    comm = max(0.0, statistics.median(hops)) if hops else 0.0
     return overhead, comm
 
 
