@@ -357,7 +357,7 @@ def test_train_command_comes_from_the_train_extra(
     (tmp_path / "train" / "cli.py").write_text(train_cli)
     script = (
         "import sys, conveyor\n"
-        f"conveyor.__path__.append({str(tmp_path)!r})  # a stand-in conveyor.train\n"
+        f"conveyor.__path__.insert(0, {str(tmp_path)!r})  # a stand-in conveyor.train, found first\n"
         "from conveyor.cli import main\n"
         "sys.argv = ['conveyor', 'train']\n"
         "main()\n"

@@ -1,0 +1,158 @@
+"""``conveyor train``: profile, cut, plan and train a model pipelined, then print what happened.
+
+    conveyor train examples/train_digits.py:make_model --stages 2 --schedule auto --microbatches 8
+
+The command runs in the user's process and starts torchrun itself; a click
+command object, :data:`train`, for the main ``conveyor`` group to register, and
+runnable alone as ``python -m conveyor.train.cli``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from conveyor.train._errors import TrainError
+from conveyor.train._schedules import SCHEDULES
+
+
+def _microbatches(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a number or auto, got {value!r}") from None
+
+
+@click.command("train")
+@click.argument("model")
+@click.option(
+    "--data",
+    default=None,
+    help="Data factory 'file.py:name' returning (inputs, targets); default: make_data beside MODEL.",
+)
+@click.option("--stages", type=int, required=True, help="Pipeline ranks (processes) p.")
+@click.option(
+    "--schedule", type=click.Choice([*SCHEDULES, "auto"]), default="auto", show_default=True
+)
+@click.option(
+    "--microbatches", default="auto", show_default=True, help="Micro-batches per step m, or auto."
+)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--steps", type=int, default=20, show_default=True)
+@click.option("--lr", type=float, default=0.05, show_default=True)
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
+@click.option(
+    "--loss",
+    default="cross_entropy",
+    show_default=True,
+    help="cross_entropy, mse, or 'file.py:fn'.",
+)
+@click.option(
+    "--partition",
+    type=click.Choice(["optimal", "uniform", "parameters"]),
+    default="optimal",
+    show_default=True,
+)
+@click.option(
+    "--stages-per-rank",
+    type=int,
+    default=2,
+    show_default=True,
+    help="v for the interleaved schedule.",
+)
+@click.option("--memory-cap", type=float, default=None, help="MiB per rank the plan must fit.")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu"]),
+    default="auto",
+    show_default=True,
+    help="auto: NCCL on GPUs when CUDA is available, else gloo.",
+)
+@click.option(
+    "--svg",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the measured timeline here (and the predicted one beside it).",
+)
+@click.option(
+    "--comm-ms",
+    type=float,
+    default=0.3,
+    show_default=True,
+    help="Send latency between ranks the plan assumes.",
+)
+@click.option(
+    "--overhead-ms",
+    type=float,
+    default=0.3,
+    show_default=True,
+    help="Runtime time around each action the plan assumes.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--timeout",
+    type=float,
+    default=600,
+    show_default=True,
+    help="Seconds before the run is stopped.",
+)
+def train(
+    model: str,
+    data: str | None,
+    stages: int,
+    schedule: str,
+    microbatches: str,
+    batch_size: int,
+    steps: int,
+    lr: float,
+    optimizer: str,
+    loss: str,
+    partition: str,
+    stages_per_rank: int,
+    memory_cap: float | None,
+    device: str,
+    svg: str | None,
+    comm_ms: float,
+    overhead_ms: float,
+    seed: int,
+    timeout: float,
+) -> None:
+    """Train MODEL ('file.py:make_model', an nn.Sequential factory) pipelined over --stages ranks."""
+    from conveyor.train._api import train as run_training
+    from conveyor.train._api import write_svg
+
+    try:
+        report = run_training(
+            model,
+            data,
+            stages=stages,
+            schedule=schedule,
+            microbatches=_microbatches(microbatches),
+            batch_size=batch_size,
+            steps=steps,
+            lr=lr,
+            optimizer=optimizer,
+            loss=loss,
+            partition=partition,
+            stages_per_rank=stages_per_rank,
+            memory_cap=None if memory_cap is None else memory_cap * 2**20,
+            seed=seed,
+            device=device,
+            comm_latency=comm_ms / 1e3,
+            action_overhead=overhead_ms / 1e3,
+            timeout=timeout,
+        )
+    except TrainError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(report.summary())
+    if svg:
+        measured = write_svg(svg, report.svg("measured"))
+        predicted = write_svg(
+            measured.with_name(measured.stem + "-predicted.svg"), report.svg("predicted")
+        )
+        click.echo(f"\ntimelines: {measured} (measured), {predicted} (predicted)")
+
+
+if __name__ == "__main__":
+    train()
