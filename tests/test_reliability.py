@@ -139,8 +139,10 @@ def test_a_killed_worker_is_replaced_and_its_item_retried(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_workers_killed_at_random_lose_no_item() -> None:
-    ledger = Ledger()
+def test_workers_killed_at_random_lose_no_item(tmp_path: Path) -> None:
+    from conveyor.store import RunStore, StoreRecorder
+
+    ledger, store = Ledger(), RunStore(tmp_path / "runs.db")
     pipe = cv.Pipeline(
         "chaos",
         [
@@ -148,11 +150,13 @@ def test_workers_killed_at_random_lose_no_item() -> None:
             cv.stage(f.inc, executor="threads"),
         ],
     )
-    run = pipe.run(range(200), instruments=[ledger])
+    run = pipe.run(range(200), instruments=[ledger, StoreRecorder(store, pipeline=pipe)])
     assert sorted(run.results) == [x + 1 for x in range(200)]
     assert run.statistics().stages["suicidal"].lost_workers >= 1
     assert sorted(ledger.states) == list(range(200))
     assert set(ledger.states.values()) == {"done"}
+    recorded = store.ledger(run.id)  # the run store's ledger balances too
+    assert recorded.balanced and recorded.done == 200 and recorded.pending == 0
 
 
 def test_bad_policies_are_rejected() -> None:
