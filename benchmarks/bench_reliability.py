@@ -12,9 +12,11 @@ Parts (each figure the median of ``--repeats`` runs):
   recording: run row, per-item outcomes at both stages, each item's terminal state,
   stage statistics). Reports µs per item for each and the recording's increment.
 * store: ``RunStore.record_batch`` alone, 1000-row batches, µs per outcome row.
-* cache: directly on :class:`StageCache` (the engine's cache hook is not built yet):
-  per item, the key (input fingerprint + key hash), a miss (key + get + put of the
-  result, one fsync'ed blob per item) and a hit (key + get + unpickle).
+* cache: directly on :class:`StageCache`: per item, the key (input fingerprint + key
+  hash), a miss (key + get + put of the result, one fsync'ed blob per item) and a hit
+  (key + get + unpickle); then through the engine's cache hook: a stage with
+  ``cache=`` run twice (every item a miss, then every item a hit) beside the same stage
+  uncached.
 * prefect: the same tiny task (x + 1) as ``--prefect-tasks`` Prefect ``@task`` calls
   inside one ``@flow``, against Prefect's local ephemeral server (loopback only), after
   a warm-up flow; ms per task. Runs with ``--prefect-python`` (default: this Python),
@@ -107,6 +109,9 @@ def bench_store_writes(rows: int, repeats: int, tmp: Path) -> dict[str, Any]:
 def bench_cache(items: int, repeats: int, tmp: Path) -> dict[str, Any]:
     code = fingerprint_function(inc)
     keys_t, miss_t, hit_t, plain_t, nosync_t = [], [], [], [], []
+    engine_plain_t: list[float] = []
+    engine_miss_t: list[float] = []
+    engine_hit_t: list[float] = []
     for r in range(repeats):
         fast = StageCache(tmp / f"cache-nosync-{r}", fsync=False)
         t0 = time.perf_counter()
@@ -145,6 +150,22 @@ def bench_cache(items: int, repeats: int, tmp: Path) -> dict[str, Any]:
             assert hit and value == i + 1
         hit_t.append(time.perf_counter() - t0)
         assert cache.statistics().damaged == 0
+
+        # the same through the engine's cache hook: a cached stage, run twice
+        folder = str(tmp / f"engine-cache-{r}")
+        cached = cv.Pipeline("cached", [cv.stage(inc, workers=2, cache=folder)])
+        plain = cv.Pipeline("plain", [cv.stage(inc, workers=2)])
+        t0 = time.perf_counter()
+        plain.run(range(items))
+        engine_plain_t.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        first = cached.run(range(items))
+        engine_miss_t.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        second = cached.run(range(items))
+        engine_hit_t.append(time.perf_counter() - t0)
+        assert first.statistics().stages["inc"].cache_hits == 0
+        assert second.statistics().stages["inc"].cache_hits == items
     per = {
         name: statistics.median(t) / items * 1e6
         for name, t in (
@@ -153,6 +174,9 @@ def bench_cache(items: int, repeats: int, tmp: Path) -> dict[str, Any]:
             ("miss", miss_t),
             ("miss_nofsync", nosync_t),
             ("hit", hit_t),
+            ("engine_plain", engine_plain_t),
+            ("engine_miss", engine_miss_t),
+            ("engine_hit", engine_hit_t),
         )
     }
     return {"items": items, **{f"{k}_us_per_item": v for k, v in per.items()}}
@@ -271,6 +295,12 @@ def _print_table(r: dict[str, Any]) -> None:
         ("cache miss: key + get + put (fsync'ed blob)", c["miss_us_per_item"]),
         ("cache miss, StageCache(fsync=False)", c["miss_nofsync_us_per_item"]),
         ("cache hit: key + get + verify + unpickle", c["hit_us_per_item"]),
+        ("engine: a stage of 2 threads, no cache", c["engine_plain_us_per_item"]),
+        (
+            "engine: the same stage with cache=, first run (every item a miss)",
+            c["engine_miss_us_per_item"],
+        ),
+        ("engine: the same, second run (every item a hit)", c["engine_hit_us_per_item"]),
     ]
     prefect = r.get("prefect")
     if prefect and "ms_per_task" in prefect:
