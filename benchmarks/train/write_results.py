@@ -45,11 +45,9 @@ def throughput_table() -> list[str]:
         "| bubble measured / predicted | machine capacity (2 procs) | per-repeat step s (single; pipelined) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("1f1b", "zbh1"):
-        path = RES / f"throughput_{name}.json"
-        if not path.exists():
-            continue
+    for path in sorted(RES.glob("throughput_*.json")):
         r = json.loads(path.read_text())
+        name = f"{r['schedule']} ({r['date']})"
         b = r["bubbles_measured_predicted"]
         out.append(
             f"| {name} | {r['single_rows_per_s']:.0f} | {r['pipelined_rows_per_s']:.0f} | "
