@@ -6,6 +6,10 @@ with m = 8, batch 64 x 16 tokens: the slowest stage's profiled time and the
 measured step time (median over steps after the first, with optimizer) for each
 partition, repeated and the median taken.
 
+The slowest-stage column and the emulated runs use one careful profile for every
+partition, so the cuts are compared on the same costs; the real runs each profile
+and cut for themselves, as a user's run does (their bounds are in the JSON).
+
 With 4 ranks on 2 cores the real runs are CPU-bound (four processes share two
 cores), so the step time there follows the total work, not the slowest stage.
 The benchmark therefore also runs every partition with each layer replaced by a
@@ -26,22 +30,49 @@ from pathlib import Path
 
 import torch
 
-from conveyor.train import TrainReport, train
+from conveyor.train import (
+    ModelProfile,
+    Partition,
+    partition_by_params,
+    partition_optimal,
+    partition_uniform,
+    profile_model,
+    train,
+)
 from conveyor.train._launch import launch
-from conveyor.train._runtime import RunSpec
+from conveyor.train._profile import as_layers
+from conveyor.train._runtime import RunSpec, load_object
 
 HERE = Path(__file__).parent
 MODEL = f"{HERE / 'lm_model.py'}:make_model"
 DATA = f"{HERE / 'lm_model.py'}:make_data"
 LOSS = f"{HERE / 'lm_model.py'}:loss_fn"
+BATCH, M = 64, 8
+ROWS = BATCH // M
 
 
-def emulate(report: TrainReport, steps: int) -> float:
-    """Median step seconds with every layer sleeping its profiled times, same cut and schedule."""
-    sched = report.schedule
-    rows = 64 // sched.microbatches
-    layers = report.profile.scaled(rows)
-    b = report.partition.bounds
+def common_profile() -> ModelProfile:
+    """One careful profile (one thread, 15 repeats) that every partition is judged on."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    layers = as_layers(load_object(MODEL)())
+    inputs, _ = load_object(DATA)()
+    return profile_model(layers, inputs[:ROWS], repeats=15)
+
+
+def cut(prof: ModelProfile, method: str, p: int) -> Partition:
+    totals = [sum(c) for c in prof.scaled(ROWS)]
+    if method == "optimal":
+        return partition_optimal(totals, p)
+    if method == "uniform":
+        return partition_uniform(totals, p)
+    return partition_by_params(totals, [lp.params for lp in prof.layers], p)
+
+
+def emulate(prof: ModelProfile, part: Partition, steps: int) -> float:
+    """Median step seconds with each stage sleeping its layers' profiled times, 1F1B, m = 8."""
+    layers = prof.scaled(ROWS)
+    b = part.bounds
     # one sleep per stage (its layers' times summed): many tiny sleeps would overshoot
     costs_ms = [
         [sum(layer[k] for layer in layers[b[s] : b[s + 1]]) * 1e3 for k in range(3)]
@@ -51,14 +82,14 @@ def emulate(report: TrainReport, steps: int) -> float:
         model=f"{HERE / 'sleep_model.py'}:make_model",
         data=f"{HERE / 'sleep_model.py'}:make_data",
         model_kwargs={"costs_ms": costs_ms},
-        schedule=sched.name,
-        microbatches=sched.microbatches,
+        schedule="1f1b",
+        microbatches=M,
         bounds=list(range(len(b))),
-        batch_size=64,
+        batch_size=BATCH,
         steps=steps,
         loss="mse",
     )
-    (result,) = launch([spec], sched.ranks)
+    (result,) = launch([spec], len(b) - 1)
     return statistics.median(result["step_seconds"][1:])
 
 
@@ -68,22 +99,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     args = parser.parse_args()
     rows = []
+    prof = common_profile()
     for p in (2, 4):
         for method in ("optimal", "uniform", "parameters"):
             runs = []
             for _ in range(args.repeats):
                 report = train(
-                    MODEL, DATA, stages=p, schedule="1f1b", microbatches=8, batch_size=64,
+                    MODEL, DATA, stages=p, schedule="1f1b", microbatches=M, batch_size=BATCH,
                     steps=args.steps, loss=LOSS, partition=method, device="cpu",
                 )  # fmt: skip
                 runs.append(report)
-            part = runs[0].partition
-            emulated = [emulate(runs[0], args.steps) for _ in range(args.repeats)]
+            part = cut(prof, method, p)
+            emulated = [emulate(prof, part, args.steps) for _ in range(args.repeats)]
             rows.append(
                 {
                     "p": p,
                     "partition": method,
                     "bounds": list(part.bounds),
+                    "bounds_used_by_runs": [list(r.partition.bounds) for r in runs],
+                    "slowest_stage_common_profile_ms": part.bottleneck * 1e3,
                     "slowest_stage_ms": [r.partition.bottleneck * 1e3 for r in runs],
                     "predicted_step_ms": [r.predicted_step_time * 1e3 for r in runs],
                     "measured_step_ms": [r.step_seconds * 1e3 for r in runs],
@@ -93,7 +127,7 @@ def main() -> None:
             r = rows[-1]
             print(
                 f"| {p} | {method} | {part.sizes} | "
-                f"{statistics.median(r['slowest_stage_ms']):.1f} | "
+                f"{part.bottleneck * 1e3:.1f} | "
                 f"{statistics.median(r['predicted_step_ms']):.0f} | "
                 f"{statistics.median(r['measured_step_ms']):.0f} | "
                 f"{statistics.median(r['emulated_step_ms']):.0f} |",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run every train benchmark and keep the raw output beside the JSON results.
+# Run every train benchmark (results/*.json), then write RESULTS.md from them.
 # Usage: benchmarks/train/run_all.sh [REPEATS]   (from the repository root, venv active)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -13,11 +13,11 @@ mkdir -p "$out"
     uptime
 } > "$out/machine.txt"
 for ms in 40 20; do
-    python benchmarks/train/bench_sleep_bubble.py --repeats "$repeats" --ms "$ms" | tee "$out/sleep_bubble_${ms}ms.md"
+    python benchmarks/train/bench_sleep_bubble.py --repeats "$repeats" --ms "$ms"
 done
 for schedule in 1f1b zbh1; do
-    python benchmarks/train/bench_throughput.py --repeats "$((repeats + 2))" --schedule "$schedule" | tee "$out/throughput_$schedule.md"
+    python benchmarks/train/bench_throughput.py --repeats "$((repeats + 2))" --schedule "$schedule"
 done
-python benchmarks/train/bench_partition.py --repeats "$repeats" | tee "$out/partition.md"
+python benchmarks/train/bench_partition.py --repeats "$repeats"
 uptime >> "$out/machine.txt"
 python benchmarks/train/write_results.py

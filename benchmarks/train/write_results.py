@@ -45,11 +45,9 @@ def throughput_table() -> list[str]:
         "| bubble measured / predicted | machine capacity (2 procs) | per-repeat step s (single; pipelined) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("1f1b", "zbh1"):
-        path = RES / f"throughput_{name}.json"
-        if not path.exists():
-            continue
+    for path in sorted(RES.glob("throughput_*.json")):
         r = json.loads(path.read_text())
+        name = f"{r['schedule']} ({r['date']})"
         b = r["bubbles_measured_predicted"]
         out.append(
             f"| {name} | {r['single_rows_per_s']:.0f} | {r['pipelined_rows_per_s']:.0f} | "
@@ -66,7 +64,7 @@ def throughput_table() -> list[str]:
 def partition_table() -> list[str]:
     data = load("partition.json")
     out = [
-        "| p | partition | layers per stage | slowest stage, profiled ms | predicted step ms "
+        "| p | partition | layers per stage | slowest stage ms (common profile) | predicted step ms "
         "| measured step ms (real compute) | measured step ms (stages emulated by sleeping) |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -74,7 +72,7 @@ def partition_table() -> list[str]:
         sizes = [b - a for a, b in zip(r["bounds"], r["bounds"][1:], strict=False)]
         out.append(
             f"| {r['p']} | {r['partition']} | {sizes} | "
-            f"{statistics.median(r['slowest_stage_ms']):.1f} | "
+            f"{r['slowest_stage_common_profile_ms']:.1f} | "
             f"{statistics.median(r['predicted_step_ms']):.0f} | "
             f"{statistics.median(r['measured_step_ms']):.0f} | "
             f"{statistics.median(r['emulated_step_ms']):.0f} |"

@@ -74,3 +74,11 @@ def test_table_lists_every_candidate():
     p = plan(profile(), 2, 8, microbatches=[1, 2, 4, 8], **NO_COMM)
     assert len(p.table().splitlines()) == 1 + 4 * 4
     assert "rejected: 1f1b needs at least as many micro-batches" in p.table()
+
+
+def test_a_tie_in_time_goes_to_the_smaller_memory():
+    # equal costs: GPipe and 1F1B take the same time; 1F1B holds fewer activations
+    p = plan(profile(act=10_000), 2, 64, schedules=["gpipe", "1f1b"], microbatches=[8], **NO_COMM)
+    times = {c.schedule: c.step_time for c in p.candidates}
+    assert times["gpipe"] == pytest.approx(times["1f1b"])
+    assert p.best.schedule == "1f1b"

@@ -80,7 +80,9 @@ class Plan:
 
 
 def _order(c: Candidate) -> tuple[float, float]:
-    return (c.step_time if c.step_time is not None else float("inf"), c.peak_memory or 0.0)
+    # step times within a microsecond are a tie; the smaller peak memory wins it
+    step = round(c.step_time, 6) if c.step_time is not None else float("inf")
+    return (step, c.peak_memory or 0.0)
 
 
 def predict(
