@@ -54,6 +54,24 @@ STORE_OPTION = click.option(
     default=None,
     help="The SQLite run store (default: $CONVEYOR_STORE or .conveyor/runs.db).",
 )
+TRACE_OPTION = click.option(
+    "--trace",
+    "trace_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write a Chrome/Perfetto trace (JSON) of every worker's activity.",
+)
+GANTT_OPTION = click.option(
+    "--gantt",
+    "gantt_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Draw the workers' timeline and queue depths as an SVG file.",
+)
+BUDGET_OPTION = click.option(
+    "--budget",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Workers to balance over in the advice (default: the run's own total).",
+)
 OUTPUT_OPTION = click.option(
     "--output",
     "output_path",
@@ -91,18 +109,8 @@ def cli() -> None:
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     help="Save the run's recording here (gzipped JSON) for `conveyor analyze`.",
 )
-@click.option(
-    "--trace",
-    "trace_path",
-    type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    help="Write a Chrome/Perfetto trace (JSON) of every worker's activity.",
-)
-@click.option(
-    "--gantt",
-    "gantt_path",
-    type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    help="Draw the workers' timeline and queue depths as an SVG file.",
-)
+@TRACE_OPTION
+@GANTT_OPTION
 @click.option(
     "--metrics-port",
     type=click.IntRange(min=0, max=65535),
@@ -110,12 +118,7 @@ def cli() -> None:
     show_default=True,
     help="Serve Prometheus metrics on 127.0.0.1:PORT while the run goes on (0: off).",
 )
-@click.option(
-    "--budget",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Workers to balance over in the advice (default: the run's own total).",
-)
+@BUDGET_OPTION
 @click.option(
     "--rebalance",
     type=click.IntRange(min=1),
@@ -326,24 +329,9 @@ def _recorder(store: Any, pipeline: Pipeline, target: str | None, params: dict[s
 
 @cli.command("analyze")
 @click.argument("recording_path", metavar="RECORDING", type=click.Path(path_type=Path))
-@click.option(
-    "--budget",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Workers to balance over in the advice (default: the run's own total).",
-)
-@click.option(
-    "--trace",
-    "trace_path",
-    type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    help="Write a Chrome/Perfetto trace (JSON) of every worker's activity.",
-)
-@click.option(
-    "--gantt",
-    "gantt_path",
-    type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    help="Draw the workers' timeline and queue depths as an SVG file.",
-)
+@BUDGET_OPTION
+@TRACE_OPTION
+@GANTT_OPTION
 @click.option(
     "--json",
     "json_path",
