@@ -38,6 +38,18 @@ def conveyor_threads() -> list[str]:
 
 
 @pytest.fixture(autouse=True)
+def private_store_and_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+):
+    """No test reads or writes the repository's .conveyor/: the default run store and
+    cache of every test (and of the processes it starts) are its own."""
+    home = tmp_path_factory.mktemp("conveyor-home")
+    monkeypatch.setenv("CONVEYOR_STORE", str(home / "runs.db"))
+    monkeypatch.setenv("CONVEYOR_CACHE", str(home / "cache"))
+    return home
+
+
+@pytest.fixture(autouse=True)
 def no_leftover_workers():
     """Every test must leave no worker process or thread behind."""
     yield

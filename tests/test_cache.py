@@ -29,6 +29,7 @@ def _blob_path(cache: StageCache, key: str) -> Path:
 def test_default_root_is_under_dot_conveyor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("CONVEYOR_CACHE")  # the default, when the variable is not set
     monkeypatch.chdir(tmp_path)
     assert StageCache().root == tmp_path / ".conveyor" / "cache"
 

@@ -10,7 +10,7 @@ import pytest
 
 import conveyor as cv
 import stagefns as f
-from conveyor.cache import CacheWarning
+from conveyor.cache import CacheWarning, StageCache
 
 
 def cached_pipeline(executor: str, log: Path, cache: Path, **options) -> cv.Pipeline:  # type: ignore[no-untyped-def]
@@ -93,6 +93,7 @@ def test_cache_is_refused_for_async_functions() -> None:
 
 
 def test_cache_true_uses_the_conveyor_cache_folder(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("CONVEYOR_CACHE")  # the default, when the variable is not set
     monkeypatch.chdir(tmp_path)
     log = tmp_path / "log"
     pipe = cv.Pipeline(
@@ -102,3 +103,16 @@ def test_cache_true_uses_the_conveyor_cache_folder(tmp_path: Path, monkeypatch) 
     pipe.run(range(5))
     assert len(f.calls(str(log))) == 5
     assert (tmp_path / ".conveyor" / "cache").is_dir()
+
+
+def test_the_conveyor_cache_variable_names_the_default_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVEYOR_CACHE", str(tmp_path / "elsewhere"))
+    log = tmp_path / "log"
+    pipe = cv.Pipeline(
+        "p", [cv.stage(functools.partial(f.logged_square, str(log)), name="sq", cache=True)]
+    )
+    pipe.run(range(3))
+    assert len(StageCache().entries()) == 3  # StageCache() reads the variable too
+    assert (tmp_path / "elsewhere").is_dir()

@@ -36,6 +36,7 @@ def store(tmp_path: Path) -> RunStore:
 def test_default_path_is_under_dot_conveyor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("CONVEYOR_STORE")  # the default, when the variable is not set
     monkeypatch.chdir(tmp_path)
     with RunStore() as s:
         assert s.path == tmp_path / ".conveyor" / "runs.db"

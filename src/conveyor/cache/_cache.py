@@ -83,7 +83,9 @@ class StageCache:
     durability of fresh entries for speed (see :class:`BlobStore`); never correctness."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None, *, fsync: bool = True) -> None:
-        self.root = Path(root) if root is not None else Path.cwd() / DEFAULT_ROOT
+        if root is None:  # $CONVEYOR_CACHE, as the engine and CLI, or ./.conveyor/cache
+            root = os.environ.get("CONVEYOR_CACHE") or Path.cwd() / DEFAULT_ROOT
+        self.root = Path(root)
         self.blobs = BlobStore(self.root / _LAYOUT, fsync=fsync)
         self._lock = threading.Lock()
         self._stage_of: dict[str, str] = {}  # key → stage, to label the blob put later

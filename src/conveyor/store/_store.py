@@ -195,7 +195,9 @@ class RunStore:
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, create: bool = True) -> None:
-        self.path = Path(path) if path is not None else Path.cwd() / DEFAULT_PATH
+        if path is None:  # $CONVEYOR_STORE, as the CLI, or ./.conveyor/runs.db
+            path = os.environ.get("CONVEYOR_STORE") or Path.cwd() / DEFAULT_PATH
+        self.path = Path(path)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = _db.connect(self.path, create=create)
 
