@@ -70,6 +70,18 @@ def write_pipe(tmp_path: Path, *, strict: bool = False, sleep: float = 0.01) -> 
     return path
 
 
+def run_recorded(runner: CliRunner, pipe: Path, source: Path, store: Path) -> str:
+    """`conveyor run` the test pipeline into ``store``; the id of the run it recorded."""
+    args = ["run", f"{pipe}:pipeline", "--source", str(source), "--store", str(store)]
+    result = runner.invoke(cli, [*args, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return next(
+        line.split()[1]
+        for line in result.output.splitlines()
+        if line.startswith("run ") and "recorded in" in line
+    )
+
+
 def conveyor(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "conveyor.cli", *args],
@@ -145,24 +157,7 @@ def test_dead_letters_are_listed_and_re_driven(tmp_path: Path) -> None:
     source = tmp_path / "numbers.txt"
     source.write_text("".join(f"{i}\n" for i in range(30)))
     runner = CliRunner()
-    first = runner.invoke(
-        cli,
-        [
-            "run",
-            f"{pipe}:pipeline",
-            "--source",
-            str(source),
-            "--store",
-            str(store),
-            "--no-progress",
-        ],
-    )
-    assert first.exit_code == 0, first.output
-    run_id = next(
-        line.split()[1]
-        for line in first.output.splitlines()
-        if line.startswith("run ") and "recorded in" in line
-    )
+    run_id = run_recorded(runner, pipe, source, store)
     letters = runner.invoke(cli, ["deadletters", run_id, "--store", str(store)])
     assert letters.exit_code == 0, letters.output
     assert "5 dead letters" in letters.output and "no multiples of 7" in letters.output
@@ -182,21 +177,8 @@ def test_resume_errors_are_one_line(tmp_path: Path) -> None:
     store = tmp_path / "runs.db"
     source = tmp_path / "n.txt"
     source.write_text("1\n2\n")
-    ok = runner.invoke(
-        cli,
-        [
-            "run",
-            f"{pipe}:pipeline",
-            "--source",
-            str(source),
-            "--store",
-            str(store),
-            "--no-progress",
-        ],
-    )
-    assert ok.exit_code == 0, ok.output
+    run_id = run_recorded(runner, pipe, source, store)
     unknown = runner.invoke(cli, ["resume", "zzzz", "--store", str(store)])
     assert unknown.exit_code == 2 and "Traceback" not in unknown.output
-    run_id = next(line.split()[1] for line in ok.output.splitlines() if "recorded in" in line)
     done = runner.invoke(cli, ["resume", run_id, "--store", str(store)])
     assert done.exit_code == 1 and "nothing to resume" in done.output

@@ -301,22 +301,15 @@ def _stored(target: str) -> str:
 
 
 def _open_store(path: Path | None, *, create: bool = True) -> Any:
+    """The run store at ``path`` (default: $CONVEYOR_STORE or .conveyor/runs.db); a
+    missing or damaged store is a one-line error, as in `conveyor runs`."""
     from conveyor.store import RunStore, StoreError
+    from conveyor.store.cli import store_problem
 
-    path = path or _default_store()
-    if not create and not path.exists():
-        raise click.UsageError(
-            f"no run store at {path}; runs are recorded there by `conveyor run` "
-            "(pass --store PATH for another store)"
-        )
     try:
         return RunStore(path, create=create)
     except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _default_store() -> Path:
-    return Path(os.environ.get("CONVEYOR_STORE") or Path(".conveyor") / "runs.db")
+        raise store_problem(exc) from None
 
 
 def _recorder(store: Any, pipeline: Pipeline, target: str | None, params: dict[str, Any]) -> Any:

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import datetime
-import os
 import sys
 from pathlib import Path
 
@@ -43,8 +42,6 @@ def cache(ctx: click.Context, cache_path: Path | None) -> None:
     """List, size and clear the stage cache."""
     if cache_path is not None and cache_path.exists() and not cache_path.is_dir():
         raise click.UsageError(f"--cache {cache_path} is a file; give the cache's folder")
-    if cache_path is None and os.environ.get("CONVEYOR_CACHE"):
-        cache_path = Path(os.environ["CONVEYOR_CACHE"])
     ctx.obj = StageCache(cache_path)
 
 

@@ -16,7 +16,6 @@ conveyor; 3 from ``show`` when the run's ledger does not balance.
 from __future__ import annotations
 
 import datetime
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -68,8 +67,6 @@ def _console() -> Console:
 
 
 def _with_store(store_path: Path | None, fn: Callable[[RunStore], T]) -> T:
-    if store_path is None and os.environ.get("CONVEYOR_STORE"):
-        store_path = Path(os.environ["CONVEYOR_STORE"])
     try:
         with RunStore(store_path, create=False) as store:
             return fn(store)
@@ -270,7 +267,7 @@ def _redrive(run: RunRecord, letters: list[Any], store_path: Path | None, out: C
         plans = redrive_plan(pipeline, letters)
     except ConveyorError as exc:
         raise StoreProblem(str(exc)) from None
-    with RunStore(store_path or _env_store(), create=False) as store:
+    with RunStore(store_path, create=False) as store:
         for sub, values in plans:
             recorder = StoreRecorder(
                 store, pipeline=sub, params={"redrive_of": run.id}, target=run.target
@@ -283,8 +280,3 @@ def _redrive(run: RunRecord, letters: list[Any], store_path: Path | None, out: C
                 f"{stats.items_emitted} result(s), {dead} dead-lettered again "
                 f"(run {again.id})"
             )
-
-
-def _env_store() -> Path | None:
-    value = os.environ.get("CONVEYOR_STORE")
-    return Path(value) if value else None
