@@ -5,7 +5,7 @@ MB/s counts the array bytes moved in both directions (2 x 8 MB per round trip); 
 figure is the median of ``REPEATS`` runs of ``ROUNDS`` round trips, each run with a fresh
 spawned worker.
 
-Scenarios, each through ``conveyor.executors._shm`` over a Pipe and through pickle over
+Scenarios, each through ``conveyor.executors.processes.shm`` over a Pipe and through pickle over
 a ``multiprocessing.Queue`` (the baseline):
 
 * echo:    the worker sends back the array it received.
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from conveyor.executors._shm import SegmentRegistry, dumps, loads
+from conveyor.executors.processes.shm import SegmentRegistry, dumps, loads
 
 N_ELEMS = 1 << 20  # float64: 8 MB
 ROUNDS = 60

@@ -217,7 +217,7 @@ pipeline = cv.Pipeline(
 if __name__ == "__main__":
     from rich.console import Console
 
-    from conveyor._report import limiting_line, run_summary, stage_table
+    from conveyor.observe import limiting_line, run_summary, stage_table
 
     run = pipeline.run()
     stats = run.statistics()

@@ -8,8 +8,6 @@ import random
 
 import pytest
 
-from conveyor._instrument import RunInfo, StageInfo
-from conveyor._recorder import Recorder, Recording
 from conveyor.analysis import (
     Distribution,
     balance,
@@ -25,6 +23,8 @@ from conveyor.analysis import (
 )
 from conveyor.analysis._batching import BatchPoint, recommend, sweep_batch_sizes
 from conveyor.analysis._model import Model, StageModel
+from conveyor.core.events import RunInfo, StageInfo
+from conveyor.observe.recorder import Recorder, Recording
 
 MS = 1_000_000
 

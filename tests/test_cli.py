@@ -17,9 +17,9 @@ from click.testing import CliRunner, Result
 from rich.console import Console
 
 import conveyor as cv
-from conveyor._progress import Progress
-from conveyor._report import limiting_line, limiting_stage, stage_table
 from conveyor.cli import cli
+from conveyor.observe.progress import Progress
+from conveyor.observe.summary import limiting_line, limiting_stage, stage_table
 
 PIPELINE_FILE = """
 import conveyor as cv

@@ -140,10 +140,16 @@ def test_errors_share_one_hierarchy() -> None:
 def test_public_names_are_pinned() -> None:
     assert sorted(cv.__all__) == sorted(
         [
+            "CacheWarning",
             "ConveyorError",
+            "FingerprintError",
             "Instrument",
+            "InstrumentError",
+            "InstrumentWarning",
             "Metrics",
+            "MissingTorchError",
             "Pipeline",
+            "PipelineChangedError",
             "PipelineError",
             "QueueStatistics",
             "Rebalancer",
@@ -155,11 +161,15 @@ def test_public_names_are_pinned() -> None:
             "Run",
             "RunError",
             "RunInfo",
+            "RunNotFoundError",
             "RunStatistics",
             "Stage",
             "StageError",
             "StageInfo",
             "StageStatistics",
+            "StallError",
+            "StoreError",
+            "TrainError",
             "WorkerLostError",
             "stage",
         ]

@@ -17,7 +17,12 @@ def cached_pipeline(executor: str, log: Path, cache: Path, **options) -> cv.Pipe
     square = functools.partial(f.logged_square, str(log))
     return cv.Pipeline(
         "cached",
-        [cv.stage(square, name="square", executor=executor, workers=2, cache=str(cache), **options), f.inc],
+        [
+            cv.stage(
+                square, name="square", executor=executor, workers=2, cache=str(cache), **options
+            ),
+            f.inc,
+        ],
     )
 
 

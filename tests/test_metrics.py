@@ -12,7 +12,7 @@ import conveyor as cv
 pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families
 
-from conveyor._metrics import Metrics
+from conveyor.observe.metrics import Metrics
 
 
 def inc(x: int) -> int:

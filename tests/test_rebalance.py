@@ -7,8 +7,8 @@ import time
 import pytest
 
 import conveyor as cv
-from conveyor._instrument import RunInfo, StageInfo
-from conveyor._rebalance import Rebalancer
+from conveyor.core.events import RunInfo, StageInfo
+from conveyor.observe.rebalance import Rebalancer
 
 MS = 1_000_000
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import conveyor as cv
-from conveyor._recorder import Recorder, Recording, RecordingError
+from conveyor.observe.recorder import Recorder, Recording, RecordingError
 
 
 def inc(x: int) -> int:

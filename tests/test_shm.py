@@ -18,8 +18,8 @@ import pytest
 
 np = pytest.importorskip("numpy")
 
-from conveyor.executors import _shm  # noqa: E402
-from conveyor.executors._shm import Segment, SegmentRegistry, dumps, loads  # noqa: E402
+from conveyor.executors.processes import shm as _shm  # noqa: E402
+from conveyor.executors.processes.shm import Segment, SegmentRegistry, dumps, loads  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not (_shm.shm_available() and os.path.isdir("/dev/shm")),
@@ -291,7 +291,7 @@ def test_without_posix_shm_pickles_in_band(
 
 def test_module_does_not_import_numpy() -> None:
     code = (
-        "import sys; from conveyor.executors._shm import SegmentRegistry, dumps, loads;"
+        "import sys; from conveyor.executors.processes.shm import SegmentRegistry, dumps, loads;"
         "r = SegmentRegistry('cvnonp', owner=True);"
         "assert loads(dumps({'a': [1, 2]}, r)[0], r) == {'a': [1, 2]};"
         "assert 'numpy' not in sys.modules"

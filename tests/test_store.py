@@ -11,7 +11,7 @@ import pytest
 
 import conveyor as cv
 import stagefns as f
-from conveyor._instrument import RunInfo
+from conveyor.core.events import RunInfo
 from conveyor.store import (
     SCHEMA_VERSION,
     PipelineChangedError,

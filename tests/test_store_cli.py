@@ -12,10 +12,10 @@ from click.testing import CliRunner, Result
 import conveyor as cv
 import stagefns as f
 from conveyor.cache import StageCache
-from conveyor.cache.cli import cache as cache_group
-from conveyor.cache.cli import human_bytes
+from conveyor.cli.cache import cache as cache_group
+from conveyor.cli.cache import human_bytes
+from conveyor.cli.store import deadletters, runs, show
 from conveyor.store import SCHEMA_VERSION, RunStore, StoreRecorder
-from conveyor.store.cli import deadletters, runs, show
 
 
 @click.group()
@@ -46,7 +46,7 @@ def store_path(tmp_path: Path) -> Path:
         pipe = cv.Pipeline("evens", [cv.stage(f.inc), cv.Stage(f.evens_only, kind="flat_map")])
         pipe.run(range(100), instruments=[StoreRecorder(store, pipeline=pipe, params={"n": 100})])
         rec = StoreRecorder(store)
-        from conveyor._instrument import RunInfo
+        from conveyor.core.events import RunInfo
 
         rec.run_started(RunInfo("dl0001", "parse", (), False, 0))
         rec.items_read([(0,), (1,)], 1)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 import conveyor as cv
-from conveyor._gantt import gantt_svg, write_gantt
-from conveyor._recorder import Recording
-from conveyor._trace import chrome_trace, write_chrome_trace
+from conveyor.observe.gantt import gantt_svg, write_gantt
+from conveyor.observe.recorder import Recording
+from conveyor.observe.trace import chrome_trace, write_chrome_trace
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -2,33 +2,55 @@
 
 Stages connected by bounded queues, each running a pool of workers at the same
 time as the others; items flow through like cars on an assembly line.
+
+Everything a pipeline's author needs is here; the layers below have their own
+public modules: :mod:`conveyor.errors`, :mod:`conveyor.observe`,
+:mod:`conveyor.analysis`, :mod:`conveyor.store`, :mod:`conveyor.cache`,
+:mod:`conveyor.executors` and the extras :mod:`conveyor.train`.
 """
 
-from conveyor._errors import (
+from conveyor.core.events import Instrument, RunInfo, StageInfo
+from conveyor.core.pipeline import Pipeline
+from conveyor.core.policy import Retry
+from conveyor.core.run import Run
+from conveyor.core.stage import Stage, stage
+from conveyor.core.statistics import QueueStatistics, RunStatistics, StageStatistics
+from conveyor.errors import (
+    CacheWarning,
     ConveyorError,
+    FingerprintError,
+    InstrumentError,
+    InstrumentWarning,
+    MissingTorchError,
+    PipelineChangedError,
     PipelineError,
+    RecordingError,
     RemoteTraceback,
     RunError,
+    RunNotFoundError,
     StageError,
+    StallError,
+    StoreError,
+    TrainError,
     WorkerLostError,
 )
-from conveyor._instrument import Instrument, RunInfo, StageInfo
-from conveyor._metrics import Metrics
-from conveyor._pipeline import Pipeline
-from conveyor._policy import Retry
-from conveyor._rebalance import Rebalancer
-from conveyor._recorder import Recorder, Recording, RecordingError
-from conveyor._run import Run
-from conveyor._stage import Stage, stage
-from conveyor._statistics import QueueStatistics, RunStatistics, StageStatistics
+from conveyor.observe.metrics import Metrics
+from conveyor.observe.rebalance import Rebalancer
+from conveyor.observe.recorder import Recorder, Recording
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CacheWarning",
     "ConveyorError",
+    "FingerprintError",
     "Instrument",
+    "InstrumentError",
+    "InstrumentWarning",
     "Metrics",
+    "MissingTorchError",
     "Pipeline",
+    "PipelineChangedError",
     "PipelineError",
     "QueueStatistics",
     "Rebalancer",
@@ -40,11 +62,21 @@ __all__ = [
     "Run",
     "RunError",
     "RunInfo",
+    "RunNotFoundError",
     "RunStatistics",
     "Stage",
     "StageError",
     "StageInfo",
     "StageStatistics",
+    "StallError",
+    "StoreError",
+    "TrainError",
     "WorkerLostError",
     "stage",
 ]
+
+for _name in __all__:
+    # Reprs, tracebacks and pickles name the public path (conveyor.Stage), not the module
+    # that happens to define it.
+    globals()[_name].__module__ = "conveyor"
+del _name

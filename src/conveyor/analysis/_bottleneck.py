@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from conveyor._recorder import Recording
 from conveyor.analysis._measure import RunMeasure
+from conveyor.observe.recorder import Recording
 
 __all__ = ["Bottleneck", "WindowVerdict", "find_bottleneck", "windows_of"]
 

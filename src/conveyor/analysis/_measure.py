@@ -1,6 +1,6 @@
 """Measurements: what a recording says happened, per stage and per run.
 
-Pure functions of a :class:`~conveyor._recorder.Recording`. Definitions (all times
+Pure functions of a :class:`~conveyor.observe.recorder.Recording`. Definitions (all times
 in seconds; the run's window ``[t0, t1]`` runs from its first unit's start to its
 last unit's end or last item's finish, so neither the workers' start-up nor the
 shutdown counts; start-up, from the run's start to t0, is reported on its own)::
@@ -28,7 +28,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
-from conveyor._recorder import Recording, StageRecord
+from conveyor.observe.recorder import Recording, StageRecording
 
 __all__ = ["Distribution", "RunMeasure", "StageMeasure", "measure", "quantile", "time_share"]
 
@@ -187,7 +187,7 @@ def run_window(rec: Recording) -> tuple[int, int]:
     return t0, max(t1, t0)
 
 
-def _busy_steps(s: StageRecord) -> tuple[list[int], list[int]]:
+def _busy_steps(s: StageRecording) -> tuple[list[int], list[int]]:
     """The number of the stage's units running, as a step function."""
     events = sorted([(t, 1) for t in s.started] + [(t, -1) for t in s.finished])
     times, values, n = [], [], 0
@@ -198,7 +198,7 @@ def _busy_steps(s: StageRecord) -> tuple[list[int], list[int]]:
     return times, values
 
 
-def _starved_share(s: StageRecord, t0: int, t1: int) -> float:
+def _starved_share(s: StageRecording, t0: int, t1: int) -> float:
     """Share of [t0, t1] with the input queue empty while a worker sat idle."""
     bt, bv = _busy_steps(s)
     # Stable on (time, kind): depth samples at one instant keep their recorded order.
@@ -306,7 +306,7 @@ def measure(rec: Recording) -> RunMeasure:
     )
 
 
-def _items_in(s: StageRecord) -> int:
+def _items_in(s: StageRecording) -> int:
     # Without the engine's counters: map-like stages take one item per unit; batch
     # and collect stages take every item that entered their queue.
     if s.shape.kind in ("batch", "collect"):

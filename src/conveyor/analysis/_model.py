@@ -23,8 +23,8 @@ import dataclasses
 import math
 from collections.abc import Mapping
 
-from conveyor._recorder import Recording
 from conveyor.analysis._measure import RunMeasure
+from conveyor.observe.recorder import Recording
 
 __all__ = ["Little", "Model", "Prediction", "StageModel", "little", "model_of", "predict"]
 

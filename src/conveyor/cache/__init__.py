@@ -2,16 +2,17 @@
 checksummed blobs on disk. See :mod:`conveyor.cache._cache` for the key's parts."""
 
 from conveyor.cache._blobs import BlobInfo, BlobStore
-from conveyor.cache._cache import CacheEntry, CacheStatistics, CacheWarning, StageCache
+from conveyor.cache._cache import DEFAULT_ROOT, CacheEntry, CacheStatistics, StageCache
 from conveyor.cache._fingerprint import (
-    FingerprintError,
     explain_value,
     fingerprint_function,
     fingerprint_pipeline,
     fingerprint_value,
 )
+from conveyor.errors import CacheWarning, FingerprintError
 
 __all__ = [
+    "DEFAULT_ROOT",
     "BlobInfo",
     "BlobStore",
     "CacheEntry",

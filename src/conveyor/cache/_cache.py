@@ -39,6 +39,7 @@ from typing import Any
 
 from conveyor.cache._blobs import BlobStore
 from conveyor.cache._fingerprint import explain_value
+from conveyor.errors import CacheWarning
 
 DEFAULT_ROOT = Path(".conveyor") / "cache"
 KEY_FORMAT = b"conveyor-cache-key/1"
@@ -47,12 +48,6 @@ _MEMO_LIMIT = 1 << 16
 
 _warned: set[tuple[str, str]] = set()  # (stage, reason kind): per process
 _warned_lock = threading.Lock()
-
-
-class CacheWarning(UserWarning):
-    """A stage's cache could not serve or store a value (an input that cannot be
-    fingerprinted, a result that cannot be pickled): the stage still runs, uncached.
-    Issued once per stage and reason per process."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,16 +37,10 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from conveyor._errors import ConveyorError
+from conveyor.errors import FingerprintError
 
 FORMAT = b"conveyor-fingerprint/1"
 MAX_DEPTH = 200
-
-
-class FingerprintError(ConveyorError):
-    """A function's code fingerprint cannot be computed faithfully: it closes over (or
-    refers to, or defaults to) a value that cannot be fingerprinted. Caching such a
-    stage could serve results computed under another value, so it is refused."""
 
 
 class _Refused(Exception):
@@ -274,7 +268,7 @@ class _Walker:
             _frame(feed, b"@", where.encode())  # recursion: already included
             return
         self.seen.add(id(fn))
-        from conveyor._stage import Stage
+        from conveyor.core.stage import Stage
 
         if isinstance(fn, Stage):
             fn = fn.fn

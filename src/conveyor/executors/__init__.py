@@ -5,22 +5,22 @@ One scheduler drives them all through the small protocol in ``_base``.
 
 from __future__ import annotations
 
-from conveyor._stage import Stage
-from conveyor.executors._base import Executor, Post
-from conveyor.executors._task import LostWorker, Outcome, Task, run_task
+from conveyor.core.stage import Stage
+from conveyor.executors.base import Executor, Post
+from conveyor.executors.task import LostWorker, Outcome, Task, run_task
 
 
 def make_executor(stage: Stage, post: Post, *, shm_registry_factory: object) -> Executor:
     """The executor for ``stage`` according to its ``executor`` option."""
     if stage.executor == "sync":
-        from conveyor.executors._sync import SyncExecutor
+        from conveyor.executors.sync import SyncExecutor
 
         return SyncExecutor(stage, post)
     if stage.executor == "threads":
-        from conveyor.executors._threads import ThreadExecutor
+        from conveyor.executors.threads import ThreadExecutor
 
         return ThreadExecutor(stage, post)
-    from conveyor.executors._processes import ProcessExecutor
+    from conveyor.executors.processes.pool import ProcessExecutor
 
     assert callable(shm_registry_factory)
     return ProcessExecutor(stage, post, registry=shm_registry_factory())

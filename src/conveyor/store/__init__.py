@@ -1,11 +1,12 @@
 """The run store: run history, stage statistics, item outcomes, dead letters and the
 ledger of source items, in embedded SQLite (``./.conveyor/runs.db``)."""
 
-from conveyor.store._db import PipelineChangedError, RunNotFoundError, StoreError
+from conveyor.errors import PipelineChangedError, RunNotFoundError, StoreError
 from conveyor.store._recorder import StoreRecorder
-from conveyor.store._resume import ResumePlan, plan_resume, resume_report
+from conveyor.store._resume import ResumePlan, plan_resume, redrive_plan, resume_report
 from conveyor.store._schema import SCHEMA_VERSION
 from conveyor.store._store import (
+    DEFAULT_PATH,
     DeadLetter,
     ItemOutcome,
     Ledger,
@@ -16,6 +17,7 @@ from conveyor.store._store import (
 )
 
 __all__ = [
+    "DEFAULT_PATH",
     "SCHEMA_VERSION",
     "DeadLetter",
     "ItemOutcome",
@@ -30,5 +32,6 @@ __all__ = [
     "StoreRecorder",
     "encode_key",
     "plan_resume",
+    "redrive_plan",
     "resume_report",
 ]

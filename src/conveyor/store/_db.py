@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from conveyor._errors import ConveyorError
+from conveyor.errors import StoreError
 from conveyor.store._schema import MIGRATIONS, SCHEMA_VERSION
 
 T = TypeVar("T")
@@ -32,31 +32,6 @@ SQLITE_HEADER_BYTES = 100
 BUSY_TIMEOUT_MS = 5_000
 RETRY_SECONDS = 60.0
 _BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (low byte of extended codes too)
-
-
-class StoreError(ConveyorError):
-    """The run store cannot be used: missing, not a database, corrupt, from a newer
-    conveyor, or asked for a run it does not hold. ``path`` names the store file."""
-
-    def __init__(self, message: str, *, path: Path | None = None) -> None:
-        super().__init__(message)
-        self.path = path
-
-
-class RunNotFoundError(StoreError):
-    """No run, or more than one, has the id (or id prefix) asked for; ``candidates``
-    holds the ids that matched (empty when none did)."""
-
-    def __init__(
-        self, message: str, *, path: Path | None = None, candidates: tuple[str, ...] = ()
-    ) -> None:
-        super().__init__(message, path=path)
-        self.candidates = candidates
-
-
-class PipelineChangedError(StoreError):
-    """The pipeline's code fingerprint differs from the one recorded with the run, so
-    its recorded results may not be what the code computes now (raised before resume)."""
 
 
 def connect(path: Path, *, create: bool) -> sqlite3.Connection:

@@ -34,13 +34,12 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from conveyor._errors import RunError
-from conveyor._instrument import Instrument, Key, RunInfo
-from conveyor.store._db import StoreError
+from conveyor.core.events import Instrument, Key, RunInfo
+from conveyor.errors import RunError, StoreError
 from conveyor.store._store import DeadLetterRow, OutcomeRow, RunStore
 
 if TYPE_CHECKING:
-    from conveyor._pipeline import Pipeline
+    from conveyor.core.pipeline import Pipeline
 
 # A buffered chunk of "done" outcomes: (stage, keys, ends_ns), expanded by the writer.
 _DoneChunk = tuple[str, Sequence[Key], Sequence[int]]

@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from conveyor._pipeline import Pipeline
-from conveyor._statistics import RunStatistics
-from conveyor.store._db import StoreError
+from conveyor.core.pipeline import Pipeline
+from conveyor.core.statistics import RunStatistics
+from conveyor.errors import StoreError
 from conveyor.store._store import RunRecord, RunStore
 
 
@@ -130,7 +130,7 @@ def _lines(path: Path) -> Iterator[str]:
 def redrive_plan(pipeline: Pipeline, letters: list[Any]) -> list[tuple[Pipeline, list[Any]]]:
     """For each stage with dead letters: the sub-pipeline of that stage and every stage
     after it, and the inputs to feed it (the dead letters' values, in key order)."""
-    from conveyor._errors import PipelineError
+    from conveyor.errors import PipelineError
 
     by_stage: dict[str, list[Any]] = {}
     for letter in letters:

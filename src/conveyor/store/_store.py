@@ -31,9 +31,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from conveyor._statistics import StageStatistics
+from conveyor.core.statistics import StageStatistics
+from conveyor.errors import PipelineChangedError, RunNotFoundError, StoreError
 from conveyor.store import _db
-from conveyor.store._db import PipelineChangedError, RunNotFoundError, StoreError
 
 T = TypeVar("T")
 

@@ -5,7 +5,7 @@ A :class:`Recorder` is an :class:`~conveyor.Instrument` that a run carries by de
 for a snapshot) it yields a :class:`Recording`: a plain value that the analysis
 (:mod:`conveyor.analysis`), the trace, the Gantt chart and ``conveyor analyze`` read.
 
-Data model, per stage (:class:`StageRecord`), one entry per *unit* (one call of the
+Data model, per stage (:class:`StageRecording`), one entry per *unit* (one call of the
 stage's function: an item for map and flat_map, a batch for batch and collect,
 whose key is the batch's first item key)::
 
@@ -42,7 +42,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from conveyor._instrument import Instrument, Key, RunInfo
+from conveyor.core.events import Instrument, Key, RunInfo
+from conveyor.errors import RecordingError
 
 __all__ = [
     "FORMAT",
@@ -50,17 +51,12 @@ __all__ = [
     "Recorder",
     "Recording",
     "RecordingError",
-    "StageRecord",
+    "StageRecording",
     "StageShape",
 ]
 
 FORMAT = "conveyor-recording"
 VERSION = 1
-
-
-class RecordingError(ValueError):
-    """A recording file cannot be read: not a recording, or a version this conveyor
-    does not know. The message names the file and what was found."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +73,7 @@ class StageShape:
 
 
 @dataclasses.dataclass
-class StageRecord:
+class StageRecording:
     """One stage's recorded events; see the module docstring for the fields."""
 
     shape: StageShape
@@ -163,7 +159,7 @@ class Recording:
     pipeline: str
     ordered: bool
     started_ns: int
-    stages: dict[str, StageRecord]
+    stages: dict[str, StageRecording]
     ended_ns: int | None = None
     state: str = "running"
     read_first: list[int] = dataclasses.field(default_factory=list)
@@ -290,7 +286,7 @@ class Recording:
         return cls.from_dict(data, where=repr(str(path)))
 
 
-def _stage_to_dict(s: StageRecord) -> dict[str, Any]:
+def _stage_to_dict(s: StageRecording) -> dict[str, Any]:
     return {
         "shape": dataclasses.asdict(s.shape),
         "keys": [list(k) for k in s.keys],
@@ -313,7 +309,7 @@ def _stage_to_dict(s: StageRecord) -> dict[str, Any]:
     }
 
 
-def _stage_from_dict(d: dict[str, Any]) -> StageRecord:
+def _stage_from_dict(d: dict[str, Any]) -> StageRecording:
     sh = d["shape"]
     shape = StageShape(
         name=sh["name"],
@@ -324,7 +320,7 @@ def _stage_from_dict(d: dict[str, Any]) -> StageRecord:
         predecessors=tuple(sh["predecessors"]),
         successors=tuple(sh["successors"]),
     )
-    return StageRecord(
+    return StageRecording(
         shape=shape,
         keys=[_key(k) for k in d["keys"]],
         worker=list(d["worker"]),
@@ -376,7 +372,7 @@ class Recorder(Instrument):
 
     def __init__(self) -> None:
         self._info: RunInfo | None = None
-        self._stages: dict[str, StageRecord] = {}
+        self._stages: dict[str, StageRecording] = {}
         self._dispatched: dict[int, int] = {}  # task id -> when it left its queue
         self._done_roots: list[int] = []
         self._done_t: list[int] = []
@@ -441,7 +437,7 @@ class Recorder(Instrument):
 
     def run_started(self, run: RunInfo) -> None:
         self._info = run
-        self._stages = {s.name: StageRecord(_shape(s)) for s in run.stages}
+        self._stages = {s.name: StageRecording(_shape(s)) for s in run.stages}
         self._control = run.control
 
     def items_enqueued(self, stage: str, keys: Sequence[Key], depth: int, t_ns: int) -> None:
@@ -528,7 +524,7 @@ class Recorder(Instrument):
         self.finished = True
 
 
-def _copy_stage(s: StageRecord) -> StageRecord:
+def _copy_stage(s: StageRecording) -> StageRecording:
     """A copy whose lists the recorder will not extend any more."""
     c = copy.copy(s)
     for f in dataclasses.fields(s):

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from conveyor.cache._cache import DEFAULT_ROOT, StageCache
+from conveyor.cache import DEFAULT_ROOT, StageCache
 
 
 def _console() -> Console:

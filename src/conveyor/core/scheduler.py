@@ -49,19 +49,19 @@ from collections.abc import Iterable, Iterator, Sequence
 from time import monotonic_ns
 from typing import TYPE_CHECKING, Any
 
-from conveyor._errors import PipelineError, RunError, StageError, WorkerLostError
-from conveyor._instrument import Instrument, Instruments, RunControl, RunInfo, StageInfo
-from conveyor._ledger import Ledger
-from conveyor._policy import Retry
-from conveyor._stage import Stage
-from conveyor._stagestate import StageQueue, StageState
-from conveyor._statistics import StageStatistics
+from conveyor.core.events import Instrument, Instruments, RunControl, RunInfo, StageInfo
+from conveyor.core.flow import StageQueue, StageState
+from conveyor.core.ledger import RootLedger
+from conveyor.core.policy import Retry
+from conveyor.core.stage import Stage
+from conveyor.core.statistics import StageStatistics
+from conveyor.errors import PipelineError, RunError, StageError, WorkerLostError
 from conveyor.executors import Outcome, Task, make_executor
-from conveyor.executors._task import CacheSpec
+from conveyor.executors.task import CacheSpec
 
 if TYPE_CHECKING:
-    from conveyor._pipeline import Pipeline
-    from conveyor.executors._shm import SegmentRegistry
+    from conveyor.core.pipeline import Pipeline
+    from conveyor.executors.processes.shm import SegmentRegistry
 
 Key = tuple[Any, ...]
 Item = tuple[Key, Any]
@@ -111,7 +111,7 @@ class Scheduler:
             s.targets = [t.queue for t in s.successors] or [self.output]
         self.entries = [s for s in self.stages if not s.predecessors]
         self.deterministic = all(s.stage.executor == "sync" for s in self.stages)
-        self.ledger = Ledger(ordered=ordered, tracking=self._has_ins)
+        self.ledger = RootLedger(ordered=ordered, tracking=self._has_ins)
         # Failure handling: attempts per (stage, unit key) that failed at least once.
         self._attempts: dict[tuple[str, Key], int] = {}
         self._retry_seq = 0
@@ -203,7 +203,7 @@ class Scheduler:
 
     def _shm_registry(self) -> SegmentRegistry:
         if self._shm is None:
-            from conveyor.executors._shm import SegmentRegistry
+            from conveyor.executors.processes.shm import SegmentRegistry
 
             self._shm = SegmentRegistry(f"cv{os.getpid()}x{secrets.token_hex(3)}", owner=True)
         return self._shm

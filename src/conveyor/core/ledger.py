@@ -26,7 +26,7 @@ Key = tuple[Any, ...]
 Item = tuple[Key, Any]
 
 
-class Ledger:
+class RootLedger:
     """Root counts, terminal states and the ordered-output frontier of one run.
 
     ``tracking`` keeps terminal states for instruments (``take_finished``); without

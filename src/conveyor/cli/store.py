@@ -26,8 +26,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from conveyor.store._db import RunNotFoundError, StoreError
-from conveyor.store._store import DEFAULT_PATH, Ledger, RunRecord, RunStore
+from conveyor.errors import RunNotFoundError, StoreError
+from conveyor.store import DEFAULT_PATH, Ledger, RunRecord, RunStore
 
 T = TypeVar("T")
 
@@ -252,10 +252,9 @@ def _num(value: float | None, fmt: str = "{}") -> str:
 
 
 def _redrive(run: RunRecord, letters: list[Any], store_path: Path | None, out: Console) -> None:
-    from conveyor._errors import ConveyorError
-    from conveyor._target import load_pipeline
-    from conveyor.store._recorder import StoreRecorder
-    from conveyor.store._resume import redrive_plan
+    from conveyor.cli.target import load_pipeline
+    from conveyor.errors import ConveyorError
+    from conveyor.store import StoreRecorder, redrive_plan
 
     if not run.target:
         raise StoreUsageProblem(

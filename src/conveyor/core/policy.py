@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from conveyor._errors import PipelineError
+from conveyor.errors import PipelineError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Snapshots are plain values, taken at one instant; they never change under you.
 The full per-item record (timelines, latencies, the bottleneck) is the recorder's
-job: see :mod:`conveyor._instrument`.
+job: see :mod:`conveyor.core.events`.
 """
 
 from __future__ import annotations

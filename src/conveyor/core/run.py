@@ -16,14 +16,14 @@ from time import monotonic_ns
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from conveyor._instrument import Instrument
-from conveyor._recorder import Recorder, Recording
-from conveyor._scheduler import Scheduler
-from conveyor._statistics import RunStatistics, StageStatistics
+from conveyor.core.events import Instrument
+from conveyor.core.scheduler import Scheduler
+from conveyor.core.statistics import RunStatistics, StageStatistics
+from conveyor.observe.recorder import Recorder, Recording
 
 if TYPE_CHECKING:
-    from conveyor._pipeline import Pipeline
     from conveyor.analysis import Report
+    from conveyor.core.pipeline import Pipeline
 
 
 class Run(Iterator[Any]):

@@ -3,7 +3,7 @@
 An executor owns one stage's workers. The scheduler calls ``submit`` only while the
 stage has a free slot, so an executor never queues more than ``stage.slots`` tasks;
 each finished task is handed back through ``post``, from whatever thread the worker
-runs on, as an :class:`~conveyor.executors._task.Outcome`. That is the whole
+runs on, as an :class:`~conveyor.executors.task.Outcome`. That is the whole
 contract: everything else (queues, backpressure, ordering, errors) lives once in
 the scheduler.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from conveyor._stage import Stage
-from conveyor.executors._task import CacheSpec, Outcome, Task
+from conveyor.core.stage import Stage
+from conveyor.executors.task import CacheSpec, Outcome, Task
 
 Post = Callable[[Outcome], None]
 

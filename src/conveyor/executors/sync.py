@@ -6,8 +6,8 @@ which makes it the reference for tests and the executor to use under a debugger.
 
 from __future__ import annotations
 
-from conveyor.executors._base import Executor
-from conveyor.executors._task import Task, close_thread_loop, run_task
+from conveyor.executors.base import Executor
+from conveyor.executors.task import Task, close_thread_loop, run_task
 
 
 class SyncExecutor(Executor):

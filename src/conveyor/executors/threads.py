@@ -16,8 +16,8 @@ import queue
 import threading
 from time import monotonic_ns
 
-from conveyor.executors._base import Executor
-from conveyor.executors._task import LostWorker, Outcome, Task, close_thread_loop, run_task
+from conveyor.executors.base import Executor
+from conveyor.executors.task import LostWorker, Outcome, Task, close_thread_loop, run_task
 
 
 class _Cancelled(Exception):

@@ -31,10 +31,10 @@ from collections import deque
 from time import monotonic_ns
 from typing import Any
 
-from conveyor._stage import Stage, dump_function, load_function
-from conveyor.executors._base import Executor, Post
-from conveyor.executors._shm import SegmentRegistry, dumps, loads
-from conveyor.executors._task import CacheSpec, LostWorker, Outcome, Task, run_task
+from conveyor.core.stage import Stage, dump_function, load_function
+from conveyor.executors.base import Executor, Post
+from conveyor.executors.processes.shm import SegmentRegistry, dumps, loads
+from conveyor.executors.task import CacheSpec, LostWorker, Outcome, Task, run_task
 
 _STOP = b"stop"
 _NEVER_STARTED = LostWorker(pid=None, exitcode=None, unit_index=-1, started=False)
@@ -185,8 +185,7 @@ class ProcessExecutor(Executor):
             pending = self._holding.pop(i, deque())
             if pending and not self._cancelled.is_set():
                 error = RuntimeError(
-                    f"conveyor's proxy for process worker {i} failed: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"conveyor's proxy for process worker {i} failed: {type(exc).__name__}: {exc}"
                 )
                 error.__cause__ = exc
                 first, _ = pending.popleft()
@@ -277,7 +276,7 @@ class ProcessExecutor(Executor):
 
 def _as_exception(kind: str, exc: Any, tb: str) -> BaseException:
     """Rebuild a worker's exception with its remote traceback as ``__cause__``."""
-    from conveyor._errors import RemoteTraceback
+    from conveyor.errors import RemoteTraceback
 
     if not isinstance(exc, BaseException):
         exc = RuntimeError(str(exc))

@@ -5,7 +5,7 @@ box per unit, from its start to its end; then one small chart per stage of its
 input queue's depth over time. Gaps in a lane are bubbles: a worker with nothing
 to do. Written by hand (no plotting library)::
 
-    from conveyor._gantt import write_gantt
+    from conveyor.observe.gantt import write_gantt
     write_gantt(run.recording, "run.svg")
 
 Boxes closer than half a pixel merge, so a run of 100,000 units stays a small file.
@@ -17,7 +17,7 @@ import math
 from html import escape
 from pathlib import Path
 
-from conveyor._recorder import Recording
+from conveyor.observe.recorder import Recording
 
 __all__ = ["gantt_svg", "write_gantt"]
 

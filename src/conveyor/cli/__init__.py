@@ -38,14 +38,10 @@ from rich.live import Live
 from rich.markup import escape
 
 import conveyor
-from conveyor._errors import ConveyorError, StageError
-from conveyor._pipeline import Pipeline
-from conveyor._progress import Progress
-from conveyor._rebalance import Rebalancer
-from conveyor._recorder import Recording, RecordingError
-from conveyor._report import limiting_line, run_summary, stage_table
-from conveyor._statistics import RunStatistics
-from conveyor._target import load_pipeline, read_lines
+from conveyor import Pipeline, Rebalancer, Recording, RunStatistics
+from conveyor.cli.target import load_pipeline, read_lines
+from conveyor.errors import ConveyorError, RecordingError, StageError
+from conveyor.observe import Progress, limiting_line, run_summary, stage_table
 
 STORE_OPTION = click.option(
     "--store",
@@ -303,8 +299,8 @@ def _stored(target: str) -> str:
 def _open_store(path: Path | None, *, create: bool = True) -> Any:
     """The run store at ``path`` (default: $CONVEYOR_STORE or .conveyor/runs.db); a
     missing or damaged store is a one-line error, as in `conveyor runs`."""
+    from conveyor.cli.store import store_problem
     from conveyor.store import RunStore, StoreError
-    from conveyor.store.cli import store_problem
 
     try:
         return RunStore(path, create=create)
@@ -359,10 +355,10 @@ def analyze_command(
 
 
 # --- run history and cache: conveyor runs | show | deadletters | cache ---------------------
-from conveyor.cache.cli import cache as _cache  # noqa: E402
-from conveyor.store.cli import deadletters as _deadletters  # noqa: E402
-from conveyor.store.cli import runs as _runs  # noqa: E402
-from conveyor.store.cli import show as _show  # noqa: E402
+from conveyor.cli.cache import cache as _cache  # noqa: E402
+from conveyor.cli.store import deadletters as _deadletters  # noqa: E402
+from conveyor.cli.store import runs as _runs  # noqa: E402
+from conveyor.cli.store import show as _show  # noqa: E402
 
 for _command in (_runs, _show, _deadletters, _cache):
     cli.add_command(_command)
@@ -420,7 +416,7 @@ def _recording_of(run: conveyor.Run) -> Recording | None:
 
 def _serve_metrics(port: int, err: Console) -> Any:
     try:
-        from conveyor._metrics import Metrics
+        from conveyor.observe import Metrics
 
         metrics = Metrics()
     except ImportError as exc:
@@ -440,8 +436,7 @@ def _write_outputs(
     gantt_path: Path | None,
     err: Console,
 ) -> None:
-    from conveyor._gantt import gantt_svg
-    from conveyor._trace import chrome_trace
+    from conveyor.observe import chrome_trace, gantt_svg
 
     if record_path is not None:
         try:

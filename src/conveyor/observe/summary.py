@@ -4,7 +4,7 @@ Pure functions of a :class:`~conveyor.RunStatistics` snapshot, so the CLI, the
 examples and tests all show the same figures::
 
     from rich.console import Console
-    from conveyor._report import limiting_line, stage_table
+    from conveyor.observe.summary import limiting_line, stage_table
 
     run = pipeline.run()
     stats = run.statistics()
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from conveyor._statistics import RunStatistics, StageStatistics
+from conveyor.core.statistics import RunStatistics, StageStatistics
 
 __all__ = ["limiting_line", "limiting_stage", "run_summary", "stage_table"]
 

@@ -17,12 +17,12 @@ import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from conveyor._errors import PipelineError
-from conveyor._instrument import Instrument
-from conveyor._stage import Stage, check_picklable
+from conveyor.core.events import Instrument
+from conveyor.core.stage import Stage, check_picklable
+from conveyor.errors import PipelineError
 
 if TYPE_CHECKING:
-    from conveyor._run import Run
+    from conveyor.core.run import Run
 
 DEFAULT_CAPACITY = 128
 
@@ -169,7 +169,7 @@ class Pipeline:
         every unit's times for ``run.recording`` and ``run.report()``; turn it off
         to save its small per-item cost.
         """
-        from conveyor._run import Run
+        from conveyor.core.run import Run
 
         return Run(
             self,

@@ -19,9 +19,8 @@ from typing import Any
 
 import click
 
-from conveyor._errors import ConveyorError
-from conveyor._pipeline import Pipeline
-from conveyor._stage import Stage
+from conveyor import Pipeline, Stage
+from conveyor.errors import ConveyorError
 
 TARGET_HELP = "TARGET is module:attr or path/to/file.py:attr, e.g. examples/science.py:pipeline"
 

@@ -4,7 +4,7 @@ Pass it to a run and show it in a ``rich.live.Live``; the table is rebuilt from
 its counters at each refresh::
 
     from rich.live import Live
-    from conveyor._progress import Progress
+    from conveyor.observe.progress import Progress
 
     progress = Progress()
     with Live(progress, refresh_per_second=4), pipeline.stream(instruments=[progress]) as run:
@@ -28,7 +28,7 @@ from time import monotonic_ns
 
 from rich.table import Table
 
-from conveyor._instrument import Instrument, Key, RunInfo
+from conveyor.core.events import Instrument, Key, RunInfo
 
 __all__ = ["Progress"]
 

@@ -7,7 +7,7 @@ a ``"C"`` (counter) event per change of the stage's input-queue depth; ``"M"``
 (metadata) events naming the processes and threads. Format: the Trace Event Format
 (JSON object form, ``{"traceEvents": [...]}``)::
 
-    from conveyor._trace import write_chrome_trace
+    from conveyor.observe.trace import write_chrome_trace
     write_chrome_trace(run.recording, "run.trace.json")
 """
 
@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from conveyor._recorder import Recording
+from conveyor.observe.recorder import Recording
 
 __all__ = ["chrome_trace", "write_chrome_trace"]
 

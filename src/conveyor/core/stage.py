@@ -28,8 +28,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, TypeVar, overload
 
-from conveyor._errors import PipelineError
-from conveyor._policy import Retry, as_retry
+from conveyor.core.policy import Retry, as_retry
+from conveyor.errors import PipelineError
 
 Kind = Literal["map", "flat_map", "batch", "collect"]
 ExecutorName = Literal["sync", "threads", "processes"]

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from conveyor._statistics import RunStatistics
+    from conveyor.core.statistics import RunStatistics
 
 Key = tuple[Any, ...]
 

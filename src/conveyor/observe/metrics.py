@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from conveyor._instrument import Instrument, Key, RunInfo
+from conveyor.core.events import Instrument, Key, RunInfo
 
 __all__ = ["Metrics"]
 

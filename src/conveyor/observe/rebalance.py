@@ -33,8 +33,8 @@ from collections.abc import Sequence
 from time import monotonic_ns
 from typing import Any
 
-from conveyor._instrument import Instrument, Key, RunInfo
 from conveyor.analysis._balance import balance, throughput_of
+from conveyor.core.events import Instrument, Key, RunInfo
 
 __all__ = ["Decision", "Rebalancer"]
 

@@ -1,7 +1,7 @@
 """A stage while it runs: its bounded queue, its slots, its counters.
 
 Plain state the scheduler owns and mutates; ``statistics()`` turns it into the
-frozen snapshots of :mod:`conveyor._statistics`.
+frozen snapshots of :mod:`conveyor.core.statistics`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from conveyor._stage import Stage
-from conveyor._statistics import QueueStatistics, StageStatistics
+from conveyor.core.stage import Stage
+from conveyor.core.statistics import QueueStatistics, StageStatistics
 
 if TYPE_CHECKING:
     from conveyor.executors import Executor

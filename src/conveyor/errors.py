@@ -1,0 +1,227 @@
+"""conveyor's exceptions and warnings: one tree, each error carrying its context.
+
+    ConveyorError                  every error conveyor raises on its own account
+    ├── PipelineError              the pipeline is built wrong (raised at build time)
+    ├── RunError                   a run failed; every worker is stopped when you see it
+    │   ├── StageError             a stage's function raised on an item
+    │   ├── WorkerLostError        a worker died (killed, crashed, exited) holding an item
+    │   ├── StallError             work was in flight but no worker could finish it
+    │   └── InstrumentError        an instrument declared critical raised in a hook
+    ├── StoreError                 the run store cannot be used
+    │   ├── RunNotFoundError       no run (or several) has the id asked for
+    │   └── PipelineChangedError   the pipeline's code changed since the run was recorded
+    ├── FingerprintError           a stage's code cannot be fingerprinted for the cache
+    ├── RecordingError             a file is not a recording this conveyor can read
+    └── TrainError                 the train extra was given something it cannot use
+        └── MissingTorchError      a torch-backed part was used without PyTorch
+
+    CacheWarning                   a value could not be cached; the stage runs uncached
+    InstrumentWarning              an instrument raised in a hook and was detached
+
+Every error a run raises names its ``stage``, its ``run_id`` and, where there is
+one, the item's ``key``. Messages state the rule, show the values, and suggest the
+fix. ``RemoteTraceback`` is not an error of its own: it is the ``__cause__`` that
+carries a process worker's formatted traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CacheWarning",
+    "ConveyorError",
+    "FingerprintError",
+    "InstrumentError",
+    "InstrumentWarning",
+    "MissingTorchError",
+    "PipelineChangedError",
+    "PipelineError",
+    "RecordingError",
+    "RemoteTraceback",
+    "RunError",
+    "RunNotFoundError",
+    "StageError",
+    "StallError",
+    "StoreError",
+    "TrainError",
+    "WorkerLostError",
+]
+
+
+class ConveyorError(Exception):
+    """Base class of every error conveyor raises on its own account."""
+
+
+class PipelineError(ConveyorError):
+    """The pipeline definition breaks a rule; raised when it is built, before any item runs.
+
+    Cycles, duplicate stage names, a stage whose function is not callable or takes
+    the wrong number of arguments for its kind, or a function that cannot be sent
+    to a process worker. ``stage`` names the offending stage where there is one.
+    """
+
+    def __init__(self, message: str, *, stage: str | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+class RunError(ConveyorError):
+    """A run stopped because of a failure; every worker has been stopped when you see it.
+
+    ``stage`` names where (``"<source>"`` for the source), ``key`` the item,
+    ``run_id`` the run (set when the run ends, so that the run store's record can
+    be found from the exception).
+    """
+
+    def __init__(
+        self, message: str, *, stage: str, key: Any = None, run_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.key = key
+        self.run_id = run_id
+
+
+class StageError(RunError):
+    """A stage's function raised on an item.
+
+    ``stage`` and ``key`` name where; the original exception is chained as
+    ``__cause__`` (for a process worker it carries the remote traceback as its own
+    cause), so the traceback printed shows the line that failed.
+    """
+
+
+class WorkerLostError(RunError):
+    """A worker died (killed, crashed, ``os._exit``, ``sys.exit`` in a thread) while it
+    held an item.
+
+    Unlike :class:`StageError` the function did not return or raise normally: the
+    worker vanished. ``key`` is the item it was running, ``keys`` every item of the
+    chunk it held, ``exitcode`` a process's exit code (negative: killed by that
+    signal).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stage: str,
+        key: Any = None,
+        keys: tuple[Any, ...] = (),
+        pid: int | None = None,
+        exitcode: int | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        super().__init__(message, stage=stage, key=key, run_id=run_id)
+        self.keys = keys
+        self.pid = pid
+        self.exitcode = exitcode
+
+
+class StallError(RunError):
+    """Work was in flight at a stage, but no worker could ever finish it: the stage has
+    no live worker, or its transport broke. Raised within seconds instead of waiting
+    forever; ``keys`` are the items that were in flight there."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stage: str,
+        keys: tuple[Any, ...] = (),
+        run_id: str | None = None,
+    ) -> None:
+        super().__init__(message, stage=stage, key=keys[0] if keys else None, run_id=run_id)
+        self.keys = keys
+
+
+class InstrumentError(RunError):
+    """An instrument that declared itself ``critical`` raised in one of its hooks, so the
+    run stopped. A hook of an ordinary instrument that raises is detached with an
+    :class:`InstrumentWarning` instead, and the run goes on. ``stage`` names the
+    instrument's class; the hook's exception is chained."""
+
+
+class StoreError(ConveyorError):
+    """The run store cannot be used: missing, not a database, corrupt, from a newer
+    conveyor, or asked for a run it does not hold. ``path`` names the store file."""
+
+    def __init__(self, message: str, *, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class RunNotFoundError(StoreError):
+    """No run, or more than one, has the id (or id prefix) asked for; ``candidates``
+    holds the ids that matched (empty when none did)."""
+
+    def __init__(
+        self, message: str, *, path: Path | None = None, candidates: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message, path=path)
+        self.candidates = candidates
+
+
+class PipelineChangedError(StoreError):
+    """The pipeline's code fingerprint differs from the one recorded with the run, so
+    its recorded results may not be what the code computes now (raised before resume)."""
+
+
+class FingerprintError(ConveyorError):
+    """A function's code fingerprint cannot be computed faithfully: it closes over (or
+    refers to, or defaults to) a value that cannot be fingerprinted. Caching such a
+    stage could serve results computed under another value, so it is refused."""
+
+
+class RecordingError(ConveyorError, ValueError):
+    """A recording file cannot be read: not a recording, or a version this conveyor
+    does not know. The message names the file and what was found."""
+
+
+class TrainError(ConveyorError):
+    """The train extra was given something it cannot use.
+
+    More stages than layers, a schedule that needs more micro-batches, a memory cap
+    no partition meets, a model that is not a sequence of layers. Raised by the
+    pure planners before anything runs, and by the runtime when a rank fails.
+    """
+
+
+TORCH_HINT = (
+    "conveyor.train needs PyTorch: pip install torch==2.13.0 && pip install 'conveyor[train]'"
+)
+
+
+class MissingTorchError(TrainError, ImportError):
+    """A part of conveyor.train that runs PyTorch was used where torch is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__(TORCH_HINT)
+
+
+class CacheWarning(UserWarning):
+    """A stage's cache could not serve or store a value (an input that cannot be
+    fingerprinted, a result that cannot be pickled): the stage still runs, uncached.
+    Issued once per stage and reason per process."""
+
+
+class InstrumentWarning(RuntimeWarning):
+    """An instrument raised in one of its hooks; it was detached and the run went on.
+    Issued once per instrument, naming it and the exception."""
+
+
+class RemoteTraceback(Exception):
+    """The formatted traceback of an exception raised in a process worker.
+
+    Attached as ``__cause__`` of the re-raised exception, as concurrent.futures does,
+    so the driver's traceback shows where the worker failed.
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
