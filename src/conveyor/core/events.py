@@ -16,8 +16,11 @@ not per item, so recording stays cheap.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from conveyor.errors import InstrumentError, InstrumentWarning
 
 if TYPE_CHECKING:
     from conveyor.core.statistics import RunStatistics
@@ -61,7 +64,14 @@ class RunInfo:
 
 
 class Instrument:
-    """Receives a run's events. Override any subset; all are no-ops here."""
+    """Receives a run's events. Override any subset; all are no-ops here.
+
+    A hook that raises is detached with an :class:`~conveyor.InstrumentWarning` and
+    the run goes on; set ``critical = True`` on an instrument the run must not go on
+    without (it then stops with :class:`~conveyor.InstrumentError`).
+    """
+
+    critical: ClassVar[bool] = False
 
     def run_started(self, run: RunInfo) -> None:
         """The run starts: workers are being started, no item has been read."""
@@ -140,26 +150,75 @@ EVENTS: tuple[str, ...] = tuple(
 
 
 class Instruments(Instrument):
-    """Fans every event out to several instruments, in order.
+    """Fans every event out to several instruments, in order, each one isolated.
 
     Built once per run: for each event it keeps only the instruments that override
     it, so an event nobody listens to costs one call to a no-op, and ``active`` and
     ``wants(event)`` let the scheduler skip building an event's arguments at all.
+
+    An observer never kills a run: a hook that raises is reported once, as an
+    :class:`~conveyor.InstrumentWarning` naming the instrument and the exception,
+    and its instrument is detached for the rest of the run. An instrument whose
+    class sets ``critical = True`` stops the run instead, with
+    :class:`~conveyor.InstrumentError`.
     """
 
     def __init__(self, instruments: Sequence[Instrument]) -> None:
         self.instruments = tuple(instruments)
         self.active = bool(self.instruments)
+        self.detached: list[tuple[Instrument, BaseException]] = []
         self._listening: set[str] = set()
+        self._bind()
+
+    def _bind(self) -> None:
+        self._listening.clear()
         for name in EVENTS:
             hooks = tuple(
-                getattr(i, name)
+                self._guarded(i, name)
                 for i in self.instruments
                 if getattr(type(i), name) is not getattr(Instrument, name)
             )
             if hooks:
                 self._listening.add(name)
             setattr(self, name, hooks[0] if len(hooks) == 1 else _fan_out(hooks))
+
+    def _guarded(self, instrument: Instrument, event: str) -> Any:
+        hook = getattr(instrument, event)
+        if getattr(instrument, "critical", False):
+
+            def critical(*args: Any) -> None:
+                try:
+                    hook(*args)
+                except Exception as exc:
+                    name = type(instrument).__name__
+                    raise InstrumentError(
+                        f"instrument {name} (critical) raised {type(exc).__name__} in "
+                        f"{event}: {exc}; the run stopped",
+                        stage=f"<instrument {name}>",
+                    ) from exc
+
+            return critical
+
+        def isolated(*args: Any) -> None:
+            try:
+                hook(*args)
+            except Exception as exc:
+                self._detach(instrument, event, exc)
+
+        return isolated
+
+    def _detach(self, instrument: Instrument, event: str, exc: Exception) -> None:
+        if instrument not in self.instruments:
+            return  # already detached (a fan-out was under way)
+        self.instruments = tuple(i for i in self.instruments if i is not instrument)
+        self.detached.append((instrument, exc))
+        self._bind()
+        warnings.warn(
+            f"instrument {type(instrument).__name__} raised {type(exc).__name__} in {event}: "
+            f"{exc}; it was detached and the run goes on without it",
+            InstrumentWarning,
+            stacklevel=3,
+        )
 
     def __bool__(self) -> bool:
         return self.active

@@ -6,7 +6,8 @@ Source item *i* is *root* i. The ledger counts each root's live descendants:
     flat_map        count += len(results) - 1        (an empty result drops the item)
     fan-out to n    count += n - 1
     batch, collect  the merged items' counts move onto the first item's root; the
-                    others are *absorbed* and share that root's fate
+                    others are *absorbed* and share that root's fate, unless a
+                    part of their own was dead-lettered
     dead letter     count -= 1, and the root is marked
     output          count -= 1 per result that reaches it
 
@@ -14,7 +15,8 @@ At zero a root is finished, in one terminal state: ``done`` (a result of it reac
 the output), ``dead_lettered`` (a part of it was skipped) or ``filtered`` (no result).
 In ordered mode results wait in a heap until every earlier root has finished; the
 *frontier* is the oldest unfinished root, which also bounds how far the source may
-be read ahead.
+be read ahead. Nothing is kept for a finished root, so the ledger's memory is
+bounded by the roots in flight, whatever the number of items.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ class RootLedger:
     """Root counts, terminal states and the ordered-output frontier of one run.
 
     ``tracking`` keeps terminal states for instruments (``take_finished``); without
-    it the ledger only counts, and orders when ``ordered``.
+    it the ledger only counts, and orders when ``ordered``. Either way it holds
+    nothing for a finished root: its memory is bounded by the roots in flight.
     """
 
     def __init__(self, *, ordered: bool, tracking: bool) -> None:
@@ -42,8 +45,9 @@ class RootLedger:
         self._heap: list[tuple[Key, int, Any]] = []
         self._seq = 0
         self._released: list[Item] = []
-        self._reached: set[int] = set()  # live roots with a result at the output
-        self._dead: set[int] = set()  # live roots with a dead-lettered part
+        # Kept only when tracking, and only for live roots:
+        self._reached: set[int] = set()  # a result of it reached the output
+        self._dead: set[int] = set()  # a part of it was dead-lettered
         self._absorbed: dict[int, list[int]] = {}  # root -> roots merged into it
         self._finished: dict[str, list[int]] = {"done": [], "filtered": [], "dead_lettered": []}
 
@@ -63,11 +67,7 @@ class RootLedger:
             self.live[root] = n
             return
         del self.live[root]
-        if root in self._dead:
-            self._dead.discard(root)
-            self._finish(root, "dead_lettered")
-        else:
-            self._finish(root, "done" if root in self._reached else "filtered")
+        self._finish(root)
 
     def fan_out(self, items: list[Item], extra: int) -> None:
         live = self.live
@@ -75,27 +75,28 @@ class RootLedger:
             live[key[0]] += extra
 
     def merge(self, batches: list[list[Key]]) -> None:
-        """Each batch of items became one item, keyed by its first item's key."""
+        """Each batch of items became one item, keyed by its first item's key. A root
+        whose last item went into another root's batch is *absorbed*: it finishes with
+        that root, in its state (unless a part of it was dead-lettered itself)."""
         live = self.live
         for keys in batches:
             into = keys[0][0]
-            live[into] = live.get(into, 0) + 1
+            live[into] += 1  # the merged item; its first item's count goes below
             for key in keys:
                 root = key[0]
                 n = live[root] - 1
                 if n:
                     live[root] = n
-                elif root == into:
-                    del live[root]
-                    self._finish(root, "done" if root in self._reached else "filtered")
-                else:  # its last item went into the batch: it shares the batch's fate
-                    del live[root]
+                    continue
+                del live[root]  # never ``into``: its merged item keeps it live
+                if self.tracking:
                     self._absorbed.setdefault(into, []).append(root)
-                    self._finish(root, None)
+                self._advance_frontier(root)
 
     def dead_letter(self, root: int) -> None:
         """An item of ``root`` was skipped into the dead letters."""
-        self._dead.add(root)
+        if self.tracking:
+            self._dead.add(root)
         self.add(root, -1)
 
     def arrive(self, items: list[Item]) -> None:
@@ -106,24 +107,23 @@ class RootLedger:
                 heapq.heappush(self._heap, (key, self._seq, value))
                 self._seq += 1
         live = self.live
+        tracking = self.tracking
         for key, _ in items:
             root = key[0]
             n = live[root] - 1
             if n:
                 live[root] = n
-                if self.tracking:
+                if tracking:
                     self._reached.add(root)
             elif not (self.ordered or self._reached or self._absorbed or self._dead):
                 del live[root]  # the common case, inlined: one root, one result
-                if self.tracking:
+                if tracking:
                     self._finished["done"].append(root)
             else:
                 del live[root]
-                if root in self._dead:
-                    self._dead.discard(root)
-                    self._finish(root, "dead_lettered")
-                else:
-                    self._finish(root, "done")
+                if tracking:
+                    self._reached.add(root)
+                self._finish(root)
 
     def take_released(self) -> list[Item]:
         """Ordered results whose roots and every earlier root have finished."""
@@ -138,14 +138,25 @@ class RootLedger:
         self._finished = {"done": [], "filtered": [], "dead_lettered": []}
         return f
 
-    def _finish(self, root: int, state: str | None) -> None:
-        """Every item descended from ``root`` is gone; ``state`` None: absorbed."""
-        if self.tracking and state is not None:
-            self._reached.discard(root)
-            roots = [root]
-            for r in roots:  # the roots merged into it, and theirs, share its state
-                roots.extend(self._absorbed.pop(r, ()))
-            self._finished[state].extend(roots)
+    def _finish(self, root: int) -> None:
+        """Every item descended from ``root`` is gone: record its state, and the state
+        of every root absorbed into it (transitively)."""
+        if self.tracking:
+            reached = root in self._reached
+            shared = "done" if reached else "filtered"
+            if root in self._dead:
+                shared = "dead_lettered"  # the batch it carried was incomplete
+            todo = [root]
+            while todo:
+                r = todo.pop()
+                todo.extend(self._absorbed.pop(r, ()))
+                self._reached.discard(r)
+                dead = r in self._dead
+                self._dead.discard(r)
+                self._finished["dead_lettered" if dead else shared].append(r)
+        self._advance_frontier(root)
+
+    def _advance_frontier(self, root: int) -> None:
         if not self.ordered:
             return
         if root != self.frontier:

@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from conveyor.core.events import Instrument
-from conveyor.core.stage import Stage, check_picklable
+from conveyor.core.stage import Stage
 from conveyor.errors import PipelineError
+from conveyor.executors.base import executor_class
 
 if TYPE_CHECKING:
     from conveyor.core.run import Run
@@ -73,8 +74,7 @@ class Pipeline:
                     f"be unique: rename one, e.g. stage(fn, name='{s.name}_2')",
                     stage=s.name,
                 )
-            if s.executor == "processes":
-                check_picklable(s)
+            executor_class(s.executor).check(s, pipeline_built=True)
             self.stages[s.name] = s
         if not self.stages:
             raise PipelineError(f"pipeline {name!r} has no stages; give at least one")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.core.events import Instrument
 from conveyor.core.scheduler import Scheduler
 from conveyor.core.statistics import RunStatistics, StageStatistics
+from conveyor.errors import RunError
 from conveyor.observe.recorder import Recorder, Recording
 
 if TYPE_CHECKING:
@@ -97,6 +98,8 @@ class Run(Iterator[Any]):
     def _end(self, state: str, error: BaseException | None, *, cancel: bool) -> None:
         self.state = state
         self.error = error
+        if isinstance(error, RunError) and error.run_id is None:
+            error.run_id = self.id
         self._ended_ns = monotonic_ns()
         self._finalizer.detach()
         try:

@@ -10,38 +10,32 @@ outcomes through one thread-safe completion queue. Each pass of :meth:`_advance`
     3. dispatch tasks, downstream stages first, to every stage with a free slot
     4. read the source into the entry stages' queues
 
-Flow control, exact and never exceeded:
-
-    room(T) = bound(T) - len(queue(T)) - reserved(T)
-
-A task of k units is dispatched only into room: it reserves its expected results
-in every successor's queue, so a queue's depth never passes its bound and a slow
-consumer stops the source from being read. A flat_map can produce more results
-than it reserved; the excess waits in its stage's overflow, and the stage takes no
-new task until that has drained (as a worker blocked on a full queue would).
-
-Chunking adapts: a task takes ceil(queued / free slots) units, capped so it lasts
-about ``TARGET_TASK_NS`` for its executor (from a moving average of unit times)
-and by room. A fast stream forms large tasks that amortise the hand-off cost; a
-slow stream, whose queue holds one item at a time, sends single items at once.
+Flow control and chunking live with each stage's state (:mod:`.flow`): a task is
+cut only into room downstream, so a queue's depth never passes its bound. A
+flat_map can produce more results than it reserved; the excess waits in its
+stage's overflow, and the stage takes no new task until that has drained (as a
+worker blocked on a full queue would).
 
 Keys and ordering: source item i has key ``(i,)``; a flat_map's j-th result of key
 k has key ``k + (j,)``; a batch or collect result takes its first item's key. The
-scheduler counts each source item's live descendants (its *root* count). Results
-in ordered mode wait in a heap until every earlier root has finished; the source
-is read at most ``window`` roots past the oldest unfinished one, which bounds the
-reorder buffer.
+ledger (:mod:`.ledger`) counts each source item's live descendants. Results in
+ordered mode wait until every earlier root has finished; the source is read at
+most ``window`` roots past the oldest unfinished one, which bounds the reorder
+buffer.
+
+Liveness: every task dispatched gets exactly one outcome (the executor contract,
+:mod:`conveyor.executors.base`). While waiting for one, the scheduler asks each
+stage with work in flight whether it still has a live worker; none means the
+work can never come back, and the run fails with :class:`~conveyor.StallError`
+naming the stage and its items instead of waiting forever.
 """
 
 from __future__ import annotations
 
-import heapq
 import operator
 import os
 import queue
 import random
-import secrets
-import signal
 import time
 import warnings
 from collections import deque
@@ -49,26 +43,32 @@ from collections.abc import Iterable, Iterator, Sequence
 from time import monotonic_ns
 from typing import TYPE_CHECKING, Any
 
+from conveyor.core import failures
 from conveyor.core.events import Instrument, Instruments, RunControl, RunInfo, StageInfo
-from conveyor.core.flow import StageQueue, StageState
+from conveyor.core.flow import StageQueue, StageState, unit_items
 from conveyor.core.ledger import RootLedger
 from conveyor.core.policy import Retry
 from conveyor.core.stage import Stage
 from conveyor.core.statistics import StageStatistics
-from conveyor.errors import PipelineError, RunError, StageError, WorkerLostError
-from conveyor.executors import Outcome, Task, make_executor
-from conveyor.executors.task import CacheSpec
+from conveyor.errors import PipelineError, RunError, StageError
+from conveyor.executors.base import (
+    CacheSpec,
+    Executor,
+    Failure,
+    Outcome,
+    RunContext,
+    Task,
+    executor_class,
+)
 
 if TYPE_CHECKING:
     from conveyor.core.pipeline import Pipeline
-    from conveyor.executors.processes.shm import SegmentRegistry
 
 Key = tuple[Any, ...]
 Item = tuple[Key, Any]
 
 SOURCE_BURST_NS = 1_000_000  # read the source at most this long per pass
-WAIT_SECONDS = 0.2  # wake up this often while waiting, to stay responsive to Ctrl-C
-EWMA = 0.3
+WAIT_SECONDS = 0.2  # wake up this often while waiting: Ctrl-C, the stall check
 
 
 class Scheduler:
@@ -98,9 +98,14 @@ class Scheduler:
         self._local: deque[Outcome] = deque()
         self._inflight: dict[int, tuple[StageState, Task]] = {}
         self._task_ids = 0
-        self._shm: SegmentRegistry | None = None
+        self._context = RunContext(run_id)
         self.stages: list[StageState] = [
-            StageState(pipeline.stages[n], pipeline.capacity_of(n)) for n in pipeline.order
+            StageState(
+                pipeline.stages[n],
+                pipeline.capacity_of(n),
+                executor_class(pipeline.stages[n].executor).traits,
+            )
+            for n in pipeline.order
         ]
         by_name = {s.name: s for s in self.stages}
         self.output = StageQueue(pipeline.capacity)
@@ -110,11 +115,10 @@ class Scheduler:
             s.predecessors = [by_name[n] for n in pipeline.predecessors[s.name]]
             s.targets = [t.queue for t in s.successors] or [self.output]
         self.entries = [s for s in self.stages if not s.predecessors]
-        self.deterministic = all(s.stage.executor == "sync" for s in self.stages)
+        self.deterministic = all(s.traits.runs_in_caller for s in self.stages)
         self.ledger = RootLedger(ordered=ordered, tracking=self._has_ins)
         # Failure handling: attempts per (stage, unit key) that failed at least once.
         self._attempts: dict[tuple[str, Key], int] = {}
-        self._retry_seq = 0
         self._rng = random.Random()
         self._cache_warned: set[str] = set()
         # A collect stage holds every root until the source ends, so it must not be
@@ -129,13 +133,15 @@ class Scheduler:
     # --- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
-        for s in self.stages:
-            # Sync tasks finish inside submit(); their outcomes wait in a local deque.
-            post = self._local.append if s.stage.executor == "sync" else self._completions.put
-            s.executor = make_executor(s.stage, post, shm_registry_factory=self._shm_registry)
+        """Start every stage's workers. On failure, ``shutdown`` cleans up what started."""
+        specs = [self._cache_spec(s.stage) for s in self.stages]  # may warn: before any worker
+        for s, spec in zip(self.stages, specs, strict=True):
+            # Tasks run in the caller finish inside submit(): their outcomes wait locally.
+            post = self._local.append if s.traits.runs_in_caller else self._completions.put
+            cls = executor_class(s.stage.executor)
+            s.executor = cls(s.stage, post, cache=spec, context=self._context)
         for s in self.stages:
             assert s.executor is not None
-            s.executor.cache = self._cache_spec(s.stage)
             s.executor.start()
         # The run's clock starts once its workers are started, so that start-up
         # (spawning processes) does not count as the pipeline's time.
@@ -147,7 +153,8 @@ class Scheduler:
         """Where and under which key a cached stage looks its results up."""
         if not stage.cache:
             return None
-        from conveyor.cache import CacheWarning, FingerprintError, fingerprint_function
+        from conveyor.cache import fingerprint_function
+        from conveyor.errors import CacheWarning, FingerprintError
 
         try:
             code = fingerprint_function(stage.fn)
@@ -165,14 +172,27 @@ class Scheduler:
         return CacheSpec(os.path.abspath(root), f"{self.pipeline.name}/{stage.name}", code)
 
     def shutdown(self, *, cancel: bool) -> None:
-        """Stop every executor's workers; with ``cancel``, abandon work in flight."""
+        """Stop every executor's workers (with ``cancel``, abandon work in flight), then
+        free the run's shared resources. Every step runs even if an earlier one raised;
+        the first error is raised at the end."""
+        errors: list[BaseException] = []
         if self._has_ins:
-            self._report_finished()  # roots finished in the pass a failure interrupted
+            try:
+                self._report_finished()  # roots finished in the pass a failure interrupted
+            except Exception as exc:
+                errors.append(exc)
         for s in self.stages:
             if s.executor is not None:
-                s.executor.shutdown(cancel=cancel)
-        if self._shm is not None:
-            self._shm.cleanup()
+                try:
+                    s.executor.shutdown(cancel=cancel)
+                except Exception as exc:
+                    errors.append(exc)
+        try:
+            self._context.close()
+        except Exception as exc:
+            errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def resize(self, stage: str, workers: int) -> None:
         """Give ``stage`` ``workers`` workers from now on (its tasks in flight finish)."""
@@ -183,7 +203,7 @@ class Scheduler:
                 f"stage (its stages: {', '.join(x.name for x in self.stages)})",
                 stage=stage,
             )
-        if not isinstance(workers, int) or workers < 1:
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise PipelineError(
                 f"cannot resize stage {stage!r} to workers={workers!r}; give at least 1",
                 stage=stage,
@@ -200,13 +220,6 @@ class Scheduler:
 
     def worker_pids(self) -> list[int]:
         return [pid for s in self.stages if s.executor for pid in s.executor.pids()]
-
-    def _shm_registry(self) -> SegmentRegistry:
-        if self._shm is None:
-            from conveyor.executors.processes.shm import SegmentRegistry
-
-            self._shm = SegmentRegistry(f"cv{os.getpid()}x{secrets.token_hex(3)}", owner=True)
-        return self._shm
 
     def _run_info(self) -> RunInfo:
         p = self.pipeline
@@ -271,7 +284,7 @@ class Scheduler:
 
     def _wait(self) -> None:
         """Block until a worker finishes a task, a retry comes due, or a stalled batch
-        can be flushed."""
+        can be flushed; raise StallError if work in flight can never come back."""
         due = self._next_retry_ns()
         if not self._inflight:
             if due is not None:
@@ -293,9 +306,20 @@ class Scheduler:
             except queue.Empty:
                 if due is not None and monotonic_ns() >= due:
                     return  # a retry is due: let the next pass dispatch it
+                self._check_stall()
                 continue
             self._complete(out)
             return
+
+    def _check_stall(self) -> None:
+        """Work in flight at a stage with no live worker can never come back."""
+        for s in self.stages:
+            if not s.busy or s.traits.runs_in_caller or s.executor is None:
+                continue
+            alive = s.executor.alive()
+            if alive == 0:
+                keys = [k for st, task in self._inflight.values() if st is s for k in task.keys]
+                raise failures.stall_error(s.name, s.busy, keys, alive)
 
     def _describe(self) -> str:
         return "; ".join(
@@ -342,7 +366,7 @@ class Scheduler:
             return False
         items: list[Item] = []
         # A slow source must not starve the workers, so a pass reads for at most
-        # SOURCE_BURST_NS; with every stage on sync, no clock decides anything.
+        # SOURCE_BURST_NS; with every stage run in the caller, no clock decides anything.
         deadline = (1 << 63) if self.deterministic else monotonic_ns() + SOURCE_BURST_NS
         source = self._source
         i = self._next_index
@@ -368,7 +392,7 @@ class Scheduler:
         self.items_read += len(items)
         now = monotonic_ns()
         if self._has_ins:
-            keys = list(map(_first, items))
+            keys = list(map(_key, items))
             self._ins.items_read(keys, now)
         for s in self.entries:
             s.queue.put(items)
@@ -380,36 +404,25 @@ class Scheduler:
 
     def _dispatch(self, s: StageState) -> bool:
         progressed = False
-        while s.busy < s.slots * (1 + s.prefetch) and not s.overflow:
-            retry_due = bool(s.retry) and s.retry[0][0] <= monotonic_ns()
+        while s.free > 0 and not s.overflow:
+            now = monotonic_ns()
+            retry_due = s.retry_due(now)
             if not (retry_due or s.queue.items):
                 break
             room = min(t.room() for t in s.targets)
             if room <= 0:
                 break
-            task = self._retry_task(s, room) if retry_due else self._make_task(s, room)
+            self._task_ids += 1
+            task: Task | None
+            if retry_due:
+                task = s.retry_task(self._task_ids, room, now)
+            else:
+                task = s.next_task(self._task_ids, room, upstream_done=self._upstream_done(s))
             if task is None:
                 break
             self._submit(s, task)
             progressed = True
         return progressed
-
-    def _retry_task(self, s: StageState, room: int) -> Task:
-        """A task of units that are due to run again (retries go before new items)."""
-        now = monotonic_ns()
-        cap = min(s.unit_cap(), max(1, room))
-        units: list[list[Item]] = []
-        while s.retry and s.retry[0][0] <= now and len(units) < cap:
-            units.append(heapq.heappop(s.retry)[2])
-        if s.kind in ("map", "flat_map"):
-            self._task_ids += 1
-            items = [u[0] for u in units]
-            keys = list(map(_first, items))
-            return Task(
-                self._task_ids, s.name, list(map(_second, items)), keys, reserved=len(items)
-            )
-        out = sum(len(u) for u in units) if s.stage.split else len(units)
-        return self._batch_task(s, units, reserved=min(out, room))
 
     def _submit(self, s: StageState, task: Task) -> None:
         for t in s.targets:
@@ -424,43 +437,6 @@ class Scheduler:
             )
         assert s.executor is not None
         s.executor.submit(task)
-
-    def _make_task(self, s: StageState, room: int) -> Task | None:
-        q = s.queue
-        n = len(q.items)
-        free = s.slots * (1 + s.prefetch) - s.busy
-        if s.kind in ("map", "flat_map"):
-            k = min(n, -(-n // free), s.unit_cap(), room)
-            items = q.take(k)
-            self._task_ids += 1
-            keys = list(map(_first, items))
-            return Task(self._task_ids, s.name, list(map(_second, items)), keys, reserved=k)
-        if s.kind == "collect":
-            if not self._upstream_done(s):
-                return None
-            items = sorted(q.take(n), key=lambda it: it[0])
-            return self._batch_task(s, [items], reserved=1)
-        size = s.stage.size
-        assert size is not None
-        batches = n // size + (1 if n % size and self._upstream_done(s) else 0)
-        if batches == 0:
-            return None
-        per_batch = size if s.stage.split else 1
-        k = min(batches, -(-batches // free), s.unit_cap(), max(1, room // per_batch))
-        units = [q.take(min(size, len(q.items))) for _ in range(k)]
-        out = sum(len(u) for u in units) if s.stage.split else k
-        return self._batch_task(s, units, reserved=min(out, room))
-
-    def _batch_task(self, s: StageState, units: list[list[Item]], *, reserved: int) -> Task:
-        self._task_ids += 1
-        return Task(
-            self._task_ids,
-            s.name,
-            [[v for _, v in u] for u in units],
-            [u[0][0] for u in units],
-            batch_keys=[[k for k, _ in u] for u in units],
-            reserved=reserved,
-        )
 
     def _upstream_done(self, s: StageState) -> bool:
         """True once no item can reach ``s`` again (memoised once true)."""
@@ -483,70 +459,82 @@ class Scheduler:
         """Nothing is in flight yet a batch stage waits for items that cannot come
         (its upstream is held back by the ordered window): send its partial batch."""
         for s in self.stages:
-            size = s.stage.size
-            if s.kind == "batch" and s.queue.items and s.busy < s.slots and size:
-                items = s.queue.take(len(s.queue.items))
-                units = [items[i : i + size] for i in range(0, len(items), size)]
-                task = self._batch_task(s, units, reserved=0)
-                self._submit(s, task)
+            if s.kind == "batch" and s.queue.items and s.busy < s.slots:
+                self._task_ids += 1
+                self._submit(s, s.partial_batches(self._task_ids))
                 return True
         return False
 
     # --- completion and routing ---------------------------------------------------
 
     def _complete(self, out: Outcome) -> None:
+        """A task came back: account for each of its units (see ``Outcome``)."""
         s, task = self._inflight.pop(out.task_id)
         s.busy -= 1
         for t in s.targets:
             t.reserved -= task.reserved
+        n = len(task.keys)
         stamps = out.stamps
-        ran = max(0, len(stamps) - 1)  # units that ran, the failing one included
+        ran = min(n, max(0, len(stamps) - 1))  # units that ran, failing ones included
         if ran:
-            busy = stamps[-1] - stamps[0]
-            s.busy_ns += busy
-            unit = busy / ran
-            s.unit_ns = unit if s.unit_ns <= 0 else (1 - EWMA) * s.unit_ns + EWMA * unit
+            s.measured(ran, stamps[ran] - stamps[0])
             if task.batch_keys is None:
                 s.items_in += ran
             else:
                 s.items_in += sum(len(b) for b in task.batch_keys[:ran])
-        lost = out.lost
-        if lost is not None and not lost.started:
-            # It waited behind a task whose worker died: run it again, no harm done.
-            self._requeue(s, task, list(range(len(task.keys))), monotonic_ns())
-            return
-        error = out.error
-        if lost is not None:
-            error = self._lost_exception(s, task, out)
+        s.calls += out.calls
+        failed = {f.unit: f for f in out.failures if 0 <= f.unit < n}
+        if out.lost is not None:
+            unit = min(max(out.lost.unit_index, 0), n - 1)
+            if out.lost.timed_out:
+                s.timeouts += 1
+            else:
+                s.lost_workers += 1
+            error = failures.lost_error(s.name, s.stage.timeout, out.worker, task.keys, out.lost)
+            failed[unit] = Failure(unit, error)
         if out.hits or out.uncached:
             self._cache_news(s, task, out)
         if self._has_ins:
-            keys, starts, ends = task.keys[:ran], stamps[:-1], stamps[1:]
-            if out.hits:  # cache hits are reported as such, not as calls
-                ran_ = [i for i in range(ran) if i not in set(out.hits)]
-                keys = [keys[i] for i in ran_]
-                starts = [starts[i] for i in ran_]
-                ends = [ends[i] for i in ran_]
-            self._ins.task_finished(s.name, task.id, out.worker, keys, starts, ends, error)
-        done = len(out.results)
-        if done:
-            if self._attempts:
-                for key in task.keys[:done]:
-                    self._attempts.pop((s.name, key), None)
-            results = self._pair(s, task, out.results)
-            s.items_out += len(results)
-            self._route(s, results)
-        if error is None:
-            return
-        s.errors += 1
-        n = len(task.keys)
-        failed = min(max(lost.unit_index, 0), n - 1) if lost is not None else done
-        # Units after the failed one never ran; a lost worker's finished units lost
-        # their results with it. Both run again, and it costs them no attempt.
-        again = [i for i in range(done, n) if i != failed]
+            self._task_finished(s, task, out, ran, failed)
+        done = min(len(out.results), n)
+        if done and not failed:
+            results = out.results if len(out.results) == done else out.results[:done]
+            self._succeeded(s, task, range(done), results)
+        elif done:
+            ok = [i for i in range(done) if i not in failed]
+            if ok:
+                self._succeeded(s, task, ok, [out.results[i] for i in ok])
+        # Units that did not run, or whose results were lost with their worker, run
+        # again at no cost of an attempt.
+        again = [i for i in range(done, n) if i not in failed]
         if again:
-            self._requeue(s, task, again, monotonic_ns())
-        self._unit_failed(s, task, failed, error, out.error_traceback)
+            s.requeue(task, again, monotonic_ns())
+        for unit in sorted(failed):
+            f = failed[unit]
+            self._unit_failed(s, task, unit, f.error, f.traceback, fatal=f.fatal)
+
+    def _task_finished(
+        self, s: StageState, task: Task, out: Outcome, ran: int, failed: dict[int, Failure]
+    ) -> None:
+        keys, starts, ends = task.keys[:ran], out.stamps[:ran], out.stamps[1 : ran + 1]
+        if out.hits:  # cache hits are reported as such, not as calls
+            hits = set(out.hits)
+            calls = [i for i in range(ran) if i not in hits]
+            keys = [keys[i] for i in calls]
+            starts = [starts[i] for i in calls]
+            ends = [ends[i] for i in calls]
+        error = failed[min(failed)].error if failed else None
+        self._ins.task_finished(s.name, task.id, out.worker, keys, starts, ends, error)
+
+    def _succeeded(
+        self, s: StageState, task: Task, units: Sequence[int], results: Sequence[Any]
+    ) -> None:
+        if self._attempts:
+            for i in units:
+                self._attempts.pop((s.name, task.keys[i]), None)
+        paired = self._pair(s, task, units, results)
+        s.items_out += len(paired)
+        self._route(s, paired)
 
     def _cache_news(self, s: StageState, task: Task, out: Outcome) -> None:
         if out.hits:
@@ -554,7 +542,7 @@ class Scheduler:
             if self._has_ins:
                 self._ins.cache_hits(s.name, [task.keys[i] for i in out.hits], monotonic_ns())
         if out.uncached and s.name not in self._cache_warned:
-            from conveyor.cache import CacheWarning
+            from conveyor.errors import CacheWarning
 
             self._cache_warned.add(s.name)
             warnings.warn(
@@ -565,82 +553,81 @@ class Scheduler:
                 stacklevel=4,
             )
 
-    def _unit_items(self, task: Task, i: int) -> list[Item]:
-        if task.batch_keys is None:
-            return [(task.keys[i], task.units[i])]
-        return list(zip(task.batch_keys[i], task.units[i], strict=True))
-
-    def _requeue(self, s: StageState, task: Task, units: list[int], ready_ns: int) -> None:
-        for i in units:
-            self._retry_seq += 1
-            heapq.heappush(s.retry, (ready_ns, self._retry_seq, self._unit_items(task, i)))
-
     def _unit_failed(
-        self, s: StageState, task: Task, i: int, error: BaseException, tb: str | None
+        self,
+        s: StageState,
+        task: Task,
+        i: int,
+        error: BaseException,
+        tb: str | None,
+        *,
+        fatal: bool = False,
     ) -> None:
-        """Unit ``i`` of ``task`` failed: retry it, dead-letter it, or fail the run."""
+        """Unit ``i`` of ``task`` failed: retry it, dead-letter it, or fail the run.
+
+        Fatal failures (a BaseException that is not an Exception, a stage that cannot
+        run at all) fail the run whatever the policy."""
+        s.errors += 1
         key = task.keys[i]
         attempt = self._attempts.get((s.name, key), 1)
         policy = s.stage.retry
         assert isinstance(policy, Retry)
-        retrying = policy.retries(error, attempt)
+        retrying = not fatal and policy.retries(error, attempt)
         now = monotonic_ns()
         if self._has_ins:
             self._ins.unit_failed(s.name, key, error, tb, attempt, retrying, now)
         if retrying:
             self._attempts[(s.name, key)] = attempt + 1
             s.retries += 1
-            ready = now + int(policy.delay(attempt, self._rng) * 1e9)
-            self._requeue(s, task, [i], ready)
+            s.requeue(task, [i], now + int(policy.delay(attempt, self._rng) * 1e9))
             return
         self._attempts.pop((s.name, key), None)
-        if s.stage.on_error == "skip":
-            for item_key, value in self._unit_items(task, i):
+        if s.stage.on_error == "skip" and not fatal:
+            for item_key, value in unit_items(task, i):
                 s.dead_lettered += 1
                 if self._has_ins:
                     self._ins.dead_lettered(s.name, item_key, value, error, tb, now)
                 self.ledger.dead_letter(item_key[0])
             return
-        if isinstance(error, WorkerLostError):
-            raise error
-        what = f"item {_show(key)}"
-        if task.batch_keys is not None:
-            what = f"a batch of {len(task.batch_keys[i])} items starting at {_show(key)}"
-        tries = f" (attempt {attempt} of {policy.attempts})" if policy.attempts > 1 else ""
-        raise StageError(
-            f"stage {s.name!r} failed on {what}{tries}: {type(error).__name__}: {error}",
-            stage=s.name,
-            key=key,
+        if isinstance(error, RunError):
+            raise error  # already says what happened (a lost worker, a broken stage)
+        batch = len(task.batch_keys[i]) if task.batch_keys is not None else None
+        raise failures.stage_error(
+            s.name, key, error, batch=batch, attempt=attempt, attempts=policy.attempts
         ) from error
 
-    def _pair(self, s: StageState, task: Task, results: list[Any]) -> list[Item]:
+    def _pair(
+        self, s: StageState, task: Task, units: Sequence[int], results: Sequence[Any]
+    ) -> list[Item]:
         """Give each result its key, and keep the root counts true."""
+        keys = task.keys if len(units) == len(task.keys) else [task.keys[i] for i in units]
         if s.kind == "map":
-            return list(zip(task.keys, results, strict=False))
+            return list(zip(keys, results, strict=True))
         if s.kind == "flat_map":
             paired: list[Item] = []
-            for key, children in zip(task.keys, results, strict=False):
+            for key, children in zip(keys, results, strict=True):
                 paired.extend(((*key, j), v) for j, v in enumerate(children))
                 self.ledger.add(key[0], len(children) - 1)
             return paired
         assert task.batch_keys is not None
+        batch_keys = [task.batch_keys[i] for i in units]
         if s.stage.split:
             paired = []
-            for keys, values in zip(task.batch_keys, results, strict=False):
-                if not isinstance(values, Sequence) or len(values) != len(keys):
+            for keys_, values in zip(batch_keys, results, strict=True):
+                if not isinstance(values, Sequence) or len(values) != len(keys_):
                     got = len(values) if isinstance(values, Sequence) else type(values).__name__
                     raise StageError(
                         f"stage {s.name!r} has split=True, so its function must return one "
-                        f"result per item of the batch: {len(keys)} expected, got {got}; "
+                        f"result per item of the batch: {len(keys_)} expected, got {got}; "
                         "return a list as long as the batch, or use split=False",
                         stage=s.name,
-                        key=keys[0],
+                        key=keys_[0],
                     )
-                paired.extend(zip(keys, values, strict=False))
+                paired.extend(zip(keys_, values, strict=True))
             return paired
         # batch (unsplit) and collect: many items merge into one, keyed by the first.
-        self.ledger.merge(task.batch_keys)
-        return [(keys[0], v) for keys, v in zip(task.batch_keys, results, strict=False)]
+        self.ledger.merge(batch_keys)
+        return [(keys_[0], v) for keys_, v in zip(batch_keys, results, strict=True)]
 
     def _report_finished(self) -> None:
         """Tell instruments which source items reached a terminal state (batched)."""
@@ -674,7 +661,7 @@ class Scheduler:
         if fits:
             q.put(fits)
             if self._has_ins:
-                self._ins.items_enqueued(name, list(map(_first, fits)), len(q.items), now)
+                self._ins.items_enqueued(name, list(map(_key, fits)), len(q.items), now)
         if len(fits) < len(items):
             s.overflow.append((q, items[len(fits) :]))
 
@@ -694,52 +681,11 @@ class Scheduler:
             progressed = True
         return progressed
 
-    def _lost_exception(self, s: StageState, task: Task, out: Outcome) -> BaseException:
-        """The error a stopped worker stands for: TimeoutError or WorkerLostError."""
-        lost = out.lost
-        assert lost is not None
-        index = lost.unit_index if 0 <= lost.unit_index < len(task.keys) else 0
-        key = task.keys[index]
-        if lost.timed_out:
-            s.timeouts += 1
-            how = (
-                "was killed and replaced" if lost.pid is not None else "was abandoned and replaced"
-            )
-            return TimeoutError(
-                f"item {_show(key)} ran longer than stage {s.name!r}'s timeout of "
-                f"{s.stage.timeout} s; its worker {how}"
-            )
-        s.lost_workers += 1
-        return WorkerLostError(
-            f"stage {s.name!r} lost process worker {out.worker} (pid {lost.pid}, "
-            f"{_describe_exit(lost.exitcode)}) while it ran item {_show(key)}; the item did not "
-            "complete. If the process was killed for memory, lower this stage's workers or "
-            "the pipeline's capacity",
-            stage=s.name,
-            key=key,
-            keys=tuple(task.keys),
-            pid=lost.pid,
-            exitcode=lost.exitcode,
-        )
+    def executors(self) -> list[Executor]:
+        return [s.executor for s in self.stages if s.executor is not None]
 
     def stage_statistics(self) -> dict[str, StageStatistics]:
         return {s.name: s.statistics() for s in self.stages}
 
 
-_first = operator.itemgetter(0)
-_second = operator.itemgetter(1)
-
-
-def _show(key: Key) -> str:
-    return str(key[0]) if len(key) == 1 else str(key)
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "exit status unknown"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with code {code}"
+_key = operator.itemgetter(0)

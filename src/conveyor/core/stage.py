@@ -20,23 +20,20 @@ Kinds (what one call of the function sees and returns):
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 import os
-import pickle
-import sys
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 from conveyor.core.policy import Retry, as_retry
 from conveyor.errors import PipelineError
+from conveyor.executors.base import executor_class, executor_names
 
 Kind = Literal["map", "flat_map", "batch", "collect"]
-ExecutorName = Literal["sync", "threads", "processes"]
+ExecutorName = str  # a registered executor: "sync", "threads", "processes", or a plug-in
 OnError = Literal["fail", "skip"]
 
 KINDS: tuple[str, ...] = ("map", "flat_map", "batch", "collect")
-EXECUTORS: tuple[str, ...] = ("sync", "threads", "processes")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -110,8 +107,7 @@ class Stage:
             raise PipelineError(f"stage {self.name!r}: {exc}", stage=self.name) from None
         _check_policy(self)
         _check_arity(self)
-        if self.executor == "processes":
-            _check_picklable_early(self)
+        executor_class(self.executor).check(self, pipeline_built=False)
 
     def with_options(self, **changes: Any) -> Stage:
         """A copy of this stage with some options changed (validated again)."""
@@ -198,8 +194,8 @@ def _check_policy(s: Stage) -> None:
 
     if s.kind not in KINDS:
         fail(f"kind={s.kind!r} is not one of {', '.join(KINDS)}")
-    if s.executor not in EXECUTORS:
-        fail(f"executor={s.executor!r} is not one of {', '.join(EXECUTORS)}")
+    if s.executor not in executor_names():
+        fail(f"executor={s.executor!r} is not one of {', '.join(executor_names())}")
     if not isinstance(s.workers, int) or s.workers < 1:
         fail(f"workers={s.workers!r}; give a whole number of at least 1")
     if not isinstance(s.concurrency, int) or s.concurrency < 1:
@@ -222,10 +218,10 @@ def _check_policy(s: Stage) -> None:
     if s.timeout is not None:
         if isinstance(s.timeout, bool) or not isinstance(s.timeout, (int, float)) or s.timeout <= 0:
             fail(f"timeout={s.timeout!r}; give the seconds one call may take, e.g. timeout=30")
-        if s.executor == "sync":
+        if executor_class(s.executor).traits.runs_in_caller:
             fail(
-                "timeout needs executor='threads' or 'processes': a call running in the "
-                "caller cannot be interrupted"
+                f"timeout needs an executor with workers of its own ('threads', 'processes'), "
+                f"not {s.executor!r}: a call running in the caller cannot be interrupted"
             )
     if s.cache and s.is_async:
         fail("cache=True is not supported for async def functions; cache a sync stage instead")
@@ -260,66 +256,3 @@ def _check_arity(s: Stage) -> None:
             "(bind the others with functools.partial)",
             stage=s.name,
         )
-
-
-class _StageFunctionRef(NamedTuple):
-    """A module-level function that ``@stage`` replaced by a Stage under its own name:
-    pickle finds the Stage there, not the function, so it travels as this reference."""
-
-    module: str
-    qualname: str
-
-
-def _lookup(module: str, qualname: str) -> Any:
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def dump_function(fn: Callable[..., Any]) -> bytes:
-    """Pickle a stage's function for a process worker (see :func:`load_function`)."""
-    try:
-        return pickle.dumps(fn)
-    except Exception:
-        module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
-        if module and "<" not in qualname:
-            try:
-                bound = _lookup(module, qualname)
-            except (ImportError, AttributeError):
-                bound = None
-            if isinstance(bound, Stage) and bound.fn is fn:
-                return pickle.dumps(_StageFunctionRef(module, qualname))
-        raise
-
-
-def load_function(data: bytes) -> Callable[..., Any]:
-    """The function :func:`dump_function` pickled, in a process worker."""
-    fn: Any = pickle.loads(data)
-    if isinstance(fn, _StageFunctionRef):
-        fn = _lookup(fn.module, fn.qualname).fn
-    return fn
-
-
-def check_picklable(s: Stage) -> None:
-    """Raise PipelineError unless ``s``'s function can be sent to a process worker."""
-    try:
-        dump_function(s.fn)
-    except Exception as exc:
-        raise PipelineError(
-            f"stage {s.name!r}: its function cannot be sent to a process worker "
-            f"({type(exc).__name__}: {exc}); define it at the top level of a module "
-            "(not a lambda, a nested function or a closure), or use executor='threads'",
-            stage=s.name,
-        ) from exc
-
-
-def _check_picklable_early(s: Stage) -> None:
-    # ``@stage(executor="processes")`` runs before the module binds the function's
-    # name (to this Stage), so a module-level function cannot be checked yet: the
-    # Pipeline checks it when it is built. Anything else is checked now.
-    fn = s.fn
-    qualname = getattr(fn, "__qualname__", "")
-    if inspect.isfunction(fn) and "<" not in qualname and fn.__module__ in sys.modules:
-        return
-    check_picklable(s)

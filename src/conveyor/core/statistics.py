@@ -46,6 +46,7 @@ class StageStatistics:
     timeouts: int = 0  # calls that ran past the stage's timeout
     lost_workers: int = 0  # process workers that died mid-task (and were replaced)
     cache_hits: int = 0  # calls answered from the stage's cache
+    calls: int = 0  # times the function was called, retries and repeats included
 
     @property
     def mean_service_seconds(self) -> float | None:

@@ -1,29 +1,51 @@
-"""Executors: where a stage's workers run (sync, threads, processes).
+"""Executors: where a stage's workers run. Built in: ``sync``, ``threads``, ``processes``.
 
-One scheduler drives them all through the small protocol in ``_base``.
+One scheduler drives them all through the contract in :mod:`conveyor.executors.base`
+(every task answered exactly once, ``submit`` never blocks, a target count for
+``resize``, ``alive()`` for stall detection). An executor of your own subclasses
+:class:`Executor`, runs tasks with :func:`run_task` and registers itself::
+
+    from conveyor.executors import Executor, Traits, register, run_task
+
+    class MyExecutor(Executor):
+        traits = Traits(target_task_ns=5_000_000)
+        def submit(self, task): ...
+
+    register("mine", MyExecutor)       # then Stage(fn, executor="mine")
+
+``tests/test_executor_contract.py`` is the suite every executor must pass unchanged.
 """
 
-from __future__ import annotations
+from conveyor.executors.base import (
+    CacheSpec,
+    Executor,
+    Failure,
+    LostWorker,
+    Outcome,
+    Post,
+    RunContext,
+    Task,
+    Traits,
+    executor_class,
+    executor_names,
+    not_run,
+    register,
+)
+from conveyor.executors.task import run_task
 
-from conveyor.core.stage import Stage
-from conveyor.executors.base import Executor, Post
-from conveyor.executors.task import LostWorker, Outcome, Task, run_task
-
-
-def make_executor(stage: Stage, post: Post, *, shm_registry_factory: object) -> Executor:
-    """The executor for ``stage`` according to its ``executor`` option."""
-    if stage.executor == "sync":
-        from conveyor.executors.sync import SyncExecutor
-
-        return SyncExecutor(stage, post)
-    if stage.executor == "threads":
-        from conveyor.executors.threads import ThreadExecutor
-
-        return ThreadExecutor(stage, post)
-    from conveyor.executors.processes.pool import ProcessExecutor
-
-    assert callable(shm_registry_factory)
-    return ProcessExecutor(stage, post, registry=shm_registry_factory())
-
-
-__all__ = ["Executor", "LostWorker", "Outcome", "Post", "Task", "make_executor", "run_task"]
+__all__ = [
+    "CacheSpec",
+    "Executor",
+    "Failure",
+    "LostWorker",
+    "Outcome",
+    "Post",
+    "RunContext",
+    "Task",
+    "Traits",
+    "executor_class",
+    "executor_names",
+    "not_run",
+    "register",
+    "run_task",
+]

@@ -1,9 +1,18 @@
-"""Tasks and their outcomes, and the one function that runs a task.
+"""The one function that runs a task, in the caller, in a thread or in a process.
 
-A *task* is a chunk of work for one stage: a list of *units*, each one call of the
-stage's function (an item for map and flat_map, a list of items for batch and
-collect). Every executor runs a task with :func:`run_task`, in the caller, in a
-thread or in a process, so the semantics of a stage are written once.
+A task is a list of *units*, each one call of the stage's function (an item for
+map and flat_map, a list of items for batch and collect). Every executor runs a
+task with :func:`run_task`, so the semantics of a stage are written once:
+
+- units run in order and the task stops at the first unit that raises; the
+  units after it did not run (the scheduler sends them again, free);
+- ``async def`` functions run every unit on the thread's event loop, up to
+  ``concurrency`` at once; a failing unit does not discard the others' results,
+  so a call that succeeded is never repeated;
+- whatever a unit raises is reported as a :class:`~conveyor.executors.base.Failure`,
+  any ``BaseException`` included (fatal when it is not an ``Exception``), except
+  that a task running in the caller's own thread lets ``KeyboardInterrupt`` and
+  ``SystemExit`` through: they are the user's, and end the run.
 
 Workers see values only; keys stay with the scheduler, which pairs results with
 keys when the outcome comes back. That keeps what crosses a process boundary small.
@@ -12,57 +21,13 @@ keys when the outcome comes back. That keeps what crosses a process boundary sma
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
 import traceback
 from collections.abc import Callable, Iterable
 from time import monotonic_ns
 from typing import Any
 
-
-@dataclasses.dataclass
-class Task:
-    """A chunk of units for one stage, as the scheduler dispatched it."""
-
-    id: int
-    stage: str
-    units: list[Any]  # what the function is called on, one call per unit
-    keys: list[tuple[Any, ...]]  # one per unit (a batch's first key)
-    batch_keys: list[list[tuple[Any, ...]]] | None = None  # batch/collect: each unit's item keys
-    reserved: int = 0  # downstream queue places held for this task's results
-    dispatched_ns: int = 0
-
-
-@dataclasses.dataclass
-class Outcome:
-    """What came back from a task.
-
-    ``results[i]`` is unit i's return value (a flat_map's iterable already made a
-    list). ``stamps`` holds n + 1 monotonic times for the n units that ran: unit i
-    ran from ``stamps[i]`` to ``stamps[i + 1]`` (one clock read per unit). If a unit
-    raised, ``error`` holds the exception and ``results`` stop before it, while
-    ``stamps`` include it. ``lost`` is set instead when the worker process died.
-    """
-
-    task_id: int
-    worker: int
-    results: list[Any]
-    stamps: list[int]
-    error: BaseException | None = None
-    error_traceback: str | None = None
-    lost: LostWorker | None = None
-    hits: list[int] = dataclasses.field(default_factory=list)  # units answered by the cache
-    uncached: str | None = None  # type of an input that could not be fingerprinted
-
-
-@dataclasses.dataclass(frozen=True)
-class CacheSpec:
-    """What a worker needs to consult a stage's cache: picklable, made by the driver."""
-
-    root: str
-    stage: str  # the key's qualified stage name: "<pipeline>/<stage>"
-    code: str  # fingerprint of the stage's function
-
+from conveyor.executors.base import CacheSpec, Failure, Outcome
 
 _caches: dict[str, Any] = {}
 _caches_lock = threading.Lock()
@@ -75,18 +40,6 @@ def _cache_at(root: str) -> Any:
 
             _caches[root] = StageCache(root)
         return _caches[root]
-
-
-@dataclasses.dataclass(frozen=True)
-class LostWorker:
-    """A worker stopped mid-task: its process died, or it ran past the stage's timeout
-    and was killed (a process) or abandoned (a thread). Results of the task are lost."""
-
-    pid: int | None
-    exitcode: int | None
-    unit_index: int  # which unit of the task it was running (-1: unknown)
-    timed_out: bool = False
-    started: bool = True  # False: the task was still waiting at the worker: nothing ran
 
 
 class _Loop(threading.local):
@@ -110,6 +63,11 @@ def close_thread_loop() -> None:
         loop.close()
 
 
+def failure(unit: int, exc: BaseException) -> Failure:
+    """``exc``, raised by unit ``unit``, as a Failure (call it inside the ``except``)."""
+    return Failure(unit, exc, traceback.format_exc(), fatal=not isinstance(exc, Exception))
+
+
 def run_task(
     fn: Callable[[Any], Any],
     kind: str,
@@ -122,16 +80,19 @@ def run_task(
     timeout: float | None = None,
     on_unit: Callable[[int], None] | None = None,
     cache: CacheSpec | None = None,
+    in_caller: bool = False,
 ) -> Outcome:
-    """Call ``fn`` on each unit of a task and collect what it returned or raised.
+    """Call ``fn`` on each unit of a task and report what it returned or raised.
 
-    Stops at the first unit that raises. ``on_unit(i)`` is called before unit i
-    starts (process workers use it to publish which item they hold).
+    ``on_unit(i)`` is called before unit i starts (workers use it to publish which
+    item they hold, and threads to stop early when the run is cancelled; what it
+    raises propagates). ``in_caller``: the task runs in the thread that iterates
+    the run, so ``KeyboardInterrupt`` and ``SystemExit`` propagate.
     """
     if is_async:
-        return _run_async(fn, kind, units, worker, task_id, concurrency, timeout)
+        return _run_async(fn, kind, units, worker, task_id, concurrency, timeout, in_caller)
     if cache is not None:
-        return _run_cached(fn, kind, units, worker, task_id, on_unit, cache)
+        return _run_cached(fn, kind, units, worker, task_id, on_unit, cache, in_caller)
     results: list[Any] = []
     append = results.append
     stamps = [monotonic_ns()]
@@ -144,11 +105,11 @@ def run_task(
             r = fn(unit)
             if flat:
                 r = _materialise(r)
-        except (KeyboardInterrupt, SystemExit):
-            raise
         except BaseException as exc:  # the worker reports it; the scheduler decides
+            if in_caller and isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
             stamp(monotonic_ns())
-            return Outcome(task_id, worker, results, stamps, exc, traceback.format_exc())
+            return Outcome(task_id, worker, results, stamps, [failure(i, exc)])
         stamp(monotonic_ns())
         append(r)
     return Outcome(task_id, worker, results, stamps)
@@ -162,6 +123,7 @@ def _run_cached(
     task_id: int,
     on_unit: Callable[[int], None] | None,
     spec: CacheSpec,
+    in_caller: bool,
 ) -> Outcome:
     """``run_task`` for a cached stage: look each unit up by content first."""
     cache = _cache_at(spec.root)
@@ -188,11 +150,11 @@ def _run_cached(
             r = fn(unit)
             if kind == "flat_map":
                 r = _materialise(r)
-        except (KeyboardInterrupt, SystemExit):
-            raise
         except BaseException as exc:
+            if in_caller and isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
             stamps.append(monotonic_ns())
-            out = Outcome(task_id, worker, results, stamps, exc, traceback.format_exc())
+            out = Outcome(task_id, worker, results, stamps, [failure(i, exc)])
             out.hits, out.uncached = hits, uncached
             return out
         if key is not None:
@@ -227,14 +189,16 @@ def _run_async(
     task_id: int,
     concurrency: int,
     timeout: float | None,
+    in_caller: bool,
 ) -> Outcome:
-    # Units overlap here, so each has its own start and end; stamps are the
-    # starts in unit order plus the last end, which keeps the Outcome contract
-    # (busy time is then the task's wall time, not the sum over overlapping units).
+    # Units overlap here, so each has its own start; stamps are the starts in unit
+    # order plus the last end, which keeps the Outcome contract (busy time is then
+    # the task's wall time, not the sum over overlapping units). Every unit runs to
+    # its end: a failing unit never costs the others their results.
     n = len(units)
     results: list[Any] = [None] * n
     starts = [0] * n
-    errors: list[tuple[int, BaseException, str]] = []
+    failures: list[Failure] = []
 
     async def one(i: int, sem: asyncio.Semaphore) -> None:
         async with sem:
@@ -242,16 +206,15 @@ def _run_async(
             try:
                 r = await asyncio.wait_for(fn(units[i]), timeout)
                 results[i] = _materialise(r) if kind == "flat_map" else r
-            except Exception as exc:
-                errors.append((i, exc, traceback.format_exc()))
+            except BaseException as exc:  # CancelledError and SystemExit included
+                if in_caller and isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise
+                failures.append(failure(i, exc))
 
     async def all_units() -> None:
         sem = asyncio.Semaphore(concurrency)
         await asyncio.gather(*(one(i, sem) for i in range(n)))
 
     _thread_loop().run_until_complete(all_units())
-    end = monotonic_ns()
-    if not errors:
-        return Outcome(task_id, worker, results, [*starts, end])
-    i, exc, tb = min(errors, key=lambda e: e[0])
-    return Outcome(task_id, worker, results[:i], [*starts[: i + 1], end], exc, tb)
+    failures.sort(key=lambda f: f.unit)
+    return Outcome(task_id, worker, results, [*starts, monotonic_ns()], failures)

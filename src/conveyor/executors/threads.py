@@ -4,6 +4,12 @@ Threads suit I/O-bound functions and functions that release the GIL (NumPy, most
 C extensions). ``async def`` functions run on a per-thread event loop, up to
 ``concurrency`` calls at once within a task.
 
+Every task a thread takes gets exactly one outcome: whatever the function raises
+(``SystemExit`` and ``asyncio.CancelledError`` included) is reported as that unit's
+failure, and a thread never dies without posting. Resizing keeps a target count:
+growing starts threads, and after each task a thread retires if more threads serve
+than the target, so any sequence of resizes converges on the last one.
+
 Python cannot interrupt a thread. With a stage ``timeout``, a watchdog thread looks
 at when each worker's current unit started; a worker past the timeout is
 *abandoned*: its task is reported lost (timed out), a new thread takes its place,
@@ -14,10 +20,26 @@ from __future__ import annotations
 
 import queue
 import threading
-from time import monotonic_ns
+from time import monotonic, monotonic_ns
+from typing import TYPE_CHECKING
 
-from conveyor.executors.base import Executor
-from conveyor.executors.task import LostWorker, Outcome, Task, close_thread_loop, run_task
+from conveyor.executors.base import (
+    CacheSpec,
+    Executor,
+    LostWorker,
+    Outcome,
+    Post,
+    RunContext,
+    Task,
+    Traits,
+    not_run,
+)
+from conveyor.executors.task import close_thread_loop, failure, run_task
+
+if TYPE_CHECKING:
+    from conveyor.core.stage import Stage
+
+JOIN_SECONDS = 2.0
 
 
 class _Cancelled(Exception):
@@ -25,85 +47,117 @@ class _Cancelled(Exception):
 
 
 class ThreadExecutor(Executor):
-    def start(self) -> None:
+    traits = Traits(target_task_ns=2_000_000, in_flight_per_worker=1)
+
+    def __init__(
+        self,
+        stage: Stage,
+        post: Post,
+        *,
+        cache: CacheSpec | None = None,
+        context: RunContext | None = None,
+    ) -> None:
+        super().__init__(stage, post, cache=cache, context=context)
         self._inbox: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
         self._cancelled = threading.Event()  # stop before the next unit
         self._stop = threading.Event()  # the run is ending: the watchdog stops
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []  # every thread started, for shutdown
+        self._serving: set[int] = set()  # workers that take tasks (alive() counts them)
+        self._abandoned: set[int] = set()  # timed out: their late outcome is dropped
         # worker -> (task, unit index, unit start ns), while it runs a task
         self._running: dict[int, tuple[Task, int, int]] = {}
-        self._abandoned: set[int] = set()
-        self.resize(self.stage.workers)
+        self._watchdog: threading.Thread | None = None
+        self._started = False
+        self._shut = False
+
+    def start(self) -> None:
+        with self._lock:
+            self._started = True
+            self._grow()
         if self.stage.timeout is not None and not self.stage.is_async:
-            watchdog = threading.Thread(
+            self._watchdog = threading.Thread(
                 target=self._watch, name=f"conveyor-{self.stage.name}-watchdog", daemon=True
             )
-            watchdog.start()
-            self._watchdog: threading.Thread | None = watchdog
-        else:
-            self._watchdog = None
-
-    def resize(self, workers: int) -> None:
-        with self._lock:
-            live = sum(
-                1 for i, t in enumerate(self._threads) if t.is_alive() and i not in self._abandoned
-            )
-            for _ in range(workers - live):
-                self._start_thread()
-        for _ in range(live - workers):
-            self._inbox.put(None)  # the next idle thread exits
-
-    def _start_thread(self) -> None:
-        i = len(self._threads)
-        t = threading.Thread(
-            target=self._work, args=(i,), name=f"conveyor-{self.stage.name}-{i}", daemon=True
-        )
-        self._threads.append(t)
-        t.start()
+            self._watchdog.start()
 
     def submit(self, task: Task) -> None:
         self._inbox.put(task)
+
+    def resize(self, workers: int) -> None:
+        with self._lock:
+            self.target = workers
+            if self._started and not self._stop.is_set():
+                self._grow()
+
+    def alive(self) -> int:
+        with self._lock:
+            return len(self._serving)
+
+    def _grow(self) -> None:
+        """Start threads until ``target`` serve (lock held)."""
+        while len(self._serving) < self.target:
+            i = len(self._threads)
+            t = threading.Thread(
+                target=self._work, args=(i,), name=f"conveyor-{self.stage.name}-{i}", daemon=True
+            )
+            self._threads.append(t)
+            self._serving.add(i)
+            t.start()
 
     def _work(self, worker: int) -> None:
         try:
             self._serve(worker)
         finally:
             close_thread_loop()
+            with self._lock:
+                self._serving.discard(worker)
 
     def _serve(self, worker: int) -> None:
-        s = self.stage
-        running = self._running
         while True:
             task = self._inbox.get()
             if task is None:
                 return
-
-            def on_unit(unit: int, task: Task = task) -> None:
-                if self._cancelled.is_set():
-                    raise _Cancelled
-                running[worker] = (task, unit, monotonic_ns())
-
-            try:
-                outcome = run_task(
-                    s.fn,
-                    s.kind,
-                    task.units,
-                    worker=worker,
-                    task_id=task.id,
-                    is_async=s.is_async,
-                    concurrency=s.concurrency,
-                    timeout=s.timeout,
-                    cache=self.cache,
-                    on_unit=on_unit,
-                )
-            except _Cancelled:
-                return
+            outcome = self._run(worker, task)
             with self._lock:
-                running.pop(worker, None)
+                self._running.pop(worker, None)
                 if worker in self._abandoned:
                     return  # timed out: the watchdog reported it and replaced us
+                retire = len(self._serving) > self.target
+                if retire:
+                    self._serving.discard(worker)
             self.post(outcome)
+            if retire:
+                return
+
+    def _run(self, worker: int, task: Task) -> Outcome:
+        """Run ``task``; every path ends in its outcome."""
+        s = self.stage
+        running = self._running
+
+        def on_unit(unit: int) -> None:
+            if self._cancelled.is_set():
+                raise _Cancelled
+            running[worker] = (task, unit, monotonic_ns())
+
+        try:
+            return run_task(
+                s.fn,
+                s.kind,
+                task.units,
+                worker=worker,
+                task_id=task.id,
+                is_async=s.is_async,
+                concurrency=s.concurrency,
+                timeout=s.timeout,
+                cache=self.cache,
+                on_unit=on_unit,
+            )
+        except _Cancelled:
+            return not_run(task, worker)  # the run is ending; nobody reads this
+        except BaseException as exc:  # a bug in conveyor itself: fail the unit, loudly
+            unit = running[worker][1] if worker in running else 0
+            return Outcome(task.id, worker, [], [], [failure(unit, exc)])
 
     def _watch(self) -> None:
         assert self.stage.timeout is not None
@@ -111,32 +165,39 @@ class ThreadExecutor(Executor):
         poll = min(0.05, self.stage.timeout / 4)
         while not self._stop.wait(poll):
             now = monotonic_ns()
-            for worker, (task, unit, started) in list(self._running.items()):
-                if now - started <= limit:
-                    continue
-                with self._lock:
-                    if (
-                        worker in self._abandoned
-                        or self._running.get(worker, (None,))[0] is not task
-                    ):
-                        continue
+            with self._lock:
+                late = [
+                    (worker, task, unit)
+                    for worker, (task, unit, started) in self._running.items()
+                    if now - started > limit
+                ]
+                for worker, _, _ in late:
                     self._abandoned.add(worker)
+                    self._serving.discard(worker)
                     del self._running[worker]
-                    self._start_thread()
+                self._grow()
+            for worker, task, unit in late:
                 lost = LostWorker(pid=None, exitcode=None, unit_index=unit, timed_out=True)
                 self.post(Outcome(task.id, worker, [], [], lost=lost))
 
     def shutdown(self, *, cancel: bool) -> None:
-        self._stop.set()
+        with self._lock:
+            if self._shut:
+                return
+            self._shut = True
+            self._stop.set()
+            threads = list(self._threads)
+            abandoned = set(self._abandoned)
         if cancel:
             self._cancelled.set()
-        for _ in self._threads:
+        for _ in threads:
             self._inbox.put(None)
-        for i, t in enumerate(self._threads):
-            if i in self._abandoned:
+        # A thread inside a long call cannot be interrupted; it is a daemon and exits at
+        # its next unit, so a cancelled run waits for all of them at most JOIN_SECONDS.
+        deadline = None if not cancel else monotonic() + JOIN_SECONDS
+        for i, t in enumerate(threads):
+            if i in abandoned:
                 continue  # still inside a call that timed out; it exits when that returns
-            # A thread inside a long call cannot be interrupted; it is a daemon and
-            # exits at its next item boundary, so do not wait forever for it.
-            t.join(timeout=None if not cancel else 2.0)
+            t.join(timeout=None if deadline is None else max(0.0, deadline - monotonic()))
         if self._watchdog is not None:
             self._watchdog.join()

@@ -1,19 +1,32 @@
-"""The processes executor: spawned worker processes, one proxy thread each.
+"""The processes executor: spawned worker processes, each with a feeder and a reader.
 
-    scheduler ──submit──▶ inbox ──▶ proxy thread i ══pipe══▶ worker process i
-        ▲                               │  waits on the pipe AND the process sentinel
-        └──────────── post(outcome) ◀───┘  (death is seen at once, as EOF/sentinel)
+    submit ──▶ inbox i ──▶ feeder thread i ═══ tasks ═══▶ worker process i
+                                                                 ║
+    post(outcome) ◀── reader thread i ◀═══ replies ══════════════╝
+                       waits on the reply pipe AND the process sentinel
 
-Processes suit CPU-bound pure-Python functions. They are started with the "spawn"
-method (safe with threads, the same on every platform), so the stage's function
-must be importable: defined at the top level of a module. Each proxy pickles the
-task, sends it, and waits for the reply or the worker's death; a dead worker
-becomes an outcome with ``lost`` set, naming the item it held (each worker
-publishes the index of the unit it is running in a shared integer). Large NumPy
-arrays travel through shared memory (see ``_shm``), never through the pipe.
+Each worker has two pipes and two driver threads. The feeder may block writing a
+large task into a busy worker's pipe; the reader never writes, so a worker blocked
+writing a large reply is always read. No thread ever blocks on a write while it is
+the only reader: the rule ``concurrent.futures.process`` keeps with its feeder
+thread, and the one that makes payloads of any size safe.
 
-Workers ignore SIGINT: Ctrl-C reaches the driver, which cancels the run and
-terminates its workers, so no worker prints a traceback of its own.
+Every task gets exactly one outcome (the contract in :mod:`conveyor.executors.base`):
+
+- a task that cannot be pickled fails its first unpicklable unit (the others run
+  again elsewhere); a result the driver cannot unpickle fails only its unit;
+- a worker that dies fails the unit it was running with ``lost`` set (naming the
+  item, exit code and signal); the tasks queued behind it did not run and go back
+  to the scheduler; a replacement starts at once;
+- workers that die before they are ready are replaced a few times; then the stage
+  is *broken*: every task fails with a fatal :class:`~conveyor.WorkerLostError`
+  saying why (an import failing in the worker, usually), like ``BrokenProcessPool``.
+
+Tasks go to the least loaded serving worker (ready ones first). Resizing keeps a
+target: idle surplus workers retire at once, busy ones after their current task.
+Processes are started with "spawn" (safe with threads, the same on every platform),
+so the stage's function must be importable. Large NumPy arrays travel through
+shared memory (:mod:`.shm`), never through the pipes.
 """
 
 from __future__ import annotations
@@ -24,70 +37,185 @@ import multiprocessing.connection
 import os
 import pickle
 import queue
-import signal
+import secrets
 import threading
 import traceback
 from collections import deque
-from time import monotonic_ns
-from typing import Any
+from time import monotonic, monotonic_ns
+from typing import TYPE_CHECKING, Any
 
-from conveyor.core.stage import Stage, dump_function, load_function
-from conveyor.executors.base import Executor, Post
+from conveyor.errors import RemoteTraceback, StageError, WorkerLostError
+from conveyor.executors.base import (
+    CacheSpec,
+    Executor,
+    Failure,
+    LostWorker,
+    Outcome,
+    Post,
+    RunContext,
+    Task,
+    Traits,
+    not_run,
+)
+from conveyor.executors.processes.functions import check_picklable, dump_function
 from conveyor.executors.processes.shm import SegmentRegistry, dumps, loads
-from conveyor.executors.task import CacheSpec, LostWorker, Outcome, Task, run_task
+from conveyor.executors.processes.worker import READY, STOP, worker_main
 
-_STOP = b"stop"
-_NEVER_STARTED = LostWorker(pid=None, exitcode=None, unit_index=-1, started=False)
-_READY = "ready"
+if TYPE_CHECKING:
+    from conveyor.core.stage import Stage
+
+MAX_START_FAILURES = 3  # workers in a row that die before they are ready: the stage is broken
+JOIN_SECONDS = 2.0
 
 
 class _Worker:
-    """One worker process, its pipe, its published unit index and its proxy thread."""
+    """One worker process, its pipes, its published unit and its two driver threads."""
 
-    def __init__(self, proc: Any, conn: multiprocessing.connection.Connection, current: Any):
+    def __init__(self, index: int, proc: Any, tasks: Any, replies: Any, current: Any) -> None:
+        self.index = index
         self.proc = proc
-        self.conn = conn
-        self.current = current
-        self.proxy: threading.Thread | None = None
+        self.tasks = tasks  # the driver writes tasks here (the feeder only)
+        self.replies = replies  # and reads replies here (the reader only)
+        self.current = current  # [unit index, its start in monotonic ns], published by the worker
+        self.inbox: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
+        self.queued = 0  # tasks in the inbox, not yet sent
+        self.pending: deque[tuple[Task, list[object]]] = deque()  # sent, not answered
+        self.ready = False
+        self.serving = True  # counted by alive(): not retiring, not dead
+        self.dead = False
         self.timed_out = False
+        self.threads: list[threading.Thread] = []
+
+    @property
+    def load(self) -> tuple[bool, int]:
+        return (not self.ready, self.queued + len(self.pending))
 
 
 class ProcessExecutor(Executor):
-    def __init__(self, stage: Stage, post: Post, *, registry: SegmentRegistry) -> None:
-        super().__init__(stage, post)
-        self._registry = registry
+    traits = Traits(target_task_ns=10_000_000, in_flight_per_worker=1, shares_memory=False)
+
+    def __init__(
+        self,
+        stage: Stage,
+        post: Post,
+        *,
+        cache: CacheSpec | None = None,
+        context: RunContext | None = None,
+    ) -> None:
+        super().__init__(stage, post, cache=cache, context=context)
+        # One registry per run: arrays a process stage returns go on to the next
+        # process stage by name, without a copy.
+        self._registry = self.context.shared("shm", _new_registry, SegmentRegistry.cleanup)
+        self._ctx = multiprocessing.get_context("spawn")
+        self._fn_bytes = b""
         self._workers: list[_Worker] = []
-        # worker index -> the tasks sent to it and not yet answered, oldest first
-        self._holding: dict[int, deque[tuple[Task, list[object]]]] = {}
-        self._lock = threading.Lock()  # proxies start replacements, the scheduler resizes
+        self._lock = threading.Lock()
+        self._cancelled = threading.Event()
+        self._started = False
         self._closing = False
         self._closed = False
+        self._start_failures = 0
+        self._broken: BaseException | None = None
+
+    @classmethod
+    def check(cls, stage: Stage, *, pipeline_built: bool) -> None:
+        check_picklable(stage, pipeline_built=pipeline_built)
+
+    # --- the scheduler's side ---------------------------------------------------------
 
     def start(self) -> None:
-        self._ctx = multiprocessing.get_context("spawn")
         self._fn_bytes = dump_function(self.stage.fn)
-        self._inbox: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
-        self._cancelled = threading.Event()
-        self.resize(self.stage.workers)
+        with self._lock:
+            self._started = True
+            for _ in range(self.target):
+                self._start_worker()
+
+    def submit(self, task: Task) -> None:
+        with self._lock:
+            broken = self._broken
+            serving = [w for w in self._workers if w.serving]
+            w = min(serving, key=lambda w: w.load) if serving and broken is None else None
+            if w is not None:
+                w.queued += 1
+        if w is not None:
+            w.inbox.put(task)
+        elif broken is not None:
+            self.post(_broken_outcome(task, broken))
+        else:
+            self.post(not_run(task))  # closing: the run is ending
 
     def resize(self, workers: int) -> None:
-        """Start workers up to ``workers`` live ones, or ask idle ones to stop."""
         with self._lock:
-            live = sum(1 for w in self._workers if w.proxy is not None and w.proxy.is_alive())
-            for _ in range(workers - live):
-                self._start_worker(len(self._workers))
-        for _ in range(live - workers):
-            self._inbox.put(None)  # the next idle proxy stops its worker and exits
+            self.target = workers
+            if not self._started or self._closing:
+                return
+            serving = [w for w in self._workers if w.serving]
+            for _ in range(workers - len(serving)):
+                self._start_worker()
+            surplus = len(serving) - workers
+            for w in sorted(serving, key=lambda w: w.load):  # idle ones retire at once
+                if surplus <= 0 or w.load[1]:
+                    break
+                self._retire(w)
+                surplus -= 1
+            # Busy ones retire after their current task (the reader checks).
 
-    def _start_worker(self, i: int) -> None:
+    def alive(self) -> int:
+        with self._lock:
+            if self._broken is not None:
+                return 0
+            return sum(1 for w in self._workers if w.serving)
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            if self._closed:
+                return []
+            return [w.proc.pid for w in self._workers if not w.dead and w.proc.is_alive()]
+
+    def shutdown(self, *, cancel: bool) -> None:
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True  # no replacement starts from here on
+            workers = list(self._workers)
+        if cancel:
+            self._cancelled.set()
+        for w in workers:
+            w.inbox.put(None)
+        if cancel:
+            for w in workers:
+                if w.proc.is_alive():
+                    w.proc.terminate()
+        deadline = monotonic() + JOIN_SECONDS
+        for w in workers:
+            w.proc.join(timeout=max(0.0, deadline - monotonic()))
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join(timeout=JOIN_SECONDS)
+        for w in workers:
+            for t in w.threads:
+                t.join(timeout=JOIN_SECONDS)
+            w.tasks.close()
+            w.replies.close()
+            w.proc.close()
+        with self._lock:
+            self._closed = True
+
+    # --- workers ------------------------------------------------------------------------
+
+    def _start_worker(self) -> None:
+        """Start one worker and its two threads (call with the lock held)."""
         s = self.stage
-        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        current = self._ctx.RawArray("q", 2)  # [unit index, its start (monotonic ns)]
+        i = len(self._workers)
+        task_r, task_w = self._ctx.Pipe(duplex=False)
+        reply_r, reply_w = self._ctx.Pipe(duplex=False)
+        current = self._ctx.RawArray("q", 2)
         current[0] = -1
         proc = self._ctx.Process(
-            target=_worker_main,
+            target=worker_main,
             args=(
-                child_conn,
+                task_r,
+                reply_w,
                 self._fn_bytes,
                 s.kind,
                 s.is_async,
@@ -103,35 +231,101 @@ class ProcessExecutor(Executor):
             daemon=True,
         )
         proc.start()
-        child_conn.close()  # our copy: the worker's death must close the pipe
-        w = _Worker(proc, parent_conn, current)
+        task_r.close()  # the worker's ends: its death must close the pipes
+        reply_w.close()
+        w = _Worker(i, proc, task_w, reply_r, current)
         self._workers.append(w)
-        w.proxy = threading.Thread(
-            target=self._proxy, args=(i,), name=f"conveyor-{s.name}-proxy-{i}", daemon=True
-        )
-        w.proxy.start()
+        for role, target in (("feeder", self._feed), ("reader", self._read)):
+            t = threading.Thread(
+                target=target, args=(w,), name=f"conveyor-{s.name}-{role}-{i}", daemon=True
+            )
+            w.threads.append(t)
+            t.start()
 
-    def submit(self, task: Task) -> None:
-        self._inbox.put(task)
+    def _retire(self, w: _Worker) -> None:
+        """``w`` takes no new task; it stops once those queued for it are done (lock held)."""
+        w.serving = False
+        w.inbox.put(None)
 
-    def pids(self) -> list[int]:
-        if self._closed:
-            return []
-        return [w.proc.pid for w in self._workers if w.proc.is_alive()]
+    def _feed(self, w: _Worker) -> None:
+        """The feeder: pickle each task of ``w``'s inbox and write it to the worker."""
+        try:
+            self._feed_tasks(w)
+        except BaseException as exc:  # a bug here must not lose tasks: fail them loudly
+            self._fail_held(w, exc)
 
-    def _receive(self, i: int) -> bytes | None:
-        """The worker's next message; None if it died, or if it ran one unit past the
-        stage's timeout, in which case it has been killed (``_timed_out`` says so)."""
-        w = self._workers[i]
+    def _feed_tasks(self, w: _Worker) -> None:
+        while True:
+            task = w.inbox.get()
+            if task is None:
+                break
+            with self._lock:
+                w.queued -= 1
+                broken, dead = self._broken, w.dead
+            if broken is not None:
+                self.post(_broken_outcome(task, broken))
+                continue
+            if dead or self._cancelled.is_set():
+                self.post(not_run(task, w.index))
+                continue
+            try:
+                data, pinned = dumps((task.id, task.units), self._registry)
+            except Exception as exc:
+                self.post(self._unpicklable(task, exc, w.index))
+                continue
+            with self._lock:
+                if w.dead:
+                    self.post(not_run(task, w.index))
+                    continue
+                w.pending.append((task, pinned))
+            with contextlib.suppress(OSError):  # the worker died: its reader reports it
+                w.tasks.send_bytes(data)
+        with contextlib.suppress(OSError):
+            w.tasks.send_bytes(STOP)
+
+    def _read(self, w: _Worker) -> None:
+        """The reader: post each reply of ``w`` as an outcome; report its death."""
+        try:
+            hello = self._receive(w)
+            if hello is None:
+                self._died(w, at_start=True)
+                return
+            msg = pickle.loads(hello)
+            if msg != READY:
+                self._cannot_load(w, msg)
+                return
+            with self._lock:
+                w.ready = True
+                self._start_failures = 0
+            while True:
+                reply = self._receive(w)
+                if reply is None:
+                    self._died(w, at_start=False)
+                    return
+                outcome = self._decode(reply, w.index)
+                with self._lock:
+                    _, pinned = w.pending.popleft()
+                del pinned  # its segments stay mapped until the reply is unpickled
+                self.post(outcome)
+                with self._lock:
+                    serving = sum(1 for x in self._workers if x.serving)
+                    if w.serving and serving > self.target:
+                        self._retire(w)
+        except BaseException as exc:  # a bug here must not lose tasks: fail them loudly
+            self._fail_held(w, exc)
+
+    def _receive(self, w: _Worker) -> bytes | None:
+        """The worker's next message; None once it has died (or, past the stage's timeout,
+        been killed: ``w.timed_out`` says so)."""
         timeout = self.stage.timeout
         # Without a timeout, wait for the reply or the death; with one, look at the
         # unit's start time the worker publishes, a few times per timeout.
         poll = None if timeout is None else min(0.05, timeout / 4)
         while True:
-            ready = multiprocessing.connection.wait([w.conn, w.proc.sentinel], timeout=poll)
-            if w.conn in ready:
+            ready = multiprocessing.connection.wait([w.replies, w.proc.sentinel], timeout=poll)
+            if w.replies in ready or (ready and w.replies.poll()):
                 try:
-                    return w.conn.recv_bytes()
+                    return w.replies.recv_bytes()
                 except (EOFError, OSError):
                     return None
             if ready:
@@ -142,231 +336,148 @@ class ProcessExecutor(Executor):
                 w.proc.kill()
                 return None
 
-    def _lost(self, i: int, task: Task) -> Outcome:
-        w = self._workers[i]
-        w.proc.join(timeout=1.0)
-        lost = LostWorker(
+    def _died(self, w: _Worker, *, at_start: bool) -> None:
+        """``w``'s process is gone: account for every task it held, and replace it."""
+        w.proc.join(timeout=JOIN_SECONDS)
+        with self._lock:
+            was_serving = w.serving
+            w.dead, w.serving = True, False
+            held = [task for task, _ in w.pending]
+            w.pending.clear()
+            if at_start and not self._closing:
+                self._start_failures += 1
+                if self._start_failures >= MAX_START_FAILURES and self._broken is None:
+                    self._broken = self._start_error(w)
+            replace = was_serving and not self._closing and self._broken is None
+            if replace and not self._cancelled.is_set():
+                self._start_worker()
+            broken = self._broken
+        w.inbox.put(None)  # the feeder answers what is still queued for it, then exits
+        if not held:
+            return  # it retired (told to stop) or never got a task
+        if broken is not None:
+            for task in held:
+                self.post(_broken_outcome(task, broken))
+            return
+        first, rest = held[0], held[1:]
+        unit = int(w.current[0])
+        if at_start or unit < 0:
+            self.post(not_run(first, w.index))  # nothing had started: run it again
+        else:
+            lost = LostWorker(w.proc.pid, w.proc.exitcode, unit, timed_out=w.timed_out)
+            self.post(Outcome(first.id, w.index, [], [], lost=lost))
+        for task in rest:
+            self.post(not_run(task, w.index))
+
+    def _start_error(self, w: _Worker) -> WorkerLostError:
+        code = w.proc.exitcode
+        return WorkerLostError(
+            f"stage {self.stage.name!r}: its process workers exit before they can start "
+            f"({MAX_START_FAILURES} in a row; the last, pid {w.proc.pid}, exited with code "
+            f"{code}); its error is printed above. Usually the main module cannot be imported "
+            "again in a spawned process: run from a file, keep the stage's function at the top "
+            "level of a module, and guard the script's entry point with "
+            "`if __name__ == '__main__':`",
+            stage=self.stage.name,
             pid=w.proc.pid,
-            exitcode=w.proc.exitcode,
-            unit_index=int(w.current[0]),
-            timed_out=w.timed_out,
+            exitcode=code,
         )
-        return Outcome(task.id, i, [], [], lost=lost)
 
-    def _replace(self) -> None:
-        """Start a worker in place of one that died or was killed (unless stopping)."""
+    def _cannot_load(self, w: _Worker, msg: tuple[Any, ...]) -> None:
+        """The worker could not load the stage's function: no worker ever will."""
+        _, blob, describe, tb = msg
+        cause = _rebuild(blob, describe, tb)
+        error = StageError(
+            f"stage {self.stage.name!r} cannot run on process workers: loading its function "
+            f"in a worker raised {describe}; make the function importable (defined at the top "
+            "level of a module that imports cleanly), or use executor='threads'",
+            stage=self.stage.name,
+        )
+        error.__cause__ = cause
         with self._lock:
-            if not self._closing and not self._cancelled.is_set():
-                self._start_worker(len(self._workers))
+            self._broken = self._broken or error
+        self._died(w, at_start=False)
 
-    def _died_at_start(self, i: int, task: Task) -> Outcome:
-        proc = self._workers[i].proc
-        proc.join(timeout=1.0)
-        return Outcome(
-            task.id,
-            i,
-            [],
-            [0, 0],
-            RuntimeError(
-                f"process worker {i} (pid {proc.pid}) exited with code {proc.exitcode} before "
-                "it could start; its error is printed above. Usually the main module cannot be "
-                "imported again in a spawned process: run from a file, keep the stage's "
-                "function at the top level of a module, and guard the script's entry point "
-                "with `if __name__ == '__main__':`"
-            ),
+    def _fail_held(self, w: _Worker, exc: BaseException) -> None:
+        error = RuntimeError(
+            f"conveyor's reader for process worker {w.index} of stage {self.stage.name!r} "
+            f"failed: {type(exc).__name__}: {exc}"
         )
+        error.__cause__ = exc
+        with self._lock:
+            w.dead, w.serving = True, False
+            held = [task for task, _ in w.pending]
+            w.pending.clear()
+        for task in held:
+            self.post(_broken_outcome(task, error))
+        w.inbox.put(None)
+        with contextlib.suppress(Exception):
+            w.proc.kill()
 
-    def _proxy(self, i: int) -> None:
-        try:
-            self._serve(i)
-        except BaseException as exc:
-            # A proxy must never die silently: the scheduler would wait for its tasks
-            # forever. The task the worker ran fails; those queued behind it run again.
-            pending = self._holding.pop(i, deque())
-            if pending and not self._cancelled.is_set():
-                error = RuntimeError(
-                    f"conveyor's proxy for process worker {i} failed: {type(exc).__name__}: {exc}"
-                )
-                error.__cause__ = exc
-                first, _ = pending.popleft()
-                self.post(Outcome(first.id, i, [], [0, 0], error, traceback.format_exc()))
-                for task, _ in pending:
-                    self.post(Outcome(task.id, i, [], [], lost=_NEVER_STARTED))
+    def _unpicklable(self, task: Task, exc: Exception, worker: int) -> Outcome:
+        """Fail the first unit of ``task`` that cannot be pickled; the others run again."""
+        bad = 0
+        for i, unit in enumerate(task.units):
+            try:
+                dumps(unit, self._registry)
+            except Exception:
+                bad = i
+                break
+        error = TypeError(
+            f"the item cannot be pickled to send it to a process worker "
+            f"({type(exc).__name__}: {exc}); pass plain data (numbers, strings, lists, dicts, "
+            "dataclasses, NumPy arrays) rather than open files, locks or connections, or run "
+            "this stage on threads"
+        )
+        error.__cause__ = exc
+        return Outcome(task.id, worker, [], [], [Failure(bad, error, traceback.format_exc())])
 
-    def _serve(self, i: int) -> None:
-        conn = self._workers[i].conn
-        hello = self._receive(i)
-        init_error: BaseException | None = None
-        if hello is not None:
-            msg = loads(hello, self._registry)
-            if msg != _READY:
-                init_error = _as_exception(*msg)
-        # Up to two tasks at the worker: the one it runs and the next, waiting in its
-        # pipe, so that it starts the next the moment it answers. ``pinned`` keeps a
-        # task's shared-memory inputs mapped until its reply is unpickled: an in-place
-        # stage answers with those very segments.
-        pending: deque[tuple[Task, list[object]]] = deque()
-        self._holding[i] = pending
-        stopping = False
-        while True:
-            while len(pending) < 2 and not stopping:
-                try:
-                    task = self._inbox.get() if not pending else self._inbox.get_nowait()
-                except queue.Empty:
-                    break
-                if task is None or self._cancelled.is_set():
-                    stopping = True
-                    break
-                if hello is None:  # died at start
-                    self.post(self._died_at_start(i, task))
-                    return
-                if init_error is not None:
-                    self.post(Outcome(task.id, i, [], [0, 0], init_error, None))
+    def _decode(self, reply: bytes, worker: int) -> Outcome:
+        task_id, stamps, (how, payload), raw_failures, hits, uncached = pickle.loads(reply)
+        failures = [
+            Failure(unit, _rebuild(blob, describe, tb), tb, fatal)
+            for unit, blob, describe, tb, fatal in raw_failures
+        ]
+        if how == "all":
+            results = pickle.loads(payload)
+        else:
+            results = []
+            for i, blob in enumerate(payload):
+                if blob is None:
+                    results.append(None)  # a failed unit
                     continue
-                data, pinned = dumps((task.id, task.units), self._registry)
-                pending.append((task, pinned))
                 try:
-                    conn.send_bytes(data)
-                except OSError:
-                    break  # the worker is gone: _receive says so below
-            if not pending:
-                if stopping:
-                    with contextlib.suppress(OSError):
-                        conn.send_bytes(_STOP)
-                    return
-                continue
-            reply = self._receive(i)
-            if self._cancelled.is_set():
-                return
-            task, pinned = pending.popleft()
-            if reply is None:
-                self.post(self._lost(i, task))
-                for never_ran, _ in pending:  # still in the dead worker's pipe
-                    self.post(Outcome(never_ran.id, i, [], [], lost=_NEVER_STARTED))
-                pending.clear()
-                self._replace()
-                return
-            outcome = _outcome_from_message(loads(reply, self._registry), i)
-            del pinned
-            self.post(outcome)
-
-    def shutdown(self, *, cancel: bool) -> None:
-        with self._lock:
-            self._closing = True  # no replacement starts from here on
-        if cancel:
-            self._cancelled.set()
-        for _ in self._workers:
-            self._inbox.put(None)
-        if cancel:
-            for w in self._workers:
-                if w.proc.is_alive():
-                    w.proc.terminate()
-        for w in self._workers:
-            w.proc.join(timeout=2.0)
-            if w.proc.is_alive():
-                w.proc.kill()
-                w.proc.join(timeout=2.0)
-        for w in self._workers:
-            if w.proxy is not None:
-                w.proxy.join(timeout=2.0)
-            w.conn.close()
-            w.proc.close()
-        self._closed = True
+                    results.append(loads(blob, self._registry))
+                except Exception as exc:
+                    results.append(None)
+                    error = TypeError(
+                        f"the stage's result cannot be unpickled in the driver "
+                        f"({type(exc).__name__}: {exc}); return plain data (numbers, strings, "
+                        "lists, dicts, NumPy arrays), or run this stage on threads"
+                    )
+                    error.__cause__ = exc
+                    failures.append(Failure(i, error, traceback.format_exc()))
+            failures.sort(key=lambda f: f.unit)
+        return Outcome(task_id, worker, results, stamps, failures, hits=hits, uncached=uncached)
 
 
-def _as_exception(kind: str, exc: Any, tb: str) -> BaseException:
-    """Rebuild a worker's exception with its remote traceback as ``__cause__``."""
-    from conveyor.errors import RemoteTraceback
+def _new_registry() -> SegmentRegistry:
+    return SegmentRegistry(f"cv{os.getpid()}x{secrets.token_hex(3)}", owner=True)
 
+
+def _rebuild(blob: bytes | None, describe: str, tb: str) -> BaseException:
+    """A worker's exception, with its remote traceback as ``__cause__``."""
+    exc: BaseException | None = None
+    if blob is not None:
+        try:
+            exc = pickle.loads(blob)
+        except Exception:
+            exc = None
     if not isinstance(exc, BaseException):
-        exc = RuntimeError(str(exc))
+        exc = RuntimeError(f"{describe} (the original exception cannot be rebuilt here)")
     exc.__cause__ = RemoteTraceback(tb)
     return exc
 
 
-def _outcome_from_message(msg: tuple[Any, ...], worker: int) -> Outcome:
-    task_id, results, stamps, error, hits, uncached = msg
-    exc = _as_exception(*error) if error is not None else None
-    tb = error[2] if error is not None else None
-    return Outcome(task_id, worker, results, stamps, exc, tb, hits=hits, uncached=uncached)
-
-
-# --- the worker process ---------------------------------------------------------
-
-
-def _worker_main(
-    conn: multiprocessing.connection.Connection,
-    fn_bytes: bytes,
-    kind: str,
-    is_async: bool,
-    concurrency: int,
-    timeout: float | None,
-    cache: CacheSpec | None,
-    worker: int,
-    current: Any,
-    prefix: str,
-    threshold: int,
-) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    registry = SegmentRegistry(prefix, owner=False, threshold=threshold)
-    try:
-        fn = load_function(fn_bytes)
-    except BaseException as exc:
-        conn.send_bytes(dumps(("init", _picklable(exc), traceback.format_exc()), registry)[0])
-        return
-    conn.send_bytes(dumps(_READY, registry)[0])
-
-    driver = os.getppid()
-
-    def publish(i: int) -> None:
-        if os.getppid() != driver:
-            os._exit(0)  # the driver died: stop at once rather than work as an orphan
-        current[1] = monotonic_ns()
-        current[0] = i
-
-    while True:
-        try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):
-            return  # the driver is gone: exit rather than linger as an orphan
-        if data == _STOP:
-            return
-        task_id, units = loads(data, registry)
-        out = run_task(
-            fn,
-            kind,
-            units,
-            worker=worker,
-            task_id=task_id,
-            is_async=is_async,
-            concurrency=concurrency,
-            timeout=timeout if is_async else None,  # sync calls: the proxy kills on time
-            on_unit=None if is_async else publish,
-            cache=cache,
-        )
-        error = None
-        if out.error is not None:
-            error = ("error", _picklable(out.error), out.error_traceback or "")
-        msg = (task_id, out.results, out.stamps, error, out.hits, out.uncached)
-        try:
-            payload = dumps(msg, registry)[0]
-        except Exception as exc:
-            tb = traceback.format_exc()
-            bad = TypeError(
-                f"the stage's result cannot be pickled to send it back from the process "
-                f"worker ({type(exc).__name__}: {exc}); return plain data (numbers, strings, "
-                "lists, dicts, NumPy arrays), or run this stage on threads"
-            )
-            msg = (task_id, [], out.stamps[:2], ("error", bad, tb), [], None)
-            payload = dumps(msg, registry)[0]
-        current[0] = -1
-        current[1] = 0
-        conn.send_bytes(payload)
-
-
-def _picklable(exc: BaseException) -> BaseException:
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        return RuntimeError(f"{type(exc).__name__}: {exc} (original exception not picklable)")
+def _broken_outcome(task: Task, error: BaseException) -> Outcome:
+    return Outcome(task.id, -1, [], [], [Failure(0, error, None, fatal=True)])

@@ -1,0 +1,89 @@
+"""The errors a run raises, made in one place: what failed, where, and what to do.
+
+Pure functions from the facts (stage, item key, attempt, exit code) to the
+exception the user sees; the scheduler decides when to raise them.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+from conveyor.errors import StageError, StallError, WorkerLostError
+from conveyor.executors.base import LostWorker
+
+Key = tuple[Any, ...]
+
+
+def show(key: Key) -> str:
+    """A key as users think of it: the source position alone for a source item."""
+    return str(key[0]) if len(key) == 1 else str(key)
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def lost_error(
+    stage: str, timeout: float | None, worker: int, keys: Sequence[Key], lost: LostWorker
+) -> BaseException:
+    """The error a stopped worker stands for: TimeoutError or WorkerLostError."""
+    index = lost.unit_index if 0 <= lost.unit_index < len(keys) else 0
+    key = keys[index]
+    if lost.timed_out:
+        how = "was killed and replaced" if lost.pid is not None else "was abandoned and replaced"
+        return TimeoutError(
+            f"item {show(key)} ran longer than stage {stage!r}'s timeout of {timeout} s; "
+            f"its worker {how}"
+        )
+    return WorkerLostError(
+        f"stage {stage!r} lost process worker {worker} (pid {lost.pid}, "
+        f"{describe_exit(lost.exitcode)}) while it ran item {show(key)}; the item did not "
+        "complete. If the process was killed for memory, lower this stage's workers or "
+        "the pipeline's capacity",
+        stage=stage,
+        key=key,
+        keys=tuple(keys),
+        pid=lost.pid,
+        exitcode=lost.exitcode,
+    )
+
+
+def stage_error(
+    stage: str,
+    key: Key,
+    error: BaseException,
+    *,
+    batch: int | None = None,
+    attempt: int = 1,
+    attempts: int = 1,
+) -> StageError:
+    """A stage's function failed on ``key`` for good (chain ``error`` when raising)."""
+    what = f"item {show(key)}"
+    if batch is not None:
+        what = f"a batch of {batch} items starting at {show(key)}"
+    tries = f" (attempt {attempt} of {attempts})" if attempts > 1 else ""
+    return StageError(
+        f"stage {stage!r} failed on {what}{tries}: {type(error).__name__}: {error}",
+        stage=stage,
+        key=key,
+    )
+
+
+def stall_error(stage: str, tasks: int, keys: Sequence[Key], alive: int) -> StallError:
+    shown = ", ".join(show(k) for k in keys[:5]) + (", ..." if len(keys) > 5 else "")
+    return StallError(
+        f"stage {stage!r} has {tasks} task(s) in flight ({len(keys)} items: {shown}) but "
+        f"{alive} live workers to finish them, and none can come back; this is a bug in the "
+        "stage's executor or a worker killed in a way conveyor cannot see: please report it",
+        stage=stage,
+        keys=tuple(keys),
+    )
