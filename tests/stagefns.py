@@ -185,14 +185,18 @@ def kill_once(marker: str, x: int) -> int:
     return x
 
 
+RELEASE = threading.Event()  # set by a test to end the hang of an abandoned thread
+
+
 def hang_on_5(x: int) -> int:
+    """Item 5 hangs for a minute (a thread: until the test sets RELEASE)."""
     if x == 5:
-        time.sleep(3.0)
+        RELEASE.wait(60.0)
     return x
 
 
 async def async_hang_on_5(x: int) -> int:
-    await asyncio.sleep(1.5 if x == 5 else 0.001)
+    await asyncio.sleep(60.0 if x == 5 else 0.001)
     return x
 
 

@@ -164,7 +164,7 @@ def test_a_stage_that_raises_stops_the_run_and_names_stage_and_item(executor: st
     started = time.monotonic()
     with pytest.raises(cv.StageError) as info:
         pipe.run(range(10_000))
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 30  # promptly: no hang, on a loaded machine too
     err = info.value
     assert err.stage == "fail_on_13" and err.key == (13,)
     assert "fail_on_13" in str(err) and "item 13" in str(err)

@@ -33,7 +33,7 @@ def test_a_dead_worker_is_reported_with_the_item_it_held(fn, exitcode: int, how:
     started = time.monotonic()
     with pytest.raises(cv.WorkerLostError) as info:
         pipe.run(range(1000))
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30  # promptly: no hang, on a loaded machine too
     err = info.value
     assert err.stage == fn.__name__
     assert err.key == (7,) and (7,) in err.keys
@@ -99,8 +99,7 @@ def test_ctrl_c_cancels_cleanly_with_no_orphans(tmp_path: Path) -> None:
     assert line.startswith("PIDS"), line + proc.stderr.read()  # type: ignore[union-attr]
     pids = [int(p) for p in line.split()[1:]]
     assert len(pids) == 4
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # mid-run: results are streaming
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
     assert "STATE cancelled" in out

@@ -43,7 +43,7 @@ def test_exhausted_retries_fail_the_run_naming_the_attempts(executor: str) -> No
     started = time.monotonic()
     with pytest.raises(cv.StageError, match=r"item 13 \(attempt 3 of 3\)"):
         pipe.run(range(40))
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 30  # promptly: no hang, on a loaded machine too
 
 
 def test_backoff_waits_between_attempts() -> None:
@@ -95,8 +95,12 @@ def test_a_call_past_its_timeout_is_stopped_and_the_run_goes_on(executor: str) -
         [cv.stage(f.hang_on_5, executor=executor, workers=2, timeout=0.3, on_error="skip")],
     )
     started = time.monotonic()
-    run = pipe.run(range(20), instruments=[ledger])
-    assert time.monotonic() - started < 2.5  # did not wait for the 3 s call
+    try:
+        run = pipe.run(range(20), instruments=[ledger])
+    finally:
+        f.RELEASE.set()  # the abandoned thread may end its call now
+    assert time.monotonic() - started < 30  # did not wait for the minute-long call
+    f.RELEASE.clear()
     assert sorted(run.results) == [x for x in range(20) if x != 5]
     assert ledger.states[5] == "dead_lettered"
     stats = run.statistics().stages["hang_on_5"]
@@ -109,7 +113,7 @@ def test_an_async_call_past_its_timeout_is_cancelled() -> None:
     )
     started = time.monotonic()
     run = pipe.run(range(12))
-    assert time.monotonic() - started < 1.2
+    assert time.monotonic() - started < 30  # did not wait for the minute-long call
     assert sorted(run.results) == [x for x in range(12) if x != 5]
 
 
@@ -119,8 +123,12 @@ def test_a_timeout_with_no_retry_left_fails_with_timeout_error(executor: str) ->
             cv.stage(f.hang_on_5, executor=executor, timeout=0.2)
         return
     pipe = cv.Pipeline("t", [cv.stage(f.hang_on_5, executor=executor, timeout=0.2)])
-    with pytest.raises(cv.StageError, match="ran longer than stage 'hang_on_5'") as info:
-        pipe.run(range(10))
+    try:
+        with pytest.raises(cv.StageError, match="ran longer than stage 'hang_on_5'") as info:
+            pipe.run(range(10))
+    finally:
+        f.RELEASE.set()
+    f.RELEASE.clear()
     assert isinstance(info.value.__cause__, TimeoutError) and info.value.key == (5,)
 
 

@@ -14,6 +14,7 @@ import pytest
 
 import conveyor as cv
 import stagefns as f
+from conftest import alive, wait_until
 from conveyor.cache import StageCache
 from conveyor.store import (
     PipelineChangedError,
@@ -58,8 +59,10 @@ DRIVER = textwrap.dedent(
     from conveyor.store import StoreRecorder
     if __name__ == "__main__":
         rec = StoreRecorder({store!r}, pipeline=mod.pipeline, target={target!r})
-        for _ in mod.pipeline.stream(instruments=[rec]):
-            pass
+        run = mod.pipeline.stream(instruments=[rec])
+        for i, _ in enumerate(run):
+            if i == 0:
+                print("PIDS", *run.worker_pids(), flush=True)
     """
 )
 
@@ -95,7 +98,13 @@ def test_a_driver_killed_mid_run_resumes_computing_only_what_is_missing(
     driver.write_text(
         DRIVER.format(tests=tests, path=str(pipe_file), store=str(store), target=target)
     )
-    proc = subprocess.Popen([sys.executable, str(driver)], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(driver)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("PIDS"), line + proc.stderr.read()  # type: ignore[union-attr]
+    workers = [int(p) for p in line.split()[1:]]
     deadline = time.monotonic() + 60
     while len(f.calls(str(log))) < 40:  # let it finish about a third of the items
         assert proc.poll() is None, proc.stderr.read()  # type: ignore[union-attr]
@@ -104,13 +113,10 @@ def test_a_driver_killed_mid_run_resumes_computing_only_what_is_missing(
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     proc.stderr.close()  # type: ignore[union-attr]
+    proc.stdout.close()
     # Orphaned process workers finish the call in hand, then see that their driver
-    # is gone and exit (within one unit, ~10 ms): wait for the log to go quiet.
-    quiet_since, seen = time.monotonic(), len(f.calls(str(log)))
-    while time.monotonic() - quiet_since < 0.5:
-        time.sleep(0.05)
-        if len(f.calls(str(log))) != seen:
-            quiet_since, seen = time.monotonic(), len(f.calls(str(log)))
+    # is gone and exit: once they have, the log is final.
+    assert wait_until(lambda: not any(alive(p) for p in workers), timeout=30)
     before = f.calls(str(log))
     assert len(before) < 120
 

@@ -226,6 +226,7 @@ class StageState:
             lost_workers=self.lost_workers,
             cache_hits=self.cache_hits,
             calls=self.calls,
+            live_workers=self.executor.alive() if self.executor is not None else 0,
         )
 
 

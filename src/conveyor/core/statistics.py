@@ -47,6 +47,7 @@ class StageStatistics:
     lost_workers: int = 0  # process workers that died mid-task (and were replaced)
     cache_hits: int = 0  # calls answered from the stage's cache
     calls: int = 0  # times the function was called, retries and repeats included
+    live_workers: int = 0  # workers that can take a task now (converges on ``workers``)
 
     @property
     def mean_service_seconds(self) -> float | None:

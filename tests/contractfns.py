@@ -1,0 +1,145 @@
+"""Stage functions for the executor contract suite (module level: process workers import them).
+
+Each records its calls in a log file named in the item, one line per call, so that a
+test can count calls in any executor, processes included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Job:
+    """An item that knows where to log its calls."""
+
+    n: int
+    log: str
+    payload: Any = None
+
+
+def _log(job: Job) -> None:
+    with open(job.log, "a", encoding="utf-8") as f:
+        f.write(f"{job.n}\n")
+
+
+def calls(log: str) -> list[int]:
+    try:
+        with open(log, encoding="utf-8") as f:
+            return [int(line) for line in f]
+    except FileNotFoundError:
+        return []
+
+
+def in_worker_process() -> bool:
+    return multiprocessing.parent_process() is not None
+
+
+def slow_echo(x: Any) -> Any:
+    """Return the item a moment later, so that the next task waits in the worker's pipe."""
+    time.sleep(0.01)
+    return x
+
+
+def size_and_sum(data: Any) -> tuple[int, int]:
+    """How many bytes arrived, and a checksum of a few of them."""
+    mv = memoryview(data).cast("B")
+    return len(mv), sum(mv[:: max(1, len(mv) // 64)])
+
+
+def first_field(row: dict[str, Any]) -> Any:
+    return row["n"]
+
+
+def lambda_for_odd(job: Job) -> Any:
+    _log(job)
+    return (lambda: job.n) if job.n % 2 else job.n
+
+
+class Rejected(Exception):
+    """An error returned as a value; it pickles but does not unpickle (keyword-only init)."""
+
+    def __init__(self, item: int, *, reason: str) -> None:
+        super().__init__(item)
+        self.reason = reason
+
+
+def rejected_for_odd(job: Job) -> Any:
+    _log(job)
+    return Rejected(job.n, reason="odd") if job.n % 2 else job.n
+
+
+def exit_on_3(job: Job) -> int:
+    _log(job)
+    if job.n == 3:
+        sys.exit("stop here")
+    return job.n
+
+
+def interrupt_on_3(job: Job) -> int:
+    _log(job)
+    if job.n == 3:
+        raise KeyboardInterrupt
+    return job.n
+
+
+async def cancel_on_3(job: Job) -> int:
+    _log(job)
+    await asyncio.sleep(0)
+    if job.n == 3:
+        raise asyncio.CancelledError()
+    return job.n
+
+
+async def async_fail_on_17(job: Job) -> int:
+    _log(job)
+    await asyncio.sleep(0.001 * (job.n % 3))
+    if job.n == 17:
+        raise ValueError("17 is bad")
+    return job.n
+
+
+def die_once_on_5(job: Job) -> int:
+    """A worker process dies mid-task the first time it meets item 5 (marker: the log)."""
+    first = 5 not in calls(job.log)
+    _log(job)
+    if job.n == 5 and first and in_worker_process():
+        os._exit(9)
+    return job.n
+
+
+def die_after_5(job: Job) -> int:
+    """After answering item 5 (once), the worker process kills itself: between tasks."""
+    first = 5 not in calls(job.log)
+    _log(job)
+    if job.n == 5 and first and in_worker_process():
+
+        def later() -> None:
+            time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=later, daemon=True).start()
+    return job.n
+
+
+def logged(job: Job) -> int:
+    _log(job)
+    return job.n
+
+
+def slow_logged(job: Job) -> int:
+    _log(job)
+    time.sleep(0.005)
+    return job.n
+
+
+def ident(x: Any) -> Any:
+    return x
