@@ -430,7 +430,9 @@ def vanishing():  # type: ignore[no-untyped-def]
 def test_work_that_can_never_come_back_raises_stall_error(vanishing: str) -> None:
     stage = cv.stage(fns.slow_echo, executor=vanishing)
     run = cv.Pipeline("stall", [stage]).stream(range(20))
-    with pytest.raises(cv.StallError, match=r"stage 'slow_echo' has \d task\(s\) in flight") as info:
+    with pytest.raises(
+        cv.StallError, match=r"stage 'slow_echo' has \d task\(s\) in flight"
+    ) as info:
         run.wait()
     assert info.value.stage == "slow_echo" and info.value.keys
     assert run.state == "failed"

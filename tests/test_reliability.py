@@ -119,7 +119,9 @@ def test_an_async_call_past_its_timeout_is_cancelled() -> None:
 
 def test_a_timeout_with_no_retry_left_fails_with_timeout_error(executor: str) -> None:
     if executor == "sync":
-        with pytest.raises(cv.PipelineError, match="timeout needs an executor with workers of its own"):
+        with pytest.raises(
+            cv.PipelineError, match="timeout needs an executor with workers of its own"
+        ):
             cv.stage(f.hang_on_5, executor=executor, timeout=0.2)
         return
     pipe = cv.Pipeline("t", [cv.stage(f.hang_on_5, executor=executor, timeout=0.2)])

@@ -148,7 +148,9 @@ class StageState:
         if self.kind in ("map", "flat_map"):
             k = min(n, -(-n // self.free), self.unit_cap(), room)
             items = q.take(k)
-            return Task(task_id, self.name, list(map(_value, items)), list(map(_key, items)), reserved=k)
+            return Task(
+                task_id, self.name, list(map(_value, items)), list(map(_key, items)), reserved=k
+            )
         if self.kind == "collect":
             if not upstream_done:
                 return None
@@ -177,7 +179,11 @@ class StageState:
         if self.kind in ("map", "flat_map"):
             items = [u[0] for u in units]
             return Task(
-                task_id, self.name, list(map(_value, items)), list(map(_key, items)), reserved=len(items)
+                task_id,
+                self.name,
+                list(map(_value, items)),
+                list(map(_key, items)),
+                reserved=len(items),
             )
         out = sum(len(u) for u in units) if self.stage.split else len(units)
         return self._batch_task(task_id, units, reserved=min(out, room))
@@ -239,4 +245,3 @@ def unit_items(task: Task, i: int) -> list[Item]:
     if task.batch_keys is None:
         return [(task.keys[i], task.units[i])]
     return list(zip(task.batch_keys[i], task.units[i], strict=True))
-
