@@ -5,7 +5,8 @@ that only this thread touches, mutated by small named methods. Workers (threads,
 processes, or the caller itself for ``sync``) only ever see tasks and hand back
 outcomes through one thread-safe completion queue. Each pass of :meth:`_advance`:
 
-    1. handle finished tasks: pair results with keys, route them downstream
+    1. handle finished tasks: pair results with keys, route them downstream, retry
+       or dead-letter failed units (:mod:`.completion`)
     2. deliver results a stage could not fit downstream (its overflow)
     3. dispatch tasks, downstream stages first, to every stage with a free slot
     4. read the source into the entry stages' queues
@@ -35,7 +36,6 @@ from __future__ import annotations
 import operator
 import os
 import queue
-import random
 import time
 import warnings
 from collections import deque
@@ -44,17 +44,16 @@ from time import monotonic_ns
 from typing import TYPE_CHECKING, Any
 
 from conveyor.core import failures
+from conveyor.core.completion import Completion
 from conveyor.core.events import Instrument, Instruments, RunControl, RunInfo, StageInfo
-from conveyor.core.flow import StageQueue, StageState, unit_items
+from conveyor.core.flow import StageQueue, StageState
 from conveyor.core.ledger import RootLedger
-from conveyor.core.policy import Retry
 from conveyor.core.stage import Stage
 from conveyor.core.statistics import StageStatistics
 from conveyor.errors import PipelineError, RunError, StageError
 from conveyor.executors.base import (
     CacheSpec,
     Executor,
-    Failure,
     Outcome,
     RunContext,
     Task,
@@ -117,10 +116,7 @@ class Scheduler:
         self.entries = [s for s in self.stages if not s.predecessors]
         self.deterministic = all(s.traits.runs_in_caller for s in self.stages)
         self.ledger = RootLedger(ordered=ordered, tracking=self._has_ins)
-        # Failure handling: attempts per (stage, unit key) that failed at least once.
-        self._attempts: dict[tuple[str, Key], int] = {}
-        self._rng = random.Random()
-        self._cache_warned: set[str] = set()
+        self._completion = Completion(self.ledger, self._ins, self.output, ordered=ordered)
         # A collect stage holds every root until the source ends, so it must not be
         # throttled by the window; its output is one item, with nothing to reorder.
         bounds = sum(s.queue.bound or 0 for s in self.stages) + pipeline.capacity
@@ -343,7 +339,7 @@ class Scheduler:
             progressed = True
         for s in self.stages:
             if s.overflow:
-                progressed |= self._drain_overflow(s)
+                progressed |= self._completion.drain_overflow(s)
         for s in reversed(self.stages):
             progressed |= self._dispatch(s)
         if self._read_source():
@@ -468,166 +464,8 @@ class Scheduler:
     # --- completion and routing ---------------------------------------------------
 
     def _complete(self, out: Outcome) -> None:
-        """A task came back: account for each of its units (see ``Outcome``)."""
         s, task = self._inflight.pop(out.task_id)
-        s.busy -= 1
-        for t in s.targets:
-            t.reserved -= task.reserved
-        n = len(task.keys)
-        stamps = out.stamps
-        ran = min(n, max(0, len(stamps) - 1))  # units that ran, failing ones included
-        if ran:
-            s.measured(ran, stamps[ran] - stamps[0])
-            if task.batch_keys is None:
-                s.items_in += ran
-            else:
-                s.items_in += sum(len(b) for b in task.batch_keys[:ran])
-        s.calls += out.calls
-        failed = {f.unit: f for f in out.failures if 0 <= f.unit < n}
-        if out.lost is not None:
-            unit = min(max(out.lost.unit_index, 0), n - 1)
-            if out.lost.timed_out:
-                s.timeouts += 1
-            else:
-                s.lost_workers += 1
-            error = failures.lost_error(s.name, s.stage.timeout, out.worker, task.keys, out.lost)
-            failed[unit] = Failure(unit, error)
-        if out.hits or out.uncached:
-            self._cache_news(s, task, out)
-        if self._has_ins:
-            self._task_finished(s, task, out, ran, failed)
-        done = min(len(out.results), n)
-        if done and not failed:
-            results = out.results if len(out.results) == done else out.results[:done]
-            self._succeeded(s, task, range(done), results)
-        elif done:
-            ok = [i for i in range(done) if i not in failed]
-            if ok:
-                self._succeeded(s, task, ok, [out.results[i] for i in ok])
-        # Units that did not run, or whose results were lost with their worker, run
-        # again at no cost of an attempt.
-        again = [i for i in range(done, n) if i not in failed]
-        if again:
-            s.requeue(task, again, monotonic_ns())
-        for unit in sorted(failed):
-            f = failed[unit]
-            self._unit_failed(s, task, unit, f.error, f.traceback, fatal=f.fatal)
-
-    def _task_finished(
-        self, s: StageState, task: Task, out: Outcome, ran: int, failed: dict[int, Failure]
-    ) -> None:
-        keys, starts, ends = task.keys[:ran], out.stamps[:ran], out.stamps[1 : ran + 1]
-        if out.hits:  # cache hits are reported as such, not as calls
-            hits = set(out.hits)
-            calls = [i for i in range(ran) if i not in hits]
-            keys = [keys[i] for i in calls]
-            starts = [starts[i] for i in calls]
-            ends = [ends[i] for i in calls]
-        error = failed[min(failed)].error if failed else None
-        self._ins.task_finished(s.name, task.id, out.worker, keys, starts, ends, error)
-
-    def _succeeded(
-        self, s: StageState, task: Task, units: Sequence[int], results: Sequence[Any]
-    ) -> None:
-        if self._attempts:
-            for i in units:
-                self._attempts.pop((s.name, task.keys[i]), None)
-        paired = self._pair(s, task, units, results)
-        s.items_out += len(paired)
-        self._route(s, paired)
-
-    def _cache_news(self, s: StageState, task: Task, out: Outcome) -> None:
-        if out.hits:
-            s.cache_hits += len(out.hits)
-            if self._has_ins:
-                self._ins.cache_hits(s.name, [task.keys[i] for i in out.hits], monotonic_ns())
-        if out.uncached and s.name not in self._cache_warned:
-            from conveyor.errors import CacheWarning
-
-            self._cache_warned.add(s.name)
-            warnings.warn(
-                f"stage {s.name!r}: {out.uncached}, so such items are computed every time, "
-                "never cached; pass plain values (numbers, strings, bytes, tuples, lists, "
-                "dicts, dataclasses, NumPy arrays)",
-                CacheWarning,
-                stacklevel=4,
-            )
-
-    def _unit_failed(
-        self,
-        s: StageState,
-        task: Task,
-        i: int,
-        error: BaseException,
-        tb: str | None,
-        *,
-        fatal: bool = False,
-    ) -> None:
-        """Unit ``i`` of ``task`` failed: retry it, dead-letter it, or fail the run.
-
-        Fatal failures (a BaseException that is not an Exception, a stage that cannot
-        run at all) fail the run whatever the policy."""
-        s.errors += 1
-        key = task.keys[i]
-        attempt = self._attempts.get((s.name, key), 1)
-        policy = s.stage.retry
-        assert isinstance(policy, Retry)
-        retrying = not fatal and policy.retries(error, attempt)
-        now = monotonic_ns()
-        if self._has_ins:
-            self._ins.unit_failed(s.name, key, error, tb, attempt, retrying, now)
-        if retrying:
-            self._attempts[(s.name, key)] = attempt + 1
-            s.retries += 1
-            s.requeue(task, [i], now + int(policy.delay(attempt, self._rng) * 1e9))
-            return
-        self._attempts.pop((s.name, key), None)
-        if s.stage.on_error == "skip" and not fatal:
-            for item_key, value in unit_items(task, i):
-                s.dead_lettered += 1
-                if self._has_ins:
-                    self._ins.dead_lettered(s.name, item_key, value, error, tb, now)
-                self.ledger.dead_letter(item_key[0])
-            return
-        if isinstance(error, RunError):
-            raise error  # already says what happened (a lost worker, a broken stage)
-        batch = len(task.batch_keys[i]) if task.batch_keys is not None else None
-        raise failures.stage_error(
-            s.name, key, error, batch=batch, attempt=attempt, attempts=policy.attempts
-        ) from error
-
-    def _pair(
-        self, s: StageState, task: Task, units: Sequence[int], results: Sequence[Any]
-    ) -> list[Item]:
-        """Give each result its key, and keep the root counts true."""
-        keys = task.keys if len(units) == len(task.keys) else [task.keys[i] for i in units]
-        if s.kind == "map":
-            return list(zip(keys, results, strict=True))
-        if s.kind == "flat_map":
-            paired: list[Item] = []
-            for key, children in zip(keys, results, strict=True):
-                paired.extend(((*key, j), v) for j, v in enumerate(children))
-                self.ledger.add(key[0], len(children) - 1)
-            return paired
-        assert task.batch_keys is not None
-        batch_keys = [task.batch_keys[i] for i in units]
-        if s.stage.split:
-            paired = []
-            for keys_, values in zip(batch_keys, results, strict=True):
-                if not isinstance(values, Sequence) or len(values) != len(keys_):
-                    got = len(values) if isinstance(values, Sequence) else type(values).__name__
-                    raise StageError(
-                        f"stage {s.name!r} has split=True, so its function must return one "
-                        f"result per item of the batch: {len(keys_)} expected, got {got}; "
-                        "return a list as long as the batch, or use split=False",
-                        stage=s.name,
-                        key=keys_[0],
-                    )
-                paired.extend(zip(keys_, values, strict=True))
-            return paired
-        # batch (unsplit) and collect: many items merge into one, keyed by the first.
-        self.ledger.merge(batch_keys)
-        return [(keys_[0], v) for keys_, v in zip(batch_keys, results, strict=True)]
+        self._completion.complete(s, task, out)
 
     def _report_finished(self) -> None:
         """Tell instruments which source items reached a terminal state (batched)."""
@@ -644,42 +482,6 @@ class Scheduler:
         released = self.ledger.take_released()
         if released:
             self.output.put(released)
-
-    def _route(self, s: StageState, items: list[Item]) -> None:
-        if not s.successors:
-            self._to_output(s, items)
-            return
-        if len(s.successors) > 1:
-            self.ledger.fan_out(items, len(s.successors) - 1)
-        now = monotonic_ns()
-        for t in s.successors:
-            self._put(s, t.queue, items, t.name, now)
-
-    def _put(self, s: StageState, q: StageQueue, items: list[Item], name: str, now: int) -> None:
-        room = max(0, q.room())
-        fits = items if len(items) <= room else items[:room]
-        if fits:
-            q.put(fits)
-            if self._has_ins:
-                self._ins.items_enqueued(name, list(map(_key, fits)), len(q.items), now)
-        if len(fits) < len(items):
-            s.overflow.append((q, items[len(fits) :]))
-
-    def _to_output(self, s: StageState, items: list[Item]) -> None:
-        """Results reaching the output are finished: the ledger counts their roots down
-        (and, ordered, holds them until their turn)."""
-        if not self.ordered:
-            self._put(s, self.output, items, "<output>", monotonic_ns())
-        self.ledger.arrive(items)
-
-    def _drain_overflow(self, s: StageState) -> bool:
-        progressed = False
-        while s.overflow and s.overflow[0][0].room() > 0:
-            q, items = s.overflow.popleft()
-            name = next((t.name for t in s.successors if t.queue is q), "<output>")
-            self._put(s, q, items, name, monotonic_ns())  # what does not fit goes back
-            progressed = True
-        return progressed
 
     def executors(self) -> list[Executor]:
         return [s.executor for s in self.stages if s.executor is not None]

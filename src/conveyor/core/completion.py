@@ -1,0 +1,256 @@
+"""Completion: what happens when a task comes back, unit by unit, and where results go.
+
+Each unit of an :class:`~conveyor.executors.base.Outcome` has one fate:
+
+    succeeded    its result is paired with its key and routed to every successor's
+                 queue (or to the output); what does not fit waits in the stage's
+                 overflow, and the stage takes no new task until that has drained
+    failed       retried under the stage's :class:`~conveyor.Retry` after its
+                 backoff, else dead-lettered (``on_error="skip"``), else the run
+                 fails; fatal failures (SystemExit, a broken stage) fail it at once
+    not run      queued again at no cost of an attempt (it waited behind a task
+                 whose worker died, or the task stopped at an earlier failure)
+
+A call that succeeded is never run again: only failed and not-run units are.
+"""
+
+from __future__ import annotations
+
+import operator
+import random
+import warnings
+from collections.abc import Sequence
+from time import monotonic_ns
+from typing import Any
+
+from conveyor.core import failures
+from conveyor.core.events import Instruments
+from conveyor.core.flow import StageQueue, StageState, unit_items
+from conveyor.core.ledger import RootLedger
+from conveyor.core.policy import Retry
+from conveyor.errors import RunError, StageError
+from conveyor.executors.base import Failure, Outcome, Task
+
+Key = tuple[Any, ...]
+Item = tuple[Key, Any]
+
+
+class Completion:
+    """Turns outcomes into results downstream, retries, dead letters or a failed run.
+
+    Owned by the scheduler and called from its thread only; it shares the run's
+    ledger, instruments and output buffer.
+    """
+
+    def __init__(
+        self, ledger: RootLedger, instruments: Instruments, output: StageQueue, *, ordered: bool
+    ) -> None:
+        self.ledger = ledger
+        self._ins = instruments
+        self._has_ins = instruments.active
+        self.output = output
+        self.ordered = ordered
+        # Attempts per (stage, unit key) that failed at least once.
+        self._attempts: dict[tuple[str, Key], int] = {}
+        self._rng = random.Random()
+        self._cache_warned: set[str] = set()
+
+    def complete(self, s: StageState, task: Task, out: Outcome) -> None:
+        """``task`` of stage ``s`` came back: account for each of its units."""
+        s.busy -= 1
+        for t in s.targets:
+            t.reserved -= task.reserved
+        n = len(task.keys)
+        stamps = out.stamps
+        ran = min(n, max(0, len(stamps) - 1))  # units that ran, failing ones included
+        if ran:
+            s.measured(ran, stamps[ran] - stamps[0])
+            if task.batch_keys is None:
+                s.items_in += ran
+            else:
+                s.items_in += sum(len(b) for b in task.batch_keys[:ran])
+        s.calls += out.calls
+        failed = {f.unit: f for f in out.failures if 0 <= f.unit < n}
+        if out.lost is not None:
+            unit = min(max(out.lost.unit_index, 0), n - 1)
+            if out.lost.timed_out:
+                s.timeouts += 1
+            else:
+                s.lost_workers += 1
+            error = failures.lost_error(s.name, s.stage.timeout, out.worker, task.keys, out.lost)
+            failed[unit] = Failure(unit, error)
+        if out.hits or out.uncached:
+            self._cache_news(s, task, out)
+        if self._has_ins:
+            self._task_finished(s, task, out, ran, failed)
+        done = min(len(out.results), n)
+        if done and not failed:
+            results = out.results if len(out.results) == done else out.results[:done]
+            self._succeeded(s, task, range(done), results)
+        elif done:
+            ok = [i for i in range(done) if i not in failed]
+            if ok:
+                self._succeeded(s, task, ok, [out.results[i] for i in ok])
+        # Units that did not run, or whose results were lost with their worker, run
+        # again at no cost of an attempt.
+        again = [i for i in range(done, n) if i not in failed]
+        if again:
+            s.requeue(task, again, monotonic_ns())
+        for unit in sorted(failed):
+            f = failed[unit]
+            self._unit_failed(s, task, unit, f.error, f.traceback, fatal=f.fatal)
+
+    def _task_finished(
+        self, s: StageState, task: Task, out: Outcome, ran: int, failed: dict[int, Failure]
+    ) -> None:
+        keys, starts, ends = task.keys[:ran], out.stamps[:ran], out.stamps[1 : ran + 1]
+        if out.hits:  # cache hits are reported as such, not as calls
+            hits = set(out.hits)
+            calls = [i for i in range(ran) if i not in hits]
+            keys = [keys[i] for i in calls]
+            starts = [starts[i] for i in calls]
+            ends = [ends[i] for i in calls]
+        error = failed[min(failed)].error if failed else None
+        self._ins.task_finished(s.name, task.id, out.worker, keys, starts, ends, error)
+
+    def _succeeded(
+        self, s: StageState, task: Task, units: Sequence[int], results: Sequence[Any]
+    ) -> None:
+        if self._attempts:
+            for i in units:
+                self._attempts.pop((s.name, task.keys[i]), None)
+        paired = self._pair(s, task, units, results)
+        s.items_out += len(paired)
+        self._route(s, paired)
+
+    def _cache_news(self, s: StageState, task: Task, out: Outcome) -> None:
+        if out.hits:
+            s.cache_hits += len(out.hits)
+            if self._has_ins:
+                self._ins.cache_hits(s.name, [task.keys[i] for i in out.hits], monotonic_ns())
+        if out.uncached and s.name not in self._cache_warned:
+            from conveyor.errors import CacheWarning
+
+            self._cache_warned.add(s.name)
+            warnings.warn(
+                f"stage {s.name!r}: {out.uncached}, so such items are computed every time, "
+                "never cached; pass plain values (numbers, strings, bytes, tuples, lists, "
+                "dicts, dataclasses, NumPy arrays)",
+                CacheWarning,
+                stacklevel=4,
+            )
+
+    def _unit_failed(
+        self,
+        s: StageState,
+        task: Task,
+        i: int,
+        error: BaseException,
+        tb: str | None,
+        *,
+        fatal: bool = False,
+    ) -> None:
+        """Unit ``i`` of ``task`` failed: retry it, dead-letter it, or fail the run.
+
+        Fatal failures (a BaseException that is not an Exception, a stage that cannot
+        run at all) fail the run whatever the policy."""
+        s.errors += 1
+        key = task.keys[i]
+        attempt = self._attempts.get((s.name, key), 1)
+        policy = s.stage.retry
+        assert isinstance(policy, Retry)
+        retrying = not fatal and policy.retries(error, attempt)
+        now = monotonic_ns()
+        if self._has_ins:
+            self._ins.unit_failed(s.name, key, error, tb, attempt, retrying, now)
+        if retrying:
+            self._attempts[(s.name, key)] = attempt + 1
+            s.retries += 1
+            s.requeue(task, [i], now + int(policy.delay(attempt, self._rng) * 1e9))
+            return
+        self._attempts.pop((s.name, key), None)
+        if s.stage.on_error == "skip" and not fatal:
+            for item_key, value in unit_items(task, i):
+                s.dead_lettered += 1
+                if self._has_ins:
+                    self._ins.dead_lettered(s.name, item_key, value, error, tb, now)
+                self.ledger.dead_letter(item_key[0])
+            return
+        if isinstance(error, RunError):
+            raise error  # already says what happened (a lost worker, a broken stage)
+        batch = len(task.batch_keys[i]) if task.batch_keys is not None else None
+        raise failures.stage_error(
+            s.name, key, error, batch=batch, attempt=attempt, attempts=policy.attempts
+        ) from error
+
+    def _pair(
+        self, s: StageState, task: Task, units: Sequence[int], results: Sequence[Any]
+    ) -> list[Item]:
+        """Give each result its key, and keep the root counts true."""
+        keys = task.keys if len(units) == len(task.keys) else [task.keys[i] for i in units]
+        if s.kind == "map":
+            return list(zip(keys, results, strict=True))
+        if s.kind == "flat_map":
+            paired: list[Item] = []
+            for key, children in zip(keys, results, strict=True):
+                paired.extend(((*key, j), v) for j, v in enumerate(children))
+                self.ledger.add(key[0], len(children) - 1)
+            return paired
+        assert task.batch_keys is not None
+        batch_keys = [task.batch_keys[i] for i in units]
+        if s.stage.split:
+            paired = []
+            for keys_, values in zip(batch_keys, results, strict=True):
+                if not isinstance(values, Sequence) or len(values) != len(keys_):
+                    got = len(values) if isinstance(values, Sequence) else type(values).__name__
+                    raise StageError(
+                        f"stage {s.name!r} has split=True, so its function must return one "
+                        f"result per item of the batch: {len(keys_)} expected, got {got}; "
+                        "return a list as long as the batch, or use split=False",
+                        stage=s.name,
+                        key=keys_[0],
+                    )
+                paired.extend(zip(keys_, values, strict=True))
+            return paired
+        # batch (unsplit) and collect: many items merge into one, keyed by the first.
+        self.ledger.merge(batch_keys)
+        return [(keys_[0], v) for keys_, v in zip(batch_keys, results, strict=True)]
+
+    def _route(self, s: StageState, items: list[Item]) -> None:
+        if not s.successors:
+            self._to_output(s, items)
+            return
+        if len(s.successors) > 1:
+            self.ledger.fan_out(items, len(s.successors) - 1)
+        now = monotonic_ns()
+        for t in s.successors:
+            self._put(s, t.queue, items, t.name, now)
+
+    def _put(self, s: StageState, q: StageQueue, items: list[Item], name: str, now: int) -> None:
+        room = max(0, q.room())
+        fits = items if len(items) <= room else items[:room]
+        if fits:
+            q.put(fits)
+            if self._has_ins:
+                self._ins.items_enqueued(name, list(map(_key, fits)), len(q.items), now)
+        if len(fits) < len(items):
+            s.overflow.append((q, items[len(fits) :]))
+
+    def _to_output(self, s: StageState, items: list[Item]) -> None:
+        """Results reaching the output are finished: the ledger counts their roots down
+        (and, ordered, holds them until their turn)."""
+        if not self.ordered:
+            self._put(s, self.output, items, "<output>", monotonic_ns())
+        self.ledger.arrive(items)
+
+    def drain_overflow(self, s: StageState) -> bool:
+        progressed = False
+        while s.overflow and s.overflow[0][0].room() > 0:
+            q, items = s.overflow.popleft()
+            name = next((t.name for t in s.successors if t.queue is q), "<output>")
+            self._put(s, q, items, name, monotonic_ns())  # what does not fit goes back
+            progressed = True
+        return progressed
+
+
+_key = operator.itemgetter(0)
