@@ -436,3 +436,20 @@ def test_work_that_can_never_come_back_raises_stall_error(vanishing: str) -> Non
         run.wait()
     assert info.value.stage == "slow_echo" and info.value.keys
     assert run.state == "failed"
+
+
+@pytest.mark.parametrize("executor", ALL)
+def test_shutdown_is_safe_before_start_and_twice(executor: str) -> None:
+    stage = cv.stage(fns.ident, executor=executor)
+    posted: list[Any] = []
+    ex = executor_class(executor)(stage, posted.append)
+    ex.shutdown(cancel=True)
+    ex.shutdown(cancel=False)
+    started = executor_class(executor)(stage, posted.append)
+    started.start()
+    started.submit(Task(1, stage.name, [41], [(0,)]))
+    assert wait_until(lambda: len(posted) == 1, timeout=30)
+    assert posted[0].results == [41] and not posted[0].failures
+    started.shutdown(cancel=False)
+    started.shutdown(cancel=True)
+    assert started.pids() == []
