@@ -167,9 +167,6 @@ class StageState:
         out = sum(len(u) for u in units) if self.stage.split else k
         return self._batch_task(task_id, units, reserved=min(out, room))
 
-    def retry_due(self, now_ns: int) -> bool:
-        return bool(self.retry) and self.retry[0][0] <= now_ns
-
     def retry_task(self, task_id: int, room: int, now_ns: int) -> Task:
         """A task of units due to run again (retries go before new items)."""
         cap = min(self.unit_cap(), max(1, room))

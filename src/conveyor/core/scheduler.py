@@ -400,9 +400,9 @@ class Scheduler:
 
     def _dispatch(self, s: StageState) -> bool:
         progressed = False
-        while s.free > 0 and not s.overflow:
-            now = monotonic_ns()
-            retry_due = s.retry_due(now)
+        limit = s.slots * (1 + s.prefetch)
+        while s.busy < limit and not s.overflow:
+            retry_due = bool(s.retry) and s.retry[0][0] <= monotonic_ns()
             if not (retry_due or s.queue.items):
                 break
             room = min(t.room() for t in s.targets)
@@ -411,9 +411,11 @@ class Scheduler:
             self._task_ids += 1
             task: Task | None
             if retry_due:
-                task = s.retry_task(self._task_ids, room, now)
+                task = s.retry_task(self._task_ids, room, monotonic_ns())
             else:
-                task = s.next_task(self._task_ids, room, upstream_done=self._upstream_done(s))
+                # Only a batch or collect waits for its upstream to be done.
+                done = s.kind in ("batch", "collect") and self._upstream_done(s)
+                task = s.next_task(self._task_ids, room, upstream_done=done)
             if task is None:
                 break
             self._submit(s, task)
