@@ -140,6 +140,21 @@ def test_a_writer_that_fails_releases_a_waiting_hook(tmp_path: Path) -> None:
     store.close()
 
 
+def test_items_read_and_never_finished_are_pending_even_with_nothing_else_buffered(
+    tmp_path: Path,
+) -> None:
+    """A run cancelled before any item finished (a source that blocked, a Ctrl-C at
+    once): its read items are all pending, so its ledger balances."""
+    store = RunStore(tmp_path / "runs.db")
+    recorder = StoreRecorder(store)
+    start(recorder)
+    recorder.items_read([(i,) for i in range(16)], time.monotonic_ns())
+    recorder.run_finished("cancelled", KeyboardInterrupt(), time.monotonic_ns())
+    ledger = store.ledger("r1")
+    assert (ledger.items_read, ledger.pending, ledger.done) == (16, 16, 0) and ledger.balanced
+    store.close()
+
+
 def expand(spans: list[tuple[int, int]]) -> Counter[int]:
     return Counter(i for first, last in spans for i in range(first, last + 1))
 

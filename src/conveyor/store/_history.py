@@ -237,6 +237,7 @@ class StoreRecorder(Instrument):
         self._record_run_error(error, t_ns)
         if self._unfinished:
             self._roots.append((sorted(self._unfinished), "pending"))
+            self._buffered += len(self._unfinished)  # even when nothing else is buffered
             self._unfinished = set()
         self._flush()
         with self._cond:
