@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 import conveyor as cv
-from conftest import alive, wait_until
+from conftest import interruptible_conveyor, running, wait_until
 from conveyor.cli import cli
 from conveyor.cli.signals import Interrupted, SignalGuard
 from conveyor.store import RunStore, StoreRecorder
@@ -77,13 +77,6 @@ PIPE = textwrap.dedent(
     """
 )
 
-# Launch with SIGINT at its default: a test runner started in the background (or by
-# nohup) passes SIGINT on ignored, and conveyor rightly keeps ignoring it then.
-LAUNCH = (
-    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-    "os.execv(sys.executable, [sys.executable, '-m', 'conveyor.cli', *sys.argv[1:]])"
-)
-
 
 STARTED: list[subprocess.Popen[str]] = []
 
@@ -113,7 +106,7 @@ def write_pipe(where: Path, *, block_at: int = -1) -> Path:
 
 def start(where: Path, *args: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", LAUNCH, *args, "--store", str(where / "runs.db"), "--no-progress"],
+        interruptible_conveyor(*args, "--store", str(where / "runs.db"), "--no-progress"),
         cwd=where,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -136,17 +129,6 @@ def interrupt(proc: subprocess.Popen[str], signum: int) -> tuple[str, str]:
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signum)
     return proc.communicate(timeout=60)
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (a zombie has stopped; only its exit status is left)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return alive(pid)
-    return state != "Z"
 
 
 def worker_pids(where: Path) -> list[int]:
