@@ -85,6 +85,7 @@ class SignalGuard:
         self._depth = 0  # inside an instrument hook when > 0
         self._previous: dict[int, Any] = {}
         self._alarm_previous: Any = None
+        self._borrowing_alarm = False  # SIGALRM is ours while a signal waits
         self._active = False
 
     # --- installing and restoring -----------------------------------------------
@@ -173,17 +174,20 @@ class SignalGuard:
 
     def _retry_later(self) -> None:
         if not hasattr(signal, "setitimer"):
-            return  # delivered at the next signal or never: the run ends on its own
-        if self._alarm_previous is None:
+            return  # no timer: it counts for the exit code; the run ends on its own
+        if not self._borrowing_alarm:
             self._alarm_previous = signal.signal(signal.SIGALRM, self._on_alarm)
+            self._borrowing_alarm = True
         signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
 
     def _stop_retrying(self) -> None:
-        if self._alarm_previous is None:
+        if not self._borrowing_alarm:
             return
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, self._alarm_previous)
+        previous = self._alarm_previous
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
         self._alarm_previous = None
+        self._borrowing_alarm = False
 
 
 class _Started(Instrument):
