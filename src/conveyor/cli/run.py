@@ -138,6 +138,8 @@ def run_command(
             recorder = (
                 None if no_store else _recorder(store_path, pipeline, _stored(target), params)
             )
+            if recorder is not None:
+                stack.callback(recorder.store.close)  # once the run (and its writer) ended
             timeline = Recorder()
             run = pipeline.stream(
                 source,
@@ -186,6 +188,7 @@ def resume_command(
     with SignalGuard() as guard, ExitStack() as stack:
         try:
             store = _open_store(store_path, create=False)
+            stack.callback(store.close)
             try:
                 plan = plan_resume(store, run_ref, load_pipeline, force=force)
             except RunNotFoundError as exc:
