@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import threading
 import time
 
@@ -24,6 +25,19 @@ def alive(pid: int) -> bool:
     return True
 
 
+def running(pid: int) -> bool:
+    """``pid`` is alive and not a zombie (a zombie has stopped: only its exit status is
+    left, for a parent that may be gone; outside Linux, any live pid counts)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return alive(pid)
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def wait_until(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -31,6 +45,20 @@ def wait_until(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-unty
             return True
         time.sleep(0.01)
     return bool(predicate())
+
+
+# A test runner started in the background (or under nohup) passes SIGINT on ignored,
+# and conveyor rightly keeps ignoring it then; commands that tests interrupt with
+# SIGINT start with it at its default instead.
+_WITH_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'conveyor.cli', *sys.argv[1:]])"
+)
+
+
+def interruptible_conveyor(*args: str) -> list[str]:
+    """The command line that runs ``conveyor ARGS`` with SIGINT at its default."""
+    return [sys.executable, "-c", _WITH_SIGINT, *args]
 
 
 def conveyor_threads() -> list[str]:

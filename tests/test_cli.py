@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
@@ -17,6 +16,7 @@ from click.testing import CliRunner, Result
 from rich.console import Console
 
 import conveyor as cv
+from conftest import interruptible_conveyor, wait_until
 from conveyor.cli import cli
 from conveyor.observe.progress import Progress
 from conveyor.observe.summary import limiting_line, limiting_stage, stage_table
@@ -238,16 +238,13 @@ def test_ctrl_c_cancels_and_exits_130(tmp_path: Path) -> None:
         "pipeline = cv.Pipeline('sleepy', [cv.Stage(nap)], source=range(100_000))\n"
     )
     proc = subprocess.Popen(
-        _cli("run", f"{tmp_path}/sleepy.py:pipeline"),
+        interruptible_conveyor("run", f"{tmp_path}/sleepy.py:pipeline"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert marker.exists(), "the run never started"
+        assert wait_until(marker.exists, 30), "the run never started"
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=30)
     finally:
@@ -255,7 +252,7 @@ def test_ctrl_c_cancels_and_exits_130(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, stderr
-    assert "cancelled" in stderr
+    assert "cancelled by SIGINT" in stderr
     assert "sleepy: cancelled" in stdout
     assert "Traceback" not in stderr
 

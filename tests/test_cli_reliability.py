@@ -9,23 +9,26 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 import stagefns as f
+from conftest import running, wait_until
 from conveyor.cli import cli
 
 TESTS = str(Path(__file__).parent)
 
 PIPE = textwrap.dedent(
     """
-    import functools, sys, time
+    import functools, multiprocessing, os, pathlib, sys, time
     sys.path.insert(0, {tests!r})
     import conveyor as cv
     import stagefns as f
+
+    if multiprocessing.parent_process() is not None:  # a process worker: note its pid
+        pathlib.Path({pids!r}, str(os.getpid())).touch()
 
     def slow_square(x):
         time.sleep({sleep})
@@ -58,9 +61,11 @@ def fresh_module():  # type: ignore[no-untyped-def]
 
 def write_pipe(tmp_path: Path, *, strict: bool = False, sleep: float = 0.01) -> Path:
     path = tmp_path / "cli_resume_pipe.py"
+    (tmp_path / "pids").mkdir(exist_ok=True)
     path.write_text(
         PIPE.format(
             tests=TESTS,
+            pids=str(tmp_path / "pids"),
             log=str(tmp_path / "calls.log"),
             cache=str(tmp_path / "cache"),
             strict=strict,
@@ -115,13 +120,13 @@ def test_run_killed_then_resumed_from_the_command_line(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 60
-    while len(f.calls(str(log))) < 30:
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
+    assert wait_until(lambda: len(f.calls(str(log))) >= 30 or proc.poll() is not None, 60)
+    assert proc.poll() is None
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
-    time.sleep(0.5)  # orphaned workers finish the call in hand and exit
+    # The orphaned workers finish the call in hand (logging it) and exit: wait for that.
+    pids = [int(p.name) for p in (tmp_path / "pids").iterdir()]
+    assert pids and wait_until(lambda: not any(running(p) for p in pids), 30)
     before = f.calls(str(log))
 
     runs = conveyor("runs", "--store", str(store), cwd=tmp_path)

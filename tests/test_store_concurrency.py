@@ -127,6 +127,17 @@ def test_a_held_write_lock_is_waited_out_not_raised(
 ) -> None:
     """With SQLite's own busy wait off, the retry loop alone rides out a held lock."""
     monkeypatch.setattr(_db, "BUSY_TIMEOUT_MS", 0)
+    backoffs = threading.Semaphore(0)
+
+    class Clock:  # _db's time module, telling the test when the retry loop backs off
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            backoffs.release()
+            time.sleep(seconds)
+
+    monkeypatch.setattr(_db, "time", Clock)
     path = tmp_path / "runs.db"
     store = RunStore(path)
     store._connection().execute("PRAGMA busy_timeout = 0")
@@ -142,8 +153,9 @@ def test_a_held_write_lock_is_waited_out_not_raised(
 
     writer = threading.Thread(target=write)
     writer.start()
-    time.sleep(0.2)  # the writer is now retrying against the held lock
-    assert writer.is_alive()
+    # the writer found the lock held and backed off, twice: it is retrying, not failing
+    assert backoffs.acquire(timeout=30) and backoffs.acquire(timeout=30)
+    assert writer.is_alive() and not errors
     blocker.execute("COMMIT")
     blocker.close()
     writer.join(timeout=10)

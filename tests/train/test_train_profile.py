@@ -14,17 +14,39 @@ from conveyor.train._profile import as_layers  # noqa: E402
 pytestmark = pytest.mark.train
 
 
+class FakeClock:
+    """Seconds that pass only when a layer sleeps: the profiler's arithmetic, exactly."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_sleeping_layers_measure_their_sleep():
-    model = nn.Sequential(sleep_layer(4, 8, 2), sleep_layer(2, 3, 6))
-    prof = profile_model(model, torch.randn(8, 4), repeats=3, warmup=1)
+    clock = FakeClock()
     expected = [(4, 8, 2), (2, 3, 6)]
+    model = nn.Sequential(*(sleep_layer(*fiw, sleep=clock.sleep) for fiw in expected))
+    prof = profile_model(model, torch.randn(8, 4), repeats=3, warmup=1, clock=clock)
     for lp, (f, i, w) in zip(prof.layers, expected, strict=True):
         measured = (lp.forward * 1e3, lp.backward * 1e3, lp.weight * 1e3)
-        for got, want in zip(measured, (f, i, w), strict=True):
-            # sleep never returns early; the slack covers scheduling on a busy machine
-            assert want - 0.3 <= got <= want + 3.0, (lp.name, measured, (f, i, w))
+        # F alone, I (input gradient) and W (weight gradient) told apart by the profiler
+        assert measured == pytest.approx((f, i, w), abs=1e-9), (lp.name, measured)
         # sleeping does not scale with the batch: all of it is fixed cost
-        assert lp.forward_fixed == pytest.approx(lp.forward, rel=0.5)
+        fixed = (lp.forward_fixed, lp.backward_fixed, lp.weight_fixed)
+        assert fixed == pytest.approx((lp.forward, lp.backward, lp.weight), abs=1e-12)
+
+
+def test_the_profiler_reads_the_real_clock_by_default():
+    model = nn.Sequential(sleep_layer(4, 1, 1), sleep_layer(1, 1, 1))
+    prof = profile_model(model, torch.randn(8, 4), repeats=2, warmup=0)
+    # time.sleep never returns early, so the fastest run of each forward is at least its
+    # sleep; a loaded machine only adds time, so there is no upper bound to assert
+    assert prof.layers[0].forward >= 4e-3 and prof.layers[1].forward >= 1e-3
 
 
 def test_linear_layer_counts_and_memory():

@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from conveyor.cli.errors import OneLineError
 from conveyor.errors import RunNotFoundError, StoreError
 from conveyor.store import DEFAULT_PATH, Ledger, RunRecord, RunStore
 
@@ -40,11 +41,11 @@ store_option = click.option(
     "store_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help=f"The run store to read (default ./{DEFAULT_PATH}).",
+    help=f"The SQLite run store (default: $CONVEYOR_STORE or ./{DEFAULT_PATH}).",
 )
 
 
-class StoreProblem(click.ClickException):
+class StoreProblem(OneLineError):
     """A StoreError with the store itself (corrupt, not a store, newer): one line, exit 1."""
 
 
@@ -253,7 +254,6 @@ def _num(value: float | None, fmt: str = "{}") -> str:
 
 def _redrive(run: RunRecord, letters: list[Any], store_path: Path | None, out: Console) -> None:
     from conveyor.cli.target import load_pipeline
-    from conveyor.errors import ConveyorError
     from conveyor.store import StoreRecorder, redrive_plan
 
     if not run.target:
@@ -262,10 +262,7 @@ def _redrive(run: RunRecord, letters: list[Any], store_path: Path | None, out: C
             "loaded here; re-drive from Python: DeadLetter.load_value() gives each input"
         )
     pipeline = load_pipeline(run.target)
-    try:
-        plans = redrive_plan(pipeline, letters)
-    except ConveyorError as exc:
-        raise StoreProblem(str(exc)) from None
+    plans = redrive_plan(pipeline, letters)  # a PipelineError is the group's to show
     with RunStore(store_path, create=False) as store:
         for sub, values in plans:
             recorder = StoreRecorder(

@@ -2,19 +2,12 @@
 ledger of source items, in embedded SQLite (``./.conveyor/runs.db``)."""
 
 from conveyor.errors import PipelineChangedError, RunNotFoundError, StoreError
-from conveyor.store._recorder import StoreRecorder
+from conveyor.store._history import StoreRecorder, WriterStatistics
+from conveyor.store._records import DeadLetter, ItemOutcome, Ledger, RunRecord, StageRecord
 from conveyor.store._resume import ResumePlan, plan_resume, redrive_plan, resume_report
+from conveyor.store._rows import encode_key
 from conveyor.store._schema import SCHEMA_VERSION
-from conveyor.store._store import (
-    DEFAULT_PATH,
-    DeadLetter,
-    ItemOutcome,
-    Ledger,
-    RunRecord,
-    RunStore,
-    StageRecord,
-    encode_key,
-)
+from conveyor.store._store import DEFAULT_PATH, RunStore
 
 __all__ = [
     "DEFAULT_PATH",
@@ -30,6 +23,7 @@ __all__ = [
     "StageRecord",
     "StoreError",
     "StoreRecorder",
+    "WriterStatistics",
     "encode_key",
     "plan_resume",
     "redrive_plan",

@@ -23,7 +23,8 @@ from typing import Any
 from conveyor.core.pipeline import Pipeline
 from conveyor.core.statistics import RunStatistics
 from conveyor.errors import StoreError
-from conveyor.store._store import RunRecord, RunStore
+from conveyor.store._records import RunRecord
+from conveyor.store._store import RunStore
 
 
 @dataclasses.dataclass(frozen=True)

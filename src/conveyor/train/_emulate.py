@@ -12,6 +12,7 @@ gradients are asked for (W), or with the input path in a full backward (B = I + 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from conveyor.train._errors import require_torch
@@ -19,8 +20,18 @@ from conveyor.train._errors import require_torch
 __all__ = ["sleep_layer"]
 
 
-def sleep_layer(forward_ms: float, backward_ms: float, weight_ms: float = 0.0) -> Any:
-    """An ``nn.Module`` computing ``x + 0·w`` that sleeps the given times in F, I and W."""
+def sleep_layer(
+    forward_ms: float,
+    backward_ms: float,
+    weight_ms: float = 0.0,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Any:
+    """An ``nn.Module`` computing ``x + 0·w`` that sleeps the given times in F, I and W.
+
+    ``sleep`` takes seconds; a fake clock's ``sleep`` (advancing it) makes the times
+    exact for a profiler reading that clock.
+    """
     require_torch()
     import torch
     from torch import nn
@@ -28,12 +39,12 @@ def sleep_layer(forward_ms: float, backward_ms: float, weight_ms: float = 0.0) -
     class _SleepInput(torch.autograd.Function):
         @staticmethod
         def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-            time.sleep(forward_ms / 1e3)
+            sleep(forward_ms / 1e3)
             return x.clone()
 
         @staticmethod
         def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-            time.sleep(backward_ms / 1e3)
+            sleep(backward_ms / 1e3)
             return grad
 
     class _SleepWeight(torch.autograd.Function):
@@ -43,7 +54,7 @@ def sleep_layer(forward_ms: float, backward_ms: float, weight_ms: float = 0.0) -
 
         @staticmethod
         def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-            time.sleep(weight_ms / 1e3)
+            sleep(weight_ms / 1e3)
             return grad.sum().reshape(()) * 0
 
     class SleepLayer(nn.Module):

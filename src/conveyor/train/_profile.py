@@ -100,19 +100,24 @@ def as_layers(model: Any) -> list[Any]:
     return layers
 
 
-def _min_time(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
+Clock = Callable[[], float]
+
+
+def _min_time(fn: Callable[[], Any], repeats: int, warmup: int, clock: Clock) -> float:
     # the fastest run: other processes on the machine only ever add time
     for _ in range(warmup):
         fn()
     samples = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        samples.append(time.perf_counter() - t0)
+        samples.append(clock() - t0)
     return min(samples)
 
 
-def _time_layer(layer: Any, x: Any, repeats: int, warmup: int) -> tuple[float, float, float, Any]:
+def _time_layer(
+    layer: Any, x: Any, repeats: int, warmup: int, clock: Clock
+) -> tuple[float, float, float, Any]:
     import torch
 
     params = [p for p in layer.parameters() if p.requires_grad]
@@ -133,11 +138,13 @@ def _time_layer(layer: Any, x: Any, repeats: int, warmup: int) -> tuple[float, f
 
         return run
 
-    f = _min_time(forward, repeats, warmup)
+    f = _min_time(forward, repeats, warmup, clock)
     # backward alone = (forward with graph + backward) - forward with graph
-    with_graph = _min_time(fwd_bwd([]), repeats, warmup)
-    t_input = max(0.0, _min_time(fwd_bwd(inputs_i), repeats, warmup) - with_graph)
-    t_full = max(t_input, _min_time(fwd_bwd(inputs_i + params), repeats, warmup) - with_graph)
+    with_graph = _min_time(fwd_bwd([]), repeats, warmup, clock)
+    t_input = max(0.0, _min_time(fwd_bwd(inputs_i), repeats, warmup, clock) - with_graph)
+    t_full = max(
+        t_input, _min_time(fwd_bwd(inputs_i + params), repeats, warmup, clock) - with_graph
+    )
     return f, t_input, t_full - t_input, out.detach()
 
 
@@ -165,8 +172,18 @@ def _saved_bytes(layer: Any, x: Any) -> int:
     return total
 
 
-def profile_model(model: Any, sample: Any, *, repeats: int = 5, warmup: int = 2) -> ModelProfile:
+def profile_model(
+    model: Any,
+    sample: Any,
+    *,
+    repeats: int = 5,
+    warmup: int = 2,
+    clock: Clock = time.perf_counter,
+) -> ModelProfile:
     """Profile every layer of ``model`` on ``sample`` (one micro-batch of inputs).
+
+    ``clock`` returns seconds; tests pass a fake one that the layers advance (see
+    :func:`~conveyor.train._emulate.sleep_layer`'s ``sleep``).
 
     >>> prof = profile_model(nn.Sequential(nn.Linear(8, 8), nn.ReLU()), torch.randn(4, 8))
     >>> prof.layers[0].params
@@ -178,9 +195,9 @@ def profile_model(model: Any, sample: Any, *, repeats: int = 5, warmup: int = 2)
     results = []
     x_full, x_half = sample, half
     for i, layer in enumerate(layers):
-        f, b, w, out = _time_layer(layer, x_full, repeats, warmup)
+        f, b, w, out = _time_layer(layer, x_full, repeats, warmup, clock)
         if n >= 2:
-            fh, bh, wh, out_half = _time_layer(layer, x_half, repeats, warmup)
+            fh, bh, wh, out_half = _time_layer(layer, x_half, repeats, warmup, clock)
             k = x_half.shape[0] / n
 
             def fixed(full: float, part: float, k: float = k) -> float:

@@ -17,16 +17,26 @@ What it records, from which hook:
     run_finished     source items never finished as ``pending``, each stage's
                      statistics, and the run's final state and error
 
-Hooks only append to in-memory buffers (a few hundred nanoseconds per item); every
-``flush_rows`` rows or ``flush_seconds`` seconds the buffers go, as one batch, to a
-writer thread that writes them in one transaction, so the scheduler's thread never
-waits for the disk. ``run_finished`` drains the writer before it returns.
+Hooks only append to in-memory buffers (a few hundred nanoseconds per item). Every
+``flush_rows`` rows or ``flush_seconds`` seconds the buffers are coalesced into a
+:class:`~conveyor.store._rows.Batch` (consecutive source items become ranges) and
+handed to a writer thread, which writes what it has been handed in one
+transaction, so the scheduler's thread does not wait for the disk::
+
+    hooks ──append──▶ buffers ──every flush_rows──▶ pending Batch ◀──takes── writer ══▶ SQLite
+                                                     (coalesces while the writer is busy)
+
+While the writer is busy, further hand-overs merge into the one pending batch, so
+a slow disk costs memory per *range* (and per rare row: failures, dead letters),
+not per item. Only when the pending batch passes ``max_pending_rows`` rows does
+the hook wait for the writer to take it: backpressure on the run, never
+unbounded memory. ``run_finished`` drains the writer before it returns.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import queue
 import threading
 import time
 import traceback as tb_module
@@ -36,16 +46,31 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.core.events import Instrument, Key, RunInfo
 from conveyor.errors import RunError, StoreError
-from conveyor.store._store import DeadLetterRow, OutcomeRow, RunStore
+from conveyor.store._rows import Batch, DeadLetterRow, OutcomeRow
+from conveyor.store._store import RunStore
 
 if TYPE_CHECKING:
     from conveyor.core.pipeline import Pipeline
 
-# A buffered chunk of "done" outcomes: (stage, keys, ends_ns), expanded by the writer.
+# A buffered chunk of "done" outcomes: (stage, keys, ends_ns), coalesced at hand-over.
 _DoneChunk = tuple[str, Sequence[Key], Sequence[int]]
-_Batch = tuple[
-    list[_DoneChunk], list[OutcomeRow], list[tuple[Sequence[int], str]], list[DeadLetterRow]
-]
+
+
+@dataclasses.dataclass(frozen=True)
+class WriterStatistics:
+    """A snapshot of a :class:`StoreRecorder`'s hand-off to its writer thread.
+
+    ``pending_rows`` is what waits for the writer now (ranges count one row each),
+    ``peak_pending_rows`` the most it ever held; ``waits`` counts the times a hook
+    waited for the writer because the pending batch was full, and ``waiting`` is
+    true while one does.
+    """
+
+    batches_written: int
+    pending_rows: int
+    peak_pending_rows: int
+    waits: int
+    waiting: bool
 
 
 class StoreRecorder(Instrument):
@@ -59,6 +84,8 @@ class StoreRecorder(Instrument):
         target: how to load the pipeline again, e.g. ``"etl.py:pipe"`` (for resume).
         flush_rows, flush_seconds: hand buffered rows to the writer after this many
             rows or seconds, whichever comes first.
+        max_pending_rows: the most rows (a range counts one) waiting for the writer
+            before a hook waits for it; default ``10 * flush_rows``.
 
     ``error`` holds the StoreError of a write that failed; the run goes on without
     recording, and the failure is reported once as a RuntimeWarning at its end.
@@ -74,6 +101,7 @@ class StoreRecorder(Instrument):
         target: str | None = None,
         flush_rows: int = 1000,
         flush_seconds: float = 0.5,
+        max_pending_rows: int | None = None,
     ) -> None:
         self.store = store if isinstance(store, RunStore) else RunStore(store)
         if fingerprint is None and pipeline is not None:
@@ -88,11 +116,14 @@ class StoreRecorder(Instrument):
         self.target = target
         self.flush_rows = flush_rows
         self.flush_ns = int(flush_seconds * 1e9)
+        self.max_pending_rows = 10 * flush_rows if max_pending_rows is None else max_pending_rows
         self.run_id: str | None = None
         self.error: StoreError | None = None
+        self._cond = threading.Condition()
         self._reset()
 
     def _reset(self) -> None:
+        # Buffers: touched by the hooks only (the scheduler's thread).
         self._done: list[_DoneChunk] = []
         self._rows: list[OutcomeRow] = []
         self._roots: list[tuple[Sequence[int], str]] = []
@@ -104,8 +135,25 @@ class StoreRecorder(Instrument):
         self._failed: set[tuple[str, Key]] = set()
         self._offset_ns = time.time_ns() - time.monotonic_ns()
         self._control: Any = None
-        self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        # The hand-off: shared with the writer thread, under self._cond.
+        self._pending = Batch()
+        self._closing = False
+        self._batches_written = 0
+        self._peak_pending = 0
+        self._waits = 0
+        self._waiting = False
         self._writer: threading.Thread | None = None
+
+    def statistics(self) -> WriterStatistics:
+        """How the hand-off to the writer thread stands (see :class:`WriterStatistics`)."""
+        with self._cond:
+            return WriterStatistics(
+                batches_written=self._batches_written,
+                pending_rows=self._pending.rows,
+                peak_pending_rows=self._peak_pending,
+                waits=self._waits,
+                waiting=self._waiting,
+            )
 
     # --- hooks ----------------------------------------------------------------------
 
@@ -117,8 +165,9 @@ class StoreRecorder(Instrument):
         self.store.begin_run(run.run_id, run.pipeline, self.fingerprint, self.params, self.target)
         self.store.set_state(run.run_id, "running")
         self._writer = threading.Thread(
-            target=self._write_batches, name="conveyor-store-writer", daemon=True
-        )
+            target=self._write_batches, args=(run.run_id,), name="conveyor-store-writer",
+            daemon=True,
+        )  # fmt: skip
         self._writer.start()
 
     def items_read(self, keys: Sequence[Key], t_ns: int) -> None:
@@ -188,9 +237,12 @@ class StoreRecorder(Instrument):
         self._record_run_error(error, t_ns)
         if self._unfinished:
             self._roots.append((sorted(self._unfinished), "pending"))
+            self._buffered += len(self._unfinished)  # even when nothing else is buffered
             self._unfinished = set()
         self._flush()
-        self._queue.put(None)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
         if self._writer is not None:
             self._writer.join()
             self._writer = None
@@ -215,7 +267,7 @@ class StoreRecorder(Instrument):
                 stacklevel=2,
             )
 
-    # --- buffering ------------------------------------------------------------------
+    # --- buffering and the hand-off -------------------------------------------------
 
     def _wall(self, t_ns: int) -> float:
         return (t_ns + self._offset_ns) / 1e9
@@ -227,11 +279,42 @@ class StoreRecorder(Instrument):
             self._flush()
 
     def _flush(self) -> None:
+        """Coalesce the buffers into a batch and hand it to the writer."""
         if not self._buffered:
             return
-        self._queue.put((self._done, self._rows, self._roots, self._letters))
+        batch = Batch()
+        offset = self._offset_ns
+        for stage, keys, ends in self._done:
+            batch.add_done(stage, keys, (max(ends) + offset) / 1e9)
+        for row in self._rows:
+            batch.add_outcome(row)
+        for roots, state in self._roots:
+            batch.add_roots(roots, state)
+        for letter in self._letters:
+            batch.add_letter(letter)
         self._done, self._rows, self._roots, self._letters = [], [], [], []
         self._buffered = 0
+        self._hand_over(batch)
+
+    def _hand_over(self, batch: Batch) -> None:
+        """Merge ``batch`` into the one the writer takes next; wait for the writer
+        only while that one holds more than ``max_pending_rows`` rows."""
+        with self._cond:
+            if self.error is not None or self._writer is None:
+                return  # the store failed (or no run): the run goes on unrecorded
+            if self._pending:
+                self._pending.update(batch)
+            else:
+                self._pending = batch
+            pending = self._pending.rows
+            self._peak_pending = max(self._peak_pending, pending)
+            self._cond.notify_all()
+            if pending > self.max_pending_rows:
+                self._waits += 1
+                self._waiting = True
+                while self._pending.rows > self.max_pending_rows and self.error is None:
+                    self._cond.wait()
+                self._waiting = False
 
     def _record_run_error(self, error: BaseException | None, t_ns: int) -> None:
         """A stage failure that no unit_failed event reported (the engine reports the
@@ -247,27 +330,33 @@ class StoreRecorder(Instrument):
         self._rows.append((error.stage, key, "failed", None, text, trace, self._wall(t_ns)))
         self._buffered += 1
 
-    def _write_batches(self) -> None:
-        run_id = self.run_id
-        assert run_id is not None
-        offset = self._offset_ns
+    def _write_batches(self, run_id: str) -> None:
+        """The writer thread: take the pending batch, write it, until closing."""
         while True:
-            batch = self._queue.get()
-            if batch is None:
-                return
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                batch, self._pending = self._pending, Batch()
+                self._cond.notify_all()  # a hook waiting for room goes on
             if self.error is not None:
                 continue  # the store failed: drain without writing
-            done, rows, roots, letters = batch
             try:
-                self.store.record_batch(
-                    run_id,
-                    done=[(stage, keys, (max(ends) + offset) / 1e9) for stage, keys, ends in done],
-                    outcomes=rows,
-                    roots=[(r, state) for chunk, state in roots for r in chunk],
-                    dead_letters=letters,
-                )
+                self.store._write_batch(run_id, batch)
             except StoreError as exc:
-                self.error = exc
+                self._fail(exc)
+            except Exception as exc:  # never die silently: a hook may wait for us
+                self._fail(StoreError(f"the run store's writer failed: {exc!r}"))
+            else:
+                with self._cond:
+                    self._batches_written += 1
+
+    def _fail(self, exc: StoreError) -> None:
+        with self._cond:
+            self.error = exc
+            self._pending = Batch()
+            self._cond.notify_all()
 
 
 def _error_text(error: BaseException | None) -> str | None:

@@ -1,0 +1,121 @@
+"""What ``conveyor run`` and ``conveyor analyze`` write besides the report: results
+(``--output``), statistics (``--json``), the recording (``--record``), a Chrome trace
+(``--trace``) and an SVG timeline (``--gantt``), with the options that ask for them.
+
+A path that cannot be written is a one-line error naming the option (exit 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from conveyor import Recording, RunStatistics
+
+TRACE_OPTION = click.option(
+    "--trace",
+    "trace_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write a Chrome/Perfetto trace (JSON) of every worker's activity.",
+)
+GANTT_OPTION = click.option(
+    "--gantt",
+    "gantt_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Draw the workers' timeline and queue depths as an SVG file.",
+)
+BUDGET_OPTION = click.option(
+    "--budget",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Workers to balance over in the advice (default: the run's own total).",
+)
+OUTPUT_OPTION = click.option(
+    "--output",
+    "output_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write every result to this file, one JSON value per line.",
+)
+
+
+@contextmanager
+def results_file(path: Path | None) -> Iterator[Callable[[Any], None] | None]:
+    """A function that writes one result as a JSON line to ``path`` (None: no file)."""
+    if path is None:
+        yield None
+        return
+    try:
+        out: TextIO = path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise _unwritable("--output", path, exc) from exc
+
+    def write(result: Any) -> None:
+        out.write(json.dumps(result, default=repr) + "\n")
+
+    with out:
+        yield write
+
+
+def write_outputs(
+    recording: Recording,
+    record_path: Path | None,
+    trace_path: Path | None,
+    gantt_path: Path | None,
+    err: Console,
+) -> None:
+    """Write the recording, the trace and the timeline that were asked for."""
+    from conveyor.observe import chrome_trace, gantt_svg
+
+    if record_path is not None:
+        try:
+            recording.save(record_path)
+        except OSError as exc:
+            raise _unwritable("--record", record_path, exc, what="the recording") from exc
+    if trace_path is not None:
+        write_text(trace_path, json.dumps(chrome_trace(recording)), "--trace")
+    if gantt_path is not None:
+        write_text(gantt_path, gantt_svg(recording), "--gantt")
+    for what, path in (("recording", record_path), ("trace", trace_path), ("timeline", gantt_path)):
+        if path is not None:
+            err.print(f"{what} written to {escape(str(path))}")
+
+
+def write_json(path: Path, stats: RunStatistics) -> None:
+    """The run's statistics as JSON (``--json``)."""
+    text = json.dumps(dataclasses.asdict(stats), indent=2) + "\n"
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise _unwritable("--json", path, exc, what="the statistics") from exc
+
+
+def write_text(path: Path, text: str, option: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise _unwritable(option, path, exc) from exc
+
+
+def check_gantt_path(path: Path | None) -> None:
+    if path is not None and path.suffix.lower() != ".svg":
+        raise click.UsageError(
+            f"--gantt {str(path)!r}: the timeline is drawn as SVG; give a path ending in .svg"
+        )
+
+
+def _unwritable(
+    option: str, path: Path, exc: OSError, *, what: str | None = None
+) -> click.ClickException:
+    target = f"{what} to {option}" if what else option
+    return click.ClickException(
+        f"cannot write {target} {str(path)!r}: {exc.strerror}; "
+        "check that its directory exists and is writable"
+    )

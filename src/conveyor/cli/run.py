@@ -1,0 +1,347 @@
+"""``conveyor run TARGET`` and ``conveyor resume RUN``: drive a pipeline to its end,
+record it in the run store, and explain it.
+
+Both load the pipeline, start it with the live progress display (stderr, terminals
+only), the run store's recorder and the instruments asked for, iterate it in the
+main thread, and print the report, failed or cancelled runs included. SIGINT and
+SIGTERM cancel the run cleanly (see :mod:`conveyor.cli.signals`).
+
+Exit codes: 0 the run succeeded; 1 it failed, or a conveyor error stopped the
+command; 2 a usage error; 128 + the signal when SIGINT (130) or SIGTERM (143) came.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from contextlib import ExitStack, nullcontext
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+
+from conveyor import ConveyorError, Pipeline, Rebalancer, Recorder, Recording, Run, RunStatistics
+from conveyor.cli.errors import describe_error
+from conveyor.cli.outputs import (
+    BUDGET_OPTION,
+    GANTT_OPTION,
+    OUTPUT_OPTION,
+    TRACE_OPTION,
+    check_gantt_path,
+    results_file,
+    write_json,
+    write_outputs,
+)
+from conveyor.cli.signals import Interrupted, SignalGuard, signal_name
+from conveyor.cli.store import store_option, store_problem
+from conveyor.cli.target import load_pipeline, read_lines
+from conveyor.errors import RunNotFoundError, StoreError
+from conveyor.observe import Progress, limiting_line, run_summary, stage_table
+from conveyor.store import RunStore, StoreRecorder, plan_resume, resume_report
+
+
+@click.command("run")
+@click.argument("target")
+@click.option(
+    "--source",
+    "source_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Stream this file's lines (newline stripped) as the source, "
+    "instead of the pipeline's own source=.",
+)
+@click.option("--ordered", is_flag=True, help="Yield results in source order.")
+@click.option("--no-progress", is_flag=True, help="No live progress display.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write the run's statistics to this file as JSON.",
+)
+@click.option(
+    "--record",
+    "record_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Save the run's recording here (gzipped JSON) for `conveyor analyze`.",
+)
+@TRACE_OPTION
+@GANTT_OPTION
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=0,
+    show_default=True,
+    help="Serve Prometheus metrics on 127.0.0.1:PORT while the run goes on (0: off).",
+)
+@BUDGET_OPTION
+@click.option(
+    "--rebalance",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="BUDGET",
+    help="While the run goes on, move workers to the bottleneck, BUDGET workers in all.",
+)
+@store_option
+@click.option("--no-store", is_flag=True, help="Do not record the run in the run store.")
+@OUTPUT_OPTION
+def run_command(
+    target: str,
+    source_file: Path | None,
+    ordered: bool,
+    no_progress: bool,
+    json_path: Path | None,
+    record_path: Path | None,
+    trace_path: Path | None,
+    gantt_path: Path | None,
+    metrics_port: int,
+    budget: int | None,
+    rebalance: int | None,
+    store_path: Path | None,
+    no_store: bool,
+    output_path: Path | None,
+) -> None:
+    """Run the pipeline TARGET to the end and print a per-stage report.
+
+    TARGET is module:attr or path/to/file.py:attr, naming a Pipeline or a
+    function of no arguments that returns one.
+    """
+    check_gantt_path(gantt_path)
+    out, err = _consoles()
+    progress = Progress() if sys.stderr.isatty() and not no_progress else None
+    with SignalGuard() as guard, ExitStack() as stack:
+        try:
+            pipeline = load_pipeline(target)
+            if source_file is None and pipeline.source is None:
+                raise click.UsageError(
+                    f"pipeline {pipeline.name!r} has no source; pass --source FILE (one item "
+                    "per line) or build it with Pipeline(..., source=...)"
+                )
+            if rebalance is not None and rebalance < len(pipeline.stages):
+                raise click.UsageError(
+                    f"--rebalance {rebalance}: pipeline {pipeline.name!r} has "
+                    f"{len(pipeline.stages)} stages and each needs a worker; give at least "
+                    f"{len(pipeline.stages)}"
+                )
+            source = read_lines(source_file) if source_file is not None else None
+            write = stack.enter_context(results_file(output_path))
+            metrics = _serve_metrics(metrics_port, err) if metrics_port else None
+            if metrics is not None:
+                stack.callback(metrics.close)
+            rebalancer = Rebalancer(rebalance) if rebalance is not None else None
+            params = {
+                "source": str(source_file.resolve()) if source_file is not None else None,
+                "ordered": ordered or pipeline.ordered,
+            }
+            recorder = (
+                None if no_store else _recorder(store_path, pipeline, _stored(target), params)
+            )
+            if recorder is not None:
+                stack.callback(recorder.store.close)  # once the run (and its writer) ended
+            timeline = Recorder()
+            run = pipeline.stream(
+                source,
+                ordered=True if ordered else None,
+                instruments=guard.shield([timeline, progress, metrics, rebalancer, recorder]),
+                record=False,
+            )
+            failure = _execute(run, guard, progress, write, err)
+        except Interrupted as exc:  # came before the run started: nothing to cancel
+            _cancelled_before_start(exc, err)
+    stats = run.statistics()
+    recording = _recording_of(timeline)
+    _report(out, stats, recording, budget)
+    if json_path is not None:
+        write_json(json_path, stats)
+    if recording is not None:
+        write_outputs(recording, record_path, trace_path, gantt_path, err)
+    if rebalancer is not None:
+        for d in rebalancer.decisions:
+            plan = ", ".join(f"{n} {w}" for n, w in d.workers.items())
+            err.print(f"rebalanced at {d.t_s:.2f} s: {plan} (predicted {d.predicted_gain:.2f}×)")
+    _finish(run, recorder, failure, guard, err)
+
+
+@click.command("resume")
+@click.argument("run_ref", metavar="RUN")
+@store_option
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Resume even if the run succeeded or its pipeline's code changed since.",
+)
+@click.option("--no-progress", is_flag=True, help="No live progress display.")
+@OUTPUT_OPTION
+def resume_command(
+    run_ref: str,
+    store_path: Path | None,
+    force: bool,
+    no_progress: bool,
+    output_path: Path | None,
+) -> None:
+    """Finish the interrupted run RUN (an id or its first characters), computing only
+    what is missing: cached stages answer the items the run finished from the cache."""
+    out, err = _consoles()
+    progress = Progress() if sys.stderr.isatty() and not no_progress else None
+    with SignalGuard() as guard, ExitStack() as stack:
+        try:
+            store = _open_store(store_path, create=False)
+            stack.callback(store.close)
+            try:
+                plan = plan_resume(store, run_ref, load_pipeline, force=force)
+            except RunNotFoundError as exc:
+                raise click.UsageError(str(exc)) from None
+            write = stack.enter_context(results_file(output_path))
+            recorder = _recorder(store, plan.pipeline, plan.record.target, plan.params())
+            timeline = Recorder()
+            run = plan.pipeline.stream(
+                plan.source(),
+                ordered=plan.ordered,
+                instruments=guard.shield([timeline, progress, recorder]),
+                record=False,
+            )
+            err.print(f"resuming run {plan.record.id} of {plan.record.pipeline!r} as run {run.id}")
+            failure = _execute(run, guard, progress, write, err)
+        except Interrupted as exc:  # came before the run started: nothing to cancel
+            _cancelled_before_start(exc, err)
+    stats = run.statistics()
+    _report(out, stats, _recording_of(timeline), None)
+    for line in resume_report(plan, stats):
+        out.print(escape(line))
+    _finish(run, recorder, failure, guard, err)
+
+
+def _execute(
+    run: Run,
+    guard: SignalGuard,
+    progress: Progress | None,
+    write: Callable[[Any], None] | None,
+    err: Console,
+) -> ConveyorError | None:
+    """Drive ``run`` to its end with the live display; the error that failed it.
+
+    A signal cancels it (``guard.signum`` says which); either way every worker is
+    stopped when this returns.
+    """
+    live = (
+        Live(progress, console=err, refresh_per_second=4, transient=True)
+        if progress is not None
+        else nullcontext()
+    )
+    try:
+        with guard.watching(run), run, live:
+            for result in run:
+                if write is not None:
+                    write(result)
+    except KeyboardInterrupt:  # Interrupted, or Ctrl-C where no guard could be set
+        if guard.signum is None:
+            guard.signum = signal.SIGINT  # a KeyboardInterrupt with no handler of ours
+    except ConveyorError as exc:
+        return exc
+    return None
+
+
+def _finish(
+    run: Run,
+    recorder: StoreRecorder | None,
+    failure: ConveyorError | None,
+    guard: SignalGuard,
+    err: Console,
+) -> None:
+    """Say where the run is recorded and how to resume it; exit with its status."""
+    if recorder is not None:
+        where = recorder.store.path
+        err.print(f"run {run.id} recorded in {where}")
+        if run.state in ("failed", "cancelled"):
+            err.print(f"finish it with: conveyor resume {run.id[:8]} --store {where}")
+    if failure is not None:
+        err.print(f"[red]error: {escape(describe_error(failure))}[/red]")
+    if guard.signum is not None:
+        name = signal_name(guard.signum)
+        if run.state == "cancelled":
+            err.print(f"[yellow]cancelled by {name}[/yellow]")
+        else:  # it came as the run ended: the run's own state stands
+            err.print(f"[yellow]{name} received as the run ended ({run.state})[/yellow]")
+        sys.exit(128 + guard.signum)
+    if failure is not None or run.state == "failed":
+        sys.exit(1)
+
+
+def _cancelled_before_start(exc: Interrupted, err: Console) -> NoReturn:
+    err.print(f"[yellow]cancelled by {signal_name(exc.signum)} before the run started[/yellow]")
+    sys.exit(exc.exit_code)
+
+
+def _consoles() -> tuple[Console, Console]:
+    out = Console(width=None if sys.stdout.isatty() else 120)
+    err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+    return out, err
+
+
+def _stored(target: str) -> str:
+    """``target`` as the run store keeps it: a file target with an absolute path, so
+    that ``conveyor resume`` finds it from any folder."""
+    where, _, attr = target.rpartition(":")
+    if where.endswith(".py"):
+        return f"{Path(where).resolve()}:{attr}"
+    return target
+
+
+def _open_store(path: Path | None, *, create: bool = True) -> RunStore:
+    """The run store at ``path`` (default: $CONVEYOR_STORE or .conveyor/runs.db); a
+    missing or damaged store is a one-line error, as in `conveyor runs`."""
+    try:
+        return RunStore(path, create=create)
+    except StoreError as exc:
+        raise store_problem(exc) from None
+
+
+def _recorder(
+    store: RunStore | Path | None, pipeline: Pipeline, target: str | None, params: dict[str, Any]
+) -> StoreRecorder:
+    if not isinstance(store, RunStore):
+        store = _open_store(store)
+    return StoreRecorder(store, pipeline=pipeline, params=params, target=target)
+
+
+def _report(
+    console: Console, stats: RunStatistics, recording: Recording | None, budget: int | None
+) -> None:
+    if recording is None or not recording.stages:
+        console.print(stage_table(stats))
+        console.print(escape(run_summary(stats)))
+        line = limiting_line(stats)
+        if line is not None:
+            console.print(escape(line))
+        return
+    from conveyor.analysis import build_report
+
+    report = build_report(recording, budget=budget)
+    console.print(report.table())
+    console.print(escape(run_summary(stats)))
+    for line in report.lines()[1:]:  # the first repeats the summary, in the report's words
+        console.print(escape(line))
+
+
+def _recording_of(timeline: Recorder) -> Recording | None:
+    try:
+        return timeline.recording
+    except RuntimeError:  # not started (failed while starting): nothing recorded
+        return None
+
+
+def _serve_metrics(port: int, err: Console) -> Any:
+    try:
+        from conveyor.observe import Metrics
+
+        metrics = Metrics()
+    except ImportError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        bound = metrics.serve(port)
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
+    err.print(f"metrics at http://127.0.0.1:{bound}/metrics")
+    return metrics
