@@ -212,6 +212,17 @@ def test_keyboard_interrupt_cancels_the_run(executor: str) -> None:
     assert run.state == "cancelled"
 
 
+def test_keyboard_interrupt_while_starting_cancels_the_run(executor: str) -> None:
+    class CtrlCAtStart(cv.Instrument):
+        def run_started(self, run: cv.RunInfo) -> None:  # workers are started by now
+            raise KeyboardInterrupt
+
+    run = chain(executor, f.inc).stream(range(10), instruments=[CtrlCAtStart()])
+    with pytest.raises(KeyboardInterrupt):
+        run.wait()
+    assert run.state == "cancelled" and run.worker_pids() == []
+
+
 def test_source_errors_name_the_source(executor: str) -> None:
     def source():  # type: ignore[no-untyped-def]
         yield 1

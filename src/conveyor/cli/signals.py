@@ -213,6 +213,7 @@ def _shielded(instrument: Instrument, guard: SignalGuard) -> Instrument:
         if getattr(type(instrument), name, None) is not getattr(Instrument, name)
     ]
     namespace: dict[str, Any] = {name: _hook(name) for name in overridden}
+    namespace["critical"] = instrument.critical  # the engine reads it from the class
     cls = type(f"Shielded{type(instrument).__name__}", (_Shield,), namespace)
     return cls(instrument, guard)
 

@@ -91,6 +91,9 @@ class Run(Iterator[Any]):
         self.state = "running"
         try:
             self._scheduler.start()
+        except KeyboardInterrupt as exc:
+            self._end("cancelled", exc, cancel=True)
+            raise
         except BaseException as exc:
             self._end("failed", exc, cancel=True)
             raise
