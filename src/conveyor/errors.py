@@ -53,6 +53,17 @@ __all__ = [
 class ConveyorError(Exception):
     """Base class of every error conveyor raises on its own account."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle the context attributes too, whatever the subclass's __init__ takes.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[ConveyorError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class PipelineError(ConveyorError):
     """The pipeline definition breaks a rule; raised when it is built, before any item runs.
