@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from conveyor.core.events import Instrument
 from conveyor.core.scheduler import Scheduler
 from conveyor.core.statistics import RunStatistics, StageStatistics
-from conveyor.observe.recorder import Recorder, Recording
+from conveyor.observe.recorder import Recorder
+from conveyor.observe.recording import Recording
 
 if TYPE_CHECKING:
     from conveyor.analysis import Report
@@ -32,8 +33,8 @@ class Run(Iterator[Any]):
     ``results`` holds every result once :meth:`wait` (or ``Pipeline.run``) has
     returned. ``state`` is pending, running, succeeded, failed or cancelled.
     With ``record`` (the default of ``Pipeline.run``/``stream``) the run keeps a
-    :class:`~conveyor.Recording` of every unit's times: :attr:`recording`,
-    :meth:`report`.
+    :class:`~conveyor.Recording` (bounded aggregates of every unit's times, and the
+    first units' own): :attr:`recording`, :meth:`report`.
     """
 
     def __init__(
