@@ -40,7 +40,7 @@ import os
 from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Sequence
-from operator import sub
+from operator import mul, sub
 from typing import Any
 
 from conveyor.core.events import Instrument, Key, RunInfo
@@ -86,19 +86,13 @@ class _Hist:
         self.low: int | None = None
         self.high: int | None = None
 
-    def add(self, value: int, times: int) -> None:
-        exact = self.exact
-        exact[value] = exact.get(value, 0) + times
-        self.count += times
-        self.total += value * times
-        if len(exact) > EXACT_KEPT:
-            self.settle()
-
     def settle(self) -> None:
         """Move the exactly counted values into the log buckets."""
         exact = self.exact
         if not exact:
             return
+        self.count += sum(exact.values())
+        self.total += sum(map(mul, exact, exact.values()))
         lo, hi = min(exact), max(exact)
         if self.low is None or lo < self.low:
             self.low = lo
@@ -107,16 +101,9 @@ class _Hist:
         add_exact(self.counts, exact)
         exact.clear()
 
-    def value(self, count: int | None = None, total: int | None = None) -> Histogram:
-        """The histogram as a value; ``count`` and ``total`` when kept elsewhere."""
+    def value(self) -> Histogram:
         self.settle()
-        return Histogram(
-            dict(self.counts),
-            self.count if count is None else count,
-            self.total if total is None else total,
-            self.low,
-            self.high,
-        )
+        return Histogram(dict(self.counts), self.count, self.total, self.low, self.high)
 
 
 class _Stage:
@@ -359,8 +346,7 @@ class Recorder(Instrument):
         if k <= 0:
             return
         # The queue is FIFO: the task's items are the oldest bursts' (queue wait).
-        wait = s.wait
-        exact = wait.exact
+        exact = s.wait.exact
         fifo = s.fifo
         while k > 0 and fifo:
             burst = fifo[0]
@@ -373,10 +359,8 @@ class Recorder(Instrument):
             k -= c
             v = t_ns - burst[0]
             exact[v] = exact.get(v, 0) + c
-            wait.count += c
-            wait.total += v * c
         if len(exact) > EXACT_KEPT:
-            wait.settle()
+            s.wait.settle()
 
     def task_finished(
         self,
@@ -393,8 +377,8 @@ class Recorder(Instrument):
         n = len(keys)
         if n:
             end = ends_ns[-1]
-            if end > s.t:
-                self._advance(s, end)  # its worker was busy until then
+            if end > s.t and not s.depth:  # a worker freed now may mean starved from ``end``
+                self._advance(s, end)
         if dispatched is not None:
             s.inflight -= 1
         if error is not None:
@@ -453,8 +437,7 @@ class Recorder(Instrument):
             return
         rs = sorted(roots)
         ends, times, left = self._rb_end, self._rb_t, self._rb_left
-        latency = self._latency
-        exact = latency.exact
+        exact = self._latency.exact
         j = 0
         while j < n:  # one step per read burst: its roots share their read time
             i = bisect_right(firsts, rs[j]) - 1
@@ -469,13 +452,11 @@ class Recorder(Instrument):
             if done:
                 v = t_ns - times[i]
                 exact[v] = exact.get(v, 0) + c
-                latency.count += c
-                latency.total += v * c
                 if self._first is None:
                     self._first = (times[i], t_ns)
             j = k
         if len(exact) > EXACT_KEPT:
-            latency.settle()
+            self._latency.settle()
         if self._rb_dead > 64 and self._rb_dead * 2 > len(firsts):
             self._forget_finished_bursts()
 
@@ -662,7 +643,7 @@ class Recorder(Instrument):
             dead_letters=s.dead_letters,
             busy_ns=s.busy,
             occupancy_ns=s.occupancy,
-            service=s.service.value(s.units, s.busy),
+            service=s.service.value(),
             wait=s.wait.value(),
             first_start_ns=None if s.first_start == _NEVER else s.first_start,
             first_service_ns=s.first_service,
