@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from pipesim import SimStage, simulate
-from retained import walk
 
 from conveyor.core.events import Instrument
 from conveyor.observe.progress import Progress
 from conveyor.observe.rebalance import Rebalancer
+from pipesim import SimStage, simulate
+from retained import walk
 
 
 def lengths(make: Callable[[], Instrument], units: int) -> dict[str, int]:

@@ -36,11 +36,14 @@ import sys
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import mul
 from typing import Any
 
 __all__ = [
+    "EXACT_KEPT",
     "RELATIVE_ERROR",
     "Histogram",
+    "HistogramCounter",
     "add_exact",
     "bounds_of",
     "count_elements",
@@ -53,6 +56,7 @@ SUB_BITS = 7  # mantissa bits kept: 2^7 buckets per doubling
 # Half a bucket's width over its lower bound, plus float32's rounding of the value.
 RELATIVE_ERROR = 2.0 ** -(SUB_BITS + 1) + 2.0**-23
 _HIGH = 1 if sys.byteorder == "little" else 0  # which 16-bit half holds sign and exponent
+EXACT_KEPT = 2048  # distinct values a HistogramCounter counts exactly before bucketing
 # collections' C helper behind Counter.update: counts an iterable into any dict.
 count_elements: Callable[[dict[Any, int], Iterable[Any]], None] = getattr(
     collections,
@@ -224,3 +228,40 @@ class Histogram:
             d["min"],
             d["max"],
         )
+
+
+class HistogramCounter:
+    """A histogram being filled fast: values are first counted exactly in ``exact``
+    (value -> count; callers add to it directly, e.g. ``count_elements(c.exact,
+    map(sub, ends, starts))`` for a task's worth of values in C), and move into the
+    log buckets (:meth:`settle`) once ``EXACT_KEPT`` distinct values have gathered,
+    so it stays small whatever it counts. :meth:`value` gives the :class:`Histogram`."""
+
+    __slots__ = ("count", "counts", "exact", "high", "low", "total")
+
+    def __init__(self) -> None:
+        self.exact: dict[int, int] = {}
+        self.counts: dict[int, int] = {}
+        self.count = 0
+        self.total = 0
+        self.low: int | None = None
+        self.high: int | None = None
+
+    def settle(self) -> None:
+        """Move the exactly counted values into the log buckets."""
+        exact = self.exact
+        if not exact:
+            return
+        self.count += sum(exact.values())
+        self.total += sum(map(mul, exact, exact.values()))
+        lo, hi = min(exact), max(exact)
+        if self.low is None or lo < self.low:
+            self.low = lo
+        if self.high is None or hi > self.high:
+            self.high = hi
+        add_exact(self.counts, exact)
+        exact.clear()
+
+    def value(self) -> Histogram:
+        self.settle()
+        return Histogram(dict(self.counts), self.count, self.total, self.low, self.high)

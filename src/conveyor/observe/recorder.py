@@ -5,33 +5,29 @@ A :class:`Recorder` is an :class:`~conveyor.Instrument` that a run carries by de
 for a snapshot) it yields a :class:`~conveyor.observe.recording.Recording`, whose
 size does not depend on the number of items: memory stays flat on an endless source.
 
-What each hook does (all per call, none per item, except C-speed list extends):
+What each hook does (per call, none of it per item but C-speed ``map`` and counting):
 
 - ``items_enqueued``/``task_started``/``task_finished``/``stage_resized`` advance the
-  stage's *integrator*: the time-integrals of its queue depth, of the time its queue
-  was empty while a worker was free (starved), full, and of its pool size; and the
-  fixed-width time buckets of the series (depth low/peak/area, busy time of the
-  units started there). The buckets double in width (merging pairs) when the run
-  outgrows them, so there are at most ``BUCKETS``.
-- each stage keeps a FIFO of its queue's enqueue bursts ``(t, n)``, so a task that
-  takes ``k`` items knows when each entered the queue (the queue is FIFO); only the
-  items still queued are held.
-- ``task_started`` takes the task's items out of that FIFO: each burst gives their
-  queue wait (dispatch - enqueue), counted with its multiplicity.
-- ``task_finished`` counts its units' service times exactly, in C
-  (``collections``' counting helper over ``map(sub, ends, starts)``); a histogram
-  moves its exact counts into log buckets once it holds ``EXACT_KEPT`` distinct
-  values, so it stays small however many units it counts.
-- the source's read bursts ``(first root, count, t)`` are kept while any of their roots
-  is unfinished; ``roots_finished`` turns its roots into latencies (one bisect per
-  burst touched) and forgets bursts whose roots have all finished.
+  stage's :class:`~conveyor.observe.timeline.StageTimeline`: the time-integrals of
+  its queue depth, of the time its queue was empty while a worker was free
+  (starved), full, and of its pool; and its series of time buckets (at most
+  ``BUCKETS``, doubling in width as the run grows).
+- each stage keeps a FIFO of its queue's enqueue bursts ``(t, n)`` (only the bursts
+  still queued): the queue is first-in first-out, so ``task_started`` knows when each
+  item it takes entered the queue, and counts their queue wait (dispatch - enqueue).
+- ``task_finished`` counts its units' service times exactly, in C (``collections``'
+  counting helper over ``map(sub, ends, starts)``), into a
+  :class:`~conveyor.observe.histogram.HistogramCounter`, which moves them into log
+  buckets once ``EXACT_KEPT`` distinct values have gathered: it stays small.
+- the source's read bursts ``(first root, end, t, unfinished)`` are kept while any of
+  their roots is unfinished; ``roots_finished`` turns its roots into latencies (one
+  bisect per burst touched) and forgets bursts whose roots have all finished.
 - the first ``detail`` units of the run (10,000 by default) keep their key, worker,
   start and end, for the Chrome trace and the Gantt chart.
 
-The window ``[t0, t1]`` of the report (first unit's start to last unit's end or item's
-finish) is known only afterwards, so each integrator logs its state at every event
-until the first unit has started (at most a few hundred events: the queues fill and
-the first tasks leave) and the integrals over the window are differences.
+The report's window ``[t0, t1]`` (first unit's start to last unit's end or item's
+finish) is known only afterwards: the timelines log their state until the first
+unit has started, and the window's integrals are differences.
 """
 
 from __future__ import annotations
@@ -40,89 +36,41 @@ import os
 from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Sequence
-from operator import mul, sub
+from operator import sub
 from typing import Any
 
 from conveyor.core.events import Instrument, Key, RunInfo
-from conveyor.observe.histogram import Histogram, add_exact, count_elements
+from conveyor.observe.histogram import EXACT_KEPT, HistogramCounter, count_elements
 from conveyor.observe.recording import (
     Recording,
     RecordingError,
-    Series,
     StageRecording,
     StageShape,
     UnitDetail,
-    full_depth,
 )
+from conveyor.observe.timeline import BUCKETS, NEVER, StageTimeline, Timeline
 
-__all__ = ["DETAIL_UNITS", "Recorder", "Recording", "RecordingError", "StageRecording"]
+__all__ = [
+    "BUCKETS",
+    "DETAIL_UNITS",
+    "Recorder",
+    "Recording",
+    "RecordingError",
+    "StageRecording",
+]
 
 DETAIL_UNITS = 10_000  # units with per-unit detail, across the run
-EXACT_KEPT = 2048  # distinct values a histogram counts exactly before bucketing them
-BUCKETS = 512  # time buckets of the series
-FIRST_BUCKET_NS = 1 << 14  # 16 µs: the series starts fine and coarsens as the run grows
-HEAD_LOG = 4096  # integrator states logged before the first unit starts, at most
 RESIZES_KEPT = 1000  # resize events kept per stage (the integrals count them all)
-_NEVER = 1 << 62
 
 
-def _full_at(capacity: int | None) -> int:
-    level = full_depth(capacity)
-    return _NEVER if level is None else level
-
-
-class _Hist:
-    """A histogram being filled. Values are first counted exactly (value -> count, in
-    C for a task's worth at a time); past ``EXACT_KEPT`` distinct values they move
-    into log buckets, so it stays small (see :mod:`conveyor.observe.histogram`)."""
-
-    __slots__ = ("count", "counts", "exact", "high", "low", "total")
-
-    def __init__(self) -> None:
-        self.exact: dict[int, int] = {}
-        self.counts: dict[int, int] = {}
-        self.count = 0
-        self.total = 0
-        self.low: int | None = None
-        self.high: int | None = None
-
-    def settle(self) -> None:
-        """Move the exactly counted values into the log buckets."""
-        exact = self.exact
-        if not exact:
-            return
-        self.count += sum(exact.values())
-        self.total += sum(map(mul, exact, exact.values()))
-        lo, hi = min(exact), max(exact)
-        if self.low is None or lo < self.low:
-            self.low = lo
-        if self.high is None or hi > self.high:
-            self.high = hi
-        add_exact(self.counts, exact)
-        exact.clear()
-
-    def value(self) -> Histogram:
-        self.settle()
-        return Histogram(dict(self.counts), self.count, self.total, self.low, self.high)
-
-
-class _Stage:
-    """One stage's live state in the recorder."""
+class _Stage(StageTimeline):
+    """One stage's live state in the recorder: its timeline, counters, histograms,
+    the FIFO of its queue's enqueue bursts, and its units in the detail window."""
 
     __slots__ = (
-        "area",
-        "b_end",
         "busy",
         "cache_hits",
-        "cur_area0",
-        "cur_b",
-        "cur_low",
-        "cur_peak",
-        "d_area",
-        "d_low",
-        "d_peak",
         "dead_letters",
-        "depth",
         "detail",
         "enqueued",
         "entry",
@@ -130,99 +78,33 @@ class _Stage:
         "fifo",
         "first_service",
         "first_start",
-        "full",
-        "full_at",
-        "head",
-        "inflight",
         "items_in",
         "items_out",
         "occupancy",
-        "peak",
         "resizes",
         "service",
         "shape",
-        "starved",
-        "t",
         "taken",
-        "u_busy",
-        "u_units",
         "units",
-        "w_t",
         "wait",
-        "workers",
-        "wtime",
     )
 
-    def __init__(self, shape: StageShape, t: int, bucket_end: int) -> None:
+    def __init__(self, shape: StageShape, timeline: Timeline) -> None:
+        super().__init__(shape, timeline)
         self.shape = shape
-        self.entry = False
+        self.entry = False  # its enqueues are the source's reads
         self.units = self.errors = self.cache_hits = self.dead_letters = 0
         self.enqueued = self.taken = 0
         self.items_in: int | None = None
         self.items_out: int | None = None
         self.busy = self.occupancy = 0
-        self.first_start = _NEVER
+        self.first_start = NEVER
         self.first_service: int | None = None
         self.fifo: deque[list[int]] = deque()  # [t, n] bursts still in the queue
-        self.service = _Hist()
-        self.wait = _Hist()
-        # The integrator: the state since ``t``, and integrals from the run's start.
-        self.t = t
-        self.depth = self.inflight = self.peak = 0
-        self.workers = shape.workers
-        self.full_at = _full_at(shape.capacity)
-        self.area = self.starved = self.full = 0
-        self.wtime, self.w_t = 0, t  # ∫ workers dt up to w_t, the last resize
-        self.head: list[tuple[int, ...]] = []  # states logged until the window starts
+        self.service = HistogramCounter()
+        self.wait = HistogramCounter()
         self.resizes: list[tuple[int, int]] = []
-        # The series: closed buckets, and the bucket being filled (it ends at b_end).
-        self.d_area: list[int] = []
-        self.d_low: list[int] = []
-        self.d_peak: list[int] = []
-        self.u_busy: list[int] = [0] * BUCKETS
-        self.u_units: list[int] = [0] * BUCKETS
-        self.cur_b = 0
-        self.b_end = bucket_end
-        self.cur_area0 = 0  # ``area`` when the current bucket began
-        self.cur_low = self.cur_peak = 0
         self.detail = UnitDetail()
-
-    def wtime_at(self, t: int) -> int:
-        """∫ workers dt from the run's start to ``t`` (not before the last resize)."""
-        return self.wtime + self.workers * (t - self.w_t)
-
-    def rate(self, state: tuple[int, ...]) -> tuple[int, int, int, int]:
-        """d/dt of (area, starved, full, wtime) in ``state`` = (depth, inflight, workers)."""
-        d, inflight, workers = state
-        return (d, int(d == 0 and inflight < workers), int(d >= self.full_at), workers)
-
-    def cumulative(self, t: int, logged_to: int) -> tuple[int, int, int, int]:
-        """(area, starved, full, wtime) from the run's start to ``t``: exact from the
-        current state for ``t`` after the last event, or from the logged states for ``t``
-        up to ``logged_to``; between the two, the current state taken back (exact unless
-        the state changed after ``t``: the last moments of a failed or cancelled run)."""
-        if t >= self.t or t > logged_to or not self.head:
-            snap: tuple[int, ...] = (
-                self.t,
-                self.area,
-                self.starved,
-                self.full,
-                self.wtime_at(self.t),
-            )
-            rate = self.rate((self.depth, self.inflight, self.workers))
-        else:
-            i = bisect_right(self.head, (t, _NEVER)) - 1
-            if i < 0:
-                return (0, 0, 0, 0)
-            snap = self.head[i]
-            rate = self.rate(snap[5:])
-        dt = t - snap[0]
-        return (
-            max(0, snap[1] + rate[0] * dt),
-            max(0, snap[2] + rate[1] * dt),
-            max(0, snap[3] + rate[2] * dt),
-            max(0, snap[4] + rate[3] * dt),
-        )
 
 
 class Recorder(Instrument):
@@ -254,16 +136,13 @@ class Recorder(Instrument):
         self._rb_dead = 0
         self._read = self._done = 0
         self._other: dict[str, int] = {}
-        self._latency = _Hist()
+        self._latency = HistogramCounter()
         self._first: tuple[int, int] | None = None  # (read, done) of the first item done
         self._last_done: int | None = None
         self._last_end = -1
-        self._t0 = _NEVER  # the first unit's start, once known; states are logged up to it
         self._detail_left = detail
         self._detail_end: int | None = None
-        self._origin = 0
-        self._width = FIRST_BUCKET_NS
-        self._grid_end = 0
+        self._timeline = Timeline(0)
 
     @property
     def recording(self) -> Recording:
@@ -284,8 +163,7 @@ class Recorder(Instrument):
 
     def run_started(self, run: RunInfo) -> None:
         self._info = run
-        self._origin = run.started_ns
-        self._grid_end = run.started_ns + BUCKETS * self._width
+        self._timeline = timeline = Timeline(run.started_ns)
         self._stages = {
             s.name: _Stage(
                 StageShape(
@@ -297,8 +175,7 @@ class Recorder(Instrument):
                     tuple(s.predecessors),
                     tuple(s.successors),
                 ),
-                run.started_ns,
-                run.started_ns + self._width,
+                timeline,
             )
             for s in run.stages
         }
@@ -312,7 +189,7 @@ class Recorder(Instrument):
         if s is None:  # "<output>": the results buffer, not a stage
             return
         if t_ns > s.t:
-            self._advance(s, t_ns)
+            s.advance(t_ns)
         n = len(keys)
         s.enqueued += n
         s.fifo.append([t_ns, n])
@@ -334,7 +211,7 @@ class Recorder(Instrument):
     ) -> None:
         s = self._stages[stage]
         if t_ns > s.t:
-            self._advance(s, t_ns)
+            s.advance(t_ns)
         taken = s.enqueued - depth
         k = taken - s.taken  # items it took from the queue (0: a retry, from the heap)
         s.taken = taken
@@ -378,7 +255,7 @@ class Recorder(Instrument):
         if n:
             end = ends_ns[-1]
             if end > s.t and not s.depth:  # a worker freed now may mean starved from ``end``
-                self._advance(s, end)
+                s.advance(end)
         if dispatched is not None:
             s.inflight -= 1
         if error is not None:
@@ -398,15 +275,11 @@ class Recorder(Instrument):
         if start < s.first_start:
             s.first_start = start
             s.first_service = ends_ns[0] - start
-            if start < self._t0:
-                self._t0 = start
+            if start < self._timeline.log_until:
+                self._timeline.log_until = start  # the window starts no later
         if end > self._last_end:
             self._last_end = end
-        if start >= self._grid_end:
-            self._coarsen(start)
-        b = (start - self._origin) // self._width
-        s.u_busy[b] += busy
-        s.u_units[b] += n
+        s.add_units(start, busy, n)
         if self._detail_left:
             self._keep_detail(s, worker, keys, starts_ns, ends_ns, error)
 
@@ -462,11 +335,7 @@ class Recorder(Instrument):
 
     def stage_resized(self, stage: str, workers: int, t_ns: int) -> None:
         s = self._stages[stage]
-        if t_ns > s.t:
-            self._advance(s, t_ns)
-        s.wtime = s.wtime_at(t_ns)
-        s.w_t = t_ns
-        s.workers = workers
+        s.resize(t_ns, workers)
         if len(s.resizes) < RESIZES_KEPT:
             s.resizes.append((t_ns, workers))
 
@@ -488,61 +357,6 @@ class Recorder(Instrument):
                         s.errors = max(s.errors, st.errors)
         self._pending.clear()  # tasks that never came back (a lost worker's)
         self.finished = True
-
-    # --- the integrator and the series --------------------------------------------
-
-    def _advance(self, s: _Stage, t: int) -> None:
-        """Integrate stage ``s``'s state from ``s.t`` to ``t`` (> ``s.t``)."""
-        t_prev = s.t
-        d = s.depth
-        if t_prev <= self._t0:  # the window's start is not known yet: log the state
-            self._log_state(s)
-        dt = t - t_prev
-        s.area += d * dt
-        if not d and s.inflight < s.workers:
-            s.starved += dt
-        if d >= s.full_at:
-            s.full += dt
-        s.t = t
-        if t >= s.b_end:
-            self._close_buckets(s, t)
-
-    def _log_state(self, s: _Stage) -> None:
-        head = s.head
-        t = s.t
-        head.append((t, s.area, s.starved, s.full, s.wtime_at(t), s.depth, s.inflight, s.workers))
-        if len(head) > HEAD_LOG:
-            del head[1::2]  # thin out: the window's start is then approximate
-
-    def _close_buckets(self, s: _Stage, t: int) -> None:
-        """The stage's state moved on past its bucket: close the buckets before ``t``'s."""
-        if t >= self._grid_end:
-            self._coarsen(t)
-        width, d = self._width, s.depth
-        b = (t - self._origin) // width
-        start_b = self._origin + b * width
-        area_at_b = s.area - d * (t - start_b)  # the depth was d since before start_b
-        gap = b - s.cur_b - 1  # whole buckets spent at depth d
-        s.d_area.append(area_at_b - s.cur_area0 - d * width * gap)
-        s.d_low.append(min(s.cur_low, d))
-        s.d_peak.append(s.cur_peak)
-        if gap:
-            s.d_area.extend([d * width] * gap)
-            s.d_low.extend([d] * gap)
-            s.d_peak.extend([d] * gap)
-        s.cur_b = b
-        s.b_end = start_b + width
-        s.cur_area0 = area_at_b
-        s.cur_low = s.cur_peak = d
-
-    def _coarsen(self, t: int) -> None:
-        """Double the buckets' width (merging pairs) until ``t`` is inside the grid."""
-        while t >= self._grid_end:
-            self._width *= 2
-            self._grid_end = self._origin + BUCKETS * self._width
-            for s in self._stages.values():
-                _merge_pairs(s)
-                s.b_end = self._origin + (s.cur_b + 1) * self._width
 
     def _keep_detail(
         self,
@@ -586,14 +400,15 @@ class Recorder(Instrument):
         last = max([info.started_ns, self._last_done or 0, *(s.t for s in self._stages.values())])
         if self._ended is not None:
             last = max(last, self._ended[0])
-        t0 = info.started_ns if self._t0 == _NEVER else self._t0
+        t0 = self._timeline.log_until
+        t0 = info.started_ns if t0 == NEVER else t0
         ends = [x for x in (self._last_end, self._last_done) if x is not None and x >= 0]
         t1 = max(max(ends) if ends else last, t0)
         stages = {}
         for name, s in self._stages.items():
             if last > s.t:
-                self._advance(s, last)
-            stages[name] = self._stage_recording(s, t0, t1, last)
+                s.advance(last)
+            stages[name] = _stage_recording(s, t0, t1, last)
         first_read, first_done = self._first if self._first is not None else (None, None)
         return Recording(
             run_id=info.run_id,
@@ -614,66 +429,41 @@ class Recorder(Instrument):
             last_event_ns=last,
             t0_ns=t0,
             t1_ns=t1,
-            bucket_ns=self._width,
+            bucket_ns=self._timeline.width,
             detail_limit=self.detail,
             detail_end_ns=self._detail_end,
         )
 
-    def _stage_recording(self, s: _Stage, t0: int, t1: int, last: int) -> StageRecording:
-        c0, c1 = s.cumulative(t0, self._t0), s.cumulative(t1, self._t0)
-        window = [max(0, b - a) for a, b in zip(c0, c1, strict=True)]
-        used = (last - self._origin) // self._width + 1
-        # The series so far, with the bucket being filled closed at ``last``.
-        series = Series(
-            depth_area=[*s.d_area, s.area - s.cur_area0][:used],
-            depth_low=[*s.d_low, s.cur_low][:used],
-            depth_peak=[*s.d_peak, s.cur_peak][:used],
-            busy_ns=s.u_busy[:used],
-            units=s.u_units[:used],
-        )
-        d = s.detail
-        return StageRecording(
-            shape=s.shape,
-            units=s.units,
-            items_enqueued=s.enqueued,
-            items_in=s.items_in,
-            items_out=s.items_out,
-            errors=s.errors,
-            cache_hits=s.cache_hits,
-            dead_letters=s.dead_letters,
-            busy_ns=s.busy,
-            occupancy_ns=s.occupancy,
-            service=s.service.value(),
-            wait=s.wait.value(),
-            first_start_ns=None if s.first_start == _NEVER else s.first_start,
-            first_service_ns=s.first_service,
-            peak_depth=s.peak,
-            window_depth_ns=window[0],
-            window_starved_ns=window[1],
-            window_full_ns=window[2],
-            window_worker_ns=window[3],
-            run_depth_ns=c1[0],
-            final_workers=s.workers,
-            resizes=list(s.resizes),
-            series=series,
-            detail=UnitDetail(
-                list(d.keys), list(d.worker), list(d.started), list(d.finished), list(d.failed)
-            ),
-        )
 
-
-def _merge_pairs(s: _Stage) -> None:
-    """Halve the stage's series resolution: bucket i becomes buckets 2i and 2i+1."""
-    area, low, peak = s.d_area, s.d_low, s.d_peak
-    if len(area) % 2:  # the current bucket's partner is closed: fold it into the current
-        s.cur_area0 -= area.pop()
-        s.cur_low = min(s.cur_low, low.pop())
-        s.cur_peak = max(s.cur_peak, peak.pop())
-    s.d_area = [a + b for a, b in zip(area[::2], area[1::2], strict=True)]
-    s.d_low = [min(a, b) for a, b in zip(low[::2], low[1::2], strict=True)]
-    s.d_peak = [max(a, b) for a, b in zip(peak[::2], peak[1::2], strict=True)]
-    s.cur_b //= 2
-    half = BUCKETS // 2
-    u, c = s.u_busy, s.u_units
-    s.u_busy = [u[2 * i] + u[2 * i + 1] for i in range(half)] + [0] * half
-    s.u_units = [c[2 * i] + c[2 * i + 1] for i in range(half)] + [0] * half
+def _stage_recording(s: _Stage, t0: int, t1: int, last: int) -> StageRecording:
+    c0, c1 = s.cumulative(t0), s.cumulative(t1)
+    window = [max(0, b - a) for a, b in zip(c0, c1, strict=True)]
+    d = s.detail
+    return StageRecording(
+        shape=s.shape,
+        units=s.units,
+        items_enqueued=s.enqueued,
+        items_in=s.items_in,
+        items_out=s.items_out,
+        errors=s.errors,
+        cache_hits=s.cache_hits,
+        dead_letters=s.dead_letters,
+        busy_ns=s.busy,
+        occupancy_ns=s.occupancy,
+        service=s.service.value(),
+        wait=s.wait.value(),
+        first_start_ns=None if s.first_start == NEVER else s.first_start,
+        first_service_ns=s.first_service,
+        peak_depth=s.peak,
+        window_depth_ns=window[0],
+        window_starved_ns=window[1],
+        window_full_ns=window[2],
+        window_worker_ns=window[3],
+        run_depth_ns=c1[0],
+        final_workers=s.workers,
+        resizes=list(s.resizes),
+        series=s.series(last),
+        detail=UnitDetail(
+            list(d.keys), list(d.worker), list(d.started), list(d.finished), list(d.failed)
+        ),
+    )
