@@ -68,7 +68,6 @@ class _Stage(StageTimeline):
     the FIFO of its queue's enqueue bursts, and its units in the detail window."""
 
     __slots__ = (
-        "busy",
         "cache_hits",
         "dead_letters",
         "detail",
@@ -97,7 +96,7 @@ class _Stage(StageTimeline):
         self.enqueued = self.taken = 0
         self.items_in: int | None = None
         self.items_out: int | None = None
-        self.busy = self.occupancy = 0
+        self.occupancy = 0
         self.first_start = NEVER
         self.first_service: int | None = None
         self.fifo: deque[list[int]] = deque()  # [t, n] bursts still in the queue
@@ -263,11 +262,8 @@ class Recorder(Instrument):
         if not n:
             return
         start = starts_ns[0]
-        sum_ends = sum(ends_ns)
-        busy = sum_ends - sum(starts_ns)
         s.units += n
-        s.busy += busy
-        s.occupancy += sum_ends - n * (start if dispatched is None else dispatched)
+        s.occupancy += sum(ends_ns) - n * (start if dispatched is None else dispatched)
         exact = s.service.exact
         count_elements(exact, map(sub, ends_ns, starts_ns))  # in C: no Python per unit
         if len(exact) > EXACT_KEPT:
@@ -279,7 +275,7 @@ class Recorder(Instrument):
                 self._timeline.log_until = start  # the window starts no later
         if end > self._last_end:
             self._last_end = end
-        s.add_units(start, busy, n)
+        s.add_units(start, end - start, n)  # a task's units run back to back
         if self._detail_left:
             self._keep_detail(s, worker, keys, starts_ns, ends_ns, error)
 
@@ -439,6 +435,7 @@ def _stage_recording(s: _Stage, t0: int, t1: int, last: int) -> StageRecording:
     c0, c1 = s.cumulative(t0), s.cumulative(t1)
     window = [max(0, b - a) for a, b in zip(c0, c1, strict=True)]
     d = s.detail
+    service = s.service.value()
     return StageRecording(
         shape=s.shape,
         units=s.units,
@@ -448,9 +445,9 @@ def _stage_recording(s: _Stage, t0: int, t1: int, last: int) -> StageRecording:
         errors=s.errors,
         cache_hits=s.cache_hits,
         dead_letters=s.dead_letters,
-        busy_ns=s.busy,
+        busy_ns=service.total,
         occupancy_ns=s.occupancy,
-        service=s.service.value(),
+        service=service,
         wait=s.wait.value(),
         first_start_ns=None if s.first_start == NEVER else s.first_start,
         first_service_ns=s.first_service,
