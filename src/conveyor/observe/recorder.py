@@ -75,6 +75,7 @@ class _Stage(StageTimeline):
         "entry",
         "errors",
         "fifo",
+        "fifo_used",
         "first_service",
         "first_start",
         "items_in",
@@ -99,7 +100,8 @@ class _Stage(StageTimeline):
         self.occupancy = 0
         self.first_start = NEVER
         self.first_service: int | None = None
-        self.fifo: deque[list[int]] = deque()  # [t, n] bursts still in the queue
+        self.fifo: deque[tuple[int, int]] = deque()  # (t, n) bursts still in the queue
+        self.fifo_used = 0  # items of fifo[0] already taken
         self.service = HistogramCounter()
         self.wait = HistogramCounter()
         self.resizes: list[tuple[int, int]] = []
@@ -191,7 +193,7 @@ class Recorder(Instrument):
             s.advance(t_ns)
         n = len(keys)
         s.enqueued += n
-        s.fifo.append([t_ns, n])
+        s.fifo.append((t_ns, n))
         s.depth = depth
         if depth > s.cur_peak:
             s.cur_peak = depth
@@ -224,17 +226,20 @@ class Recorder(Instrument):
         # The queue is FIFO: the task's items are the oldest bursts' (queue wait).
         exact = s.wait.exact
         fifo = s.fifo
+        used = s.fifo_used
         while k > 0 and fifo:
-            burst = fifo[0]
-            c = burst[1]
+            t, c = fifo[0]
+            c -= used
             if c <= k:
                 fifo.popleft()
+                used = 0
             else:
-                burst[1] = c - k
+                used += k
                 c = k
             k -= c
-            v = t_ns - burst[0]
+            v = t_ns - t
             exact[v] = exact.get(v, 0) + c
+        s.fifo_used = used
         if len(exact) > EXACT_KEPT:
             s.wait.settle()
 
@@ -308,9 +313,13 @@ class Recorder(Instrument):
         ends, times, left = self._rb_end, self._rb_t, self._rb_left
         exact = self._latency.exact
         j = 0
+        i = bisect_right(firsts, rs[0]) - 1
+        last = len(firsts) - 1
         while j < n:  # one step per read burst: its roots share their read time
-            i = bisect_right(firsts, rs[j]) - 1
-            if i < 0 or rs[j] >= ends[i]:  # not a root this recorder saw read
+            r = rs[j]
+            if i > last or (i < last and r >= firsts[i + 1]):  # not in burst i: find it
+                i = bisect_right(firsts, r) - 1
+            if i < 0 or r >= ends[i]:  # not a root this recorder saw read
                 j += 1
                 continue
             k = bisect_left(rs, ends[i], j)
@@ -324,6 +333,7 @@ class Recorder(Instrument):
                 if self._first is None:
                     self._first = (times[i], t_ns)
             j = k
+            i += 1
         if len(exact) > EXACT_KEPT:
             self._latency.settle()
         if self._rb_dead > 64 and self._rb_dead * 2 > len(firsts):
