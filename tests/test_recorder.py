@@ -241,3 +241,17 @@ def test_latency_keeps_only_unfinished_reads() -> None:
     assert len(r._rb_first) <= 2 * 64 + 1
     rec = r.recording
     assert rec.latency.count == 1000 and rec.latency.low == rec.latency.high == 3 * MS
+
+
+def test_a_unit_without_times_counts_but_moves_no_clock() -> None:
+    # A process worker that cannot start reports its task's unit with stamps [0, 0].
+    r = Recorder()
+    r.run_started(run_info([SimStage("a")], start=5 * MS))
+    r.items_enqueued("a", [(0,)], 1, 6 * MS)
+    r.task_started("a", 1, [(0,)], 0, 6 * MS)
+    r.task_finished("a", 1, 0, [(0,)], [0], [0], RuntimeError("no worker"))
+    r.run_finished("failed", RuntimeError("no worker"), 9 * MS)
+    rec = r.recording
+    a = rec.stages["a"]
+    assert (a.units, a.errors, a.first_start_ns, a.occupancy_ns) == (1, 1, None, 0)
+    assert rec.t0_ns == 5 * MS and rec.t1_ns == 9 * MS

@@ -268,11 +268,13 @@ class Recorder(Instrument):
             return
         start = starts_ns[0]
         s.units += n
-        s.occupancy += sum(ends_ns) - n * (start if dispatched is None else dispatched)
         exact = s.service.exact
         count_elements(exact, map(sub, ends_ns, starts_ns))  # in C: no Python per unit
         if len(exact) > EXACT_KEPT:
             s.service.settle()
+        if start < self._timeline.origin:  # no times: a process worker that never started
+            return
+        s.occupancy += sum(ends_ns) - n * (start if dispatched is None else dispatched)
         if start < s.first_start:
             s.first_start = start
             s.first_service = ends_ns[0] - start
