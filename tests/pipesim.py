@@ -51,7 +51,7 @@ class SimLog:
     waits: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # dispatch - enqueue
     depth: dict[str, list[tuple[int, int]]] = dataclasses.field(default_factory=dict)
     inflight: dict[str, list[tuple[int, int]]] = dataclasses.field(default_factory=dict)
-    dispatch_to_end: dict[str, int] = dataclasses.field(default_factory=dict)  # Σ per unit
+    dispatch_to_end: dict[str, int] = dataclasses.field(default_factory=dict)  # Σ per item
     read: dict[int, int] = dataclasses.field(default_factory=dict)
     done: dict[int, int] = dataclasses.field(default_factory=dict)
     started_ns: int = 0
@@ -167,7 +167,7 @@ def simulate(
                     log.waits[s.name].extend(t - e for _, e in taken)
                     log.starts[s.name].extend(starts)
                     log.ends[s.name].extend(ends)
-                    log.dispatch_to_end[s.name] += sum(e - t for e in ends)
+                    log.dispatch_to_end[s.name] += k * (ends[-1] - t)  # routed at task end
                 heapq.heappush(running, (ends[-1], task_ids, i, worker, roots, starts, ends, k, t))
 
     read(now)

@@ -426,3 +426,5 @@ def test_figures_from_the_aggregates_match_exact_figures_of_the_same_events() ->
     assert close_to(lt.items_in_system, (queued + occupancy) / (t1 - start))
     assert close_to(lt.throughput, 3000 / ((t1 - start) / 1e9))
     assert close_to(lt.mean_latency_s, latency.mean)
+    # Every item is in a queue or in a task until its task comes back: L = λ·W exactly.
+    assert lt.error == pytest.approx(0, abs=1e-9)

@@ -169,8 +169,9 @@ def little(rec: Recording) -> Little | None:
     finished.
 
     L counts an item while it waits in a stage's input queue (the integral of the
-    queue's depth) and from when its task leaves the queue to when its unit ends
-    (the stage's occupancy), in source items: an item at a stage that sees
+    queue's depth) and from when its task leaves the queue to when the task's last
+    unit ends (the stage's occupancy: results come back with their whole task), in
+    source items: an item at a stage that sees
     ``items_in`` items for ``N`` source items counts ``N / items_in`` (a flat_map's
     children share their root; a batch unit counts as its items). Time between stages
     (a result waiting for the scheduler to route it) is in W but not in L, so L runs a

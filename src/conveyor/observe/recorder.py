@@ -274,7 +274,8 @@ class Recorder(Instrument):
             s.service.settle()
         if start < self._timeline.origin:  # no times: a process worker that never started
             return
-        s.occupancy += sum(ends_ns) - n * (start if dispatched is None else dispatched)
+        # Its items stay in the worker's hands until the task comes back with them all.
+        s.occupancy += n * (end - (start if dispatched is None else dispatched))
         if start < s.first_start:
             s.first_start = start
             s.first_service = ends_ns[0] - start

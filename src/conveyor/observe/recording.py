@@ -116,7 +116,7 @@ class StageRecording:
     cache_hits: int = 0
     dead_letters: int = 0
     busy_ns: int = 0  # Σ service time of its units
-    occupancy_ns: int = 0  # Σ over units of (finished - dispatched): time in a worker's hands
+    occupancy_ns: int = 0  # Σ over tasks of units × (last end - dispatch): in a worker's hands
     service: Histogram = dataclasses.field(default_factory=Histogram)  # per unit
     wait: Histogram = dataclasses.field(default_factory=Histogram)  # per unit, queue wait
     first_start_ns: int | None = None  # its first unit's start
