@@ -15,8 +15,9 @@ What each hook does (per call, none of it per item but C-speed ``map`` and count
 - each stage keeps a FIFO of its queue's enqueue bursts ``(t, n)`` (only the bursts
   still queued): the queue is first-in first-out, so ``task_started`` knows when each
   item it takes entered the queue, and counts their queue wait (dispatch - enqueue).
-- ``task_finished`` counts its units' service times exactly, in C (``collections``'
-  counting helper over ``map(sub, ends, starts)``), into a
+- ``task_finished`` extends two flat buffers with its units' start and end stamps;
+  every ``FOLD_AT`` units their service times are counted exactly, in C
+  (``collections``' counting helper over ``map(sub, ends, starts)``), into a
   :class:`~conveyor.observe.histogram.HistogramCounter`, which moves them into log
   buckets once ``EXACT_KEPT`` distinct values have gathered: it stays small.
 - the source's read bursts ``(first root, end, t, unfinished)`` are kept while any of
@@ -61,6 +62,7 @@ __all__ = [
 
 DETAIL_UNITS = 10_000  # units with per-unit detail, across the run
 RESIZES_KEPT = 1000  # resize events kept per stage (the integrals count them all)
+FOLD_AT = 4096  # units buffered per stage before their service times are counted
 
 
 class _Stage(StageTimeline):
@@ -68,6 +70,8 @@ class _Stage(StageTimeline):
     the FIFO of its queue's enqueue bursts, and its units in the detail window."""
 
     __slots__ = (
+        "b_ends",
+        "b_starts",
         "cache_hits",
         "dead_letters",
         "detail",
@@ -98,6 +102,8 @@ class _Stage(StageTimeline):
         self.items_in: int | None = None
         self.items_out: int | None = None
         self.occupancy = 0
+        self.b_starts: list[int] = []  # units not counted yet in ``service``
+        self.b_ends: list[int] = []
         self.first_start = NEVER
         self.first_service: int | None = None
         self.fifo: deque[tuple[int, int]] = deque()  # (t, n) bursts still in the queue
@@ -106,6 +112,15 @@ class _Stage(StageTimeline):
         self.wait = HistogramCounter()
         self.resizes: list[tuple[int, int]] = []
         self.detail = UnitDetail()
+
+    def fold(self) -> None:
+        """Count the buffered units' service times into the histogram."""
+        exact = self.service.exact
+        count_elements(exact, map(sub, self.b_ends, self.b_starts))
+        self.b_starts.clear()
+        self.b_ends.clear()
+        if len(exact) > EXACT_KEPT:
+            self.service.settle()
 
 
 class Recorder(Instrument):
@@ -268,10 +283,11 @@ class Recorder(Instrument):
             return
         start = starts_ns[0]
         s.units += n
-        exact = s.service.exact
-        count_elements(exact, map(sub, ends_ns, starts_ns))  # in C: no Python per unit
-        if len(exact) > EXACT_KEPT:
-            s.service.settle()
+        # Service times are counted a few thousand at a time, in C (no Python per unit).
+        s.b_starts.extend(starts_ns)
+        s.b_ends.extend(ends_ns)
+        if len(s.b_starts) >= FOLD_AT:
+            s.fold()
         if start < self._timeline.origin:  # no times: a process worker that never started
             return
         # Its items stay in the worker's hands until the task comes back with them all.
@@ -283,7 +299,13 @@ class Recorder(Instrument):
                 self._timeline.log_until = start  # the window starts no later
         if end > self._last_end:
             self._last_end = end
-        s.add_units(start, end - start, n)  # a task's units run back to back
+        # The drift's series: the task's span (its units run back to back) where it began.
+        timeline = self._timeline
+        if start >= timeline.end:
+            timeline.coarsen(start)
+        b = (start - timeline.origin) // timeline.width
+        s.u_busy[b] += end - start
+        s.u_units[b] += n
         if self._detail_left:
             self._keep_detail(s, worker, keys, starts_ns, ends_ns, error)
 
@@ -448,6 +470,7 @@ def _stage_recording(s: _Stage, t0: int, t1: int, last: int) -> StageRecording:
     c0, c1 = s.cumulative(t0), s.cumulative(t1)
     window = [max(0, b - a) for a, b in zip(c0, c1, strict=True)]
     d = s.detail
+    s.fold()
     service = s.service.value()
     return StageRecording(
         shape=s.shape,

@@ -82,7 +82,7 @@ class StageTimeline:
         "starved",
         "t",
         "timeline",
-        "u_busy",
+        "u_busy",  # per bucket: Σ service of the units that started there (the recorder)
         "u_units",
         "w_t",
         "workers",
@@ -133,12 +133,6 @@ class StageTimeline:
         self.wtime = self.wtime_at(t)
         self.w_t = t
         self.workers = workers
-
-    def add_units(self, start: int, busy: int, n: int) -> None:
-        """``n`` units that started at ``start`` (a task's first) and ran ``busy`` ns."""
-        b = self.timeline.bucket(start)
-        self.u_busy[b] += busy
-        self.u_units[b] += n
 
     def wtime_at(self, t: int) -> int:
         """∫ workers dt from the run's start to ``t`` (not before the last resize)."""
