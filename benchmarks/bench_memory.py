@@ -100,8 +100,11 @@ def main() -> None:
         if args.baseline is not None and n <= args.baseline_max:
             base = peak_mib(n, record=True, src=args.baseline)[0]
         rows.append((n, on, off, base, t_on, t_off))
-        print(f"{n:>12,}  recorder on {on:7.1f} MiB ({t_on:.1f} s)  off {off:7.1f} MiB"
-              + ("" if base is None else f"  baseline {base:7.1f} MiB"), flush=True)
+        print(
+            f"{n:>12,}  recorder on {on:7.1f} MiB ({t_on:.1f} s)  off {off:7.1f} MiB"
+            + ("" if base is None else f"  baseline {base:7.1f} MiB"),
+            flush=True,
+        )
     lines = [
         "# Memory benchmark: peak RSS against the number of items",
         "",
