@@ -2,13 +2,17 @@
 
 Run it from the repository root; it writes ``benchmarks/RESULTS-observability.md``::
 
-    .venv/bin/python benchmarks/bench_observability.py [--repeats 7] [--items 300]
+    .venv/bin/python benchmarks/bench_observability.py [--repeats 15] [--items 300]
+    .venv/bin/python benchmarks/bench_observability.py --baseline OLD/src/conveyor/observe/recorder.py
 
 1. Recorder overhead: 100,000 ints through two trivial stages (``x + 1`` then
    ``2 * x``), 2 thread workers each, with the recorder off (``record=False``), with
    a do-nothing instrument (what the engine's hook calls cost by themselves), and
-   with the recorder on (the default). Configurations are interleaved, repeated,
-   and reported as the median and the best wall time.
+   with the recorder on (the default); with ``--baseline``, also with another
+   recorder module (say, an older commit's, from ``git archive``) attached in its
+   place. Configurations are interleaved and repeated; each is reported as the
+   median wall time per item with its spread (interquartile range, and the lowest
+   and highest run), and the median CPU time of the process (all threads).
 2. Balancing: stages sleeping 10, 25 and 40 ms per item on threads, a budget of 8
    workers. Throughput with an equal split, with conveyor's balanced allocation
    (computed from the equal-split run's own recording), with the live rebalancer
@@ -21,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import itertools
+import os
 import platform
 import statistics
 import subprocess
@@ -55,8 +61,10 @@ def sleeper(name: str, ms: float) -> Callable[[int], int]:
     return fn
 
 
-def overhead(repeats: int, items: int = 100_000) -> list[tuple[str, float, float, float]]:
-    """Per configuration: median and best wall time, and best CPU time of the process."""
+def overhead(
+    repeats: int, items: int = 100_000, baseline: Path | None = None
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Per configuration: wall and CPU seconds of each repeat (interleaved)."""
     pipe = cv.Pipeline("trivial", [cv.Stage(inc, workers=2), cv.Stage(double, workers=2)])
     configs: dict[str, Callable[[], cv.Run]] = {
         "recorder off (record=False)": lambda: pipe.run(range(items), record=False),
@@ -65,6 +73,15 @@ def overhead(repeats: int, items: int = 100_000) -> list[tuple[str, float, float
         ),
         "recorder on (default)": lambda: pipe.run(range(items)),
     }
+    if baseline is not None:
+        spec = importlib.util.spec_from_file_location("baseline_recorder", baseline)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up
+        spec.loader.exec_module(module)
+        configs["baseline recorder (--baseline)"] = lambda: pipe.run(
+            range(items), record=False, instruments=[module.Recorder()]
+        )
     wall: dict[str, list[float]] = {k: [] for k in configs}
     cpu: dict[str, list[float]] = {k: [] for k in configs}
     for fn in configs.values():
@@ -76,7 +93,12 @@ def overhead(repeats: int, items: int = 100_000) -> list[tuple[str, float, float
             wall[name].append(time.perf_counter() - t)
             cpu[name].append(time.process_time() - c)
             assert run.results is not None and len(run.results) == items
-    return [(k, statistics.median(wall[k]), min(wall[k]), min(cpu[k])) for k in configs]
+    return {k: (wall[k], cpu[k]) for k in configs}
+
+
+def quartiles(xs: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[0], q[1], q[2]
 
 
 def pipeline(workers: dict[str, int]) -> cv.Pipeline:
@@ -162,39 +184,46 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--items", type=int, default=300, help="items in the balancing runs")
+    parser.add_argument("--baseline", type=Path, help="another recorder.py to compare with")
     args = parser.parse_args()
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print("recorder overhead ...", flush=True)
-    ov = overhead(args.repeats)
+    n = 100_000
+    ov = overhead(args.repeats, n, args.baseline)
     print("balancing ...", flush=True)
     rows, note = balancing(args.items)
-    off_med, off_min = ov[0][1], ov[0][2]
+    off_wall, off_cpu = (statistics.median(x) for x in ov["recorder off (record=False)"])
     lines = [
         "# Observability benchmarks",
         "",
-        f"`benchmarks/bench_observability.py`, run {when}; Python {platform.python_version()}.",
+        f"`benchmarks/bench_observability.py`, run {when}; Python {platform.python_version()}; "
+        f"load average {load:.1f} at the start.",
         "",
-        "The machine has 2 cores and was shared with other work while this ran (other",
-        "engineers' tests and builds), so wall times are noisy: configurations are",
-        "interleaved, and the median and best wall time and the best CPU time of the",
-        "process (all threads) are shown; the best is the least disturbed.",
+        "The machine (below) is shared with other work, so wall times are noisy: the",
+        "configurations are interleaved and repeated, and each row gives the median, the",
+        "interquartile range and the extremes of the wall time per item, and the median CPU",
+        "time of the process (all threads).",
         "",
         f"## Recorder overhead: 100,000 ints, two trivial stages, 2 thread workers each ({args.repeats} repeats)",
         "",
-        "| configuration | median s | best s | best CPU s | overhead (median) | overhead (best) | overhead (CPU) |",
+        "| configuration | median µs/item | IQR µs/item | min-max µs/item | vs off (median) | "
+        "median CPU µs/item | vs off (CPU) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    off_cpu = ov[0][3]
-    for name, med, best, cpu in ov:
+    for name, (wall, cpu) in ov.items():
+        q1, med, q3 = quartiles(wall)
+        c = statistics.median(cpu)
         lines.append(
-            f"| {name} | {med:.3f} | {best:.3f} | {cpu:.3f} | {med / off_med - 1:+.1%} | "
-            f"{best / off_min - 1:+.1%} | {cpu / off_cpu - 1:+.1%} |"
+            f"| {name} | {med / n * 1e6:.2f} | {q1 / n * 1e6:.2f}-{q3 / n * 1e6:.2f} | "
+            f"{min(wall) / n * 1e6:.2f}-{max(wall) / n * 1e6:.2f} | {med / off_wall - 1:+.1%} | "
+            f"{c / n * 1e6:.2f} | {c / off_cpu - 1:+.1%} |"
         )
     lines += [
         "",
         "The no-op instrument row is the cost of the engine's hook calls alone (the scheduler",
         "takes its instrumented path as soon as any instrument is attached); the recorder's",
-        "own cost is the difference between the last two rows.",
+        "own cost is the difference between its row and the no-op row.",
         "",
         f"## Balancing: stages of 10, 25 and 40 ms, budget {BUDGET} workers, {args.items} items",
         "",

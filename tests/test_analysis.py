@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -24,7 +25,10 @@ from conveyor.analysis import (
 from conveyor.analysis._batching import BatchPoint, recommend, sweep_batch_sizes
 from conveyor.analysis._model import Model, StageModel
 from conveyor.core.events import RunInfo, StageInfo
-from conveyor.observe.recorder import Recorder, Recording
+from conveyor.observe.histogram import RELATIVE_ERROR
+from conveyor.observe.recorder import Recorder
+from conveyor.observe.recording import Recording, full_depth
+from pipesim import SimLog, SimStage, simulate
 
 MS = 1_000_000
 
@@ -316,3 +320,111 @@ def test_a_run_too_short_for_a_period_still_reports() -> None:
     report = run.report()
     assert report.comparisons == ()
     assert "p" in report.render()
+
+
+# --- the figures from bounded aggregates against the same figures computed exactly ---
+
+
+def step_share(
+    steps: list[tuple[int, tuple[int, ...]]], t0: int, t1: int, value: Callable[..., float]
+) -> float:
+    """∫ value(state) dt over [t0, t1] of a step function given as (time, state) changes
+    (several at one time: the last holds); every value is 0 before the first change."""
+    total = 0.0
+    state = tuple(0 for _ in steps[0][1])
+    prev = t0
+    for t, st in steps:
+        if t > prev and t > t0:
+            a, b = max(prev, t0), min(t, t1)
+            if b > a:
+                total += value(*state) * (b - a)
+            prev = t
+        state = st
+    if t1 > prev:
+        total += value(*state) * (t1 - max(prev, t0))
+    return total
+
+
+def close_to(measured: float, exact: float, rel: float = 1e-9) -> bool:
+    return abs(measured - exact) <= rel * abs(exact) + 1e-12
+
+
+def test_figures_from_the_aggregates_match_exact_figures_of_the_same_events() -> None:
+    rng = random.Random(5)
+    stages = [
+        SimStage(
+            "parse",
+            workers=2,
+            capacity=16,
+            units_per_task=3,
+            service=lambda r: int(rng.lognormvariate(14, 0.8)),
+        ),
+        SimStage(
+            "embed",
+            workers=3,
+            capacity=8,
+            units_per_task=2,
+            service=lambda r: int(rng.lognormvariate(15, 0.5)),
+        ),
+        SimStage(
+            "write",
+            workers=1,
+            capacity=4,
+            service=lambda r: rng.choice([500_000, 2_000_000, 700_000]),
+        ),
+    ]
+    log = SimLog()
+    rec = simulate(stages, items=3000, log=log, dispatch_ns=20_000, read_burst=5)
+    m = measure(rec)
+    t0 = min(min(v) for v in log.starts.values())
+    t1 = max(max(max(v) for v in log.ends.values()), max(log.done.values()))
+    assert (m.t0_ns, m.t1_ns) == (t0, t1)
+    span = t1 - t0
+    within = RELATIVE_ERROR
+    for st in stages:
+        s, name = m.stages[st.name], st.name
+        service = [(b - a) / 1e9 for a, b in zip(log.starts[name], log.ends[name], strict=True)]
+        for got, want in (
+            (s.service, Distribution.of(service)),
+            (s.queue_wait, Distribution.of([w / 1e9 for w in log.waits[name]])),
+        ):
+            assert got.count == want.count and close_to(got.mean, want.mean)
+            assert close_to(got.max, want.max)
+            for q in ("p50", "p95", "p99"):
+                assert close_to(getattr(got, q), getattr(want, q), within), (name, q)
+        assert close_to(s.busy_s, sum(service))
+        assert close_to(s.utilisation, sum(service) * 1e9 / (st.workers * span))
+        depth = [(t, (d,)) for t, d in log.depth[name]]
+        assert close_to(s.mean_queue_depth, step_share(depth, t0, t1, lambda d: d) / span)
+        level = full_depth(st.capacity)
+        assert close_to(s.full_share, step_share(depth, t0, t1, lambda d, x=level: d >= x) / span)
+        both: list[tuple[int, tuple[int, ...]]] = []
+        d = f = 0
+        changes = [(t, 0, v) for t, v in log.depth[name]]
+        changes += [(t, 1, v) for t, v in log.inflight[name]]
+        for t, kind, v in sorted(changes, key=lambda c: c[:2]):  # stable: in log order
+            d, f = (v, f) if kind == 0 else (d, v)
+            both.append((t, (d, f)))
+        starved = step_share(both, t0, t1, lambda d, f, w=st.workers: d == 0 and f < w) / span
+        assert close_to(s.starved_share, starved), name
+    latency = Distribution.of([(log.done[r] - log.read[r]) / 1e9 for r in sorted(log.done)])
+    got = m.latency
+    assert got.count == latency.count == 3000 and close_to(got.mean, latency.mean)
+    for q in ("p50", "p95", "p99"):
+        assert close_to(getattr(got, q), getattr(latency, q), within)
+    first = min(log.done, key=lambda r: (log.done[r], r))
+    assert close_to(m.first_latency_s, (log.done[first] - max(log.read[first], t0)) / 1e9)  # type: ignore[arg-type]
+    # Little's law, from the run's start: queues' depths plus the tasks in workers' hands.
+    lt = little(rec)
+    assert lt is not None
+    start = log.started_ns
+    queued = sum(
+        step_share([(t, (d,)) for t, d in log.depth[st.name]], start, t1, lambda d: d)
+        for st in stages
+    )
+    occupancy = sum(log.dispatch_to_end.values())
+    assert close_to(lt.items_in_system, (queued + occupancy) / (t1 - start))
+    assert close_to(lt.throughput, 3000 / ((t1 - start) / 1e9))
+    assert close_to(lt.mean_latency_s, latency.mean)
+    # Every item is in a queue or in a task until its task comes back: L = λ·W exactly.
+    assert lt.error == pytest.approx(0, abs=1e-9)

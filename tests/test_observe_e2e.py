@@ -1,11 +1,12 @@
-"""Synthetic pipelines with known answers: sleep-based stages of chosen costs.
+"""Pipelines with known answers: simulated with a fake clock, and real runs.
 
-Each stage sleeps a fixed time per item (threads: sleeping releases the GIL, so
-the 2-core machine's CPUs are not what limits). The formulas then give the
-answers: P = max s_i / w_i, L = Σ s_i, T_N = L + (N - 1) P; the tolerance is the
-issue's 10%, and every sleep is at least 5 ms so scheduling noise stays small.
-``time.sleep`` overshoots by 0.1-0.3 ms on a loaded machine; where that matters
-(the latency of one item) the formula is taken with the measured service times.
+The arithmetic (period, latency, makespan, Little's law, what-if, balancing) is held
+against pipelines simulated in virtual time (``pipesim``): every stage takes exactly
+its cost, the recorder's hooks get the simulation's timestamps, and the formulas
+give the answers, P = max s_i / w_i, L = Σ s_i, T_N = L + (N - 1) P, whatever else
+the machine is doing. Real runs of sleeping stages check what load cannot break:
+which stage is the bottleneck when it costs several times the others, the counts,
+and lower bounds (an item cannot finish before it has slept in every stage).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from click.testing import CliRunner
 import conveyor as cv
 from conveyor.analysis import balance, build_report, measure, model_of, predict, throughput_of
 from conveyor.cli import cli
-
-TOL = 0.10
+from conveyor.observe.recording import Recording
+from pipesim import SimStage, simulate
 
 
 def sleeper(name: str, ms: float) -> Callable[[int], int]:
@@ -47,82 +48,68 @@ def chain(
     )
 
 
-def close(measured: float, expected: float, tol: float = TOL) -> bool:
-    return abs(measured - expected) <= tol * expected
+def simulated(
+    costs: dict[str, float], n: int, workers: dict[str, int] | None = None, capacity: int = 128
+) -> Recording:
+    workers = workers or {}
+    return simulate(
+        [SimStage(s, ms, workers=workers.get(s, 1), capacity=capacity) for s, ms in costs.items()],
+        items=n,
+    )
 
 
-@pytest.mark.slow
 def test_seed_pipeline_bottleneck_period_latency_makespan_and_little() -> None:
     # The seed's simulate : analyse : render = 4 : 3 : 5, in units of 2 ms.
-    costs = {"simulate": 8, "analyse": 6, "render": 10}
     n = 100
-    run = chain(costs, capacity=4).run(range(n))
-    report = run.report()
-    m = report.measure
-    b = report.bottleneck
-    assert b is not None and b.stage == "render"
-    assert b.utilisation > 0.9
-    # Evidence: render's small input queue fills (from item ~15 on) and blocks analyse.
+    report = build_report(simulated({"simulate": 8, "analyse": 6, "render": 10}, n, capacity=4))
+    m, b, pred = report.measure, report.bottleneck, report.prediction
+    assert b is not None and b.stage == "render" and b.runner_up == "simulate"
+    assert b.margin == pytest.approx(10 / 8)
+    # render runs from its first item (at 14 ms) to the end: busy but for that fill.
+    assert b.utilisation == pytest.approx(n * 10 / (m.makespan_s * 1e3))
+    # Evidence: render's small input queue fills and blocks analyse.
     assert b.input_full_share > 0.5 and b.upstream_blocked["analyse"] > 0.5
     assert "its input queue full" in report.limiting_line()  # type: ignore[operator]
     period_ms, latency_ms = 10, 8 + 6 + 10
     makespan_ms = latency_ms + (n - 1) * period_ms
-    measured_period = (m.makespan_s - m.first_latency_s) / (n - 1) * 1e3
-    assert close(measured_period, period_ms), measured_period
-    assert close(m.makespan_s * 1e3, makespan_ms), m.makespan_s
-    pred = report.prediction
-    assert close(pred.latency_s * 1e3, latency_ms)
-    assert close(pred.period_s * 1e3, period_ms)
-    assert pred.makespan_s is not None and close(pred.makespan_s, m.makespan_s)
-    assert report.little is not None and abs(report.little.error) <= TOL
+    assert m.first_latency_s == pytest.approx(latency_ms / 1e3)
+    assert m.makespan_s == pytest.approx(makespan_ms / 1e3)
+    assert (pred.period_s, pred.latency_s) == (pytest.approx(0.010), pytest.approx(0.024))
+    assert pred.makespan_s == pytest.approx(m.makespan_s)
+    assert [c.error for c in report.comparisons] == pytest.approx([0, 0, 0, 0], abs=1e-9)
+    assert report.little is not None and report.little.error == pytest.approx(0, abs=1e-9)
     # Bubble: 24 ms of work per item on 3 workers over the makespan.
-    assert m.bubble == pytest.approx(1 - n * 24 / (3 * makespan_ms), abs=0.05)
+    assert m.bubble == pytest.approx(1 - n * 24 / (3 * makespan_ms))
     # The lesson: a faster analyse changes nothing; a faster render does.
     model = report.model
     assert predict(model, faster={"analyse": 2.0}).throughput == pytest.approx(pred.throughput)
     assert predict(model, faster={"render": 2.0}).bottleneck == "simulate"
 
 
-def test_first_item_latency_is_the_sum_of_service_times() -> None:
-    # One item's latency is one sample, and a loaded 2-core machine sometimes stalls
-    # a thread for milliseconds: take the median of five short runs. A sleep also
-    # overshoots by 0.1-0.3 ms, so the formula uses the measured service times.
-    costs = {"simulate": 8, "analyse": 6, "render": 10}
-    measured, predicted = [], []
-    for _ in range(5):
-        report = chain(costs).run(range(3)).report()
-        assert report.measure.first_latency_s is not None
-        measured.append(report.measure.first_latency_s)
-        predicted.append(report.prediction.latency_s)
-    m, p = sorted(measured)[2], sorted(predicted)[2]
-    assert close(p * 1e3, 24), p
-    assert close(m, p), (measured, predicted)
-
-
-@pytest.mark.slow
-def test_what_if_predictions_match_measured_reruns() -> None:
+def test_what_if_predictions_match_simulated_reruns() -> None:
     costs = {"a": 5, "b": 10, "c": 20}
     n = 100
-    base = chain(costs).run(range(n))
-    model = model_of(measure(base.recording))
-    # c with 2 workers: P halves to 10 ms.
+    base = measure(simulated(costs, n))
+    model = model_of(base)
+    assert base.makespan_s == pytest.approx(0.035 + (n - 1) * 0.020)
+    # c with 2 workers: P halves to 10 ms, and b limits.
     pred = predict(model, workers={"c": 2}, items=n)
-    assert pred.bottleneck == "b" and close(pred.period_s * 1e3, 10)
-    rerun = measure(chain(costs, {"c": 2}).run(range(n)).recording)
-    assert pred.makespan_s is not None and close(rerun.makespan_s, pred.makespan_s)
+    assert pred.bottleneck == "b" and pred.period_s == pytest.approx(0.010)
+    rerun = measure(simulated(costs, n, {"c": 2}))
+    assert pred.makespan_s == pytest.approx(rerun.makespan_s)
     # b twice as fast: not the bottleneck, so nothing changes.
     same = predict(model, faster={"b": 2.0}, items=n)
     assert same.period_s == pytest.approx(predict(model).period_s)
-    faster_b = measure(chain({"a": 5, "b": 5, "c": 20}).run(range(n)).recording)
-    assert same.makespan_s is not None and close(faster_b.makespan_s, same.makespan_s)
-    assert close(faster_b.makespan_s, measure(base.recording).makespan_s)
+    faster_b = measure(simulated({"a": 5, "b": 5, "c": 20}, n))
+    assert same.makespan_s == pytest.approx(faster_b.makespan_s)
+    assert faster_b.makespan_s == pytest.approx(base.makespan_s - 0.005)  # only L shrinks
 
 
-@pytest.mark.slow
-def test_balanced_allocation_from_a_measured_run_is_the_brute_force_optimum() -> None:
+def test_balanced_allocation_from_a_recorded_run_is_the_brute_force_optimum() -> None:
     costs = {"a": 5, "b": 10, "c": 20}
-    run = chain(costs).run(range(60))
-    demands = model_of(run.report().measure).demands
+    rec = simulated(costs, 60)
+    demands = model_of(measure(rec)).demands
+    assert demands == pytest.approx({"a": 0.005, "b": 0.010, "c": 0.020})
     alloc = balance(demands, 4)
     assert alloc.workers == {"a": 1, "b": 1, "c": 2}
     best = max(
@@ -131,16 +118,26 @@ def test_balanced_allocation_from_a_measured_run_is_the_brute_force_optimum() ->
         if sum(ws) <= 4
     )
     assert alloc.throughput == pytest.approx(best)
-    text = build_report(run.recording, budget=4).render()
+    text = build_report(rec, budget=4).render()
     assert "give `c` 2 workers of the 4 (a 1, b 1): predicted 2.0× throughput" in text
+    # And the balanced pipeline, run, delivers what the model promised.
+    balanced = measure(simulated(costs, 600, alloc.workers))
+    steady = (balanced.makespan_s - balanced.first_latency_s) / 599  # type: ignore[operator]
+    assert 1 / steady == pytest.approx(alloc.throughput)
 
 
-def test_report_of_a_short_run() -> None:
-    run = chain({"a": 5, "b": 10}).run(range(20))
+def test_a_real_run_names_its_bottleneck_and_its_counts() -> None:
+    # c costs five times a or b: no load on the machine can make another stage limit.
+    n = 30
+    run = chain({"a": 2, "b": 2, "c": 10}).run(range(n))
     report = run.report()
-    assert report.bottleneck is not None and report.bottleneck.stage == "b"
-    assert report.measure.done == 20
-    assert "limiting stage: b" in report.render()
+    m = report.measure
+    assert report.bottleneck is not None and report.bottleneck.stage == "c"
+    assert "limiting stage: c" in report.render()
+    assert m.done == m.items == n and all(s.units == n for s in m.stages.values())
+    assert report.model.demands["c"] >= 0.010  # each of its units slept 10 ms
+    assert m.first_latency_s is not None and m.first_latency_s >= 0.014  # slept in all three
+    assert min(s.service.p50 for s in m.stages.values()) >= 0.002
 
 
 # --- the command line: conveyor run --record/--trace/--gantt, conveyor analyze ----------

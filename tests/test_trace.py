@@ -11,7 +11,8 @@ import pytest
 
 import conveyor as cv
 from conveyor.observe.gantt import gantt_svg, write_gantt
-from conveyor.observe.recorder import Recording
+from conveyor.observe.recorder import Recorder
+from conveyor.observe.recording import Recording
 from conveyor.observe.trace import chrome_trace, write_chrome_trace
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -64,8 +65,14 @@ def test_trace_validates_and_holds_every_unit(recording: Recording, tmp_path: Pa
     assert {e["tid"] for e in slow_units} <= {0, 1}
     assert all(e["dur"] >= 2900 for e in slow_units)  # µs: each slept 3 ms
     counters = [e for e in events if e["ph"] == "C"]
-    assert len(counters) == sum(len(s.depth) for s in recording.stages.values())
+    assert len(counters) == sum(len(s.series.depth_peak) for s in recording.stages.values())
+    assert max(e["args"]["depth"] for e in counters) == max(
+        s.peak_depth for s in recording.stages.values()
+    )
     assert max(e["args"]["depth"] for e in counters) <= 8
+    other = doc["otherData"]
+    assert other["units"] == other["units_shown"] == 80
+    assert other["note"] == "unit events: every unit of the run (80)"
 
 
 def test_trace_marks_failed_units() -> None:
@@ -102,7 +109,32 @@ def test_gantt_draws_lanes_boxes_and_queues(recording: Recording, tmp_path: Path
 
 
 def test_gantt_merges_boxes_of_a_large_run() -> None:
-    rec = cv.Pipeline("big", [cv.Stage(fast, executor="sync")]).run(range(20_000)).recording
+    run = cv.Pipeline("big", [cv.Stage(fast, executor="sync")]).stream(
+        range(20_000), record=False, instruments=[r := Recorder(detail=20_000)]
+    )
+    run.wait()
+    rec = r.recording
+    assert rec.detail_complete
     svg = gantt_svg(rec)
     assert len(svg) < 200_000  # merged: far fewer boxes than 20,000 units
     ET.fromstring(svg)
+
+
+def test_a_run_longer_than_the_detail_window_says_what_it_shows(tmp_path: Path) -> None:
+    pipe = cv.Pipeline("long", [cv.Stage(fast, executor="sync"), cv.Stage(fast, name="f2")])
+    r = Recorder(detail=300)
+    pipe.run(range(2000), record=False, instruments=[r])
+    rec = r.recording
+    assert rec.detail_units == 300 and rec.units == 4000 and rec.detail_end_ns is not None
+    doc = chrome_trace(rec)
+    check_chrome_trace(doc)
+    assert len([e for e in doc["traceEvents"] if e["ph"] == "X"]) == 300
+    other = doc["otherData"]
+    assert (other["units"], other["units_shown"]) == (4000, 300)
+    assert other["detail_until_s"] == pytest.approx((rec.detail_end_ns - rec.started_ns) / 1e9)
+    assert other["note"].startswith("unit events: the first 300 of 4000 units (to ")
+    assert "queue depths cover the whole run" in other["note"]
+    root = ET.fromstring(write_gantt(rec, tmp_path / "g.svg").read_text())
+    notes = [t.text or "" for t in root.iter(f"{SVG}text") if t.get("class") == "note"]
+    assert any(n.startswith("unit boxes: the first 300 of 4000 units to ") for n in notes)
+    assert [ln for ln in root.iter(f"{SVG}line") if ln.get("class") == "cut"]

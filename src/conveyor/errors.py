@@ -11,7 +11,7 @@
     │   ├── RunNotFoundError       no run (or several) has the id asked for
     │   └── PipelineChangedError   the pipeline's code changed since the run was recorded
     ├── FingerprintError           a stage's code cannot be fingerprinted for the cache
-    ├── RecordingError             a file is not a recording this conveyor can read
+    ├── RecordingError             no recording: not recorded, or not a recording file
     └── TrainError                 the train extra was given something it cannot use
         └── MissingTorchError      a torch-backed part was used without PyTorch
 
@@ -187,8 +187,9 @@ class FingerprintError(ConveyorError):
 
 
 class RecordingError(ConveyorError, ValueError):
-    """A recording file cannot be read: not a recording, or a version this conveyor
-    does not know. The message names the file and what was found."""
+    """There is no recording to be had: the run was started with ``record=False`` or
+    has not started, or a file is not a recording (or of a version) this conveyor can
+    read. The message says which, and what to do."""
 
 
 class TrainError(ConveyorError):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 
 from conveyor.analysis._measure import RunMeasure
-from conveyor.observe.recorder import Recording
+from conveyor.observe.recording import Recording
 
 __all__ = ["Bottleneck", "WindowVerdict", "find_bottleneck", "windows_of"]
 
@@ -100,24 +100,37 @@ def _loads(m: RunMeasure) -> dict[str, float]:
 
 
 def windows_of(rec: Recording, m: RunMeasure, count: int = 4) -> tuple[WindowVerdict, ...]:
-    """The run cut into ``count`` equal spans of time, each with its own bottleneck."""
+    """The run cut into ``count`` equal spans of time, each with its own bottleneck.
+
+    A span's units are those that started in the recording's time buckets whose
+    middle falls in the span, so its edges are as sharp as a bucket
+    (``rec.bucket_ns``, at most 1/256 of the run's whole length)."""
     t0, t1 = m.t0_ns, m.t1_ns
     if t1 <= t0 or count < 1 or not m.items:
         return ()
     step = (t1 - t0) / count
+    width = rec.bucket_ns
+    spans: list[list[int]] = [[] for _ in range(count)]  # bucket indices of each span
+    first = max(0, (t0 - rec.started_ns) // width)
+    last = (t1 - rec.started_ns) // width
+    for b in range(first, last + 1):
+        mid = rec.started_ns + b * width + width / 2
+        k = min(count - 1, max(0, int((mid - t0) // step)))
+        spans[k].append(b)
     out = []
     for k in range(count):
-        a, b = t0 + k * step, t0 + (k + 1) * step
+        a, z = t0 + k * step, t0 + (k + 1) * step
         load: dict[str, float] = {}
         for name, s in rec.stages.items():
-            times = [f - st for st, f in zip(s.started, s.finished, strict=True) if a <= st < b]
-            if not times or not s.units:
+            busy = sum(s.series.busy_ns[b] for b in spans[k] if b < len(s.series.busy_ns))
+            units = sum(s.series.units[b] for b in spans[k] if b < len(s.series.units))
+            if not units or not s.units:
                 continue
-            per_unit = sum(times) / len(times) / 1e9
+            per_unit = busy / units / 1e9
             units_per_item = s.units / m.items
-            load[name] = per_unit * units_per_item / s.workers_at(int((a + b) / 2))
+            load[name] = per_unit * units_per_item / s.workers_at(int((a + z) / 2))
         best = max(load, key=lambda n: load[n]) if load else None
-        out.append(WindowVerdict((a - t0) / 1e9, (b - t0) / 1e9, best, load))
+        out.append(WindowVerdict((a - t0) / 1e9, (z - t0) / 1e9, best, load))
     return tuple(out)
 
 

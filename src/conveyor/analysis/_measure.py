@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from conveyor.observe.recorder import Recording, StageRecording
+from conveyor.observe.histogram import Histogram
+from conveyor.observe.recording import Recording, StageRecording, full_depth
 
-__all__ = ["Distribution", "RunMeasure", "StageMeasure", "measure", "quantile", "time_share"]
+__all__ = ["Distribution", "RunMeasure", "StageMeasure", "is_full", "measure", "quantile"]
 
 
 def quantile(ordered: Sequence[float], q: float) -> float:
@@ -63,6 +64,17 @@ class Distribution:
         return cls(
             len(v), sum(v) / len(v), quantile(v, 0.5), quantile(v, 0.95), quantile(v, 0.99), v[-1]
         )
+
+    @classmethod
+    def of_histogram(cls, h: Histogram) -> Distribution:
+        """The distribution of the durations (ns) counted in ``h``, in seconds: count,
+        mean and maximum exact, percentiles within the histogram's relative error
+        (:data:`conveyor.observe.histogram.RELATIVE_ERROR`, 0.39%)."""
+        if not h.count:
+            return cls(0, math.nan, math.nan, math.nan, math.nan, math.nan)
+        p50, p95, p99 = h.quantiles((0.5, 0.95, 0.99))
+        assert h.high is not None
+        return cls(h.count, h.mean / 1e9, p50 / 1e9, p95 / 1e9, p99 / 1e9, h.high / 1e9)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,109 +130,22 @@ class RunMeasure:
     t1_ns: int
 
 
-def time_share(
-    times: Sequence[int],
-    values: Sequence[int],
-    t0: int,
-    t1: int,
-    pred: Callable[[int], bool],
-    *,
-    initial: int = 0,
-) -> float:
-    """Share of [t0, t1] during which the step function (``values[i]`` from ``times[i]``
-    on, ``initial`` before the first) satisfies ``pred``."""
-    if t1 <= t0:
-        return 0.0
-    total = 0
-    prev_t, prev_v = t0, initial
-    for t, v in zip(times, values, strict=True):
-        if t <= t0:
-            prev_v = v
-            continue
-        if t >= t1:
-            break
-        if pred(prev_v):
-            total += t - prev_t
-        prev_t, prev_v = t, v
-    if pred(prev_v):
-        total += t1 - prev_t
-    return total / (t1 - t0)
-
-
-def time_mean(times: Sequence[int], values: Sequence[int], t0: int, t1: int) -> float:
-    """Time-weighted mean of a step function over [t0, t1] (0 before the first sample)."""
-    if t1 <= t0:
-        return 0.0
-    total = 0
-    prev_t, prev_v = t0, 0
-    for t, v in zip(times, values, strict=True):
-        if t <= t0:
-            prev_v = v
-            continue
-        if t >= t1:
-            break
-        total += prev_v * (t - prev_t)
-        prev_t, prev_v = t, v
-    total += prev_v * (t1 - prev_t)
-    return total / (t1 - t0)
-
-
 def is_full(depth: int, bound: int | None) -> bool:
     """Whether a queue of ``bound`` holding ``depth`` items counts as full (see module doc)."""
-    if bound is None:
-        return False
-    return depth >= bound - max(1, math.ceil(bound / 10))
-
-
-def _full(bound: int | None) -> Callable[[int], bool]:
-    return lambda depth: is_full(depth, bound)
+    level = full_depth(bound)
+    return level is not None and depth >= level
 
 
 def run_window(rec: Recording) -> tuple[int, int]:
     """The run's window: its first unit's start (the run's start if none ran), and its
     last unit's end or last item's finish."""
-    firsts = [min(s.started) for s in rec.stages.values() if s.started]
-    t0 = min(firsts) if firsts else rec.started_ns
-    ends = [s.finished[-1] for s in rec.stages.values() if s.finished]
-    ends.extend(rec.done_t[-1:])
-    t1 = max(ends) if ends else rec.end_ns
+    t0 = rec.started_ns if rec.t0_ns is None else rec.t0_ns
+    t1 = rec.end_ns if rec.t1_ns is None else rec.t1_ns
     return t0, max(t1, t0)
 
 
-def _busy_steps(s: StageRecording) -> tuple[list[int], list[int]]:
-    """The number of the stage's units running, as a step function."""
-    events = sorted([(t, 1) for t in s.started] + [(t, -1) for t in s.finished])
-    times, values, n = [], [], 0
-    for t, d in events:
-        n += d
-        times.append(t)
-        values.append(n)
-    return times, values
-
-
-def _starved_share(s: StageRecording, t0: int, t1: int) -> float:
-    """Share of [t0, t1] with the input queue empty while a worker sat idle."""
-    bt, bv = _busy_steps(s)
-    # Stable on (time, kind): depth samples at one instant keep their recorded order.
-    merged = sorted(
-        [(t, 0, v) for t, v in zip(s.depth_t, s.depth, strict=True)]
-        + [(t, 1, v) for t, v in zip(bt, bv, strict=True)]
-        + [(t, 2, w) for t, w in s.resizes],
-        key=lambda e: (e[0], e[1]),
-    )
-    depth, busy, workers = 0, 0, s.shape.workers
-    times: list[int] = []
-    flags: list[int] = []
-    for t, kind, v in merged:
-        if kind == 0:
-            depth = v
-        elif kind == 1:
-            busy = v
-        else:
-            workers = v
-        times.append(t)
-        flags.append(1 if depth == 0 and busy < workers else 0)
-    return time_share(times, flags, t0, t1, bool, initial=1)
+def _share(ns: int, t0: int, t1: int) -> float:
+    return min(1.0, ns / (t1 - t0)) if t1 > t0 else 0.0
 
 
 def measure(rec: Recording) -> RunMeasure:
@@ -231,62 +156,47 @@ def measure(rec: Recording) -> RunMeasure:
     stages: dict[str, StageMeasure] = {}
     total_busy = total_ws = 0.0
     for s in rec.stages.values():
-        busy = s.busy_ns() / 1e9
-        ws = s.worker_seconds(t0, t1)
+        busy = s.busy_ns / 1e9
+        ws = s.window_worker_ns / 1e9
         total_busy += busy
         total_ws += ws
         items_in = s.items_in if s.items_in is not None else _items_in(s)
-        enq = s.enqueued_ns()
-        service = [(b - a) / 1e9 for a, b in zip(s.started, s.finished, strict=True)]
-        waits = [max(0, a - e) / 1e9 for a, e in zip(s.started, enq, strict=True)]
         per_item = busy / items_in if items_in else None
         mean_w = ws / wall if wall > 0 else float(s.shape.workers)
-        bound = s.shape.capacity
         succ = [rec.stages[n] for n in s.shape.successors if n in rec.stages]
-        blocked = max(
-            (time_share(q.depth_t, q.depth, t0, t1, _full(q.shape.capacity)) for q in succ),
-            default=0.0,
-        )
+        blocked = max((_share(q.window_full_ns, t0, t1) for q in succ), default=0.0)
+        first = s.first_service_ns
         stages[s.name] = StageMeasure(
             name=s.name,
             kind=s.shape.kind,
             executor=s.shape.executor,
             workers=s.shape.workers,
-            final_workers=s.resizes[-1][1] if s.resizes else s.shape.workers,
+            final_workers=s.workers,
             mean_workers=mean_w,
             items_in=items_in,
             items_out=s.items_out,
             units=s.units,
             errors=s.errors,
             busy_s=busy,
-            service=Distribution.of(service),
-            first_service_s=(
-                service[min(range(len(service)), key=s.started.__getitem__)] if service else None
-            ),
+            service=Distribution.of_histogram(s.service),
+            first_service_s=None if first is None else first / 1e9,
             service_per_item_s=per_item,
             demand_s=busy / n_items if n_items else None,
-            queue_wait=Distribution.of(waits),
+            queue_wait=Distribution.of_histogram(s.wait),
             utilisation=busy / ws if ws > 0 else 0.0,
             capacity=mean_w / per_item if per_item else None,
-            starved_share=_starved_share(s, t0, t1),
-            full_share=time_share(s.depth_t, s.depth, t0, t1, _full(bound)),
+            starved_share=_share(s.window_starved_ns, t0, t1),
+            full_share=_share(s.window_full_ns, t0, t1),
             blocked_share=blocked,
-            mean_queue_depth=time_mean(s.depth_t, s.depth, t0, t1),
-            peak_queue_depth=max(s.depth, default=0),
-            bound=bound,
+            mean_queue_depth=s.window_depth_ns / (t1 - t0) if t1 > t0 else 0.0,
+            peak_queue_depth=s.peak_depth,
+            bound=s.shape.capacity,
             resizable=s.shape.kind != "collect" and s.shape.executor != "sync",
             predecessors=s.shape.predecessors,
         )
-    read = rec.read_ns()
-    done_t = rec.done_ns()
-    lat = [
-        (t - read[r]) / 1e9 for r, t in zip(rec.done_roots, done_t, strict=True) if r < len(read)
-    ]
-    first = None
-    if done_t:
-        i = min(range(len(done_t)), key=done_t.__getitem__)
-        r = rec.done_roots[i]
-        first = (done_t[i] - max(read[r], t0)) / 1e9 if r < len(read) else None
+    first_latency = None
+    if rec.first_done_ns is not None and rec.first_read_ns is not None:
+        first_latency = (rec.first_done_ns - max(rec.first_read_ns, t0)) / 1e9
     return RunMeasure(
         pipeline=rec.pipeline,
         run_id=rec.run_id,
@@ -295,8 +205,8 @@ def measure(rec: Recording) -> RunMeasure:
         done=rec.items_done,
         makespan_s=wall,
         throughput=rec.items_done / wall if wall > 0 else 0.0,
-        latency=Distribution.of(lat),
-        first_latency_s=first,
+        latency=Distribution.of_histogram(rec.latency),
+        first_latency_s=first_latency,
         startup_s=max(0, t0 - rec.started_ns) / 1e9,
         bubble=1 - total_busy / total_ws if total_ws > 0 else 0.0,
         cpus=rec.cpus,

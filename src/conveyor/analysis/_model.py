@@ -24,7 +24,7 @@ import math
 from collections.abc import Mapping
 
 from conveyor.analysis._measure import RunMeasure
-from conveyor.observe.recorder import Recording
+from conveyor.observe.recording import Recording
 
 __all__ = ["Little", "Model", "Prediction", "StageModel", "little", "model_of", "predict"]
 
@@ -164,26 +164,25 @@ class Little:
 
 
 def little(rec: Recording) -> Little | None:
-    """Little's law, L = λ·W, over the whole run (from its start to its last event);
-    ``None`` before two items have finished.
+    """Little's law, L = λ·W, over the whole run (from its start to the end of its
+    window, its last unit's end or last item's finish); ``None`` before two items have
+    finished.
 
-    L counts an item while it waits in a stage's input queue (the recorded depths)
-    and from when its task leaves the queue to when its unit ends, in source items:
-    an item at a stage that sees ``items_in`` items for ``N`` source items counts
-    ``N / items_in`` (a flat_map's children share their root; a batch unit counts
-    as its items). Time between stages (a result waiting for the scheduler to route
-    it) is in W but not in L, so L runs a little under λ·W; a large gap means items
-    wait somewhere conveyor does not see. With fan-out a source item in two
-    branches at once counts twice, so L then runs over λ·W.
+    L counts an item while it waits in a stage's input queue (the integral of the
+    queue's depth) and from when its task leaves the queue to when the task's last
+    unit ends (the stage's occupancy: results come back with their whole task), in
+    source items: an item at a stage that sees
+    ``items_in`` items for ``N`` source items counts ``N / items_in`` (a flat_map's
+    children share their root; a batch unit counts as its items). Time between stages
+    (a result waiting for the scheduler to route it) is in W but not in L, so L runs a
+    little under λ·W; a large gap means items wait somewhere conveyor does not see.
+    With fan-out a source item in two branches at once counts twice, so L then runs
+    over λ·W.
     """
-    read = rec.read_ns()
-    done = rec.done_ns()
-    lat = [t - read[r] for r, t in zip(rec.done_roots, done, strict=True) if r < len(read)]
-    if len(lat) < 2:
+    lat = rec.latency
+    if lat.count < 2 or rec.t1_ns is None:
         return None
-    a = rec.started_ns
-    ends = [s.finished[-1] for s in rec.stages.values() if s.finished]
-    b = max([*ends, *done])
+    a, b = rec.started_ns, rec.t1_ns
     if b <= a:
         return None
     n = rec.items_read
@@ -194,17 +193,11 @@ def little(rec: Recording) -> Little | None:
         items_in = s.items_in if s.items_in is not None else s.items_enqueued
         if not items_in or not s.units:
             continue
-        queued = 0
-        prev_t, prev_d = a, 0
-        for t, d in zip(s.depth_t, s.depth, strict=True):
-            queued += prev_d * (t - prev_t)
-            prev_t, prev_d = t, d
-        queued += prev_d * (b - prev_t)
-        area += queued * n / items_in
-        area += (sum(s.finished) - sum(s.dispatched)) * n / s.units
+        area += s.run_depth_ns * n / items_in
+        area += s.occupancy_ns * n / s.units
     span = (b - a) / 1e9
-    lam = len(lat) / span
-    w = sum(lat) / len(lat) / 1e9
+    lam = lat.count / span
+    w = lat.mean / 1e9
     return Little(
         window_s=span,
         items_in_system=area / (b - a),

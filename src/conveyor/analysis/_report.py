@@ -21,7 +21,7 @@ from conveyor.analysis._balance import Allocation, balance
 from conveyor.analysis._bottleneck import Bottleneck, WindowVerdict, find_bottleneck
 from conveyor.analysis._measure import RunMeasure, measure
 from conveyor.analysis._model import Little, Model, Prediction, little, model_of, predict
-from conveyor.observe.recorder import Recording
+from conveyor.observe.recording import Recording
 
 __all__ = ["Comparison", "Report", "build_report"]
 

@@ -39,7 +39,7 @@ from conveyor.cli.outputs import (
 from conveyor.cli.signals import Interrupted, SignalGuard, signal_name
 from conveyor.cli.store import store_option, store_problem
 from conveyor.cli.target import load_pipeline, read_lines
-from conveyor.errors import RunNotFoundError, StoreError
+from conveyor.errors import RecordingError, RunNotFoundError, StoreError
 from conveyor.observe import Progress, limiting_line, run_summary, stage_table
 from conveyor.store import RunStore, StoreRecorder, plan_resume, resume_report
 
@@ -328,7 +328,7 @@ def _report(
 def _recording_of(timeline: Recorder) -> Recording | None:
     try:
         return timeline.recording
-    except RuntimeError:  # not started (failed while starting): nothing recorded
+    except RecordingError:  # not started (failed while starting): nothing recorded
         return None
 
 

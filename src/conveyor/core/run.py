@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 from conveyor.core.events import Instrument
 from conveyor.core.scheduler import Scheduler
 from conveyor.core.statistics import RunStatistics, StageStatistics
-from conveyor.errors import RunError
-from conveyor.observe.recorder import Recorder, Recording
+from conveyor.errors import RecordingError, RunError
 
 if TYPE_CHECKING:
     from conveyor.analysis import Report
     from conveyor.core.pipeline import Pipeline
+    from conveyor.observe.recorder import Recorder
+    from conveyor.observe.recording import Recording
 
 
 class Run(Iterator[Any]):
@@ -33,8 +34,8 @@ class Run(Iterator[Any]):
     ``results`` holds every result once :meth:`wait` (or ``Pipeline.run``) has
     returned. ``state`` is pending, running, succeeded, failed or cancelled.
     With ``record`` (the default of ``Pipeline.run``/``stream``) the run keeps a
-    :class:`~conveyor.Recording` of every unit's times: :attr:`recording`,
-    :meth:`report`.
+    :class:`~conveyor.Recording` (bounded aggregates of every unit's times, and the
+    first units' own): :attr:`recording`, :meth:`report`.
     """
 
     def __init__(
@@ -47,8 +48,12 @@ class Run(Iterator[Any]):
         record: bool = False,
     ) -> None:
         self.id = secrets.token_hex(6)
-        self._recorder = Recorder() if record else None
-        if self._recorder is not None:
+        self._recorder: Recorder | None = None
+        if record:
+            # The default recorder sits one layer up; only a recorded run loads it.
+            from conveyor.observe.recorder import Recorder
+
+            self._recorder = Recorder()
             instruments = [self._recorder, *instruments]
         self.pipeline = pipeline
         self.ordered = ordered
@@ -149,10 +154,11 @@ class Run(Iterator[Any]):
     def recording(self) -> Recording:
         """What the recorder captured: final once the run has ended, a snapshot before.
 
-        Raises RuntimeError for a run started with ``record=False`` or not started.
+        Raises :class:`~conveyor.RecordingError` for a run started with ``record=False``
+        or not started.
         """
         if self._recorder is None:
-            raise RuntimeError(
+            raise RecordingError(
                 f"run {self.id} was started with record=False, so it has no recording; "
                 "start it with Pipeline.run(..., record=True) (the default)"
             )

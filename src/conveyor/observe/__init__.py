@@ -15,17 +15,20 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from conveyor.observe.gantt import gantt_svg, write_gantt
+    from conveyor.observe.histogram import Histogram
     from conveyor.observe.metrics import Metrics
     from conveyor.observe.progress import Progress
     from conveyor.observe.rebalance import Decision, Rebalancer
-    from conveyor.observe.recorder import Recorder, Recording, StageRecording
+    from conveyor.observe.recorder import Recorder
+    from conveyor.observe.recording import Recording, StageRecording
     from conveyor.observe.summary import limiting_line, run_summary, stage_table
     from conveyor.observe.trace import chrome_trace, write_chrome_trace
 
 _WHERE = {
     "Recorder": "recorder",
-    "Recording": "recorder",
-    "StageRecording": "recorder",
+    "Recording": "recording",
+    "StageRecording": "recording",
+    "Histogram": "histogram",
     "Progress": "progress",
     "Metrics": "metrics",
     "Rebalancer": "rebalance",
@@ -41,6 +44,7 @@ _WHERE = {
 
 __all__ = [
     "Decision",
+    "Histogram",
     "Metrics",
     "Progress",
     "Rebalancer",

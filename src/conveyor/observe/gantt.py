@@ -1,9 +1,12 @@
 """A run's timeline as a picture: an SVG Gantt chart, with queue depths below it.
 
 One lane per worker, grouped by stage (topological order, top to bottom); one
-box per unit, from its start to its end; then one small chart per stage of its
-input queue's depth over time. Gaps in a lane are bubbles: a worker with nothing
-to do. Written by hand (no plotting library)::
+box per unit of the recording's detail window (its first ``detail_limit`` units),
+from its start to its end; then one small chart per stage of its input queue's
+depth over the whole run (the peak of each of the recording's time buckets). Gaps
+in a lane are bubbles: a worker with nothing to do. When the detail window does not
+cover the whole run, a note under the title says so and a dashed line marks where
+it ends. Written by hand (no plotting library)::
 
     from conveyor.observe.gantt import write_gantt
     write_gantt(run.recording, "run.svg")
@@ -17,7 +20,7 @@ import math
 from html import escape
 from pathlib import Path
 
-from conveyor.observe.recorder import Recording
+from conveyor.observe.recording import Recording
 
 __all__ = ["gantt_svg", "write_gantt"]
 
@@ -51,11 +54,9 @@ def _label(t: float, step: float) -> str:
 def gantt_svg(rec: Recording, *, width: int = 1200, startup: bool = False) -> str:
     """The SVG text of the chart (module docstring). Time starts at the first unit's
     start; ``startup=True`` starts it at the run's start, showing the workers' start-up."""
-    firsts = [min(s.started) for s in rec.stages.values() if s.started]
-    t0 = min(firsts) if firsts and not startup else rec.started_ns
+    t0 = rec.t0_ns if rec.t0_ns is not None and not startup else rec.started_ns
     startup_s = (t0 - rec.started_ns) / 1e9
-    ends = [s.finished[-1] for s in rec.stages.values() if s.finished]
-    t1 = max([*ends, *rec.done_t[-1:], t0 + 1])
+    t1 = max(rec.t1_ns if rec.t1_ns is not None else rec.end_ns, t0 + 1)
     span = t1 - t0
     plot_w = width - LEFT - RIGHT
 
@@ -64,26 +65,26 @@ def gantt_svg(rec: Recording, *, width: int = 1200, startup: bool = False) -> st
 
     body: list[str] = []
     y = TOP
-    total_units = sum(s.units for s in rec.stages.values())
-    tips = total_units <= TOOLTIPS_UP_TO
+    tips = rec.detail_units <= TOOLTIPS_UP_TO
     for i, s in enumerate(rec.stages.values()):
         colour = PALETTE[i % len(PALETTE)]
-        lanes = sorted(set(s.worker)) or [0]
+        det = s.detail
+        lanes = sorted(set(det.worker)) or [0]
         top = y
-        failed = set(s.failed)
+        failed = set(det.failed)
         for w in lanes:
             body.append(
                 f'<text x="{LEFT - 6}" y="{y + LANE - 3}" class="lane">worker {w}</text>'
                 f'<rect x="{LEFT}" y="{y}" width="{plot_w}" height="{LANE}" class="bg"/>'
             )
             run_a = run_b = None
-            for k, (wk, a, b) in enumerate(zip(s.worker, s.started, s.finished, strict=True)):
+            for k, (wk, a, b) in enumerate(zip(det.worker, det.started, det.finished, strict=True)):
                 if wk != w:
                     continue
                 xa, xb = x(a), x(b)
                 if tips or k in failed:
                     fill = FAILED if k in failed else colour
-                    title = f"<title>{escape(s.name)} {escape(str(s.keys[k]))}: {(b - a) / 1e6:.2f} ms</title>"
+                    title = f"<title>{escape(s.name)} {escape(str(det.keys[k]))}: {(b - a) / 1e6:.2f} ms</title>"
                     body.append(
                         f'<rect x="{xa:.2f}" y="{y + 1}" width="{max(xb - xa, 0.6):.2f}" '
                         f'height="{LANE - 2}" fill="{fill}">{title}</rect>'
@@ -109,14 +110,17 @@ def gantt_svg(rec: Recording, *, width: int = 1200, startup: bool = False) -> st
     body.append(f'<text x="8" y="{y - 2}" class="head">input queue depth</text>')
     for i, s in enumerate(rec.stages.values()):
         colour = PALETTE[i % len(PALETTE)]
-        peak = max(s.depth, default=0)
+        peak = s.peak_depth
         scale = max(peak, 1)  # each chart to its own peak; the bound is in the label
         base = y + QUEUE_H
         pts = [f"{LEFT:.1f},{base}"]
         last_d = depth = 0
         col_max: dict[int, int] = {}
-        for t, d in zip(s.depth_t, s.depth, strict=True):
-            px = int(x(max(t, t0)))  # samples before the chart's start land on its edge
+        for b, d in enumerate(s.series.depth_peak):
+            t = rec.started_ns + b * rec.bucket_ns
+            if t > t1:
+                break
+            px = int(x(max(t, t0)))  # buckets before the chart's start land on its edge
             col_max[px] = max(col_max.get(px, 0), d)
         for px in sorted(col_max):
             d = col_max[px]
@@ -151,6 +155,20 @@ def gantt_svg(rec: Recording, *, width: int = 1200, startup: bool = False) -> st
         )
         k += 1
     height = y + 40
+    if not rec.detail_complete:
+        until = rec.detail_end_ns if rec.detail_end_ns is not None else t0
+        shown = f" to {(until - t0) / 1e9:.3g} s" if rec.detail_end_ns is not None else ""
+        notes = (
+            f'<text x="8" y="{TOP - 8}" class="note">unit boxes: the first {rec.detail_units} '
+            f"of {rec.units} units{shown} (Recorder(detail=...)); queue depths: the whole run"
+            "</text>"
+        )
+        if t0 <= until <= t1:
+            notes += (
+                f'<line x1="{x(until):.1f}" y1="{TOP - 4}" x2="{x(until):.1f}" '
+                f'y2="{lanes_bottom}" class="cut"/>'
+            )
+        body.append(notes)
     skipped = f", after {startup_s:.2f} s of start-up" if startup_s >= 0.001 else ""
     title = (
         f"{escape(rec.pipeline)}: {rec.items_done} items in {span / 1e9:.2f} s{skipped} "
@@ -162,6 +180,7 @@ def gantt_svg(rec: Recording, *, width: int = 1200, startup: bool = False) -> st
         ".head{font-weight:bold}.tick{text-anchor:middle;font-size:10px;fill:#555}"
         ".note{font-size:10px;fill:#555}.bg{fill:#f5f5f5}.grid{stroke:#ddd;stroke-width:1}"
         ".title{font-size:14px;font-weight:bold}"
+        ".cut{stroke:#999;stroke-width:1;stroke-dasharray:4 3}"
     )
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '

@@ -147,6 +147,7 @@ class Progress(Instrument):
     def run_finished(self, state: str, error: BaseException | None, t_ns: int) -> None:
         self.state = state
         self.finished_ns = t_ns
+        self._task_items.clear()  # tasks that never came back (a lost worker's)
 
     # --- rendering (rich's refresh thread) ------------------------------------------
 

@@ -18,7 +18,9 @@ of ``budget`` workers for these demands (:func:`conveyor.analysis.balance`, exac
 and applies it through ``RunInfo.control.resize`` if the model predicts at least
 ``min_gain`` times the throughput of the current pools: the bottleneck's pool
 grows, idle ones shrink, the total stays within the budget. Collect and sync
-stages keep their workers. Every decision is kept in :attr:`decisions`::
+stages keep their workers. Decisions are kept in :attr:`decisions` (the last
+``DECISIONS_KEPT``; :attr:`resizes` counts them all), so an endless run that keeps
+drifting holds a bounded list::
 
     rebalancer = Rebalancer(budget=8)
     pipeline.run(instruments=[rebalancer])
@@ -36,7 +38,9 @@ from typing import Any
 from conveyor.analysis._balance import balance, throughput_of
 from conveyor.core.events import Instrument, Key, RunInfo
 
-__all__ = ["Decision", "Rebalancer"]
+__all__ = ["DECISIONS_KEPT", "Decision", "Rebalancer"]
+
+DECISIONS_KEPT = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +96,8 @@ class Rebalancer(Instrument):
         self.min_units = min_units
         self.window = window
         self.min_gain = min_gain
-        self.decisions: list[Decision] = []
+        self.decisions: list[Decision] = []  # the last DECISIONS_KEPT
+        self.resizes = 0  # decisions applied, all of them
         self._stages: dict[str, _Stage] = {}
         self._control: Any = None
         self._read = 0
@@ -199,6 +204,9 @@ class Rebalancer(Instrument):
         self.decisions.append(
             Decision((now - self._started) / 1e9, current, dict(target.workers), demands, gain)
         )
+        self.resizes += 1
+        if len(self.decisions) > DECISIONS_KEPT:
+            del self.decisions[: len(self.decisions) - DECISIONS_KEPT]
         return True
 
     def run_finished(self, state: str, error: BaseException | None, t_ns: int) -> None:

@@ -1,462 +1,262 @@
-"""The recorder: every unit's times at every stage, and every queue's depth over time.
+"""The recorder: a run's events folded into bounded aggregates as they happen.
 
 A :class:`Recorder` is an :class:`~conveyor.Instrument` that a run carries by default
 (``Pipeline.run(record=False)`` turns it off). When the run ends (or at any moment,
-for a snapshot) it yields a :class:`Recording`: a plain value that the analysis
-(:mod:`conveyor.analysis`), the trace, the Gantt chart and ``conveyor analyze`` read.
+for a snapshot) it yields a :class:`~conveyor.observe.recording.Recording`, whose
+size does not depend on the number of items: memory stays flat on an endless source.
 
-Data model, per stage (:class:`StageRecording`), one entry per *unit* (one call of the
-stage's function: an item for map and flat_map, a batch for batch and collect,
-whose key is the batch's first item key)::
+What each hook does (per call, none of it per item but C-speed ``map`` and counting):
 
-    keys[i]        the unit's key
-    worker[i]      the worker index that ran it
-    dispatched[i]  monotonic ns when its task left the input queue for a worker
-    started[i]     monotonic ns when the function was called
-    finished[i]    monotonic ns when it returned (or raised)
-    enqueued_ns()  monotonic ns when the unit's (first) item entered the input queue
+- ``items_enqueued``/``task_started``/``task_finished``/``stage_resized`` advance the
+  stage's :class:`~conveyor.observe.timeline.StageTimeline`: the time-integrals of
+  its queue depth, of the time its queue was empty while a worker was free
+  (starved), full, and of its pool; and its series of time buckets (at most
+  ``BUCKETS``, doubling in width as the run grows).
+- each stage keeps a FIFO of its queue's enqueue bursts ``(t, n)`` (only the bursts
+  still queued): the queue is first-in first-out, so ``task_started`` knows when each
+  item it takes entered the queue, and counts their queue wait (dispatch - enqueue).
+- ``task_finished`` extends two flat buffers with its units' start and end stamps;
+  every ``FOLD_AT`` units their service times are counted exactly, in C
+  (``collections``' counting helper over ``map(sub, ends, starts)``), into a
+  :class:`~conveyor.observe.histogram.HistogramCounter`, which moves them into log
+  buckets once ``EXACT_KEPT`` distinct values have gathered: it stays small.
+- the source's read bursts ``(first root, end, t, unfinished)`` are kept while any of
+  their roots is unfinished; ``roots_finished`` turns its roots into latencies (one
+  bisect per burst touched) and forgets bursts whose roots have all finished.
+- the first ``detail`` units of the run (10,000 by default) keep their key, worker,
+  start and end, for the Chrome trace and the Gantt chart.
 
-plus the enqueue log (which keys entered the queue, when, in what bursts), the
-queue depth after every change (``depth_t``, ``depth``), the indices of units that
-raised, and the stage's resize events. Per run: the source reads (item i read at
-``read_ns()[i]``), the terminal time and state of every source item, the run's
-start and end, its state, and the pipeline's shape (:class:`StageShape`).
-
-Cost: hooks extend flat lists with C-level ``extend`` (a list of the engine's own
-int and key objects copies pointers; an ``array('q')`` would convert every int),
-so nothing loops over items inside a hook and the garbage collector sees a few
-big lists, not a container per task. Neither ``items_read`` (the first stage's
-enqueue carries the same keys at the same instant) nor ``items_emitted`` (called
-once per result; an item's end is its ``roots_finished`` event) is recorded. Derived per-item arrays (enqueue time of a unit,
-read time of a root) are built lazily by the analysis, after the run.
+The report's window ``[t0, t1]`` (first unit's start to last unit's end or item's
+finish) is known only afterwards: the timelines log their state until the first
+unit has started, and the window's integrals are differences.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import gzip
-import json
 import os
+from bisect import bisect_left, bisect_right
+from collections import deque
 from collections.abc import Sequence
-from pathlib import Path
+from operator import sub
 from typing import Any
 
 from conveyor.core.events import Instrument, Key, RunInfo
-from conveyor.errors import RecordingError
+from conveyor.observe.histogram import EXACT_KEPT, HistogramCounter, count_elements
+from conveyor.observe.recording import (
+    Recording,
+    RecordingError,
+    StageRecording,
+    StageShape,
+    UnitDetail,
+)
+from conveyor.observe.timeline import BUCKETS, NEVER, StageTimeline, Timeline
 
 __all__ = [
-    "FORMAT",
-    "VERSION",
+    "BUCKETS",
+    "DETAIL_UNITS",
     "Recorder",
     "Recording",
     "RecordingError",
     "StageRecording",
-    "StageShape",
 ]
 
-FORMAT = "conveyor-recording"
-VERSION = 1
+DETAIL_UNITS = 10_000  # units with per-unit detail, across the run
+RESIZES_KEPT = 1000  # resize events kept per stage (the integrals count them all)
+FOLD_AT = 4096  # units buffered per stage before their service times are counted
 
 
-@dataclasses.dataclass(frozen=True)
-class StageShape:
-    """A stage as the run saw it when it started."""
+class _Stage(StageTimeline):
+    """One stage's live state in the recorder: its timeline, counters, histograms,
+    the FIFO of its queue's enqueue bursts, and its units in the detail window."""
 
-    name: str
-    kind: str
-    executor: str
-    workers: int
-    capacity: int | None
-    predecessors: tuple[str, ...]
-    successors: tuple[str, ...]
-
-
-@dataclasses.dataclass
-class StageRecording:
-    """One stage's recorded events; see the module docstring for the fields."""
-
-    shape: StageShape
-    keys: list[Key] = dataclasses.field(default_factory=list)
-    worker: list[int] = dataclasses.field(default_factory=list)
-    started: list[int] = dataclasses.field(default_factory=list)
-    finished: list[int] = dataclasses.field(default_factory=list)
-    dispatched: list[int] = dataclasses.field(default_factory=list)  # its task left the queue
-    failed: list[int] = dataclasses.field(default_factory=list)  # indices of units that raised
-    enq_keys: list[Key] = dataclasses.field(default_factory=list)
-    enq_t: list[int] = dataclasses.field(default_factory=list)
-    enq_n: list[int] = dataclasses.field(default_factory=list)
-    depth_t: list[int] = dataclasses.field(default_factory=list)
-    depth: list[int] = dataclasses.field(default_factory=list)
-    resizes: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (t_ns, workers)
-    items_in: int | None = None  # the engine's final counters, when the run reported them
-    items_out: int | None = None
-    errors: int = 0
-    cache_hits: int = 0
-    dead_letters: int = 0
-
-    @property
-    def name(self) -> str:
-        return self.shape.name
-
-    @property
-    def units(self) -> int:
-        return len(self.started)
-
-    @property
-    def items_enqueued(self) -> int:
-        return len(self.enq_keys)
-
-    def busy_ns(self) -> int:
-        """Total time the stage's workers spent inside its function."""
-        return sum(self.finished) - sum(self.started)
-
-    def enqueued_ns(self) -> list[int]:
-        """For each unit, when its (first) item entered this stage's input queue
-        (its start time when the enqueue was not seen)."""
-        when: dict[Key, int] = {}
-        i = 0
-        for t, n in zip(self.enq_t, self.enq_n, strict=True):
-            for k in self.enq_keys[i : i + n]:
-                when.setdefault(k, t)
-            i += n
-        return [when.get(k, s) for k, s in zip(self.keys, self.started, strict=True)]
-
-    def workers_at(self, t_ns: int) -> int:
-        """The pool size at ``t_ns`` (resize events applied in order)."""
-        w = self.shape.workers
-        for t, n in self.resizes:
-            if t > t_ns:
-                break
-            w = n
-        return w
-
-    def worker_seconds(self, t0: int, t1: int) -> float:
-        """∫ workers(t) dt over [t0, t1], in worker-seconds."""
-        if t1 <= t0:
-            return 0.0
-        total, w, t = 0, self.workers_at(t0), t0
-        for tr, n in self.resizes:
-            if tr <= t0:
-                continue
-            if tr >= t1:
-                break
-            total += w * (tr - t)
-            t, w = tr, n
-        total += w * (t1 - t)
-        return total / 1e9
-
-
-@dataclasses.dataclass
-class Recording:
-    """Everything one run recorded: a value, saved and loaded with :meth:`save`/:meth:`load`.
-
-    ``stages`` is in topological order. Times are monotonic nanoseconds; subtract
-    ``started_ns`` for times since the run's start.
-    """
-
-    run_id: str
-    pipeline: str
-    ordered: bool
-    started_ns: int
-    stages: dict[str, StageRecording]
-    ended_ns: int | None = None
-    state: str = "running"
-    read_first: list[int] = dataclasses.field(default_factory=list)
-    read_t: list[int] = dataclasses.field(default_factory=list)
-    read_n: list[int] = dataclasses.field(default_factory=list)
-    done_roots: list[int] = dataclasses.field(default_factory=list)
-    done_t: list[int] = dataclasses.field(default_factory=list)
-    done_n: list[int] = dataclasses.field(default_factory=list)
-    other_roots: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # filtered, ...
-    cpus: int | None = None  # CPU cores of the machine that ran it
-
-    @property
-    def items_read(self) -> int:
-        return sum(self.read_n)
-
-    @property
-    def items_done(self) -> int:
-        return len(self.done_roots)
-
-    @property
-    def end_ns(self) -> int:
-        """The run's end, or the last event seen for a run still going."""
-        if self.ended_ns is not None:
-            return self.ended_ns
-        last = [self.started_ns, *(s.finished[-1] for s in self.stages.values() if s.finished)]
-        return max(last)
-
-    def read_ns(self) -> list[int]:
-        """``read_ns()[i]``: when source item i was read (roots are numbered in order)."""
-        out: list[int] = []
-        for first, t, n in zip(self.read_first, self.read_t, self.read_n, strict=True):
-            if first != len(out):  # roots are read in order; keep positions true anyway
-                out.extend([t] * max(0, first - len(out)))
-            out.extend([t] * n)
-        return out
-
-    def done_ns(self) -> list[int]:
-        """For each entry of ``done_roots``, when that source item finished."""
-        out: list[int] = []
-        for t, n in zip(self.done_t, self.done_n, strict=True):
-            out.extend([t] * n)
-        return out
-
-    # --- persistence --------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (keys become lists); :meth:`from_dict` inverts it."""
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "run_id": self.run_id,
-            "pipeline": self.pipeline,
-            "ordered": self.ordered,
-            "started_ns": self.started_ns,
-            "ended_ns": self.ended_ns,
-            "state": self.state,
-            "read": [list(self.read_first), list(self.read_t), list(self.read_n)],
-            "done": [list(self.done_roots), list(self.done_t), list(self.done_n)],
-            "other_roots": self.other_roots,
-            "cpus": self.cpus,
-            "stages": [_stage_to_dict(s) for s in self.stages.values()],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], *, where: str = "the data") -> Recording:
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise RecordingError(
-                f"{where} is not a conveyor recording (no format {FORMAT!r}); record one "
-                "with `conveyor run TARGET --record PATH` or Recording.save(path)"
-            )
-        if data.get("version") != VERSION:
-            raise RecordingError(
-                f"{where} is a recording of version {data.get('version')!r}; this conveyor "
-                f"reads version {VERSION}: record it again with this version"
-            )
-        try:
-            stages = {s["shape"]["name"]: _stage_from_dict(s) for s in data["stages"]}
-            rf, rt, rn = data["read"]
-            dr, dt, dn = data["done"]
-            return cls(
-                run_id=data["run_id"],
-                pipeline=data["pipeline"],
-                ordered=data["ordered"],
-                started_ns=data["started_ns"],
-                ended_ns=data["ended_ns"],
-                state=data["state"],
-                stages=stages,
-                read_first=list(rf),
-                read_t=list(rt),
-                read_n=list(rn),
-                done_roots=list(dr),
-                done_t=list(dt),
-                done_n=list(dn),
-                other_roots={k: list(v) for k, v in data["other_roots"].items()},
-                cpus=data.get("cpus"),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RecordingError(
-                f"{where} is a damaged conveyor recording ({type(exc).__name__}: {exc}); "
-                "record the run again"
-            ) from exc
-
-    def save(self, path: str | Path) -> Path:
-        """Write the recording as gzipped JSON (format ``conveyor-recording``, versioned)."""
-        path = Path(path)
-        with gzip.open(path, "wt", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, separators=(",", ":"))
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> Recording:
-        """Read a recording written by :meth:`save`; :class:`RecordingError` if it is not one."""
-        path = Path(path)
-        try:
-            with gzip.open(path, "rt", encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            raise RecordingError(f"recording {str(path)!r} not found; check the path") from None
-        except (OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RecordingError(
-                f"{str(path)!r} is not a conveyor recording (gzipped JSON): {exc}; "
-                "record one with `conveyor run TARGET --record PATH`"
-            ) from exc
-        return cls.from_dict(data, where=repr(str(path)))
-
-
-def _stage_to_dict(s: StageRecording) -> dict[str, Any]:
-    return {
-        "shape": dataclasses.asdict(s.shape),
-        "keys": [list(k) for k in s.keys],
-        "worker": list(s.worker),
-        "started": list(s.started),
-        "finished": list(s.finished),
-        "dispatched": list(s.dispatched),
-        "failed": s.failed,
-        "enq_keys": [list(k) for k in s.enq_keys],
-        "enq_t": list(s.enq_t),
-        "enq_n": list(s.enq_n),
-        "depth_t": list(s.depth_t),
-        "depth": list(s.depth),
-        "resizes": [list(r) for r in s.resizes],
-        "items_in": s.items_in,
-        "items_out": s.items_out,
-        "errors": s.errors,
-        "cache_hits": s.cache_hits,
-        "dead_letters": s.dead_letters,
-    }
-
-
-def _stage_from_dict(d: dict[str, Any]) -> StageRecording:
-    sh = d["shape"]
-    shape = StageShape(
-        name=sh["name"],
-        kind=sh["kind"],
-        executor=sh["executor"],
-        workers=sh["workers"],
-        capacity=sh["capacity"],
-        predecessors=tuple(sh["predecessors"]),
-        successors=tuple(sh["successors"]),
-    )
-    return StageRecording(
-        shape=shape,
-        keys=[_key(k) for k in d["keys"]],
-        worker=list(d["worker"]),
-        started=list(d["started"]),
-        finished=list(d["finished"]),
-        dispatched=list(d["dispatched"]),
-        failed=list(d["failed"]),
-        enq_keys=[_key(k) for k in d["enq_keys"]],
-        enq_t=list(d["enq_t"]),
-        enq_n=list(d["enq_n"]),
-        depth_t=list(d["depth_t"]),
-        depth=list(d["depth"]),
-        resizes=[(int(t), int(w)) for t, w in d["resizes"]],
-        items_in=d["items_in"],
-        items_out=d["items_out"],
-        errors=d["errors"],
-        cache_hits=d["cache_hits"],
-        dead_letters=d["dead_letters"],
+    __slots__ = (
+        "b_ends",
+        "b_starts",
+        "cache_hits",
+        "dead_letters",
+        "detail",
+        "enqueued",
+        "entry",
+        "errors",
+        "fifo",
+        "fifo_used",
+        "first_service",
+        "first_start",
+        "items_in",
+        "items_out",
+        "occupancy",
+        "resizes",
+        "service",
+        "shape",
+        "taken",
+        "units",
+        "wait",
     )
 
+    def __init__(self, shape: StageShape, timeline: Timeline) -> None:
+        super().__init__(shape, timeline)
+        self.shape = shape
+        self.entry = False  # its enqueues are the source's reads
+        self.units = self.errors = self.cache_hits = self.dead_letters = 0
+        self.enqueued = self.taken = 0
+        self.items_in: int | None = None
+        self.items_out: int | None = None
+        self.occupancy = 0
+        self.b_starts: list[int] = []  # units not counted yet in ``service``
+        self.b_ends: list[int] = []
+        self.first_start = NEVER
+        self.first_service: int | None = None
+        self.fifo: deque[tuple[int, int]] = deque()  # (t, n) bursts still in the queue
+        self.fifo_used = 0  # items of fifo[0] already taken
+        self.service = HistogramCounter()
+        self.wait = HistogramCounter()
+        self.resizes: list[tuple[int, int]] = []
+        self.detail = UnitDetail()
 
-def _key(k: Any) -> Key:
-    return tuple(_key(x) if isinstance(x, list) else x for x in k)
-
-
-def _shape(info: Any) -> StageShape:
-    return StageShape(
-        name=info.name,
-        kind=info.kind,
-        executor=info.executor,
-        workers=info.workers,
-        capacity=info.capacity,
-        predecessors=tuple(info.predecessors),
-        successors=tuple(info.successors),
-    )
+    def fold(self) -> None:
+        """Count the buffered units' service times into the histogram."""
+        exact = self.service.exact
+        count_elements(exact, map(sub, self.b_ends, self.b_starts))
+        self.b_starts.clear()
+        self.b_ends.clear()
+        if len(exact) > EXACT_KEPT:
+            self.service.settle()
 
 
 class Recorder(Instrument):
-    """Records a run's events into a :class:`Recording` (see the module docstring).
+    """Records a run's events into bounded aggregates (see the module docstring).
 
     Pass it in a run's ``instruments`` (``Pipeline.run`` adds one unless
     ``record=False``), then read :attr:`recording` (final once the run has ended)
     or call :meth:`snapshot` while the run goes on. One recorder records one run.
-
-    Hooks extend flat lists of ints and key tuples (C-level ``extend``, a few calls
-    per task): few container objects for the garbage collector to walk, and no
-    Python loop over items inside a hook.
+    ``detail`` is the number of units, across the run, whose own key, worker and
+    times are kept for the trace and the Gantt chart (the run's first units).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, detail: int = DETAIL_UNITS) -> None:
+        if not isinstance(detail, int) or detail < 0:
+            raise ValueError(f"detail={detail!r}; give a number of units, 0 or more")
+        self.detail = detail
         self._info: RunInfo | None = None
-        self._stages: dict[str, StageRecording] = {}
-        self._dispatched: dict[int, int] = {}  # task id -> when it left its queue
-        self._done_roots: list[int] = []
-        self._done_t: list[int] = []
-        self._done_n: list[int] = []
-        self._other: dict[str, list[int]] = {}
+        self._stages: dict[str, _Stage] = {}
+        self._pending: dict[int, int] = {}  # task -> when it left its queue
         self._control: Any = None
         self._ended: tuple[int, str] | None = None
         self._rec: Recording | None = None
         self.finished = False
+        # The source's read bursts that still hold an unfinished root.
+        self._rb_first: list[int] = []
+        self._rb_end: list[int] = []
+        self._rb_t: list[int] = []
+        self._rb_left: list[int] = []
+        self._rb_dead = 0
+        self._read = self._done = 0
+        self._other: dict[str, int] = {}
+        self._latency = HistogramCounter()
+        self._first: tuple[int, int] | None = None  # (read, done) of the first item done
+        self._last_done: int | None = None
+        self._last_end = -1
+        self._detail_left = detail
+        self._detail_end: int | None = None
+        self._timeline = Timeline(0)
 
     @property
     def recording(self) -> Recording:
-        """The run's recording (final once the run has ended); raises RuntimeError
+        """The run's recording (final once the run has ended); raises RecordingError
         before the run has started. While the run goes on, a snapshot."""
         if not self.finished:
             return self.snapshot()
         if self._rec is None:
-            self._rec = self._build(copy=False)
+            self._rec = self._build()
         return self._rec
 
     def snapshot(self) -> Recording:
         """What is recorded so far, as a new value, safe to analyse while the run goes
         on (call it from the thread that iterates the run)."""
-        return self._build(copy=True)
-
-    def _build(self, *, copy: bool) -> Recording:
-        info = self._info
-        if info is None:
-            raise RuntimeError(
-                "the run has not started, so nothing is recorded yet; iterate the run "
-                "(or call run.wait()) first"
-            )
-        stages = {n: (_copy_stage(s) if copy else s) for n, s in self._stages.items()}
-        rec = Recording(
-            run_id=info.run_id,
-            pipeline=info.pipeline,
-            ordered=info.ordered,
-            started_ns=info.started_ns,
-            stages=stages,
-            cpus=os.cpu_count(),
-            ended_ns=self._ended[0] if self._ended else None,
-            state=self._ended[1] if self._ended else "running",
-            other_roots={k: list(v) for k, v in self._other.items()},
-            done_roots=list(self._done_roots),
-            done_t=list(self._done_t),
-            done_n=list(self._done_n),
-        )
-        # Source reads: the first stage's enqueues of source keys, stamped with the
-        # same instant as the read (the scheduler reads and enqueues in one step).
-        entry = next((s for s in stages.values() if not s.shape.predecessors), None)
-        if entry is not None:
-            i = 0
-            for t, n in zip(entry.enq_t, entry.enq_n, strict=True):
-                if n:
-                    rec.read_first.append(entry.enq_keys[i][0])
-                    rec.read_t.append(t)
-                    rec.read_n.append(n)
-                i += n
-        return rec
+        return self._build()
 
     # --- hooks ------------------------------------------------------------------
 
     def run_started(self, run: RunInfo) -> None:
         self._info = run
-        self._stages = {s.name: StageRecording(_shape(s)) for s in run.stages}
+        self._timeline = timeline = Timeline(run.started_ns)
+        self._stages = {
+            s.name: _Stage(
+                StageShape(
+                    s.name,
+                    s.kind,
+                    s.executor,
+                    s.workers,
+                    s.capacity,
+                    tuple(s.predecessors),
+                    tuple(s.successors),
+                ),
+                timeline,
+            )
+            for s in run.stages
+        }
+        entry = next((s for s in self._stages.values() if not s.shape.predecessors), None)
+        if entry is not None:  # the first entry's enqueues are the source's reads
+            entry.entry = True
         self._control = run.control
 
     def items_enqueued(self, stage: str, keys: Sequence[Key], depth: int, t_ns: int) -> None:
         s = self._stages.get(stage)
         if s is None:  # "<output>": the results buffer, not a stage
             return
-        s.enq_keys.extend(keys)
-        s.enq_t.append(t_ns)
-        s.enq_n.append(len(keys))
-        s.depth_t.append(t_ns)
-        s.depth.append(depth)
+        if t_ns > s.t:
+            s.advance(t_ns)
+        n = len(keys)
+        s.enqueued += n
+        s.fifo.append((t_ns, n))
+        s.depth = depth
+        if depth > s.cur_peak:
+            s.cur_peak = depth
+            if depth > s.peak:
+                s.peak = depth
+        if s.entry and n:
+            first = keys[0][0]
+            self._rb_first.append(first)
+            self._rb_end.append(first + n)
+            self._rb_t.append(t_ns)
+            self._rb_left.append(n)
+            self._read += n
 
     def task_started(
         self, stage: str, task: int, keys: Sequence[Key], depth: int, t_ns: int
     ) -> None:
         s = self._stages[stage]
-        s.depth_t.append(t_ns)
-        s.depth.append(depth)
-        self._dispatched[task] = t_ns
+        if t_ns > s.t:
+            s.advance(t_ns)
+        taken = s.enqueued - depth
+        k = taken - s.taken  # items it took from the queue (0: a retry, from the heap)
+        s.taken = taken
+        s.inflight += 1
+        s.depth = depth
+        if depth < s.cur_low:
+            s.cur_low = depth
+        self._pending[task] = t_ns
+        if k <= 0:
+            return
+        # The queue is FIFO: the task's items are the oldest bursts' (queue wait).
+        exact = s.wait.exact
+        fifo = s.fifo
+        used = s.fifo_used
+        while k > 0 and fifo:
+            t, c = fifo[0]
+            c -= used
+            if c <= k:
+                fifo.popleft()
+                used = 0
+            else:
+                used += k
+                c = k
+            k -= c
+            v = t_ns - t
+            exact[v] = exact.get(v, 0) + c
+        s.fifo_used = used
+        if len(exact) > EXACT_KEPT:
+            s.wait.settle()
 
     def task_finished(
         self,
@@ -469,16 +269,45 @@ class Recorder(Instrument):
         error: BaseException | None,
     ) -> None:
         s = self._stages[stage]
+        dispatched = self._pending.pop(task, None)
         n = len(keys)
-        dispatched = self._dispatched.pop(task, starts_ns[0] if n else 0)
-        s.keys.extend(keys)
-        s.started.extend(starts_ns)
-        s.finished.extend(ends_ns)
-        s.worker.extend([worker] * n)
-        s.dispatched.extend([dispatched] * n)
+        if n:
+            end = ends_ns[-1]
+            if end > s.t and not s.depth:  # a worker freed now may mean starved from ``end``
+                s.advance(end)
+        if dispatched is not None:
+            s.inflight -= 1
         if error is not None:
-            s.failed.append(len(s.keys) - 1)
             s.errors += 1
+        if not n:
+            return
+        start = starts_ns[0]
+        s.units += n
+        # Service times are counted a few thousand at a time, in C (no Python per unit).
+        s.b_starts.extend(starts_ns)
+        s.b_ends.extend(ends_ns)
+        if len(s.b_starts) >= FOLD_AT:
+            s.fold()
+        if start < self._timeline.origin:  # no times: a process worker that never started
+            return
+        # Its items stay in the worker's hands until the task comes back with them all.
+        s.occupancy += n * (end - (start if dispatched is None else dispatched))
+        if start < s.first_start:
+            s.first_start = start
+            s.first_service = ends_ns[0] - start
+            if start < self._timeline.log_until:
+                self._timeline.log_until = start  # the window starts no later
+        if end > self._last_end:
+            self._last_end = end
+        # The drift's series: the task's span (its units run back to back) where it began.
+        timeline = self._timeline
+        if start >= timeline.end:
+            timeline.coarsen(start)
+        b = (start - timeline.origin) // timeline.width
+        s.u_busy[b] += end - start
+        s.u_units[b] += n
+        if self._detail_left:
+            self._keep_detail(s, worker, keys, starts_ns, ends_ns, error)
 
     def dead_lettered(
         self,
@@ -495,15 +324,51 @@ class Recorder(Instrument):
         self._stages[stage].cache_hits += len(keys)
 
     def roots_finished(self, roots: Sequence[int], state: str, t_ns: int) -> None:
-        if state == "done":
-            self._done_roots.extend(roots)
-            self._done_t.append(t_ns)
-            self._done_n.append(len(roots))
+        n = len(roots)
+        done = state == "done"
+        if done:
+            self._done += n
+            self._last_done = t_ns
         else:
-            self._other.setdefault(state, []).extend(roots)
+            self._other[state] = self._other.get(state, 0) + n
+        firsts = self._rb_first
+        if not n or not firsts:
+            return
+        rs = sorted(roots)
+        ends, times, left = self._rb_end, self._rb_t, self._rb_left
+        exact = self._latency.exact
+        j = 0
+        i = bisect_right(firsts, rs[0]) - 1
+        last = len(firsts) - 1
+        while j < n:  # one step per read burst: its roots share their read time
+            r = rs[j]
+            if i > last or (i < last and r >= firsts[i + 1]):  # not in burst i: find it
+                i = bisect_right(firsts, r) - 1
+            if i < 0 or r >= ends[i]:  # not a root this recorder saw read
+                j += 1
+                continue
+            k = bisect_left(rs, ends[i], j)
+            c = k - j
+            left[i] -= c
+            if left[i] <= 0:
+                self._rb_dead += 1
+            if done:
+                v = t_ns - times[i]
+                exact[v] = exact.get(v, 0) + c
+                if self._first is None:
+                    self._first = (times[i], t_ns)
+            j = k
+            i += 1
+        if len(exact) > EXACT_KEPT:
+            self._latency.settle()
+        if self._rb_dead > 64 and self._rb_dead * 2 > len(firsts):
+            self._forget_finished_bursts()
 
     def stage_resized(self, stage: str, workers: int, t_ns: int) -> None:
-        self._stages[stage].resizes.append((t_ns, workers))
+        s = self._stages[stage]
+        s.resize(t_ns, workers)
+        if len(s.resizes) < RESIZES_KEPT:
+            s.resizes.append((t_ns, workers))
 
     def run_finished(self, state: str, error: BaseException | None, t_ns: int) -> None:
         if self._info is None:
@@ -521,14 +386,117 @@ class Recorder(Instrument):
                     if s is not None:
                         s.items_in, s.items_out = st.items_in, st.items_out
                         s.errors = max(s.errors, st.errors)
+        self._pending.clear()  # tasks that never came back (a lost worker's)
         self.finished = True
 
+    def _keep_detail(
+        self,
+        s: _Stage,
+        worker: int,
+        keys: Sequence[Key],
+        starts: Sequence[int],
+        ends: Sequence[int],
+        error: BaseException | None,
+    ) -> None:
+        n = len(keys)
+        m = min(n, self._detail_left)
+        d = s.detail
+        d.keys.extend(keys[:m])
+        d.worker.extend([worker] * m)
+        d.started.extend(starts[:m])
+        d.finished.extend(ends[:m])
+        if error is not None and m == n:
+            d.failed.append(len(d.started) - 1)
+        self._detail_left -= m
+        if not self._detail_left:
+            self._detail_end = ends[m - 1]
 
-def _copy_stage(s: StageRecording) -> StageRecording:
-    """A copy whose lists the recorder will not extend any more."""
-    c = copy.copy(s)
-    for f in dataclasses.fields(s):
-        value = getattr(s, f.name)
-        if isinstance(value, list):
-            setattr(c, f.name, list(value))
-    return c
+    def _forget_finished_bursts(self) -> None:
+        live = [i for i, c in enumerate(self._rb_left) if c > 0]
+        self._rb_first = [self._rb_first[i] for i in live]
+        self._rb_end = [self._rb_end[i] for i in live]
+        self._rb_t = [self._rb_t[i] for i in live]
+        self._rb_left = [self._rb_left[i] for i in live]
+        self._rb_dead = 0
+
+    # --- the recording --------------------------------------------------------------
+
+    def _build(self) -> Recording:
+        info = self._info
+        if info is None:
+            raise RecordingError(
+                "the run has not started, so nothing is recorded yet; iterate the run "
+                "(or call run.wait()) first"
+            )
+        last = max([info.started_ns, self._last_done or 0, *(s.t for s in self._stages.values())])
+        if self._ended is not None:
+            last = max(last, self._ended[0])
+        t0 = self._timeline.log_until
+        t0 = info.started_ns if t0 == NEVER else t0
+        ends = [x for x in (self._last_end, self._last_done) if x is not None and x >= 0]
+        t1 = max(max(ends) if ends else last, t0)
+        stages = {}
+        for name, s in self._stages.items():
+            if last > s.t:
+                s.advance(last)
+            stages[name] = _stage_recording(s, t0, t1, last)
+        first_read, first_done = self._first if self._first is not None else (None, None)
+        return Recording(
+            run_id=info.run_id,
+            pipeline=info.pipeline,
+            ordered=info.ordered,
+            started_ns=info.started_ns,
+            stages=stages,
+            ended_ns=self._ended[0] if self._ended else None,
+            state=self._ended[1] if self._ended else "running",
+            cpus=os.cpu_count(),
+            items_read=self._read,
+            items_done=self._done,
+            items_other=dict(self._other),
+            latency=self._latency.value(),
+            first_read_ns=first_read,
+            first_done_ns=first_done,
+            last_done_ns=self._last_done,
+            last_event_ns=last,
+            t0_ns=t0,
+            t1_ns=t1,
+            bucket_ns=self._timeline.width,
+            detail_limit=self.detail,
+            detail_end_ns=self._detail_end,
+        )
+
+
+def _stage_recording(s: _Stage, t0: int, t1: int, last: int) -> StageRecording:
+    c0, c1 = s.cumulative(t0), s.cumulative(t1)
+    window = [max(0, b - a) for a, b in zip(c0, c1, strict=True)]
+    d = s.detail
+    s.fold()
+    service = s.service.value()
+    return StageRecording(
+        shape=s.shape,
+        units=s.units,
+        items_enqueued=s.enqueued,
+        items_in=s.items_in,
+        items_out=s.items_out,
+        errors=s.errors,
+        cache_hits=s.cache_hits,
+        dead_letters=s.dead_letters,
+        busy_ns=service.total,
+        occupancy_ns=s.occupancy,
+        service=service,
+        wait=s.wait.value(),
+        first_start_ns=None if s.first_start == NEVER else s.first_start,
+        first_service_ns=s.first_service,
+        peak_depth=s.peak,
+        window_depth_ns=window[0],
+        window_starved_ns=window[1],
+        window_full_ns=window[2],
+        window_worker_ns=window[3],
+        run_depth_ns=c1[0],
+        final_workers=s.workers,
+        resizes=list(s.resizes),
+        series=s.series(last),
+        detail=UnitDetail(
+            list(d.keys), list(d.worker), list(d.started), list(d.finished), list(d.failed)
+        ),
+    )

@@ -2,10 +2,13 @@
 
 One process per stage (``pid`` = its position in topological order, from 1), one
 thread per worker (``tid`` = the worker index), one ``"X"`` (complete) event per
-unit, named by its key, with ``ts``/``dur`` in microseconds since the run's start;
-a ``"C"`` (counter) event per change of the stage's input-queue depth; ``"M"``
-(metadata) events naming the processes and threads. Format: the Trace Event Format
-(JSON object form, ``{"traceEvents": [...]}``)::
+unit of the recording's detail window (its first ``detail_limit`` units), named by
+its key, with ``ts``/``dur`` in microseconds since the run's start; a ``"C"``
+(counter) event per time bucket of the whole run with the stage's input-queue depth
+(the bucket's peak); ``"M"`` (metadata) events naming the processes and threads.
+``otherData`` says what the unit events cover (``units_shown``, ``units``,
+``detail_until_s``, and a ``note`` in words). Format: the Trace Event Format (JSON
+object form, ``{"traceEvents": [...]}``)::
 
     from conveyor.observe.trace import write_chrome_trace
     write_chrome_trace(run.recording, "run.trace.json")
@@ -17,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from conveyor.observe.recorder import Recording
+from conveyor.observe.recording import Recording
 
 __all__ = ["chrome_trace", "write_chrome_trace"]
 
@@ -43,8 +46,9 @@ def chrome_trace(rec: Recording) -> dict[str, Any]:
                 "args": {"sort_index": pid},
             }
         )
-        failed = set(s.failed)
-        for w in sorted(set(s.worker)):
+        d = s.detail
+        failed = set(d.failed)
+        for w in sorted(set(d.worker)):
             events.append(
                 {
                     "ph": "M",
@@ -55,7 +59,7 @@ def chrome_trace(rec: Recording) -> dict[str, Any]:
                 }
             )
         for i, (key, w, a, b) in enumerate(
-            zip(s.keys, s.worker, s.started, s.finished, strict=True)
+            zip(d.keys, d.worker, d.started, d.finished, strict=True)
         ):
             ev: dict[str, Any] = {
                 "ph": "X",
@@ -69,21 +73,38 @@ def chrome_trace(rec: Recording) -> dict[str, Any]:
             if i in failed:
                 ev["args"] = {"error": True}
             events.append(ev)
-        for t, d in zip(s.depth_t, s.depth, strict=True):
+        for b, peak in enumerate(s.series.depth_peak):
             events.append(
                 {
                     "ph": "C",
                     "name": "queue depth",
                     "pid": pid,
                     "tid": 0,
-                    "ts": (t - t0) / 1e3,
-                    "args": {"depth": d},
+                    "ts": b * rec.bucket_ns / 1e3,
+                    "args": {"depth": peak},
                 }
             )
+    shown, units = rec.detail_units, rec.units
+    until = None if rec.detail_end_ns is None else (rec.detail_end_ns - t0) / 1e9
+    if shown == units:
+        note = f"every unit of the run ({units})"
+    else:
+        note = f"the first {shown} of {units} units" + (
+            f" (to {until:.3f} s)" if until is not None else ""
+        )
+        note += f"; queue depths cover the whole run in buckets of {rec.bucket_ns / 1e6:.3g} ms"
     return {
         "traceEvents": events,
         "displayTimeUnit": "ms",
-        "otherData": {"pipeline": rec.pipeline, "run_id": rec.run_id, "state": rec.state},
+        "otherData": {
+            "pipeline": rec.pipeline,
+            "run_id": rec.run_id,
+            "state": rec.state,
+            "units": units,
+            "units_shown": shown,
+            "detail_until_s": until,
+            "note": f"unit events: {note}",
+        },
     }
 
 
