@@ -1,5 +1,6 @@
-"""The tree's layering, checked from source: the CLI uses public names only, and the
-CLI's and the store's modules stay small."""
+"""The tree's layering, checked from source: the core stands on the standard library
+and the executor contract alone; executors know nothing of the core; no module
+imports another in a cycle; the CLI uses public names only; every module stays small."""
 
 from __future__ import annotations
 
@@ -124,12 +125,8 @@ def test_the_import_check_catches_private_imports(line: str, caught: bool) -> No
     assert bool(import_violations(line, "conveyor.cli.run")) is caught
 
 
-@pytest.mark.parametrize(
-    "path",
-    sorted((SRC / "cli").glob("*.py")) + sorted((SRC / "store").glob("*.py")),
-    ids=lambda p: f"{p.parent.name}/{p.name}",
-)
-def test_cli_and_store_modules_stay_small(path: Path) -> None:
+@pytest.mark.parametrize("path", sorted(SRC.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC)))
+def test_every_module_stays_small(path: Path) -> None:
     lines = len(path.read_text().splitlines())
     assert lines <= MAX_LINES, f"{path} has {lines} lines; split it by concept"
 
@@ -147,3 +144,127 @@ def test_the_console_script_is_the_cli_main() -> None:
     scripts = importlib.metadata.entry_points(group="console_scripts")
     (entry,) = [e for e in scripts if e.name == "conveyor"]
     assert entry.value == "conveyor.cli:main" and entry.load() is main
+
+
+# --- the layers -------------------------------------------------------------------------
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path, *, lazy: bool) -> set[str]:
+    """The modules ``path`` imports when it is loaded (``lazy``: inside functions too),
+    leaving out ``if TYPE_CHECKING:`` blocks."""
+    tree = ast.parse(path.read_text())
+    here = module_name(path) + (".__init__" if path.stem == "__init__" else "")
+    found: set[str] = set()
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                visit(node.orelse)
+                continue
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                if lazy or isinstance(node, ast.ClassDef):
+                    visit(node.body)
+                continue
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                module = _resolve(node.module, node.level, here)
+                found.add(module)
+                found.update(f"{module}.{alias.name}" for alias in node.names)
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                inner = getattr(node, field, None)
+                if isinstance(inner, list):
+                    visit(
+                        [n for n in inner if isinstance(n, ast.stmt)]
+                        + [s for h in inner if isinstance(h, ast.ExceptHandler) for s in h.body]
+                    )
+
+    visit(tree.body)
+    modules = {module_name(p) for p in SRC.rglob("*.py")}
+    # "from conveyor.core import failures" names a module; "from x import name" does not.
+    return {m for m in found if not m.startswith("conveyor") or m in modules}
+
+
+def modules_of(package: str) -> list[Path]:
+    return sorted((SRC / package).rglob("*.py"))
+
+
+def third_party(names: set[str]) -> set[str]:
+    return {n for n in names if not n.startswith("conveyor") and n.split(".")[0] not in _STDLIB}
+
+
+_STDLIB = set(__import__("sys").stdlib_module_names)
+
+
+@pytest.mark.parametrize("path", modules_of("core"), ids=lambda p: p.name)
+def test_the_core_stands_on_the_standard_library_and_the_executor_contract(path: Path) -> None:
+    loaded = imports(path, lazy=False)
+    conveyor = {n for n in loaded if n.startswith("conveyor")}
+    allowed = {"conveyor.errors", "conveyor.executors.base"}
+    assert {n for n in conveyor if not n.startswith("conveyor.core") and n not in allowed} == set()
+    assert third_party(loaded) == set()
+    # Lazily, only where the core offers a convenience from above (the default
+    # recorder, run.report(), the cache of a cached stage): never an optional dependency.
+    assert third_party(imports(path, lazy=True)) == set()
+
+
+@pytest.mark.parametrize("path", modules_of("executors"), ids=lambda p: p.name)
+def test_executors_know_nothing_of_the_core(path: Path) -> None:
+    loaded = imports(path, lazy=False)
+    assert {n for n in loaded if n.startswith("conveyor.core")} == set()
+    assert third_party(loaded) == set()
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle in ``graph`` (module -> the modules it imports), or None."""
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+    path: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        path.append(m)
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == 1:
+                return [*path[path.index(d) :], d]
+            if d not in state and (cycle := visit(d)):
+                return cycle
+        path.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (cycle := visit(m)):
+            return cycle
+    return None
+
+
+def test_the_cycle_check_finds_cycles() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_module_imports_another_in_a_cycle() -> None:
+    graph = {module_name(p): imports(p, lazy=False) for p in SRC.rglob("*.py")}
+    for name, deps in graph.items():
+        # A submodule loads while its packages' __init__ is still running: no edge up.
+        graph[name] = {d for d in deps if d in graph and not (name + ".").startswith(d + ".")}
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_import_conveyor_loads_no_optional_dependency() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, conveyor, conveyor.errors, conveyor.executors; "
+        "print(sorted(m for m in ('click', 'rich', 'numpy', 'prometheus_client', 'torch') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -108,7 +108,12 @@ class Completion:
     def _task_finished(
         self, s: StageState, task: Task, out: Outcome, ran: int, failed: dict[int, Failure]
     ) -> None:
-        keys, starts, ends = task.keys[:ran], out.stamps[:ran], out.stamps[1 : ran + 1]
+        stamps = out.stamps
+        keys = task.keys if ran == len(task.keys) else task.keys[:ran]
+        if ran == len(stamps) - 1:
+            starts, ends = stamps[:-1], stamps[1:]
+        else:
+            starts, ends = stamps[:ran], stamps[1 : ran + 1]
         if out.hits:  # cache hits are reported as such, not as calls
             hits = set(out.hits)
             calls = [i for i in range(ran) if i not in hits]
@@ -236,7 +241,7 @@ class Completion:
         fits = items if len(items) <= room else items[:room]
         if fits:
             q.put(fits)
-            if self._has_ins:
+            if self._has_ins and q is not self.output:  # the output buffer is no stage
                 self._ins.items_enqueued(name, list(map(_key, fits)), len(q.items), now)
         if len(fits) < len(items):
             s.overflow.append((q, items[len(fits) :]))

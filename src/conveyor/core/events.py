@@ -80,7 +80,8 @@ class Instrument:
         """Items were taken from the source (before entering the first queues)."""
 
     def items_enqueued(self, stage: str, keys: Sequence[Key], depth: int, t_ns: int) -> None:
-        """Items entered ``stage``'s input queue; ``depth`` is its depth afterwards."""
+        """Items entered ``stage``'s input queue; ``depth`` is its depth afterwards.
+        (Results entering the run's output buffer are not reported: it is no stage.)"""
 
     def task_started(
         self, stage: str, task: int, keys: Sequence[Key], depth: int, t_ns: int

@@ -93,6 +93,7 @@ class Scheduler:
         self._ins = Instruments(instruments)
         self._has_ins = self._ins.active
         self._emit_hook = self._ins.wants("items_emitted")
+        self._read_hook = self._ins.wants("items_read")
         self._completions: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._local: deque[Outcome] = deque()
         self._inflight: dict[int, tuple[StageState, Task]] = {}
@@ -389,7 +390,8 @@ class Scheduler:
         now = monotonic_ns()
         if self._has_ins:
             keys = list(map(_key, items))
-            self._ins.items_read(keys, now)
+            if self._read_hook:
+                self._ins.items_read(keys, now)
         for s in self.entries:
             s.queue.put(items)
             if self._has_ins:

@@ -398,15 +398,7 @@ class Recorder(Instrument):
         ends: Sequence[int],
         error: BaseException | None,
     ) -> None:
-        n = len(keys)
-        m = min(n, self._detail_left)
-        d = s.detail
-        d.keys.extend(keys[:m])
-        d.worker.extend([worker] * m)
-        d.started.extend(starts[:m])
-        d.finished.extend(ends[:m])
-        if error is not None and m == n:
-            d.failed.append(len(d.started) - 1)
+        m = s.detail.keep(worker, keys, starts, ends, error, self._detail_left)
         self._detail_left -= m
         if not self._detail_left:
             self._detail_end = ends[m - 1]

@@ -25,6 +25,7 @@ import dataclasses
 import gzip
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,25 @@ class UnitDetail:
 
     def __len__(self) -> int:
         return len(self.started)
+
+    def keep(
+        self,
+        worker: int,
+        keys: Sequence[Key],
+        starts: Sequence[int],
+        ends: Sequence[int],
+        error: BaseException | None,
+        room: int,
+    ) -> int:
+        """Keep at most ``room`` of a task's units; how many were kept."""
+        m = min(len(keys), room)
+        self.keys.extend(keys[:m])
+        self.worker.extend([worker] * m)
+        self.started.extend(starts[:m])
+        self.finished.extend(ends[:m])
+        if error is not None and m == len(keys):
+            self.failed.append(len(self.started) - 1)
+        return m
 
 
 @dataclasses.dataclass
