@@ -78,13 +78,15 @@ def test_ctrl_c_cancels_cleanly_with_no_orphans(tmp_path: Path) -> None:
                     cv.stage(f.slow, executor="processes", workers=2),
                     cv.stage(f.pid_of, executor="processes", workers=2),
                 ])
-                run = pipe.stream(range(10**7))
                 pids = set()
                 try:
-                    for pid in run:
-                        if pid not in pids:
-                            pids.add(pid)
-                            print("PIDS", *run.worker_pids(), flush=True)
+                    # Ctrl-C may land inside the run or in this loop's body: leaving
+                    # the with block cancels the run either way.
+                    with pipe.stream(range(10**7)) as run:
+                        for pid in run:
+                            if pid not in pids:
+                                pids.add(pid)
+                                print("PIDS", *run.worker_pids(), flush=True)
                 except KeyboardInterrupt:
                     print("STATE", run.state, flush=True)
                     sys.exit(130)
