@@ -99,6 +99,7 @@ class Scheduler:
         self._inflight: dict[int, tuple[StageState, Task]] = {}
         self._task_ids = 0
         self._context = RunContext(run_id)
+        self._stalled: set[str] = set()  # stages seen with work in flight and no worker
         self.stages: list[StageState] = [
             StageState(
                 pipeline.stages[n],
@@ -305,18 +306,29 @@ class Scheduler:
                     return  # a retry is due: let the next pass dispatch it
                 self._check_stall()
                 continue
+            self._stalled = set()  # news came: whatever looked stalled was not
             self._complete(out)
             return
 
     def _check_stall(self) -> None:
-        """Work in flight at a stage with no live worker can never come back."""
+        """Work in flight at a stage with no live worker can never come back. An
+        executor may be between two states when asked (its last worker gone, the
+        outcome saying why not posted yet), so the answer must hold at two wake-ups in a
+        row, with nothing completed between them."""
+        stalled = {
+            s.name
+            for s in self.stages
+            if s.busy
+            and not s.traits.runs_in_caller
+            and s.executor is not None
+            and s.executor.alive() == 0
+        }
+        confirmed = stalled & self._stalled
+        self._stalled = stalled
         for s in self.stages:
-            if not s.busy or s.traits.runs_in_caller or s.executor is None:
-                continue
-            alive = s.executor.alive()
-            if alive == 0:
+            if s.name in confirmed:
                 keys = [k for st, task in self._inflight.values() if st is s for k in task.keys]
-                raise failures.stall_error(s.name, s.busy, keys, alive)
+                raise failures.stall_error(s.name, s.busy, keys, 0)
 
     def _describe(self) -> str:
         return "; ".join(

@@ -25,10 +25,12 @@ scheduler. The contract, which every executor must keep and
 4. **resize keeps a target count.** Growing starts workers until that many are
    live; shrinking lets the surplus retire after their current task. No stop
    tokens, so any sequence of resizes converges on the last target.
-5. **alive() tells the truth.** The number of workers that can still finish a
-   task (starting ones count; dead, retired and abandoned ones do not). With work
-   in flight and ``alive() == 0`` the scheduler raises :class:`~conveyor.StallError`
-   naming the stage and its items within seconds, instead of waiting forever.
+5. **alive() tells the truth.** The number of workers that can still answer a
+   task (starting ones count; dead, retired and abandoned ones do not; an executor
+   that fails every task itself, being broken, counts as one). With work in flight
+   and ``alive() == 0`` at two wake-ups in a row the scheduler raises
+   :class:`~conveyor.StallError` naming the stage and its items, instead of waiting
+   forever.
 6. **start and shutdown are safe.** All state is made in ``__init__``;
    ``shutdown`` may be called before ``start``, twice, or after a failed start.
 

@@ -163,7 +163,7 @@ class ProcessExecutor(Executor):
     def alive(self) -> int:
         with self._lock:
             if self._broken is not None:
-                return 0
+                return 1  # it answers every task itself, with the reason it is broken
             return sum(1 for w in self._workers if w.serving)
 
     def pids(self) -> list[int]:
