@@ -17,12 +17,13 @@ from conveyor.store import RunStore, _db
 
 WRITER = textwrap.dedent(
     """
-    import sys, time
+    import glob, sys, time
     from conveyor.store import RunStore
 
-    path, name, runs, rows, start = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:6])
+    path, name, runs, rows, writers = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
     store = RunStore(path)
-    while time.time() < start:  # every writer begins at the same instant
+    open(f"{path}.ready.{name}", "w").close()
+    while len(glob.glob(f"{path}.ready.*")) < writers:  # every writer begins together
         time.sleep(0.001)
     for i in range(int(runs)):
         run_id = f"{name}-{i}"
@@ -88,8 +89,7 @@ def test_three_processes_write_many_small_transactions(tmp_path: Path) -> None:
     path = tmp_path / "runs.db"
     RunStore(path).close()
     runs, rows = 150, 25
-    start = time.time() + 1.0
-    procs = [_spawn(WRITER, path, f"w{k}", runs, rows, start) for k in range(3)]
+    procs = [_spawn(WRITER, path, f"w{k}", runs, rows, 3) for k in range(3)]
     _finish(procs)
     with RunStore(path) as store:
         all_runs = store.runs(limit=1000)

@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from conveyor.core.events import StageInfo
 from conveyor.core.statistics import QueueStatistics, StageStatistics
 from conveyor.executors.base import Task, Traits
 
@@ -208,6 +209,13 @@ class StageState:
         for i in units:
             self._retry_seq += 1
             heapq.heappush(self.retry, (ready_ns, self._retry_seq, unit_items(task, i)))
+
+    def info(self, predecessors: tuple[str, ...], successors: tuple[str, ...]) -> StageInfo:
+        """The stage as instruments see it when the run starts."""
+        s = self.stage
+        return StageInfo(
+            self.name, self.kind, s.executor, s.workers, self.queue.bound, predecessors, successors
+        )
 
     def statistics(self) -> StageStatistics:
         s = self.stage

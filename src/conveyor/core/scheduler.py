@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.core import failures
 from conveyor.core.completion import Completion
-from conveyor.core.events import Instrument, Instruments, RunControl, RunInfo, StageInfo
+from conveyor.core.events import Instrument, Instruments, RunControl, RunInfo
 from conveyor.core.flow import StageQueue, StageState
 from conveyor.core.ledger import RootLedger
 from conveyor.core.stage import Stage
@@ -224,18 +224,7 @@ class Scheduler:
         return RunInfo(
             run_id=self.run_id,
             pipeline=p.name,
-            stages=tuple(
-                StageInfo(
-                    name=s.name,
-                    kind=s.kind,
-                    executor=s.stage.executor,
-                    workers=s.stage.workers,
-                    capacity=s.queue.bound,
-                    predecessors=p.predecessors[s.name],
-                    successors=p.successors[s.name],
-                )
-                for s in self.stages
-            ),
+            stages=tuple(s.info(p.predecessors[s.name], p.successors[s.name]) for s in self.stages),
             ordered=self.ordered,
             started_ns=self.started_ns,
             control=self.control,
