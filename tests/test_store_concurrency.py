@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +24,7 @@ WRITER = textwrap.dedent(
     open(f"{path}.ready.{name}", "w").close()
     while len(glob.glob(f"{path}.ready.*")) < writers:  # every writer begins together
         time.sleep(0.001)
+    began = time.time()
     for i in range(int(runs)):
         run_id = f"{name}-{i}"
         store.begin_run(run_id, "stress", None, {"writer": name})
@@ -39,6 +39,7 @@ WRITER = textwrap.dedent(
         store.record_roots(run_id, [(k, "done") for k in range(int(rows))])
         store.finish_run(run_id, "succeeded", items_read=int(rows))
     store.close()
+    print(began, time.time())
     """
 )
 
@@ -90,7 +91,7 @@ def test_three_processes_write_many_small_transactions(tmp_path: Path) -> None:
     RunStore(path).close()
     runs, rows = 150, 25
     procs = [_spawn(WRITER, path, f"w{k}", runs, rows, 3) for k in range(3)]
-    _finish(procs)
+    spans = [tuple(map(float, out.split())) for out in _finish(procs)]
     with RunStore(path) as store:
         all_runs = store.runs(limit=1000)
         assert len(all_runs) == 3 * runs
@@ -101,11 +102,9 @@ def test_three_processes_write_many_small_transactions(tmp_path: Path) -> None:
                 assert store.ledger(f"{name}-{i}").balanced
         count = store._read(lambda c: c.execute("SELECT count(*) FROM item_outcomes").fetchone())
         assert count[0] == 3 * runs * rows  # the failures; the done ones are ranges
-    # Their writes interleaved: it was a real race, not three runs one after the other.
-    ordered = sorted(all_runs, key=lambda r: r.created_at)
-    writers = [r.id.split("-")[0] for r in ordered]
-    switches = sum(a != b for a, b in itertools.pairwise(writers))
-    assert switches > 3
+    # A real race: every writer was writing while the others were (SQLite decides who
+    # holds the write lock when; its order is not ours to assert).
+    assert max(began for began, _ in spans) < min(ended for _, ended in spans)
 
 
 def test_two_recorded_pipeline_runs_share_a_store(tmp_path: Path) -> None:
