@@ -48,6 +48,8 @@ class Completion:
         self.ledger = ledger
         self._ins = instruments
         self._has_ins = instruments.active
+        self._finish_hook = instruments.wants("task_finished")
+        self._enqueue_hook = instruments.wants("items_enqueued")
         self.output = output
         self.ordered = ordered
         # Attempts per (stage, unit key) that failed at least once.
@@ -70,7 +72,7 @@ class Completion:
             else:
                 s.items_in += sum(len(b) for b in task.batch_keys[:ran])
         s.calls += out.calls
-        if not (out.failures or out.lost or out.hits or out.uncached or self._has_ins):
+        if not (out.failures or out.lost or out.hits or out.uncached or self._finish_hook):
             done = len(out.results)
             if done == n:  # the common case: every unit succeeded, nobody listens
                 self._succeeded(s, task, range(n), out.results)
@@ -86,7 +88,7 @@ class Completion:
             failed[unit] = Failure(unit, error)
         if out.hits or out.uncached:
             self._cache_news(s, task, out)
-        if self._has_ins:
+        if self._finish_hook:
             self._task_finished(s, task, out, ran, failed)
         done = min(len(out.results), n)
         if done and not failed:
@@ -241,7 +243,7 @@ class Completion:
         fits = items if len(items) <= room else items[:room]
         if fits:
             q.put(fits)
-            if self._has_ins and q is not self.output:  # the output buffer is no stage
+            if self._enqueue_hook and q is not self.output:  # the output buffer is no stage
                 self._ins.items_enqueued(name, list(map(_key, fits)), len(q.items), now)
         if len(fits) < len(items):
             s.overflow.append((q, items[len(fits) :]))

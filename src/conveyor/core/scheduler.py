@@ -53,7 +53,6 @@ from conveyor.core.statistics import StageStatistics
 from conveyor.errors import PipelineError, RunError, StageError
 from conveyor.executors.base import (
     CacheSpec,
-    Executor,
     Outcome,
     RunContext,
     Task,
@@ -91,9 +90,12 @@ class Scheduler:
         self._source_done = False
         self._next_index = 0
         self._ins = Instruments(instruments)
+        # Frequent events are prepared only when someone listens to them.
         self._has_ins = self._ins.active
         self._emit_hook = self._ins.wants("items_emitted")
         self._read_hook = self._ins.wants("items_read")
+        self._enqueue_hook = self._ins.wants("items_enqueued")
+        self._start_hook = self._ins.wants("task_started")
         self._completions: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._local: deque[Outcome] = deque()
         self._inflight: dict[int, tuple[StageState, Task]] = {}
@@ -117,7 +119,7 @@ class Scheduler:
             s.targets = [t.queue for t in s.successors] or [self.output]
         self.entries = [s for s in self.stages if not s.predecessors]
         self.deterministic = all(s.traits.runs_in_caller for s in self.stages)
-        self.ledger = RootLedger(ordered=ordered, tracking=self._has_ins)
+        self.ledger = RootLedger(ordered=ordered, tracking=self._ins.wants("roots_finished"))
         self._completion = Completion(self.ledger, self._ins, self.output, ordered=ordered)
         # A collect stage holds every root until the source ends, so it must not be
         # throttled by the window; its output is one item, with nothing to reorder.
@@ -174,7 +176,7 @@ class Scheduler:
         free the run's shared resources. Every step runs even if an earlier one raised;
         the first error is raised at the end."""
         errors: list[BaseException] = []
-        if self._has_ins:
+        if self.ledger.tracking:
             try:
                 self._report_finished()  # roots finished in the pass a failure interrupted
             except Exception as exc:
@@ -350,7 +352,7 @@ class Scheduler:
                 self._dispatch(s)
         if self.ordered:
             self._release()
-        if self._has_ins:
+        if self.ledger.tracking:
             self._report_finished()
         return progressed
 
@@ -389,13 +391,13 @@ class Scheduler:
         self.ledger.read(items[0][0][0], len(items), len(self.entries))
         self.items_read += len(items)
         now = monotonic_ns()
-        if self._has_ins:
+        if self._read_hook or self._enqueue_hook:
             keys = list(map(_key, items))
             if self._read_hook:
                 self._ins.items_read(keys, now)
         for s in self.entries:
             s.queue.put(items)
-            if self._has_ins:
+            if self._enqueue_hook:
                 self._ins.items_enqueued(s.name, keys, len(s.queue.items), now)
         return True
 
@@ -432,7 +434,7 @@ class Scheduler:
         s.tasks += 1
         self._inflight[task.id] = (s, task)
         task.dispatched_ns = monotonic_ns()
-        if self._has_ins:
+        if self._start_hook:
             self._ins.task_started(
                 s.name, task.id, task.keys, len(s.queue.items), task.dispatched_ns
             )
@@ -487,9 +489,6 @@ class Scheduler:
         released = self.ledger.take_released()
         if released:
             self.output.put(released)
-
-    def executors(self) -> list[Executor]:
-        return [s.executor for s in self.stages if s.executor is not None]
 
     def stage_statistics(self) -> dict[str, StageStatistics]:
         return {s.name: s.statistics() for s in self.stages}
