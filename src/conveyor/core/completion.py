@@ -72,11 +72,16 @@ class Completion:
             else:
                 s.items_in += sum(len(b) for b in task.batch_keys[:ran])
         s.calls += out.calls
-        if not (out.failures or out.lost or out.hits or out.uncached or self._finish_hook):
-            done = len(out.results)
-            if done == n:  # the common case: every unit succeeded, nobody listens
-                self._succeeded(s, task, range(n), out.results)
-                return
+        if not (out.failures or out.lost or out.hits or out.uncached) and len(out.results) == n:
+            # The common case: every unit succeeded (and ran whole: no slicing of keys).
+            if self._finish_hook:
+                if ran == n == len(stamps) - 1:
+                    fin = self._ins.task_finished
+                    fin(s.name, task.id, out.worker, task.keys, stamps[:-1], stamps[1:], None)
+                else:
+                    self._task_finished(s, task, out, ran, {})
+            self._succeeded(s, task, range(n), out.results)
+            return
         failed = {f.unit: f for f in out.failures if 0 <= f.unit < n}
         if out.lost is not None:
             unit = min(max(out.lost.unit_index, 0), n - 1)
@@ -133,7 +138,9 @@ class Completion:
                 self._attempts.pop((s.name, task.keys[i]), None)
         paired = self._pair(s, task, units, results)
         s.items_out += len(paired)
-        self._route(s, paired)
+        # A map's results carry its units' keys: the task's own list when all succeeded.
+        keys = task.keys if s.kind == "map" and len(units) == len(task.keys) else None
+        self._route(s, paired, keys)
 
     def _cache_news(self, s: StageState, task: Task, out: Outcome) -> None:
         if out.hits:
@@ -228,7 +235,7 @@ class Completion:
         self.ledger.merge(batch_keys)
         return [(keys_[0], v) for keys_, v in zip(batch_keys, results, strict=True)]
 
-    def _route(self, s: StageState, items: list[Item]) -> None:
+    def _route(self, s: StageState, items: list[Item], keys: list[Key] | None = None) -> None:
         if not s.successors:
             self._to_output(s, items)
             return
@@ -236,15 +243,28 @@ class Completion:
             self.ledger.fan_out(items, len(s.successors) - 1)
         now = monotonic_ns()
         for t in s.successors:
-            self._put(s, t.queue, items, t.name, now)
+            self._put(s, t.queue, items, t.name, now, keys)
 
-    def _put(self, s: StageState, q: StageQueue, items: list[Item], name: str, now: int) -> None:
+    def _put(
+        self,
+        s: StageState,
+        q: StageQueue,
+        items: list[Item],
+        name: str,
+        now: int,
+        keys: list[Key] | None = None,
+    ) -> None:
+        """Put what fits of ``items`` into ``q`` (``keys``, when given, are their keys)."""
         room = max(0, q.room())
         fits = items if len(items) <= room else items[:room]
         if fits:
             q.put(fits)
             if self._enqueue_hook and q is not self.output:  # the output buffer is no stage
-                self._ins.items_enqueued(name, list(map(_key, fits)), len(q.items), now)
+                if keys is None:
+                    keys = list(map(_key, fits))
+                elif len(fits) < len(keys):
+                    keys = keys[: len(fits)]
+                self._ins.items_enqueued(name, keys, len(q.items), now)
         if len(fits) < len(items):
             s.overflow.append((q, items[len(fits) :]))
 
