@@ -78,11 +78,11 @@ def stage_error(
     )
 
 
-def stall_error(stage: str, tasks: int, keys: Sequence[Key], alive: int) -> StallError:
+def stall_error(stage: str, tasks: int, keys: Sequence[Key]) -> StallError:
     shown = ", ".join(show(k) for k in keys[:5]) + (", ..." if len(keys) > 5 else "")
     return StallError(
         f"stage {stage!r} has {tasks} task(s) in flight ({len(keys)} items: {shown}) but "
-        f"{alive} live workers to finish them, and none can come back; this is a bug in the "
+        "no live worker to finish them, and none can come back; this is a bug in the "
         "stage's executor or a worker killed in a way conveyor cannot see: please report it",
         stage=stage,
         keys=tuple(keys),

@@ -109,7 +109,7 @@ class RootLedger:
                 heapq.heappush(self._heap, (key, self._seq, value))
                 self._seq += 1
         live = self.live
-        roots = list(map(_root, map(_key, items)))
+        roots = list(map(_first, map(_first, items)))  # item -> key -> root
         if (
             not (self.ordered or self._reached or self._absorbed or self._dead)
             and list(map(live.__getitem__, roots)).count(1) == len(roots)
@@ -181,5 +181,4 @@ class RootLedger:
             self._released.append((key, value))
 
 
-_key = operator.itemgetter(0)
-_root = operator.itemgetter(0)
+_first = operator.itemgetter(0)

@@ -319,7 +319,7 @@ class Scheduler:
         for s in self.stages:
             if s.name in confirmed:
                 keys = [k for st, task in self._inflight.values() if st is s for k in task.keys]
-                raise failures.stall_error(s.name, s.busy, keys, 0)
+                raise failures.stall_error(s.name, s.busy, keys)
 
     def _describe(self) -> str:
         return "; ".join(
