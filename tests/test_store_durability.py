@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_until
-from conveyor.store import RunStore
+from conveyor.store import RunStore, _db
+from conveyor.store._schema import SCHEMA_VERSION
 
 # A writer of many small runs through the RunStore API. It logs a line to its progress
 # file after each step, so the test can kill it after a chosen number of steps while
@@ -105,24 +106,29 @@ def test_writers_killed_at_random_moments_leave_a_sound_store(tmp_path: Path, se
     killed = 0
     for rnd in range(3):
         procs: list[tuple[subprocess.Popen[bytes], Path, int]] = []
-        for k in range(4):
-            progress = tmp_path / f"progress-{rnd}-{k}"
-            if k == 3:
-                proc = spawn(RECORDED, path, f"rec{rnd}", progress)
-            else:
-                checkpoint = rng.choice(["default", "4"])
-                proc = spawn(WRITER, path, f"w{rnd}{k}", progress, checkpoint)
-            # kill it after this many steps (1: as it starts, maybe creating the store)
-            procs.append((proc, progress, rng.randint(1, 60)))
-        for proc, progress, after in procs:
-            reached = lambda p=proc, f=progress, n=after: steps(f) >= n or p.poll() is not None  # noqa: E731
-            assert wait_until(reached, 60)
-            assert proc.poll() is None, proc.communicate()[1].decode()
-            os.kill(proc.pid, signal.SIGKILL)
-            killed += 1
-        for proc, _, _ in procs:
-            proc.communicate(timeout=30)
-            assert proc.returncode == -signal.SIGKILL
+        try:
+            for k in range(4):
+                progress = tmp_path / f"progress-{rnd}-{k}"
+                if k == 3:
+                    proc = spawn(RECORDED, path, f"rec{rnd}", progress)
+                else:
+                    checkpoint = rng.choice(["default", "4"])
+                    proc = spawn(WRITER, path, f"w{rnd}{k}", progress, checkpoint)
+                # kill it after this many steps (1: as it starts, maybe creating the store)
+                procs.append((proc, progress, rng.randint(1, 60)))
+            for proc, progress, after in procs:
+                reached = lambda p=proc, f=progress, n=after: steps(f) >= n or p.poll() is not None  # noqa: E731
+                assert wait_until(reached, 60)
+                if proc.poll() is not None:
+                    pytest.fail(f"a writer died on its own: {proc.communicate()[1].decode()}")
+                os.kill(proc.pid, signal.SIGKILL)
+                killed += 1
+        finally:  # a failed assertion above must not leave writers running
+            for proc, _, _ in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.communicate(timeout=30)
+        assert all(proc.returncode == -signal.SIGKILL for proc, _, _ in procs)
     assert killed == 12
 
     conn = sqlite3.connect(path)
@@ -144,3 +150,40 @@ def test_writers_killed_at_random_moments_leave_a_sound_store(tmp_path: Path, se
         store.set_state("after", "running")
         store.finish_run("after", "succeeded", items_read=0)
         assert store.get_run("after").state == "succeeded"
+
+
+def test_a_migration_committed_between_two_reads_is_not_taken_for_a_foreign_database(
+    tmp_path: Path,
+) -> None:
+    # Another process creates the store just after this one read its schema version.
+    # Read as two statements, the version came from before that commit and the table
+    # count from after it, and a fresh store was called "not a conveyor run store".
+    path = tmp_path / "runs.db"
+    migrated = sqlite3.connect(path, isolation_level=None)
+    migrated.execute("PRAGMA journal_mode = WAL")
+    checked = sqlite3.connect(path, isolation_level=None)
+
+    class Racing:
+        """A connection on which another process's migration commits after each statement."""
+
+        def execute(self, sql: str) -> sqlite3.Cursor:
+            cursor = checked.execute(sql)
+            rows = cursor.fetchall()
+            if not migrated.execute("PRAGMA user_version").fetchone()[0]:
+                _db.migrate(migrated, path)
+            return _Rows(rows)
+
+    try:
+        assert _db._user_version(Racing(), path) in (0, SCHEMA_VERSION)  # type: ignore[arg-type]
+        assert _db._user_version(checked, path) == SCHEMA_VERSION
+    finally:
+        migrated.close()
+        checked.close()
+
+
+class _Rows:
+    def __init__(self, rows: list[tuple[object, ...]]) -> None:
+        self.rows = rows
+
+    def fetchone(self) -> tuple[object, ...]:
+        return self.rows[0]

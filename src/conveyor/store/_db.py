@@ -88,7 +88,13 @@ def migrate(conn: sqlite3.Connection, path: Path) -> int:
 
 
 def _user_version(c: sqlite3.Connection, path: Path) -> int:
-    version = int(c.execute("PRAGMA user_version").fetchone()[0])
+    # One statement, so one snapshot: read apart, another process's migration could
+    # commit between them, showing its tables but the version from before it.
+    row = c.execute(
+        "SELECT (SELECT user_version FROM pragma_user_version),"
+        " (SELECT count(*) FROM sqlite_master)"
+    ).fetchone()
+    version, tables = int(row[0]), int(row[1])
     if version > SCHEMA_VERSION:
         from conveyor import __version__
 
@@ -98,15 +104,13 @@ def _user_version(c: sqlite3.Connection, path: Path) -> int:
             "(pip install -U conveyor) or pass another --store path",
             path=path,
         )
-    if version == 0:
-        tables = c.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        if tables:
-            raise StoreError(
-                f"{path} is an SQLite database but not a conveyor run store (it has "
-                f"{tables} schema objects and no conveyor schema version); move it aside "
-                "or pass another --store path",
-                path=path,
-            )
+    if version == 0 and tables:
+        raise StoreError(
+            f"{path} is an SQLite database but not a conveyor run store (it has "
+            f"{tables} schema objects and no conveyor schema version); move it aside "
+            "or pass another --store path",
+            path=path,
+        )
     return version
 
 
