@@ -14,8 +14,9 @@ torch = pytest.importorskip("torch")
 
 from conveyor.train import build_schedule, partition_uniform  # noqa: E402
 from conveyor.train._api import measured_intervals  # noqa: E402
+from conveyor.train._data import batches  # noqa: E402
 from conveyor.train._launch import launch  # noqa: E402
-from conveyor.train._runtime import RunSpec, batches, build_model_layers  # noqa: E402
+from conveyor.train._runtime import RunSpec, build_model_layers, load_object  # noqa: E402
 
 pytestmark = [pytest.mark.train, pytest.mark.slow]
 
@@ -51,7 +52,8 @@ def reference(spec: RunSpec) -> tuple[list[float], list[dict[str, torch.Tensor]]
     model = torch.nn.Sequential(*build_model_layers(spec))
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr)
     losses, params = [], []
-    for x, y in batches(spec):
+    data = load_object(spec.data)()
+    for x, y in batches(data, batch_size=spec.batch_size, steps=spec.steps, seed=spec.seed):
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()

@@ -1,9 +1,13 @@
 """Run one rank of a pipelined training job on torch.distributed.pipelining, and time it.
 
 Started by torchrun (see ``_launch.py``); every rank runs :func:`run_rank` with the
-same :class:`RunSpec`. A rank builds the whole model from the factory under the
-same seed, keeps the layers of its stages (stage s on rank s mod p), wraps each
-in a ``PipelineStage`` and drives them with the torch schedule class:
+same :class:`RunSpec`. The ranks form a ``dp x pp`` DeviceMesh: ``dp``
+data-parallel replicas of a ``pp``-rank pipeline. A rank builds the whole model
+from the factory under the run's seed (so tied parameters and initial weights
+are the same everywhere), keeps the layers of its stages (stage s on pipeline
+rank s mod pp) as :class:`~conveyor.train._stages.StageModule`\\ s, wraps each in a
+``PipelineStage`` given its input and output shapes, and drives them with the
+torch schedule class:
 
     gpipe        ScheduleGPipe
     1f1b         Schedule1F1B
@@ -16,21 +20,20 @@ runtime's action-list facility (``_prepare_schedule_with_comms``, which the
 CSV loader uses) takes conveyor's lists directly and adds the sends and receives.
 For interleaved the runtime checks that torch's order equals conveyor's.
 
-Timing: each stage's ``forward_one_chunk``, ``backward_one_chunk`` and
-``backward_weight_one_chunk`` are wrapped to record start and end with
-``time.perf_counter`` relative to a barrier at the start of the step, so
-waiting for a neighbour's activation is idle time and only compute is busy.
+The schedules leave gradients unscaled; :class:`~conveyor.train._optim.GradientStep`
+sums tied copies and replicas, scales once and clips, so a step equals one
+process's step on the same global batch. Timing and random streams:
+:mod:`conveyor.train._timing`. Checkpoints: :mod:`conveyor.train._checkpoint`.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import sys
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections import deque
+from collections.abc import Callable, Iterator
+from functools import partial
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,7 @@ try:
     import torch
     import torch.distributed as dist
     from torch import nn
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.pipelining import (
         PipelineStage,
         Schedule1F1B,
@@ -54,61 +58,26 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised where torch is absent
     raise MissingTorchError() from exc
 
+from conveyor.train import _checkpoint
+from conveyor.train._data import batches, split_rows
+from conveyor.train._optim import GradientStep, TiedGroup, make_lr_schedule, make_optimizer
+from conveyor.train._place import Place, rank_device
 from conveyor.train._profile import as_layers
+from conveyor.train._results import evaluator, gather, mean_over_replicas, progress, rss_mib
 from conveyor.train._schedules import Schedule, build_schedule
+from conveyor.train._spec import RunSpec, load_object
+from conveyor.train._stages import (
+    StageModule,
+    global_state,
+    infer_boundaries,
+    parameter_by_name,
+    tied_parameters,
+)
+from conveyor.train._timing import Recorder, seed_forwards, stream_seed
 
-__all__ = ["RunSpec", "load_object", "run_rank"]
+__all__ = ["RunSpec", "build_model_layers", "load_object", "run_rank"]
 
-
-@dataclass
-class RunSpec:
-    """Everything a rank needs to train, as JSON-friendly values.
-
-    ``model`` and ``data`` are ``"path/to/file.py:name"`` or ``"module:name"``
-    specs of factories (the model's called with ``model_kwargs``); ``bounds`` the
-    partition's layer cut points (p·v + 1 values).
-    """
-
-    model: str
-    data: str
-    schedule: str
-    microbatches: int
-    bounds: list[int]
-    stages_per_rank: int = 1
-    batch_size: int = 64
-    steps: int = 20
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    loss: str = "cross_entropy"
-    seed: int = 0
-    threads: int = 1
-    record_parameters: bool = False
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-def load_object(spec: str) -> Any:
-    """The object named by ``"file.py:name"`` or ``"package.module:name"``."""
-    if ":" not in spec:
-        raise TrainError(f"expected 'path/to/file.py:name' or 'module:name', got {spec!r}")
-    where, name = spec.rsplit(":", 1)
-    if where.endswith(".py"):
-        path = Path(where).resolve()
-        if not path.exists():
-            raise TrainError(f"no file {path} (from {spec!r})")
-        mod_name = f"_conveyor_user_{abs(hash(str(path)))}"
-        module = sys.modules.get(mod_name)
-        if module is None:
-            s = importlib.util.spec_from_file_location(mod_name, path)
-            assert s is not None and s.loader is not None
-            module = importlib.util.module_from_spec(s)
-            sys.modules[mod_name] = module
-            s.loader.exec_module(module)
-    else:
-        module = importlib.import_module(where)
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise TrainError(f"{where} has no attribute {name!r} (from {spec!r})") from None
+TIMELINE_WINDOW = 64  # steps whose action timelines a run keeps: the first and the latest
 
 
 def _loss_fn(spec: str) -> Callable[..., Any]:
@@ -128,77 +97,6 @@ def build_model_layers(spec: RunSpec) -> list[nn.Module]:
     return as_layers(load_object(spec.model)(**spec.model_kwargs))
 
 
-def batches(spec: RunSpec) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The ``spec.steps`` batches of ``spec.batch_size`` rows, in a seeded order, same on every rank."""
-    inputs, targets = load_object(spec.data)()
-    n = int(inputs.shape[0])
-    if n < spec.batch_size:
-        raise TrainError(f"the data has {n} rows, fewer than one batch of {spec.batch_size}")
-    gen = torch.Generator().manual_seed(spec.seed)
-    order = torch.randperm(n, generator=gen)
-    per_epoch = n // spec.batch_size
-    out = []
-    for step in range(spec.steps):
-        if step % per_epoch == 0 and step:
-            order = torch.randperm(n, generator=gen)
-        k = step % per_epoch
-        idx = order[k * spec.batch_size : (k + 1) * spec.batch_size]
-        out.append((inputs[idx], targets[idx]))
-    return out
-
-
-def make_optimizer(spec: RunSpec, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    if spec.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=spec.lr)
-    if spec.optimizer == "adam":
-        return torch.optim.Adam(params, lr=spec.lr)
-    raise TrainError(f"unknown optimizer {spec.optimizer!r}; use sgd or adam")
-
-
-class _Recorder:
-    """Wraps a stage's compute methods to log (kind, stage, micro-batch, start, end).
-
-    On a GPU each action is bracketed by ``torch.cuda.synchronize`` so that the
-    times are the kernels', not their launches'.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.origin = time.perf_counter()
-        self.events: list[tuple[str, int, int, float, float]] = []
-        self.sync: Callable[[], None] | None = (
-            torch.cuda.synchronize if device.type == "cuda" else None
-        )
-
-    def reset(self) -> None:
-        self.origin = time.perf_counter()
-        self.events = []
-
-    def now(self) -> float:
-        if self.sync is not None:
-            self.sync()
-        return time.perf_counter() - self.origin
-
-    def wrap(self, stage: PipelineStage) -> None:
-        index = stage.stage_index
-
-        def timed(kind: str | Callable[..., str], fn: Callable[..., Any]) -> Callable[..., Any]:
-            def run(chunk: int, *args: Any, **kwargs: Any) -> Any:
-                t0 = self.now()
-                out = fn(chunk, *args, **kwargs)
-                k = kind(*args, **kwargs) if callable(kind) else kind
-                self.events.append((k, index, chunk, t0, self.now()))
-                return out
-
-            return run
-
-        def backward_kind(*args: Any, full_backward: bool = True, **kwargs: Any) -> str:
-            return "B" if full_backward else "I"
-
-        stage.forward_one_chunk = timed("F", stage.forward_one_chunk)  # type: ignore[method-assign]
-        stage.backward_one_chunk = timed(backward_kind, stage.backward_one_chunk)  # type: ignore[method-assign]
-        stage.backward_weight_one_chunk = timed("W", stage.backward_weight_one_chunk)  # type: ignore[method-assign]
-
-
 def _torch_actions(schedule: Schedule) -> dict[int, list[_Action | None]]:
     kinds = {
         "F": _ComputationType.FORWARD,
@@ -214,12 +112,14 @@ def _torch_actions(schedule: Schedule) -> dict[int, list[_Action | None]]:
 
 def _build_schedule(plan: Schedule, stages: list[Any], loss: Callable[..., Any]) -> Any:
     m = plan.microbatches
+    # gradients stay summed over micro-batches: GradientStep scales them once per step
+    kw: dict[str, Any] = {"n_microbatches": m, "loss_fn": loss, "scale_grads": False}
     if plan.name == "gpipe":
-        return ScheduleGPipe(stages[0], n_microbatches=m, loss_fn=loss)
+        return ScheduleGPipe(stages[0], **kw)
     if plan.name == "1f1b":
-        return Schedule1F1B(stages[0], n_microbatches=m, loss_fn=loss)
+        return Schedule1F1B(stages[0], **kw)
     if plan.name == "interleaved":
-        sched = ScheduleInterleaved1F1B(stages, n_microbatches=m, loss_fn=loss)
+        sched = ScheduleInterleaved1F1B(stages, **kw)
         theirs = {r: [a for a in acts if a is not None] for r, acts in sched.pipeline_order.items()}
         if theirs != _torch_actions(plan):
             raise TrainError(
@@ -229,111 +129,245 @@ def _build_schedule(plan: Schedule, stages: list[Any], loss: Callable[..., Any])
             )
         return sched
     if plan.name == "zbh1":
-        runtime = _PipelineScheduleRuntime(stages, n_microbatches=m, loss_fn=loss)
+        runtime = _PipelineScheduleRuntime(stages, **kw)
         runtime._prepare_schedule_with_comms(_torch_actions(plan))
         return runtime
     raise TrainError(f"no runtime for schedule {plan.name!r}")
 
 
-def _global_state(spec: RunSpec, modules: Mapping[int, nn.Module]) -> dict[str, torch.Tensor]:
-    """This rank's parameters and buffers keyed as in the whole ``nn.Sequential``'s state dict."""
-    out = {}
-    for s, module in modules.items():
-        for name, value in module.state_dict().items():
-            local, rest = name.split(".", 1)
-            out[f"{spec.bounds[s] + int(local)}.{rest}"] = value.detach().cpu().clone()
+def _layout(spec: RunSpec, world: int) -> dict[str, Any]:
+    return {
+        "ranks": world,
+        "dp": spec.dp,
+        "schedule": spec.schedule,
+        "stages_per_rank": spec.stages_per_rank,
+        "bounds": list(spec.bounds),
+        "microbatches": spec.microbatches,
+    }
+
+
+def _setup(spec: RunSpec) -> tuple[Place, list[nn.Module]]:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    spec.check(world)
+    torch.set_num_threads(spec.threads)
+    device = rank_device()
+    pp = world // spec.dp
+    mesh = init_device_mesh(device.type, (spec.dp, pp), mesh_dim_names=("dp", "pp"))
+    replica, pp_rank = divmod(rank, pp)
+    plan = build_schedule(spec.schedule, pp, spec.microbatches, spec.stages_per_rank)
+    layers = build_model_layers(spec)
+    if len(spec.bounds) != plan.num_stages + 1 or spec.bounds[-1] != len(layers):
+        raise TrainError(
+            f"bounds {spec.bounds} do not cut {len(layers)} layers into {plan.num_stages} stages"
+        )
+    mine = [s for s in range(plan.num_stages) if plan.stage_to_rank[s] == pp_rank]
+    state = Place(
+        spec=spec,
+        device=device,
+        replica=replica,
+        pp_rank=pp_rank,
+        pp=pp,
+        plan=plan,
+        mine=mine,
+        modules={},
+        pp_group=mesh["pp"].get_group(),
+        dp_group=mesh["dp"].get_group() if spec.dp > 1 else None,
+    )
+    return state, layers
+
+
+def _tied_groups(r: Place, layers: list[nn.Module]) -> list[TiedGroup]:
+    """The tied parameters this rank holds a copy of, each with the group of holders."""
+    out = []
+    for tied in tied_parameters(layers, r.spec.bounds):
+        holders = sorted({r.plan.stage_to_rank[s] for s in tied.names})
+        if len(holders) < 2:
+            continue  # every copy on this rank is one tensor already
+        # every rank creates every group, in the same order: torch requires it
+        groups = [dist.new_group([d * r.pp + h for h in holders]) for d in range(r.spec.dp)]
+        here = [s for s in tied.names if s in r.mine]
+        if here:
+            s = here[0]
+            param = parameter_by_name(r.modules[s], tied.names[s])
+            assert param is not None
+            first = min(tied.names)
+            out.append(TiedGroup(param, groups[r.replica], counted_here=first in r.mine))
     return out
 
 
+def _broadcast(r: Place, value: Any, src_pp_rank: int) -> Any:
+    box = [value]
+    dist.broadcast_object_list(box, group=r.pp_group, group_src=src_pp_rank)
+    return box[0]
+
+
 def run_rank(spec: RunSpec) -> dict[str, Any] | None:
-    """Train ``spec.steps`` steps on this rank; rank 0 returns the gathered result, others None.
+    """Train steps up to ``spec.steps`` on this rank; rank 0 returns the gathered result.
 
     The process group must be initialised (torchrun + ``init_process_group``).
     """
+    r, layers = _setup(spec)
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.set_num_threads(spec.threads)
-    device = (
-        torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-        if dist.get_backend() == "nccl"
-        else torch.device("cpu")
-    )
-    v = spec.stages_per_rank
-    plan = build_schedule(spec.schedule, world, spec.microbatches, v)
-    layers = build_model_layers(spec)
-    n_stages = world * v
-    if len(spec.bounds) != n_stages + 1 or spec.bounds[-1] != len(layers):
-        raise TrainError(
-            f"bounds {spec.bounds} do not cut {len(layers)} layers into {n_stages} stages"
-        )
-    mine = [s for s in range(n_stages) if plan.stage_to_rank[s] == rank]
-    modules = {
-        s: nn.Sequential(*layers[spec.bounds[s] : spec.bounds[s + 1]]).to(device) for s in mine
-    }
-    stages = [PipelineStage(modules[s], s, n_stages, device) for s in mine]
-    recorder = _Recorder(device)
-    for stage in stages:
-        recorder.wrap(stage)
-    loss_fn = _loss_fn(spec.loss)
-    sched = _build_schedule(plan, stages, loss_fn)
-    params = [p for s in mine for p in modules[s].parameters()]
-    optimizer = make_optimizer(spec, params)
-    holds_first, holds_last = 0 in mine, n_stages - 1 in mine
+    layout = _layout(spec, world)
+    root = Path(spec.checkpoint_dir) if spec.checkpoint_dir else None
+    box = [_checkpoint.latest(root) if (root and spec.resume and rank == 0) else None]
+    dist.broadcast_object_list(box, src=0)
+    start = int(box[0] or 0)
 
-    losses: list[float] = []
-    timelines: list[list[tuple[str, int, int, float, float]]] = []
+    k, m = spec.accumulate, spec.microbatches
+    data: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
+    sample = None
+    if r.holds_first or r.holds_last:
+        source = load_object(spec.data)()
+        global_batches = batches(
+            source, batch_size=spec.batch_size, steps=spec.steps, seed=spec.seed, start=start
+        )
+        data = (split_rows(b, spec.dp, r.replica) for b in global_batches)
+        first = next(data, None)
+        if first is not None:
+            data = chain([first], data)
+            sample = first[0][: spec.batch_size // (spec.dp * k * m)]
+    autocast = (
+        partial(torch.autocast, r.device.type, dtype=torch.bfloat16)
+        if spec.precision == "bf16"
+        else None
+    )
+    boundaries = _broadcast(
+        r,
+        infer_boundaries(layers, spec.bounds, sample, r.device, autocast)
+        if r.holds_first and sample is not None
+        else None,
+        0,
+    )
+    if boundaries is None:
+        raise TrainError(f"no steps to run: steps={spec.steps}, resumed at step {start}")
+    for s in r.mine:
+        lo, hi = spec.bounds[s], spec.bounds[s + 1]
+        r.modules[s] = StageModule(
+            layers[lo:hi],
+            stage=s,
+            first=lo,
+            inputs=boundaries[s].structure,
+            autocast=autocast,
+            recompute=bool(spec.recompute and spec.recompute[s]),
+        ).to(r.device)
+    tied = _tied_groups(r, layers)
+    del layers
+    n_stages = r.plan.num_stages
+    stages = [
+        PipelineStage(
+            r.modules[s],
+            s,
+            n_stages,
+            r.device,
+            input_args=boundaries[s].examples(r.device),
+            output_args=boundaries[s + 1].examples(r.device),
+            group=r.pp_group,
+        )
+        for s in r.mine
+    ]
+    passes = [0]  # which pass of the schedule this is: step x accumulate + part
+    recorder = Recorder(r.device)
+    for stage in stages:
+        seed_forwards(stage, lambda s, mb: stream_seed(spec.seed, passes[0], r.replica, s, mb))
+        recorder.wrap(stage)
+    loss_fn, last = _loss_fn(spec.loss), boundaries[-1].structure
+
+    def loss(output: Any, target: torch.Tensor) -> torch.Tensor:
+        from conveyor.train._stages import unflatten
+
+        return loss_fn(unflatten(output if isinstance(output, tuple) else (output,), last), target)
+
+    sched = _build_schedule(r.plan, stages, loss)
+    params = list({id(p): p for s in r.mine for p in r.modules[s].parameters()}.values())
+    optimizer = make_optimizer(spec.optimizer, params, lr=spec.lr, weight_decay=spec.weight_decay)
+    lr_schedule = make_lr_schedule(
+        optimizer, schedule=spec.lr_schedule, warmup=spec.warmup_steps, total=spec.steps
+    )
+    grad_step = GradientStep(
+        params, tied, r.dp_group, r.pp_group if r.pp > 1 else None, clip=spec.clip_grad
+    )
+    history: dict[str, list[Any]] = {"losses": [], "grad_norms": [], "lrs": [], "eval": []}
+    if start:
+        assert root is not None
+        saved = _checkpoint.load(root, start, rank, layout)
+        for s in r.mine:
+            r.modules[s].load_state_dict(saved["modules"][s])
+        optimizer.load_state_dict(saved["optimizer"])
+        lr_schedule.load_state_dict(saved["lr_schedule"])
+        torch.set_rng_state(saved["rng"])
+        history = saved["history"]
+    evaluate = evaluator(r, sched, spec)
+
+    timelines: deque[tuple[int, list[Any]]] = deque(maxlen=TIMELINE_WINDOW - 1)
+    first_timeline: tuple[int, list[Any]] | None = None
+    walls: deque[float] = deque(maxlen=TIMELINE_WINDOW)
     snapshots: list[dict[str, torch.Tensor]] = []
-    walls: list[float] = []
-    for x, y in batches(spec):
+    scale = 1.0 / (m * k * spec.dp)
+    end = spec.steps if spec.until is None else min(spec.steps, spec.until)
+    for step in range(start, end):
+        batch = next(data) if data is not None else None
         optimizer.zero_grad()
         dist.barrier()
         recorder.reset()
         mb_losses: list[torch.Tensor] = []
-        args = (x.to(device),) if holds_first else ()
-        kwargs: dict[str, Any] = {}
-        if holds_last:
-            kwargs = {"target": y.to(device), "losses": mb_losses}
-        sched.step(*args, **kwargs)
-        timelines.append(list(recorder.events))
+        rows = spec.batch_size // (spec.dp * k)
+        for part in range(k):
+            passes[0] = step * k + part
+            this_pass: list[torch.Tensor] = []
+            args, kwargs = r.schedule_args(batch, slice(part * rows, (part + 1) * rows), this_pass)
+            sched.step(*args, return_outputs=False, **kwargs)
+            mb_losses += this_pass
+        events = recorder.events()
+        history["grad_norms"].append(grad_step.finish(scale))
+        history["lrs"].append(optimizer.param_groups[0]["lr"])
         optimizer.step()
+        lr_schedule.step()
         walls.append(recorder.now())
-        if holds_last:
-            losses.append(float(torch.stack([t.detach() for t in mb_losses]).mean()))
+        if first_timeline is None:
+            first_timeline = (step, events)
+        else:
+            timelines.append((step, events))
+        if r.holds_last:
+            history["losses"].append(mean_over_replicas(r, mb_losses))
         if spec.record_parameters:
-            snapshots.append(_global_state(spec, modules))
-
-    gathered: list[Any] = [None] * world if rank == 0 else []
-    dist.gather_object(
+            snapshots.append(global_state(r.modules))
+        done = step + 1
+        if (spec.eval_every and done % spec.eval_every == 0) or done == spec.steps:
+            result = evaluate()
+            if result is not None:
+                history["eval"].append((done, result))
+        if spec.log_every and done % spec.log_every == 0 and r.holds_last and r.replica == 0:
+            progress(spec, done, history, walls[-1])
+        if root is not None and (
+            (spec.checkpoint_every and done % spec.checkpoint_every == 0) or done == spec.steps
+        ):
+            state = {
+                "modules": {s: r.modules[s].state_dict() for s in r.mine},
+                "optimizer": optimizer.state_dict(),
+                "lr_schedule": lr_schedule.state_dict(),
+                "rng": torch.get_rng_state(),
+                "history": history,
+            }
+            _checkpoint.save(root, done, rank, state)
+            dist.barrier()
+            if rank == 0:
+                _checkpoint.complete(root, done, layout)
+    kept = ([first_timeline] if first_timeline else []) + list(timelines)
+    return gather(
+        spec,
+        r,
         {
             "rank": rank,
-            "losses": losses,
-            "timelines": timelines,
+            "history": history if r.holds_last and r.replica == 0 else None,
+            "timelines": kept,
             "snapshots": snapshots,
-            "walls": walls,
-            "final": _global_state(spec, modules),
+            "walls": list(walls),
+            "final": global_state(r.modules) if r.replica == 0 else {},
+            "rss_mib": rss_mib(),
         },
-        gathered if rank == 0 else None,
-        dst=0,
+        start,
     )
-    if rank != 0:
-        return None
-    losses = next(g["losses"] for g in gathered if g["losses"])
-    params_by_step: list[dict[str, torch.Tensor]] = [{} for _ in range(spec.steps)]
-    for g in gathered:
-        for step, snap in enumerate(g["snapshots"]):
-            params_by_step[step].update(snap)
-    final: dict[str, torch.Tensor] = {}
-    for g in gathered:
-        final.update(g["final"])
-    return {
-        "spec": asdict(spec),
-        "final_state": final,
-        "ranks": world,
-        "losses": losses,
-        "timelines": [[g["timelines"][step] for g in gathered] for step in range(spec.steps)],
-        # from the barrier to the end of the optimizer step, on the slowest rank
-        "step_seconds": [max(g["walls"][step] for g in gathered) for step in range(spec.steps)],
-        "parameters": params_by_step if spec.record_parameters else None,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
