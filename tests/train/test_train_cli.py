@@ -38,6 +38,31 @@ def test_cli_trains_and_reports(tmp_path):
     assert svg.read_text().startswith("<svg") and svg.with_name("timeline-predicted.svg").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_cli_saves_weights_checkpoints_and_resumes(tmp_path):
+    import torch
+
+    from conveyor.train._runtime import load_object
+
+    weights, ckpt = tmp_path / "weights.pt", tmp_path / "ckpt"
+    common = [sys.executable, "-m", "conveyor.train.cli", TOY, "--stages", "2", "--schedule",
+              "1f1b", "--microbatches", "2", "--batch-size", "32", "--steps", "6",
+              "--optimizer", "adamw", "--weight-decay", "0.01", "--lr-schedule", "cosine",
+              "--clip-grad", "1.0", "--checkpoint-dir", str(ckpt), "--log-every", "2"]  # fmt: skip
+    first = subprocess.run([*common, "--until", "4"], capture_output=True, text=True, timeout=140)
+    assert first.returncode == 0, first.stderr
+    assert (ckpt / "step-00000004" / "layout.json").exists()
+    second = subprocess.run(
+        [*common, "--resume", "--save", str(weights)], capture_output=True, text=True, timeout=140
+    )
+    assert second.returncode == 0, second.stderr
+    assert "resumed at step 4" in second.stdout
+    assert [int(s) for s in re.findall(r"step +(\d+) \d+\.\d+", second.stdout)] == list(range(6))
+    model = load_object(TOY)()
+    model.load_state_dict(torch.load(weights))  # the saved weights fit the factory's model
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -46,7 +71,8 @@ def test_cli_trains_and_reports(tmp_path):
         (["--stages", "4", "--schedule", "1f1b", "--microbatches", "2"],
          "needs at least as many micro-batches as stages (m >= p), got m=2 with p=4"),
         (["--stages", "2", "--schedule", "1f1b", "--microbatches", "3"],
-         "--microbatches 3 must divide the batch size 64"),
+         "--microbatches 3 must divide the 64 rows of a pipeline pass"),
+        (["--stages", "2", "--dp", "3"], "does not split into dp=3 replicas"),
         (["--stages", "2", "--memory-cap", "0.001"],
          "no schedule fits"),
     ],

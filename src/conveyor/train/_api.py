@@ -117,6 +117,8 @@ class TrainReport:
     per-stage action times, so the gap between it and ``measured_bubble`` is
     what communication and waiting add. ``state_dict`` holds the trained weights,
     keyed as the factory's ``nn.Sequential``: ``model.load_state_dict(report.state_dict)``.
+    Per step: ``losses``, ``grad_norms`` (before clipping) and ``lrs``; ``evals`` the
+    held-out losses as (step, loss); ``rank_memory`` each rank's resident MiB at the end.
     """
 
     schedule: Schedule
@@ -133,6 +135,12 @@ class TrainReport:
     state_dict: dict[str, Any]
     assumed_costs: tuple[float, float] = (0.0, 0.0)
     parameters: list[dict[str, Any]] | None = None
+    replicas: int = 1
+    start: int = 0
+    grad_norms: tuple[float, ...] = ()
+    lrs: tuple[float, ...] = ()
+    evals: tuple[tuple[int, float], ...] = ()
+    rank_memory: tuple[float, ...] = ()
 
     @property
     def runtime_costs(self) -> tuple[float, float]:
@@ -172,7 +180,9 @@ class TrainReport:
         lines += [
             "",
             f"schedule {self.schedule.name}, p={self.schedule.ranks}, "
-            f"m={self.schedule.microbatches}, v={self.schedule.stages_per_rank}",
+            f"m={self.schedule.microbatches}, v={self.schedule.stages_per_rank}"
+            + (f", {self.replicas} data-parallel replicas" if self.replicas > 1 else "")
+            + (f", resumed at step {self.start}" if self.start else ""),
             "losses:",
         ]
         every = max(1, len(self.losses) // 20)
@@ -180,6 +190,15 @@ class TrainReport:
         for k in range(0, len(shown), 5):
             lines.append(
                 "  " + "  ".join(f"step {i:>3} {self.losses[i]:.4f}" for i in shown[k : k + 5])
+            )
+        if self.evals:
+            shown_evals = self.evals[-5:]
+            lines.append(
+                "evaluation loss: " + "  ".join(f"step {i} {v:.4f}" for i, v in shown_evals)
+            )
+        if self.rank_memory:
+            lines.append(
+                "memory per rank: " + ", ".join(f"{m:.0f}" for m in self.rank_memory) + " MiB"
             )
         overhead, comm = self.runtime_costs
         lines += [
@@ -233,6 +252,20 @@ def train(
     profile_repeats: int = 5,
     comm_latency: float = 3e-4,
     action_overhead: float = 3e-4,
+    dp: int = 1,
+    accumulate: int = 1,
+    weight_decay: float = 0.0,
+    lr_schedule: str = "constant",
+    warmup_steps: int = 0,
+    clip_grad: float | None = None,
+    precision: str = "fp32",
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    until: int | None = None,
+    eval_data: str | Callable[..., Any] | None = None,
+    eval_every: int = 0,
+    log_every: int = 0,
 ) -> TrainReport:
     """Profile ``model``, cut it into ``stages`` ranks, plan, train ``steps`` steps pipelined.
 
@@ -243,10 +276,23 @@ def train(
     zbh1 or auto; ``microbatches`` a number or auto; ``partition`` optimal,
     uniform or parameters; ``memory_cap`` bytes per rank; ``comm_latency`` and
     ``action_overhead`` (seconds) the runtime costs the plan assumes.
+
+    ``data()`` may instead return an iterable of ``(inputs, targets)`` batches of
+    ``batch_size`` rows (a DataLoader, a generator), read step by step.
+    Training: ``dp`` data-parallel replicas of the pipeline (``stages x dp``
+    processes); ``accumulate`` schedule passes per optimizer step; ``optimizer``
+    sgd, adam or adamw with ``weight_decay``; ``lr_schedule`` constant, cosine or
+    linear after ``warmup_steps``; ``clip_grad`` the global gradient norm;
+    ``precision`` fp32 or bf16 (autocast); ``checkpoint_dir`` saves every
+    ``checkpoint_every`` steps and at the end, ``resume`` continues from the
+    newest checkpoint there, ``until`` stops early (to resume later);
+    ``eval_data`` a factory of held-out ``(inputs, targets)`` evaluated every
+    ``eval_every`` steps and at the end; ``log_every`` prints a progress line.
     """
     require_torch()
     import torch
 
+    from conveyor.train._data import sample_inputs
     from conveyor.train._launch import launch
     from conveyor.train._profile import as_layers, profile_model
     from conveyor.train._runtime import RunSpec, load_object
@@ -259,9 +305,19 @@ def train(
         )
     if partition not in ("optimal", "uniform", "parameters"):
         raise TrainError(f"unknown partition {partition!r}; choose optimal, uniform or parameters")
-    if microbatches != "auto" and (not isinstance(microbatches, int) or batch_size % microbatches):
+    if dp < 1 or accumulate < 1 or batch_size % (dp * accumulate):
         raise TrainError(
-            f"--microbatches {microbatches} must divide the batch size {batch_size} "
+            f"batch size {batch_size} does not split into dp={dp} replicas x "
+            f"accumulate={accumulate} passes; use a multiple of {max(1, dp * accumulate)}"
+        )
+    # the plan describes one pipeline pass: a replica's rows, split over accumulated passes
+    pipeline_rows = batch_size // (dp * accumulate)
+    if microbatches != "auto" and (
+        not isinstance(microbatches, int) or pipeline_rows % microbatches
+    ):
+        raise TrainError(
+            f"--microbatches {microbatches} must divide the {pipeline_rows} rows of a pipeline "
+            f"pass (batch size {batch_size} / (dp x accumulate)) "
             f"so that every micro-batch has the same rows"
         )
 
@@ -270,20 +326,20 @@ def train(
     try:
         torch.manual_seed(seed)
         layers = as_layers(load_object(model_spec)())
-        inputs, _ = load_object(data_spec)()
+        inputs = sample_inputs(load_object(data_spec)())
         m_hint = microbatches if isinstance(microbatches, int) else stages
-        sample = inputs[: max(1, batch_size // m_hint)]
+        sample = inputs[: max(1, pipeline_rows // m_hint)]
         prof = profile_model(layers, sample, repeats=profile_repeats)
     finally:
         torch.set_num_threads(threads)
 
-    state_copies = 3 if optimizer == "adam" else 1  # gradient (+ Adam's two moments)
+    state_copies = 3 if optimizer in ("adam", "adamw") else 1  # gradient (+ Adam's moments)
     chosen_plan: Plan | None = None
     if schedule == "auto" or microbatches == "auto":
         chosen_plan = plan(
             prof,
             stages,
-            batch_size,
+            pipeline_rows,
             schedules=SCHEDULES if schedule == "auto" else (schedule,),
             microbatches=None if microbatches == "auto" else [int(microbatches)],
             stages_per_rank=stages_per_rank,
@@ -304,7 +360,7 @@ def train(
         candidate = predict(
             prof,
             build_schedule(schedule, stages, int(microbatches), v),
-            batch_size,
+            pipeline_rows,
             memory_cap=memory_cap,
             state_copies=state_copies,
             comm_latency=comm_latency,
@@ -313,7 +369,7 @@ def train(
     assert candidate.simulation is not None and candidate.partition is not None
     sched = candidate.simulation.schedule
     if partition != "optimal":
-        rows = batch_size // sched.microbatches
+        rows = pipeline_rows // sched.microbatches
         totals = [sum(c) for c in prof.scaled(rows)]
         cut = (
             partition_uniform(totals, sched.num_stages)
@@ -323,7 +379,7 @@ def train(
         candidate = predict(
             prof,
             sched,
-            batch_size,
+            pipeline_rows,
             bounds=cut.bounds,
             memory_cap=memory_cap,
             state_copies=state_copies,
@@ -348,8 +404,23 @@ def train(
         loss=loss,
         seed=seed,
         record_parameters=record_parameters,
+        dp=dp,
+        accumulate=accumulate,
+        weight_decay=weight_decay,
+        lr_schedule=lr_schedule,
+        warmup_steps=warmup_steps,
+        clip_grad=clip_grad,
+        precision=precision,
+        recompute=None,
+        checkpoint_dir=None if checkpoint_dir is None else str(Path(checkpoint_dir).resolve()),
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        until=until,
+        eval_data=None if eval_data is None else _spec_of(eval_data),
+        eval_every=eval_every,
+        log_every=log_every,
     )
-    (result,) = launch([spec], stages, timeout=timeout, device=device)
+    (result,) = launch([spec], stages * dp, timeout=timeout, device=device)
     report = report_from_result(result, sched, candidate, chosen_plan, prof)
     return dataclasses.replace(report, assumed_costs=(action_overhead, comm_latency))
 
@@ -381,6 +452,12 @@ def report_from_result(
         step_seconds=statistics.median(result["step_seconds"][1:] or result["step_seconds"]),
         state_dict=result["final_state"],
         parameters=result["parameters"],
+        replicas=result["replicas"],
+        start=result["start"],
+        grad_norms=tuple(result["grad_norms"]),
+        lrs=tuple(result["lrs"]),
+        evals=tuple((int(step), float(loss)) for step, loss in result["eval"]),
+        rank_memory=tuple(result["rss_mib"]),
     )
 
 
@@ -389,4 +466,14 @@ def write_svg(path: str | Path, text: str) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
+    return out
+
+
+def save_weights(path: str | Path, state_dict: dict[str, Any]) -> Path:
+    """``torch.save`` the trained weights (load with ``model.load_state_dict(torch.load(path))``)."""
+    import torch
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state_dict, out)
     return out

@@ -22,7 +22,7 @@ import torch
 
 from conveyor.train._errors import TrainError
 
-__all__ = ["batches", "split_rows"]
+__all__ = ["batches", "sample_inputs", "split_rows"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -107,3 +107,20 @@ def split_rows(batch: Batch, replicas: int, replica: int) -> Batch:
     rows = int(x.shape[0]) // replicas
     part = slice(replica * rows, (replica + 1) * rows)
     return x[part], y[part]
+
+
+def sample_inputs(source: Any) -> torch.Tensor:
+    """Inputs to profile the model on: the tensors' inputs, or the first batch's."""
+    if _is_pair(source):
+        inputs: torch.Tensor = source[0]
+        return inputs
+    if isinstance(source, Iterable):
+        for item in source:
+            if _is_pair(item):
+                first: torch.Tensor = item[0]
+                return first
+            break
+    raise TrainError(
+        "the data factory returned no (inputs, targets) to profile the model on; return "
+        "(inputs, targets) tensors or an iterable of (inputs, targets) batches"
+    )

@@ -333,14 +333,14 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
         if spec.record_parameters:
             snapshots.append(global_state(r.modules))
         done = step + 1
-        if (spec.eval_every and done % spec.eval_every == 0) or done == spec.steps:
+        if (spec.eval_every and done % spec.eval_every == 0) or done == end:
             result = evaluate()
             if result is not None:
                 history["eval"].append((done, result))
         if spec.log_every and done % spec.log_every == 0 and r.holds_last and r.replica == 0:
             progress(spec, done, history, walls[-1])
         if root is not None and (
-            (spec.checkpoint_every and done % spec.checkpoint_every == 0) or done == spec.steps
+            (spec.checkpoint_every and done % spec.checkpoint_every == 0) or done == end
         ):
             state = {
                 "modules": {s: r.modules[s].state_dict() for s in r.mine},

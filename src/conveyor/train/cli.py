@@ -41,7 +41,64 @@ def _microbatches(value: str) -> int | str:
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--steps", type=int, default=20, show_default=True)
 @click.option("--lr", type=float, default=0.05, show_default=True)
-@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
+@click.option(
+    "--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), default="sgd", show_default=True
+)
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(["constant", "cosine", "linear"]),
+    default="constant",
+    show_default=True,
+    help="Learning rate after the warm-up.",
+)
+@click.option(
+    "--warmup-steps", type=int, default=0, show_default=True, help="Linear warm-up steps."
+)
+@click.option(
+    "--clip-grad", type=float, default=None, help="Clip the global gradient norm to this."
+)
+@click.option(
+    "--dp",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Data-parallel replicas of the pipeline: stages x dp processes.",
+)
+@click.option(
+    "--accumulate",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Pipeline passes per optimizer step (gradient accumulation).",
+)
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option(
+    "--checkpoint-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Save weights, optimizer, schedule, data position and RNG here.",
+)
+@click.option(
+    "--checkpoint-every", type=int, default=0, show_default=True, help="Steps between checkpoints."
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue from the newest checkpoint in --checkpoint-dir."
+)
+@click.option("--until", type=int, default=None, help="Stop after this step (resume later).")
+@click.option(
+    "--eval-data", default=None, help="Held-out data factory 'file.py:name' -> (inputs, targets)."
+)
+@click.option("--eval-every", type=int, default=0, show_default=True)
+@click.option(
+    "--log-every", type=int, default=0, show_default=True, help="Print a progress line this often."
+)
+@click.option(
+    "--save",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the trained weights here (torch.save of the model's state dict).",
+)
 @click.option(
     "--loss",
     default="cross_entropy",
@@ -117,10 +174,25 @@ def train(
     overhead_ms: float,
     seed: int,
     timeout: float,
+    weight_decay: float,
+    lr_schedule: str,
+    warmup_steps: int,
+    clip_grad: float | None,
+    dp: int,
+    accumulate: int,
+    precision: str,
+    checkpoint_dir: str | None,
+    checkpoint_every: int,
+    resume: bool,
+    until: int | None,
+    eval_data: str | None,
+    eval_every: int,
+    log_every: int,
+    save: str | None,
 ) -> None:
     """Train MODEL ('file.py:make_model', an nn.Sequential factory) pipelined over --stages ranks."""
+    from conveyor.train._api import save_weights, write_svg
     from conveyor.train._api import train as run_training
-    from conveyor.train._api import write_svg
 
     try:
         report = run_training(
@@ -142,10 +214,26 @@ def train(
             comm_latency=comm_ms / 1e3,
             action_overhead=overhead_ms / 1e3,
             timeout=timeout,
+            weight_decay=weight_decay,
+            lr_schedule=lr_schedule,
+            warmup_steps=warmup_steps,
+            clip_grad=clip_grad,
+            dp=dp,
+            accumulate=accumulate,
+            precision=precision,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            until=until,
+            eval_data=eval_data,
+            eval_every=eval_every,
+            log_every=log_every,
         )
     except TrainError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(report.summary())
+    if save:
+        click.echo(f"\nweights: {save_weights(save, report.state_dict)}")
     if svg:
         measured = write_svg(svg, report.svg("measured"))
         predicted = write_svg(
