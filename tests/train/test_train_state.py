@@ -121,6 +121,9 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "dropout": DROPOUT,
         "dropout-gpipe": replace(DROPOUT, schedule="gpipe"),
         "dropout-seed1": replace(DROPOUT, seed=1),
+        "dropout-again": DROPOUT,
+        "recompute": replace(DROPOUT, recompute=[True, True]),
+        "bf16": replace(BATCHNORM, precision="bf16"),
         "essentials": ESSENTIALS,
         "straight": replace(resumable, checkpoint_dir=None),
         "first-half": replace(resumable, until=10, checkpoint_every=5),
@@ -170,6 +173,11 @@ def test_random_streams_differ_across_stages_and_repeat_across_runs(
     assert not torch.equal(one["1.last"], one["4.last"])
     # the masks depend on (seed, step, stage, micro-batch), not on the schedule's order
     assert_same_state(gpipe, one, "gpipe against 1f1b")
+    # the same seed again: the same weights, bit for bit
+    again = two_ranks["dropout-again"]["final_state"]
+    assert all(torch.equal(again[k], v) for k, v in one.items())
+    # activations recomputed in the backward see the masks of their forward
+    assert_same_state(two_ranks["recompute"]["final_state"], one, "recompute")
     # another seed, other masks, other weights
     assert not torch.equal(other["1.last"], one["1.last"])
     assert not torch.allclose(other["3.weight"], one["3.weight"])
@@ -261,3 +269,31 @@ def test_an_error_in_a_layer_names_the_stage_the_layer_and_the_shapes() -> None:
         TrainError, match=r"stage 1, layer 3 \(Linear\) failed on input tensor \(8, 8\)"
     ):
         launch([broken], 2, timeout=240)
+
+
+@pytest.mark.timeout(400)
+def test_bf16_autocast_matches_one_process_under_autocast(two_ranks: dict[str, Any]) -> None:
+    s = two_ranks["specs"]["bf16"]
+    model = torch.nn.Sequential(*build_model_layers(s))
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(x)
+
+    class Autocast(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return forward(x)
+
+    got = two_ranks["bf16"]
+    x, y = next(batches(load_object(s.data)(), batch_size=s.batch_size, steps=1, seed=s.seed))
+    with torch.no_grad():
+        first = sum(
+            float(torch.nn.functional.cross_entropy(forward(xc), yc))
+            for xc, yc in zip(x.chunk(4), y.chunk(4), strict=True)
+        )
+    assert got["losses"][0] == pytest.approx(first / 4, rel=1e-3)
+    assert got["losses"][-1] < got["losses"][0]  # it trains

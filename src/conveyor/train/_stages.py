@@ -158,9 +158,9 @@ class StageModule(nn.Module):
     def call(self, layer: nn.Module, index: int, value: Any) -> Any:
         try:
             return layer(value)
-        except TrainError:
-            raise
         except Exception as exc:
+            if isinstance(exc, TrainError) or type(exc).__module__.startswith("torch"):
+                raise  # already clear, or torch's own control flow (checkpoint's early stop)
             raise TrainError(
                 f"{self.where(index)} failed on input {_describe(value)}: "
                 f"{type(exc).__name__}: {exc}. Check that the data's shape matches what the "
