@@ -127,23 +127,6 @@ def make_broken() -> nn.Sequential:
     )
 
 
-class Stream:
-    """An endless iterable of fresh random batches: nothing to hold but one batch."""
-
-    def __init__(self, rows: int = 32, width: int = 256) -> None:
-        self.rows, self.width = rows, width
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        gen = torch.Generator().manual_seed(11)
-        while True:
-            x = torch.randn(self.rows, self.width, generator=gen)
-            yield x, (x[:, 0] > 0).long()
-
-
-def make_stream() -> Stream:
-    return Stream()
-
-
 def make_wide() -> nn.Sequential:
     return nn.Sequential(nn.Linear(256, 16), nn.ReLU(), nn.Linear(16, 2))
 
@@ -152,3 +135,24 @@ def make_big_table() -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(2048, 256, generator=gen)
     return x, (x[:, 0] > 0).long()
+
+
+def _feed_batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(i)
+    x = torch.randn(32, 256, generator=gen)
+    return x, (x[:, 0] > 0).long()
+
+
+def make_conveyor_feed():  # type: ignore[no-untyped-def]
+    """Batches made by a conveyor pipeline (two worker threads), streamed without end."""
+    import itertools
+
+    import conveyor as cv
+
+    pipe = cv.Pipeline("feed", [cv.Stage(_feed_batch, executor="threads", workers=2)])
+
+    def feed():  # type: ignore[no-untyped-def]
+        with pipe.stream(itertools.count(), ordered=True) as run:
+            yield from run
+
+    return feed()

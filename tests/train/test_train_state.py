@@ -252,11 +252,12 @@ def test_memory_stays_flat_over_a_thousand_steps() -> None:
         batch_size=256,
         steps=100,
     )
-    stream = replace(table, data=f"{MODELS}:make_stream", batch_size=32)
-    runs = [table, replace(table, steps=1000), stream, replace(stream, steps=1000)]
-    short, long, short_stream, long_stream = launch(runs, 2, timeout=240)
+    # an endless stream of batches made by a conveyor pipeline
+    feed = replace(table, data=f"{MODELS}:make_conveyor_feed", batch_size=32)
+    runs = [table, replace(table, steps=1000), feed, replace(feed, steps=1000)]
+    short, long, short_feed, long_feed = launch(runs, 2, timeout=240)
     # 900 more steps of 256 rows x 256 floats would be 225 MiB if batches were kept
-    for a, b in ((short, long), (short_stream, long_stream)):
+    for a, b in ((short, long), (short_feed, long_feed)):
         for rank, (before, after) in enumerate(zip(a["rss_mib"], b["rss_mib"], strict=True)):
             assert after - before < 12, f"rank {rank}: {before:.1f} -> {after:.1f} MiB"
     assert len(long["timelines"]) <= 64 and len(long["losses"]) == 1000
