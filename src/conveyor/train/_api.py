@@ -228,7 +228,7 @@ def train(
     memory_cap: float | None = None,
     seed: int = 0,
     device: str = "auto",
-    timeout: float = 600,
+    timeout: float | None = None,
     record_parameters: bool = False,
     profile_repeats: int = 5,
     comm_latency: float = 3e-4,

@@ -55,6 +55,7 @@ except ImportError as exc:  # pragma: no cover - exercised where torch is absent
     raise MissingTorchError() from exc
 
 from conveyor.train._profile import as_layers
+from conveyor.train._rank_errors import records_rank_errors, write_rank_error
 from conveyor.train._schedules import Schedule, build_schedule
 
 __all__ = ["RunSpec", "load_object", "run_rank"]
@@ -336,11 +337,13 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
     }
 
 
+@records_rank_errors
 def main(argv: list[str] | None = None) -> int:
     """torchrun entry point: ``python -m conveyor.train._runtime SPECS.json RESULT.pt``.
 
     Runs every spec in the file, in order, in one process group; rank 0 saves the
-    list of results with ``torch.save``.
+    list of results with ``torch.save``. An exception is recorded for the launcher
+    (:mod:`conveyor.train._rank_errors`) before the group is torn down.
     """
     import json
 
@@ -357,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         if dist.get_rank() == 0:
             torch.save(results, result_path)
         dist.barrier()
+    except Exception as exc:
+        # now, while the group is whole: tearing it down fails the other ranks too
+        write_rank_error(exc)
+        raise
     finally:
         dist.destroy_process_group()
     return 0

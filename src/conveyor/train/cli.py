@@ -93,9 +93,8 @@ def _microbatches(value: str) -> int | str:
 @click.option(
     "--timeout",
     type=float,
-    default=600,
-    show_default=True,
-    help="Seconds before the run is stopped.",
+    default=None,
+    help="Seconds before the run and all its processes are stopped; default: no limit.",
 )
 def train(
     model: str,
@@ -116,7 +115,7 @@ def train(
     comm_ms: float,
     overhead_ms: float,
     seed: int,
-    timeout: float,
+    timeout: float | None,
 ) -> None:
     """Train MODEL ('file.py:make_model', an nn.Sequential factory) pipelined over --stages ranks."""
     from conveyor.train._api import train as run_training
