@@ -1,4 +1,4 @@
-"""launch(): no process outlives a run, and a failing rank's own error comes back.
+"""launch(): no process outlives a run, a failing rank's own error comes back, two nodes work.
 
 Every test marks its run with an environment variable of its own, which torchrun
 and the ranks inherit, and afterwards looks for processes carrying it in
@@ -16,6 +16,7 @@ import sys
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ torch = pytest.importorskip("torch")
 from conftest import wait_until  # noqa: E402
 from conveyor.errors import RemoteTraceback  # noqa: E402
 from conveyor.train import TrainError, partition_uniform  # noqa: E402
-from conveyor.train._launch import launch  # noqa: E402
+from conveyor.train._launch import free_port, launch  # noqa: E402
 from conveyor.train._runtime import RunSpec  # noqa: E402
 
 pytestmark = [
@@ -140,4 +141,42 @@ def test_keyboard_interrupt_in_the_caller_stops_every_process(marker, tmp_path, 
         watcher.join()
         signal.signal(signal.SIGINT, previous)
     assert launched.is_set()
+    assert carrying(marker) == []
+
+
+@pytest.mark.timeout(180)
+def test_two_nodes_on_loopback_train_like_one_node_with_two_ranks(marker):
+    run = spec(steps=4)
+    port = free_port()
+    outcome: dict[int, Any] = {}
+
+    def node(rank: int) -> None:
+        try:
+            outcome[rank] = launch(
+                [run], 2, nnodes=2, node_rank=rank, master_addr="127.0.0.1", master_port=port,
+                timeout=150,
+            )  # fmt: skip
+        except BaseException as exc:  # handed to the test's thread
+            outcome[rank] = exc
+
+    nodes = [threading.Thread(target=node, args=(rank,)) for rank in (0, 1)]
+    for t in nodes:
+        t.start()
+    for t in nodes:
+        t.join()
+    assert outcome[1] == [], outcome[1]  # the node without rank 0 returns no results
+    assert isinstance(outcome[0], list), outcome[0]
+    (two_nodes,) = outcome[0]
+    (one_node,) = launch([run], 2, timeout=150)
+    assert two_nodes["ranks"] == one_node["ranks"] == 2
+    assert two_nodes["losses"] == one_node["losses"]
+    for step, (got, want) in enumerate(
+        zip(two_nodes["parameters"], one_node["parameters"], strict=True)
+    ):
+        assert got.keys() == want.keys()
+        for name in want:
+            assert torch.equal(got[name], want[name]), f"step {step} {name}"
+    assert not torch.equal(
+        one_node["parameters"][0]["0.weight"], one_node["final_state"]["0.weight"]
+    )
     assert carrying(marker) == []

@@ -233,7 +233,11 @@ def train(
     profile_repeats: int = 5,
     comm_latency: float = 3e-4,
     action_overhead: float = 3e-4,
-) -> TrainReport:
+    nnodes: int = 1,
+    node_rank: int = 0,
+    master_addr: str = "127.0.0.1",
+    master_port: int | None = None,
+) -> TrainReport | None:
     """Profile ``model``, cut it into ``stages`` ranks, plan, train ``steps`` steps pipelined.
 
     ``model`` and ``data`` are module-level factories or ``"file.py:name"`` specs:
@@ -349,7 +353,13 @@ def train(
         seed=seed,
         record_parameters=record_parameters,
     )
-    (result,) = launch([spec], stages, timeout=timeout, device=device)
+    results = launch(
+        [spec], stages, timeout=timeout, device=device,
+        nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port,
+    )  # fmt: skip
+    if not results:  # another node holds rank 0 and makes the report
+        return None
+    (result,) = results
     report = report_from_result(result, sched, candidate, chosen_plan, prof)
     return dataclasses.replace(report, assumed_costs=(action_overhead, comm_latency))
 

@@ -2,10 +2,11 @@
 
 :func:`launch` writes the run specs to a JSON file in a fresh run directory and runs
 
-    python -m torch.distributed.run --nproc-per-node P --master-addr 127.0.0.1 \\
-        --master-port PORT -m conveyor.train._runtime SPECS.json RESULT.pt
+    python -m torch.distributed.run --nnodes N --node-rank K --nproc-per-node P/N \\
+        --master-addr ADDR --master-port PORT -m conveyor.train._runtime SPECS.json RESULT.pt
 
-on a free local port with one thread per rank, and loads what rank 0 saved.
+(torchrun's static rendezvous: node 0's torchrun serves it on PORT) with one
+thread per rank, and loads what global rank 0 saved, on the node that holds it.
 
 No process outlives a run. torchrun starts in a session of its own, and every rank
 it starts inherits ``CONVEYOR_TRAIN_RUN_DIR``, the run directory; torchrun starts
@@ -23,6 +24,7 @@ is the first rank's own (see :mod:`conveyor.train._rank_errors`).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -48,11 +50,38 @@ GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 _REAP = 10.0  # seconds to wait for SIGKILLed processes to go
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _loopback_interface() -> str | None:
+    names = {name for _, name in socket.if_nameindex()} if hasattr(socket, "if_nameindex") else ()
+    return next((n for n in ("lo", "lo0") if n in names), None)
+
+
+def _check_nodes(ranks: int, nnodes: int, node_rank: int, master_port: int | None) -> None:
+    if nnodes < 1 or ranks % nnodes:
+        raise TrainError(
+            f"{ranks} ranks cannot be spread evenly over {nnodes} nodes: every node runs "
+            f"the same number of ranks. Use a number of ranks that {nnodes} divides."
+        )
+    if not 0 <= node_rank < nnodes:
+        raise TrainError(f"node_rank {node_rank} is not one of 0..{nnodes - 1} (nnodes={nnodes})")
+    if nnodes > 1 and master_port is None:
+        raise TrainError(
+            f"a run on {nnodes} nodes needs master_port (--master-port): every node must "
+            f"name the same port, where node 0 serves the rendezvous, e.g. 29500"
+        )
 
 
 def launch(
@@ -62,16 +91,30 @@ def launch(
     timeout: float | None = None,
     device: str = "auto",
     threads: int = 1,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    master_addr: str = "127.0.0.1",
+    master_port: int | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``specs`` one after another on ``ranks`` processes; the result of each, from rank 0.
+
+    ``ranks`` counts every rank of the run, over all nodes; this node runs
+    ``ranks // nnodes`` of them, global ranks ``node_rank * ranks // nnodes`` on.
+    Run the same call on every node, each with its ``node_rank`` and the same
+    ``master_addr`` and ``master_port`` (node 0's address; required when
+    ``nnodes > 1``, else a free port). The node holding global rank 0 returns the
+    results; the others return an empty list. The default master address,
+    127.0.0.1, keeps a one-node run on loopback (gloo is pointed at the loopback
+    interface too); several nodes need an address they all reach.
 
     ``device`` "auto" uses NCCL on GPUs when CUDA is available, else gloo on CPU;
     "cpu" forces gloo. ``timeout`` is in seconds, None for none. Raises
     TrainError if a rank fails (the first failing rank's error, with ``rank``
-    set) or the timeout passes; on any way out every process of the run is
-    stopped before launch returns or raises.
+    set) or the timeout passes; on any way out every process of the run on this
+    node is stopped before launch returns or raises.
     """
     require_torch()
+    _check_nodes(ranks, nnodes, node_rank, master_port)
     import torch
 
     with tempfile.TemporaryDirectory(prefix="conveyor-train-") as run_dir:
@@ -81,10 +124,15 @@ def launch(
         env[RUN_DIR_VAR] = run_dir  # where ranks record errors, and how their processes are found
         # the user's model file may sit next to the caller: keep the working directory importable
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))
+        loopback = _loopback_interface()
+        if _is_loopback(master_addr) and loopback and "GLOO_SOCKET_IFNAME" not in env:
+            env["GLOO_SOCKET_IFNAME"] = loopback
+        port = free_port(master_addr) if master_port is None else master_port
         cmd = [
             sys.executable, "-m", "torch.distributed.run",
-            "--nproc-per-node", str(ranks),
-            "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+            "--nnodes", str(nnodes), "--node-rank", str(node_rank),
+            "--nproc-per-node", str(ranks // nnodes),
+            "--master-addr", master_addr, "--master-port", str(port),
             "-m", "conveyor.train._runtime", str(spec_path), str(result_path),
         ]  # fmt: skip
         log_path = Path(run_dir, "torchrun.log")
@@ -97,7 +145,7 @@ def launch(
         except subprocess.TimeoutExpired:
             raise TrainError(
                 f"the pipelined run on {ranks} ranks did not finish in {timeout:g} s; every "
-                f"process of it was stopped. Give a longer timeout, or none, "
+                f"process of it on this node was stopped. Give a longer timeout, or none, "
                 f"if the run needs longer.{_tail(log_path)}"
             ) from None
         finally:
@@ -115,6 +163,8 @@ def launch(
                 f"processes {survivors} of the run are still there {_REAP:g} s after SIGKILL "
                 f"(in uninterruptible sleep?)"
             )
+        if node_rank != 0:
+            return []
         if not result_path.exists():
             raise TrainError(f"torchrun exited 0 but rank 0 saved no result.{_tail(log_path)}")
         results: list[dict[str, Any]] = torch.load(result_path, weights_only=False)
