@@ -37,6 +37,9 @@ pytestmark = [
 HERE = Path(__file__).parent
 TOY = HERE / "toy_model.py"
 FAULTY = HERE / "faulty_data.py"
+PARSE_LINE = next(  # where faulty_data's _parse_row raises
+    n for n, line in enumerate(FAULTY.read_text().splitlines(), 1) if "return int(text)" in line
+)
 
 
 def spec(data: str = f"{TOY}:make_data", steps: int = 3) -> RunSpec:
@@ -101,7 +104,7 @@ def test_a_timeout_stops_every_process_of_the_run_even_one_deaf_to_sigterm(marke
         (
             "value_error_on_rank_1",
             "rank 1 raised ValueError: invalid literal for int() with base 10: 'row 17' "
-            f"(at {FAULTY}:46 in _parse_row)",
+            f"(at {FAULTY}:{PARSE_LINE} in _parse_row)",
             "_parse_row",
         ),
     ],
@@ -121,12 +124,12 @@ def test_a_failing_rank_gives_its_own_error_and_stops_the_run(marker, factory, m
 def test_keyboard_interrupt_in_the_caller_stops_every_process(marker, tmp_path, monkeypatch):
     flag = tmp_path / "rank-1-hangs"
     monkeypatch.setenv("CONVEYOR_TEST_HANG_FLAG", str(flag))
-    launched = threading.Event()
+    interrupted = threading.Event()
     done = threading.Event()
 
     def interrupt_once_rank_1_hangs() -> None:
         if wait_until(lambda: flag.exists() or done.is_set(), timeout=100) and not done.is_set():
-            launched.set()
+            interrupted.set()
             _thread.interrupt_main()
 
     # a runner started in the background may pass SIGINT on ignored; interrupt_main needs it handled
@@ -140,7 +143,7 @@ def test_keyboard_interrupt_in_the_caller_stops_every_process(marker, tmp_path, 
         done.set()
         watcher.join()
         signal.signal(signal.SIGINT, previous)
-    assert launched.is_set()
+    assert interrupted.is_set()
     assert carrying(marker) == []
 
 
