@@ -197,8 +197,14 @@ class TrainError(ConveyorError):
 
     More stages than layers, a schedule that needs more micro-batches, a memory cap
     no partition meets, a model that is not a sequence of layers. Raised by the
-    pure planners before anything runs, and by the runtime when a rank fails.
+    pure planners before anything runs, and by the launcher when a run fails or
+    times out. When a rank failed, ``rank`` is its global rank and ``__cause__`` a
+    :class:`RemoteTraceback` with its traceback; otherwise ``rank`` is None.
     """
+
+    def __init__(self, message: str, *, rank: int | None = None) -> None:
+        super().__init__(message)
+        self.rank = rank
 
 
 TORCH_HINT = (

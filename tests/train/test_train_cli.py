@@ -75,6 +75,14 @@ def test_cli_saves_weights_checkpoints_and_resumes(tmp_path):
         (["--stages", "2", "--dp", "3"], "does not split into dp=3 replicas"),
         (["--stages", "2", "--memory-cap", "0.001"],
          "no schedule fits"),
+        (["--stages", "2", "--schedule", "1f1b", "--microbatches", "2", "--nnodes", "2"],
+         "a run on 2 nodes needs master_port (--master-port)"),
+        (["--stages", "3", "--schedule", "1f1b", "--microbatches", "4", "--nnodes", "2",
+          "--master-port", "29500"],
+         "3 ranks cannot be spread evenly over 2 nodes"),
+        (["--stages", "2", "--schedule", "1f1b", "--microbatches", "2", "--nnodes", "2",
+          "--node-rank", "2", "--master-port", "29500"],
+         "node_rank 2 is not one of 0..1 (nnodes=2)"),
     ],
 )  # fmt: skip
 def test_cli_bad_input_is_a_clear_error(args, message):

@@ -247,7 +247,7 @@ def train(
     memory_cap: float | None = None,
     seed: int = 0,
     device: str = "auto",
-    timeout: float = 600,
+    timeout: float | None = None,
     record_parameters: bool = False,
     profile_repeats: int = 5,
     comm_latency: float = 3e-4,
@@ -266,7 +266,11 @@ def train(
     eval_data: str | Callable[..., Any] | None = None,
     eval_every: int = 0,
     log_every: int = 0,
-) -> TrainReport:
+    nnodes: int = 1,
+    node_rank: int = 0,
+    master_addr: str = "127.0.0.1",
+    master_port: int | None = None,
+) -> TrainReport | None:
     """Profile ``model``, cut it into ``stages`` ranks, plan, train ``steps`` steps pipelined.
 
     ``model`` and ``data`` are module-level factories or ``"file.py:name"`` specs:
@@ -420,7 +424,13 @@ def train(
         eval_every=eval_every,
         log_every=log_every,
     )
-    (result,) = launch([spec], stages * dp, timeout=timeout, device=device)
+    results = launch(
+        [spec], stages * dp, timeout=timeout, device=device,
+        nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port,
+    )  # fmt: skip
+    if not results:  # another node holds rank 0 and makes the report
+        return None
+    (result,) = results
     report = report_from_result(result, sched, candidate, chosen_plan, prof)
     return dataclasses.replace(report, assumed_costs=(action_overhead, comm_latency))
 

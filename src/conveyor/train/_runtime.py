@@ -63,6 +63,7 @@ from conveyor.train._data import batches, split_rows
 from conveyor.train._optim import GradientStep, TiedGroup, make_lr_schedule, make_optimizer
 from conveyor.train._place import Place, rank_device
 from conveyor.train._profile import as_layers
+from conveyor.train._rank_errors import records_rank_errors, write_rank_error
 from conveyor.train._results import evaluator, gather, mean_over_replicas, progress, rss_mib
 from conveyor.train._schedules import Schedule, build_schedule
 from conveyor.train._spec import RunSpec, load_object
@@ -370,11 +371,13 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
     )
 
 
+@records_rank_errors
 def main(argv: list[str] | None = None) -> int:
     """torchrun entry point: ``python -m conveyor.train._runtime SPECS.json RESULT.pt``.
 
     Runs every spec in the file, in order, in one process group; rank 0 saves the
-    list of results with ``torch.save``.
+    list of results with ``torch.save``. An exception is recorded for the launcher
+    (:mod:`conveyor.train._rank_errors`) before the group is torn down.
     """
     import json
 
@@ -391,6 +394,10 @@ def main(argv: list[str] | None = None) -> int:
         if dist.get_rank() == 0:
             torch.save(results, result_path)
         dist.barrier()
+    except Exception as exc:
+        # now, while the group is whole: tearing it down fails the other ranks too
+        write_rank_error(exc)
+        raise
     finally:
         dist.destroy_process_group()
     return 0

@@ -31,7 +31,9 @@ def _microbatches(value: str) -> int | str:
     default=None,
     help="Data factory 'file.py:name' returning (inputs, targets); default: make_data beside MODEL.",
 )
-@click.option("--stages", type=int, required=True, help="Pipeline ranks (processes) p.")
+@click.option(
+    "--stages", type=int, required=True, help="Pipeline ranks (processes) p, over all nodes."
+)
 @click.option(
     "--schedule", type=click.Choice([*SCHEDULES, "auto"]), default="auto", show_default=True
 )
@@ -150,9 +152,35 @@ def _microbatches(value: str) -> int | str:
 @click.option(
     "--timeout",
     type=float,
-    default=600,
+    default=None,
+    help="Seconds before the run and all its processes are stopped; default: no limit.",
+)
+@click.option(
+    "--nnodes",
+    type=int,
+    default=1,
     show_default=True,
-    help="Seconds before the run is stopped.",
+    help="Machines the run spans; start the same command on each, with its --node-rank.",
+)
+@click.option(
+    "--node-rank",
+    type=int,
+    default=0,
+    show_default=True,
+    help="This machine's index, 0..nnodes-1; node 0 prints the report.",
+)
+@click.option(
+    "--master-addr",
+    default="127.0.0.1",
+    show_default=True,
+    help="Node 0's address, which every node reaches; the default keeps one node on loopback.",
+)
+@click.option(
+    "--master-port",
+    type=int,
+    default=None,
+    help="Node 0's rendezvous port, the same on every node (needed with --nnodes > 1); "
+    "default: a free port.",
 )
 def train(
     model: str,
@@ -173,7 +201,7 @@ def train(
     comm_ms: float,
     overhead_ms: float,
     seed: int,
-    timeout: float,
+    timeout: float | None,
     weight_decay: float,
     lr_schedule: str,
     warmup_steps: int,
@@ -189,8 +217,17 @@ def train(
     eval_every: int,
     log_every: int,
     save: str | None,
+    nnodes: int,
+    node_rank: int,
+    master_addr: str,
+    master_port: int | None,
 ) -> None:
-    """Train MODEL ('file.py:make_model', an nn.Sequential factory) pipelined over --stages ranks."""
+    """Train MODEL ('file.py:make_model', an nn.Sequential factory) pipelined over --stages ranks.
+
+    On several machines (--nnodes), run the same command on each with its own
+    --node-rank and node 0's --master-addr and --master-port; every machine runs
+    --stages x --dp / --nnodes ranks, and node 0 prints the report.
+    """
     from conveyor.train._api import save_weights, write_svg
     from conveyor.train._api import train as run_training
 
@@ -228,9 +265,16 @@ def train(
             eval_data=eval_data,
             eval_every=eval_every,
             log_every=log_every,
+            nnodes=nnodes,
+            node_rank=node_rank,
+            master_addr=master_addr,
+            master_port=master_port,
         )
     except TrainError as exc:
         raise click.ClickException(str(exc)) from exc
+    if report is None:
+        click.echo(f"node {node_rank} of {nnodes} done; node 0 prints the report")
+        return
     click.echo(report.summary())
     if save:
         click.echo(f"\nweights: {save_weights(save, report.state_dict)}")
