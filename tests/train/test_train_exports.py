@@ -7,7 +7,7 @@ def test_export_list():
     assert conveyor.train.__all__ == [
         "SCHEDULES", "Action", "Candidate", "Interval", "LayerProfile", "MissingTorchError",
         "ModelProfile", "Partition", "Plan", "Schedule", "Simulation", "StageCosts",
-        "TrainError", "TrainReport", "build_schedule", "draw_svg", "gpipe", "interleaved_1f1b",
+        "Traced", "TrainError", "TrainReport", "build_schedule", "draw_svg", "gpipe", "interleaved_1f1b",
         "one_f_one_b", "partition_by_params", "partition_optimal", "partition_uniform", "plan",
         "predict", "profile_model", "simulate", "train", "validate", "zb_h1",
     ]  # fmt: skip

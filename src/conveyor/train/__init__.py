@@ -27,6 +27,7 @@ from conveyor.train._schedules import (
     zb_h1,
 )
 from conveyor.train._simulate import Interval, Simulation, StageCosts, simulate
+from conveyor.train._traced import Traced
 
 __all__ = [
     "SCHEDULES",
@@ -41,6 +42,7 @@ __all__ = [
     "Schedule",
     "Simulation",
     "StageCosts",
+    "Traced",
     "TrainError",
     "TrainReport",
     "build_schedule",

@@ -75,15 +75,21 @@ class ModelProfile:
         return "\n".join(lines)
 
 
-def as_layers(model: Any) -> list[Any]:
-    """The layers of ``model``: an ``nn.Sequential``'s children, or a list of modules.
+def as_layers(model: Any, *, rows: int | None = None) -> list[Any]:
+    """The layers of ``model``: an ``nn.Sequential``'s children, a list of modules, or
+    the pieces of a :class:`~conveyor.train.Traced` model (traced for inputs of
+    ``rows`` rows when given: the runtime's micro-batch).
 
     Raises TrainError for anything else, since pipeline stages cut a chain.
     """
     require_torch()
     from torch import nn
 
-    if isinstance(model, nn.Sequential):
+    from conveyor.train._traced import Traced
+
+    if isinstance(model, Traced):
+        layers = model.layers(rows)
+    elif isinstance(model, nn.Sequential):
         layers = list(model.children())
     elif isinstance(model, (list, tuple, nn.ModuleList)) and all(
         isinstance(m, nn.Module) for m in model
@@ -93,7 +99,8 @@ def as_layers(model: Any) -> list[Any]:
         raise TrainError(
             f"conveyor.train cuts a model given as a sequence of layers, got "
             f"{type(model).__name__}. Return an nn.Sequential (or a list of nn.Module) "
-            f"from your model factory, e.g. nn.Sequential(embed, *blocks, head)."
+            f"from your model factory, e.g. nn.Sequential(embed, *blocks, head), or "
+            f"conveyor.train.Traced(model, split_points=[...], sample=...) for a model with its own forward."
         )
     if not layers:
         raise TrainError("the model has no layers: the nn.Sequential is empty")

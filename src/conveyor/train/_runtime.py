@@ -93,9 +93,13 @@ def _loss_fn(spec: str) -> Callable[..., Any]:
 
 
 def build_model_layers(spec: RunSpec) -> list[nn.Module]:
-    """The factory's layers, built under ``spec.seed`` so every rank gets the same weights."""
+    """The factory's layers, built under ``spec.seed`` so every rank gets the same weights.
+
+    A traced model's pieces are traced for the micro-batch's rows.
+    """
     torch.manual_seed(spec.seed)
-    return as_layers(load_object(spec.model)(**spec.model_kwargs))
+    rows = spec.batch_size // (spec.dp * spec.accumulate * spec.microbatches)
+    return as_layers(load_object(spec.model)(**spec.model_kwargs), rows=rows)
 
 
 def _torch_actions(schedule: Schedule) -> dict[int, list[_Action | None]]:
