@@ -1,7 +1,7 @@
 """A small GPT, character by character, trained pipelined over two ranks.
 
     conveyor train examples/train_gpt.py:make_model --stages 2 --loss examples/train_gpt.py:lm_loss \\
-        --schedule 1f1b --microbatches 4 --batch-size 32 --steps 600 --optimizer adam --lr 0.003
+        --schedule 1f1b --microbatches 4 --batch-size 32 --steps 600 --optimizer adamw --lr 0.003
     python examples/train_gpt.py            # the same from Python, then text sampled from the weights
     python examples/train_gpt.py --traced   # the GPT module cut by torch's tracer instead
 
