@@ -22,10 +22,10 @@ from typing import Any
 
 from conveyor.train._draw import draw_svg
 from conveyor.train._errors import TrainError, require_torch
-from conveyor.train._partition import Partition, partition_by_params, partition_uniform
-from conveyor.train._plan import Candidate, Plan, plan, predict
+from conveyor.train._partition import Partition
+from conveyor.train._plan import Candidate, Plan
 from conveyor.train._profile import ModelProfile
-from conveyor.train._schedules import SCHEDULES, Action, Schedule, build_schedule, dependencies
+from conveyor.train._schedules import SCHEDULES, Action, Schedule, dependencies
 from conveyor.train._simulate import Interval, StageCosts, bubble_of, simulate
 
 __all__ = ["TrainReport", "measured_intervals", "replay", "train"]
@@ -133,6 +133,7 @@ class TrainReport:
     state_dict: dict[str, Any]
     assumed_costs: tuple[float, float] = (0.0, 0.0)
     parameters: list[dict[str, Any]] | None = None
+    profile_source: str = ""
 
     @property
     def runtime_costs(self) -> tuple[float, float]:
@@ -167,6 +168,8 @@ class TrainReport:
     def summary(self) -> str:
         """Partition, plan, losses, and measured against predicted bubble, as text."""
         lines = [self.partition.describe()]
+        if self.profile_source:
+            lines += ["", f"profile: {self.profile_source}"]
         if self.plan is not None:
             lines += ["", "plan:", self.plan.table(), "", "why: " + self.plan.reason]
         lines += [
@@ -194,6 +197,16 @@ class TrainReport:
             f"(measured; the plan assumed {self.assumed_costs[0] * 1e3:.2f} and "
             f"{self.assumed_costs[1] * 1e3:.2f})",
         ]
+        bases = self.plan.baselines if self.plan is not None else ()
+        if bases:
+            each = ", ".join(
+                f"{b.name} {b.step_time * 1e3:.2f} ms{'' if b.fits else ' (over the memory cap)'}"
+                for b in bases
+            )
+            lines.append(
+                f"no pipeline {each} (predicted); the measured pipelined step is "
+                f"{self.step_time / bases[0].step_time:.2f}x one process's"
+            )
         return "\n".join(lines)
 
 
@@ -233,6 +246,11 @@ def train(
     profile_repeats: int = 5,
     comm_latency: float = 3e-4,
     action_overhead: float = 3e-4,
+    comm_bandwidth: float = 1e9,
+    speeds: Sequence[float] | None = None,
+    checkpointing: bool = True,
+    profile: str | Path | ModelProfile | None = None,
+    profile_cache: str | Path | bool = True,
 ) -> TrainReport:
     """Profile ``model``, cut it into ``stages`` ranks, plan, train ``steps`` steps pipelined.
 
@@ -242,14 +260,21 @@ def train(
     beside the model factory. ``schedule`` is one of gpipe, 1f1b, interleaved,
     zbh1 or auto; ``microbatches`` a number or auto; ``partition`` optimal,
     uniform or parameters; ``memory_cap`` bytes per rank; ``comm_latency`` and
-    ``action_overhead`` (seconds) the runtime costs the plan assumes.
+    ``action_overhead`` (seconds) and ``comm_bandwidth`` (bytes per second, also
+    for data parallelism's all-reduce) the runtime costs the plan assumes;
+    ``speeds`` each rank's device speed relative to the profiling device;
+    ``checkpointing`` lets a stage recompute its activations when that is what
+    fits the memory cap.
+
+    The profile is measured once per model and kept in ``profile_cache`` (True:
+    the user's cache directory; a path; False: none), so the same model is cut
+    the same way on every call; ``profile`` pins one instead (a
+    :class:`ModelProfile` or the path of one saved with ``profile.save(path)``).
     """
     require_torch()
-    import torch
-
     from conveyor.train._launch import launch
-    from conveyor.train._profile import as_layers, profile_model
-    from conveyor.train._runtime import RunSpec, load_object
+    from conveyor.train._prepare import prepare_run
+    from conveyor.train._runtime import RunSpec
 
     model_spec = _spec_of(model)
     data_spec = _spec_of(data) if data is not None else model_spec.rsplit(":", 1)[0] + ":make_data"
@@ -265,73 +290,29 @@ def train(
             f"so that every micro-batch has the same rows"
         )
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(seed)
-        layers = as_layers(load_object(model_spec)())
-        inputs, _ = load_object(data_spec)()
-        m_hint = microbatches if isinstance(microbatches, int) else stages
-        sample = inputs[: max(1, batch_size // m_hint)]
-        prof = profile_model(layers, sample, repeats=profile_repeats)
-    finally:
-        torch.set_num_threads(threads)
-
-    state_copies = 3 if optimizer == "adam" else 1  # gradient (+ Adam's two moments)
-    chosen_plan: Plan | None = None
-    if schedule == "auto" or microbatches == "auto":
-        chosen_plan = plan(
-            prof,
-            stages,
-            batch_size,
-            schedules=SCHEDULES if schedule == "auto" else (schedule,),
-            microbatches=None if microbatches == "auto" else [int(microbatches)],
-            stages_per_rank=stages_per_rank,
-            memory_cap=memory_cap,
-            state_copies=state_copies,
-            comm_latency=comm_latency,
-            action_overhead=action_overhead,
-        )
-        candidate = chosen_plan.best
-    else:
-        v = stages_per_rank if schedule == "interleaved" else 1
-        if len(layers) < stages * v:
-            raise TrainError(
-                f"cannot cut {len(layers)} layers into {stages * v} stages "
-                f"({stages} ranks x {v} per rank): every stage needs a layer. "
-                f"Use fewer --stages or a model with more layers."
-            )
-        candidate = predict(
-            prof,
-            build_schedule(schedule, stages, int(microbatches), v),
-            batch_size,
-            memory_cap=memory_cap,
-            state_copies=state_copies,
-            comm_latency=comm_latency,
-            action_overhead=action_overhead,
-        )
-    assert candidate.simulation is not None and candidate.partition is not None
-    sched = candidate.simulation.schedule
-    if partition != "optimal":
-        rows = batch_size // sched.microbatches
-        totals = [sum(c) for c in prof.scaled(rows)]
-        cut = (
-            partition_uniform(totals, sched.num_stages)
-            if partition == "uniform"
-            else partition_by_params(totals, [lp.params for lp in prof.layers], sched.num_stages)
-        )
-        candidate = predict(
-            prof,
-            sched,
-            batch_size,
-            bounds=cut.bounds,
-            memory_cap=memory_cap,
-            state_copies=state_copies,
-            comm_latency=comm_latency,
-            action_overhead=action_overhead,
-        )
-        assert candidate.partition is not None
-        candidate = dataclasses.replace(candidate, partition=cut)
+    prepared = prepare_run(
+        model_spec,
+        data_spec,
+        stages=stages,
+        schedule=schedule,
+        microbatches=microbatches,
+        batch_size=batch_size,
+        partition=partition,
+        stages_per_rank=stages_per_rank,
+        memory_cap=memory_cap,
+        optimizer=optimizer,
+        seed=seed,
+        comm_latency=comm_latency,
+        comm_bandwidth=comm_bandwidth,
+        action_overhead=action_overhead,
+        speeds=speeds,
+        checkpointing=checkpointing,
+        profile=profile,
+        profile_cache=profile_cache,
+        profile_repeats=profile_repeats,
+    )
+    prof, chosen_plan, candidate = prepared.profile, prepared.plan, prepared.candidate
+    sched = prepared.schedule
     assert candidate.partition is not None
 
     spec = RunSpec(
@@ -351,7 +332,11 @@ def train(
     )
     (result,) = launch([spec], stages, timeout=timeout, device=device)
     report = report_from_result(result, sched, candidate, chosen_plan, prof)
-    return dataclasses.replace(report, assumed_costs=(action_overhead, comm_latency))
+    return dataclasses.replace(
+        report,
+        assumed_costs=(action_overhead, comm_latency),
+        profile_source=prepared.profile_source,
+    )
 
 
 def report_from_result(
