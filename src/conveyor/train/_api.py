@@ -13,6 +13,7 @@ functions, then starts torchrun and turns what the ranks recorded into
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -203,9 +204,10 @@ class TrainReport:
                 f"{b.name} {b.step_time * 1e3:.2f} ms{'' if b.fits else ' (over the memory cap)'}"
                 for b in bases
             )
+            ratio = self.step_time / bases[0].step_time if bases[0].step_time > 0 else math.inf
             lines.append(
                 f"no pipeline {each} (predicted); the measured pipelined step is "
-                f"{self.step_time / bases[0].step_time:.2f}x one process's"
+                f"{ratio:.2f}x one process's"
             )
         return "\n".join(lines)
 

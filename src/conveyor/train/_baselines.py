@@ -131,7 +131,7 @@ def verdict(
     if step_time < rival.step_time:
         return True, (
             f"Pipelining pays: {step_time * ms:.2f} ms per step, "
-            f"{rival.step_time / step_time:.2f}x faster than {_name(rival)}. Without a "
+            f"{_ratio(rival.step_time, step_time)} faster than {_name(rival)}. Without a "
             f"pipeline: {'; '.join(_describe(b) for b in bases)}."
         )
     rows = batch_size // microbatches
@@ -149,7 +149,7 @@ def verdict(
         why.append(
             f"the runtime adds {action_overhead * ms:.2f} ms around each of its "
             f"{actions_per_rank} actions per rank ({added * ms:.2f} ms, "
-            f"{added / step_time:.0%} of the step)"
+            f"{added / max(step_time, added):.0%} of the step)"
         )
     why.append(f"the bubble leaves {bubble:.0%} of rank time idle")
     advice = (
@@ -160,7 +160,7 @@ def verdict(
     return False, (
         f"Pipelining does not pay here: {_name(rival)} is predicted at "
         f"{rival.step_time * ms:.2f} ms per step, the best pipeline at {step_time * ms:.2f} ms "
-        f"({step_time / rival.step_time:.2f}x slower), because {_join(why)}. {advice}"
+        f"({_ratio(step_time, rival.step_time)} slower), because {_join(why)}. {advice}"
     )
 
 
@@ -180,6 +180,10 @@ def _describe(b: Baseline) -> str:
     if not b.fits:
         text += f", but it needs {b.memory / 2**20:.2f} MiB, over the memory cap"
     return text
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 else "infinitely"
 
 
 def _join(parts: list[str]) -> str:

@@ -269,6 +269,10 @@ def plan(
     """
     if ranks < 1:
         raise TrainError(f"ranks must be at least 1, got {ranks}")
+    if speeds is not None and (len(speeds) != ranks or any(not s > 0 for s in speeds)):
+        raise TrainError(
+            f"speeds gives {list(speeds)} for {ranks} ranks; give one speed > 0 per rank"
+        )
     if microbatches is None:
         microbatches = [m for m in range(1, min(batch_size, 64) + 1) if batch_size % m == 0]
     n_layers = len(profile.layers)
@@ -359,9 +363,12 @@ def _no_fit(candidates: list[Candidate], n_layers: int, ranks: int, checkpointin
         tips.append(tip)
     if any("must pass one tensor" in why for why in reasons):
         tips.append("use fewer stages, or return one tensor from more layers")
-    if any("micro-batches" in why or "divide" in why or "rounds" in why for why in reasons):
+    if any("(m >= p)" in why for why in reasons):
+        tips.append(f"use at least {ranks} micro-batches (--microbatches {ranks}), or gpipe")
+    if any("divide" in why or "rounds" in why for why in reasons):
         tips.append(
-            "use a batch size with more divisors, so that more micro-batch counts m >= p are possible"
+            "use a number of micro-batches that divides the batch (and, for "
+            "interleaved, a multiple of the stages)"
         )
     advice = "; ".join(tips)
     return f"no schedule fits: {details}. {advice[:1].upper()}{advice[1:]}.".rstrip(" .") + "."
@@ -406,6 +413,6 @@ def _reason(
         assert c.step_time is not None
         parts.append(
             f"Next best schedule: {c.schedule} m={c.microbatches} at "
-            f"{c.step_time * 1e3:.2f} ms (+{c.step_time / best.step_time - 1:.1%})."
+            f"{c.step_time * 1e3:.2f} ms (+{max(0.0, c.step_time / best.step_time - 1):.1%})."
         )
     return " ".join(parts)
