@@ -113,6 +113,12 @@ def test_pipelining_that_loses_to_one_process_says_so_and_why():
         "small micro-batches) and the bubble leaves 11% of rank time idle. Train in one process."
     )
     assert "Best pipeline: 1f1b with m=8: predicted step 54.00 ms" in p.reason
+    # a runtime cost that weighs is named with its share of the step
+    slow = plan(fixed_profile(), 2, 256, schedules=["1f1b"], microbatches=[8], comm_latency=0.0,
+                action_overhead=1e-3)  # fmt: skip
+    assert (
+        "the runtime adds 1.00 ms around each of its 16 actions per rank (16.00 ms, " in slow.reason
+    )
     rows = p.table().splitlines()
     # the baselines' step times sit in the step column
     end = rows[0].index("step ms") + len("step ms")
@@ -130,7 +136,9 @@ def test_data_parallelism_wins_when_the_model_fits_and_the_all_reduce_is_cheap()
     assert p.reason.startswith(
         "Pipelining does not pay here: 2-way data parallelism is predicted at 6.00 ms per step, "
         "the best pipeline at 6.75 ms (1.12x slower), because the bubble leaves 11% of rank time "
-        "idle. The model fits one device: split the batch across devices, not the model."
+        "idle, while data parallelism keeps all 2 devices busy on 128 rows each and its "
+        "all-reduce takes 0.00 ms. The model fits one device: split the batch across devices, "
+        "not the model."
     )
 
 

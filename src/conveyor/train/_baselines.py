@@ -144,14 +144,19 @@ def verdict(
             f"of one batch of {batch_size} rows (fixed per-layer costs dominate small "
             f"micro-batches)"
         )
-    if action_overhead > 0:
-        added = actions_per_rank * action_overhead
+    added = actions_per_rank * action_overhead
+    if added > 0.05 * step_time:  # only when it weighs
         why.append(
             f"the runtime adds {action_overhead * ms:.2f} ms around each of its "
             f"{actions_per_rank} actions per rank ({added * ms:.2f} ms, "
             f"{added / max(step_time, added):.0%} of the step)"
         )
     why.append(f"the bubble leaves {bubble:.0%} of rank time idle")
+    if rival is not single:
+        why[-1] += (
+            f", while data parallelism keeps all {rival.devices} devices busy on {rival.rows} "
+            f"rows each and its all-reduce takes {rival.communication * ms:.2f} ms"
+        )
     advice = (
         "Train in one process."
         if rival is single
