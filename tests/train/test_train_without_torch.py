@@ -17,6 +17,12 @@ def test_pure_parts_work_without_torch_and_the_rest_says_how_to_install():
         t.validate(s)
         print(t.simulate(s, t.StageCosts.uniform(2, 1, 2)).makespan)
         print(t.partition_optimal([1, 2, 3], 2).bounds)
+        # a saved profile loads and plans, baselines and all, without torch
+        import json
+        layer = t.LayerProfile("0:Linear", *[1e-3] * 6, 1, 4, 8, 8, 8)
+        prof = t.ModelProfile((layer,) * 4, 8)
+        loaded = t.ModelProfile.from_dict(json.loads(json.dumps(prof.to_dict())))
+        print(loaded == prof, t.plan(loaded, 2, 8).baselines[0].name)
         assert "torch" not in {k for k, v in sys.modules.items() if v is not None}
         try:
             t.profile_model(None, None)
@@ -29,6 +35,7 @@ def test_pure_parts_work_without_torch_and_the_rest_says_how_to_install():
     assert out.stdout.splitlines() == [
         "15",
         "(0, 2, 3)",
+        "True one process",
         "conveyor.train needs PyTorch: pip install torch==2.13.0 && pip install 'conveyor[train]'",
     ]
 

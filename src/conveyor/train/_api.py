@@ -13,6 +13,7 @@ functions, then starts torchrun and turns what the ranks recorded into
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,10 +23,10 @@ from typing import Any
 
 from conveyor.train._draw import draw_svg
 from conveyor.train._errors import TrainError, require_torch
-from conveyor.train._partition import Partition, partition_by_params, partition_uniform
-from conveyor.train._plan import Candidate, Plan, plan, predict
+from conveyor.train._partition import Partition
+from conveyor.train._plan import Candidate, Plan
 from conveyor.train._profile import ModelProfile
-from conveyor.train._schedules import SCHEDULES, Action, Schedule, build_schedule, dependencies
+from conveyor.train._schedules import SCHEDULES, Action, Schedule, dependencies
 from conveyor.train._simulate import Interval, StageCosts, bubble_of, simulate
 
 __all__ = ["TrainReport", "measured_intervals", "replay", "train"]
@@ -141,6 +142,7 @@ class TrainReport:
     lrs: tuple[float, ...] = ()
     evals: tuple[tuple[int, float], ...] = ()
     rank_memory: tuple[float, ...] = ()
+    profile_source: str = ""
 
     @property
     def runtime_costs(self) -> tuple[float, float]:
@@ -175,6 +177,8 @@ class TrainReport:
     def summary(self) -> str:
         """Partition, plan, losses, and measured against predicted bubble, as text."""
         lines = [self.partition.describe()]
+        if self.profile_source:
+            lines += ["", f"profile: {self.profile_source}"]
         if self.plan is not None:
             lines += ["", "plan:", self.plan.table(), "", "why: " + self.plan.reason]
         lines += [
@@ -213,6 +217,17 @@ class TrainReport:
             f"(measured; the plan assumed {self.assumed_costs[0] * 1e3:.2f} and "
             f"{self.assumed_costs[1] * 1e3:.2f})",
         ]
+        bases = self.plan.baselines if self.plan is not None else ()
+        if bases:
+            each = ", ".join(
+                f"{b.name} {b.step_time * 1e3:.2f} ms{'' if b.fits else ' (over the memory cap)'}"
+                for b in bases
+            )
+            ratio = self.step_time / bases[0].step_time if bases[0].step_time > 0 else math.inf
+            lines.append(
+                f"no pipeline {each} (predicted); the measured pipelined step is "
+                f"{ratio:.2f}x one process's"
+            )
         return "\n".join(lines)
 
 
@@ -252,6 +267,11 @@ def train(
     profile_repeats: int = 5,
     comm_latency: float = 3e-4,
     action_overhead: float = 3e-4,
+    comm_bandwidth: float = 1e9,
+    speeds: Sequence[float] | None = None,
+    checkpointing: bool = True,
+    profile: str | Path | ModelProfile | None = None,
+    profile_cache: str | Path | bool = True,
     dp: int = 1,
     accumulate: int = 1,
     weight_decay: float = 0.0,
@@ -279,7 +299,16 @@ def train(
     beside the model factory. ``schedule`` is one of gpipe, 1f1b, interleaved,
     zbh1 or auto; ``microbatches`` a number or auto; ``partition`` optimal,
     uniform or parameters; ``memory_cap`` bytes per rank; ``comm_latency`` and
-    ``action_overhead`` (seconds) the runtime costs the plan assumes.
+    ``action_overhead`` (seconds) and ``comm_bandwidth`` (bytes per second, also
+    for data parallelism's all-reduce) the runtime costs the plan assumes;
+    ``speeds`` each rank's device speed relative to the profiling device;
+    ``checkpointing`` lets a stage recompute its activations when that is what
+    fits the memory cap.
+
+    The profile is measured once per model and kept in ``profile_cache`` (True:
+    the user's cache directory; a path; False: none), so the same model is cut
+    the same way on every call; ``profile`` pins one instead (a
+    :class:`ModelProfile` or the path of one saved with ``profile.save(path)``).
 
     ``data()`` may instead return an iterable of ``(inputs, targets)`` batches of
     ``batch_size`` rows (a DataLoader, a generator), read step by step.
@@ -294,12 +323,10 @@ def train(
     ``eval_every`` steps and at the end; ``log_every`` prints a progress line.
     """
     require_torch()
-    import torch
 
-    from conveyor.train._data import sample_inputs
     from conveyor.train._launch import launch
-    from conveyor.train._profile import as_layers, profile_model
-    from conveyor.train._runtime import RunSpec, load_object
+    from conveyor.train._prepare import prepare_run
+    from conveyor.train._runtime import RunSpec
 
     model_spec = _spec_of(model)
     data_spec = _spec_of(data) if data is not None else model_spec.rsplit(":", 1)[0] + ":make_data"
@@ -325,73 +352,29 @@ def train(
             f"so that every micro-batch has the same rows"
         )
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(seed)
-        layers = as_layers(load_object(model_spec)())
-        inputs = sample_inputs(load_object(data_spec)())
-        m_hint = microbatches if isinstance(microbatches, int) else stages
-        sample = inputs[: max(1, pipeline_rows // m_hint)]
-        prof = profile_model(layers, sample, repeats=profile_repeats)
-    finally:
-        torch.set_num_threads(threads)
-
-    state_copies = 3 if optimizer in ("adam", "adamw") else 1  # gradient (+ Adam's moments)
-    chosen_plan: Plan | None = None
-    if schedule == "auto" or microbatches == "auto":
-        chosen_plan = plan(
-            prof,
-            stages,
-            pipeline_rows,
-            schedules=SCHEDULES if schedule == "auto" else (schedule,),
-            microbatches=None if microbatches == "auto" else [int(microbatches)],
-            stages_per_rank=stages_per_rank,
-            memory_cap=memory_cap,
-            state_copies=state_copies,
-            comm_latency=comm_latency,
-            action_overhead=action_overhead,
-        )
-        candidate = chosen_plan.best
-    else:
-        v = stages_per_rank if schedule == "interleaved" else 1
-        if len(layers) < stages * v:
-            raise TrainError(
-                f"cannot cut {len(layers)} layers into {stages * v} stages "
-                f"({stages} ranks x {v} per rank): every stage needs a layer. "
-                f"Use fewer --stages or a model with more layers."
-            )
-        candidate = predict(
-            prof,
-            build_schedule(schedule, stages, int(microbatches), v),
-            pipeline_rows,
-            memory_cap=memory_cap,
-            state_copies=state_copies,
-            comm_latency=comm_latency,
-            action_overhead=action_overhead,
-        )
-    assert candidate.simulation is not None and candidate.partition is not None
-    sched = candidate.simulation.schedule
-    if partition != "optimal":
-        rows = pipeline_rows // sched.microbatches
-        totals = [sum(c) for c in prof.scaled(rows)]
-        cut = (
-            partition_uniform(totals, sched.num_stages)
-            if partition == "uniform"
-            else partition_by_params(totals, [lp.params for lp in prof.layers], sched.num_stages)
-        )
-        candidate = predict(
-            prof,
-            sched,
-            pipeline_rows,
-            bounds=cut.bounds,
-            memory_cap=memory_cap,
-            state_copies=state_copies,
-            comm_latency=comm_latency,
-            action_overhead=action_overhead,
-        )
-        assert candidate.partition is not None
-        candidate = dataclasses.replace(candidate, partition=cut)
+    prepared = prepare_run(
+        model_spec,
+        data_spec,
+        stages=stages,
+        schedule=schedule,
+        microbatches=microbatches,
+        batch_size=pipeline_rows,
+        partition=partition,
+        stages_per_rank=stages_per_rank,
+        memory_cap=memory_cap,
+        optimizer=optimizer,
+        seed=seed,
+        comm_latency=comm_latency,
+        comm_bandwidth=comm_bandwidth,
+        action_overhead=action_overhead,
+        speeds=speeds,
+        checkpointing=checkpointing,
+        profile=profile,
+        profile_cache=profile_cache,
+        profile_repeats=profile_repeats,
+    )
+    prof, chosen_plan, candidate = prepared.profile, prepared.plan, prepared.candidate
+    sched = prepared.schedule
     assert candidate.partition is not None
 
     spec = RunSpec(
@@ -415,7 +398,7 @@ def train(
         warmup_steps=warmup_steps,
         clip_grad=clip_grad,
         precision=precision,
-        recompute=None,
+        recompute=list(candidate.partition.checkpoint) or None,
         checkpoint_dir=None if checkpoint_dir is None else str(Path(checkpoint_dir).resolve()),
         checkpoint_every=checkpoint_every,
         resume=resume,
@@ -432,7 +415,11 @@ def train(
         return None
     (result,) = results
     report = report_from_result(result, sched, candidate, chosen_plan, prof)
-    return dataclasses.replace(report, assumed_costs=(action_overhead, comm_latency))
+    return dataclasses.replace(
+        report,
+        assumed_costs=(action_overhead, comm_latency),
+        profile_source=prepared.profile_source,
+    )
 
 
 def report_from_result(
