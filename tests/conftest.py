@@ -74,6 +74,7 @@ def private_store_and_cache(
     home = tmp_path_factory.mktemp("conveyor-home")
     monkeypatch.setenv("CONVEYOR_STORE", str(home / "runs.db"))
     monkeypatch.setenv("CONVEYOR_CACHE", str(home / "cache"))
+    monkeypatch.setenv("CONVEYOR_PROFILE_CACHE", str(home / "profiles"))  # conveyor.train's
     return home
 
 

@@ -182,8 +182,8 @@ def test_checkpointing_equals_brute_force(seed):
         assert on == (kept > cap), "a stage recomputes exactly when keeping would not fit"
 
 
-def test_no_stage_boundary_where_layers_pass_more_than_one_tensor():
-    # layer 2 returns a tuple: the best cut (0, 3, 6) is forbidden, so the next best
+def test_no_stage_boundary_where_layers_pass_what_a_boundary_cannot():
+    # layer 2 returns (tensor, int): the best cut (0, 3, 6) is forbidden, so the next best
     cuttable = [True, True, False, True, True, True]
     assert partition_optimal([1] * 6, 2).bounds == (0, 3, 6)
     part = partition_optimal([1] * 6, 2, cuttable=cuttable)
@@ -196,7 +196,7 @@ def test_no_stage_boundary_where_layers_pass_more_than_one_tensor():
         cuts = [rng.random() < 0.7 for _ in range(n)]
         ok = [b for b in all_partitions(n, p) if all(cuts[c - 1] for c in b[1:-1])]
         if not ok:
-            with pytest.raises(TrainError, match="a stage boundary must pass one tensor"):
+            with pytest.raises(TrainError, match="a stage boundary must pass tensors"):
                 partition_optimal(costs, p, cuttable=cuts)
             continue
         expected = min(max(sum(costs[b[j] : b[j + 1]]) for j in range(p)) for b in ok)
