@@ -298,3 +298,24 @@ def test_bf16_autocast_matches_one_process_under_autocast(two_ranks: dict[str, A
         )
     assert got["losses"][0] == pytest.approx(first / 4, rel=1e-3)
     assert got["losses"][-1] < got["losses"][0]  # it trains
+
+
+@pytest.mark.timeout(300)
+def test_a_plan_that_recomputes_activations_trains_like_one_that_keeps_them() -> None:
+    from conveyor.train import train
+
+    common: dict[str, Any] = {
+        "stages": 2,
+        "schedule": "gpipe",
+        "microbatches": 8,
+        "batch_size": 64,
+        "steps": 3,
+    }
+    kept = train(f"{TOY}:make_model", **common)
+    assert kept is not None and not any(kept.partition.checkpoint)
+    # under a cap below what GPipe keeps for 8 micro-batches, the plan recomputes
+    capped = train(f"{TOY}:make_model", memory_cap=kept.plan.best.peak_memory / 2, **common)
+    assert capped is not None and all(capped.partition.checkpoint)
+    assert capped.losses == pytest.approx(kept.losses, rel=1e-6)
+    for name, value in kept.state_dict.items():
+        torch.testing.assert_close(capped.state_dict[name], value, rtol=1e-6, atol=1e-7)
