@@ -19,5 +19,6 @@ for schedule in 1f1b zbh1; do
     python benchmarks/train/bench_throughput.py --repeats "$((repeats + 2))" --schedule "$schedule"
 done
 python benchmarks/train/bench_partition.py --repeats "$repeats"
+python benchmarks/train/bench_pipeline_pays.py --repeats "$repeats"
 uptime >> "$out/machine.txt"
 python benchmarks/train/write_results.py

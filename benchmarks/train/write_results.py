@@ -80,6 +80,53 @@ def partition_table() -> list[str]:
     return out
 
 
+def pays_section() -> list[str]:
+    """Section 4, from results/pipeline_pays.json and results/pipeline_pays_machine.txt."""
+    if not (RES / "pipeline_pays.json").exists():
+        return []
+    data = load("pipeline_pays.json")
+    machine = f"{data['machine']}\npython {data['python']} torch {data['torch']}"
+    out = [
+        "## 4. Does pipelining pay, and does the planner know?",
+        "",
+        "`bench_pipeline_pays.py`: 1F1B on 2 ranks of 1 thread each against one process of 1 "
+        "thread on the whole batch, and against 2-way data parallelism (torch's DDP, "
+        "`ddp_step.py`), each measured and as the planner predicted it. Times are forward + "
+        "backward (the pipeline's: its schedule's makespan; DDP's includes its all-reduce), "
+        "without the optimizer step, as the planner predicts them; medians over steps after "
+        "the first, then over repeats. The profile was measured once per model and read from "
+        "the cache afterwards, so every repeat ran the same cut.",
+        "",
+        "| model | batch, m | one process ms: measured / predicted | 2-way DDP ms: measured / "
+        "predicted | 1F1B 2 ranks ms: measured / predicted | pipeline vs one process: measured / "
+        "predicted | plan says it pays | bubble measured / predicted | capacity (2 procs) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in data["runs"]:
+        s = run["summary"]
+        out.append(
+            f"| {run['config']} (`{run['file']}`) | {run['batch']}, {run['m']} | "
+            f"{s['single_compute_ms']:.0f} / {s['single_predicted_ms']:.0f} | "
+            f"{s['dp_compute_ms']:.0f} / {s['dp_predicted_ms']:.0f} | "
+            f"{s['pipelined_makespan_ms']:.0f} / {s['pipelined_predicted_ms']:.0f} | "
+            f"**{s['ratio_compute_measured']:.2f}x** / {s['ratio_predicted']:.2f}x | "
+            f"{'yes' if s['plan_pays'] else 'no'} | "
+            f"{statistics.median(r['bubble_measured'] for r in run['repeats']):.1%} / "
+            f"{statistics.median(r['bubble_predicted'] for r in run['repeats']):.1%} | "
+            f"{s['capacity']:.2f} ({', '.join(format(r['capacity'], '.2f') for r in run['repeats'])}) |"
+        )
+    out += ["", "The plan's reason, as printed (first repeat):", ""]
+    for run in data["runs"]:
+        out += [f"- {run['config']}: {run['repeats'][0]['reason']}"]
+    out += ["", "Machine for this section, and its load before and after each model's runs:", ""]
+    out += ["```", machine]
+    for run in data["runs"]:
+        out += [f"{run['config']}, run {run['date']}:", *run["uptime"]]
+    out += ["```", ""]
+    notes = HERE / "RESULTS.pays.notes.md"
+    return out + ([notes.read_text().rstrip(), ""] if notes.exists() else [])
+
+
 def main() -> None:
     machine = (RES / "machine.txt").read_text().rstrip()
     notes = (HERE / "RESULTS.notes.md").read_text() if (HERE / "RESULTS.notes.md").exists() else ""
@@ -131,7 +178,9 @@ def main() -> None:
         "",
         *partition_table(),
         "",
-        notes,
+        notes.rstrip(),
+        "",
+        *pays_section(),
     ]
     (HERE / "RESULTS.md").write_text("\n".join(parts).rstrip() + "\n")
 
