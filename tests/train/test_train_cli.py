@@ -49,15 +49,19 @@ def test_cli_saves_weights_checkpoints_and_resumes(tmp_path):
     common = [sys.executable, "-m", "conveyor.train.cli", TOY, "--stages", "2", "--schedule",
               "1f1b", "--microbatches", "2", "--batch-size", "32", "--steps", "6",
               "--optimizer", "adamw", "--weight-decay", "0.01", "--lr-schedule", "cosine",
-              "--clip-grad", "1.0", "--checkpoint-dir", str(ckpt), "--log-every", "2"]  # fmt: skip
+              "--clip-grad", "1.0", "--checkpoint-dir", str(ckpt), "--log-every", "2",
+              "--profile-cache", str(tmp_path / "profiles")]  # fmt: skip
     first = subprocess.run([*common, "--until", "4"], capture_output=True, text=True, timeout=140)
     assert first.returncode == 0, first.stderr
     assert (ckpt / "step-00000004" / "layout.json").exists()
+    assert f"profile: measured, saved to {tmp_path / 'profiles'}" in first.stdout
+    assert "step 2/6  loss" in first.stderr and "step 4/6  loss" in first.stderr  # progress
     second = subprocess.run(
         [*common, "--resume", "--save", str(weights)], capture_output=True, text=True, timeout=140
     )
     assert second.returncode == 0, second.stderr
     assert "resumed at step 4" in second.stdout
+    assert f"profile: cached at {tmp_path / 'profiles'}" in second.stdout  # the same cut
     assert [int(s) for s in re.findall(r"step +(\d+) \d+\.\d+", second.stdout)] == list(range(6))
     model = load_object(TOY)()
     model.load_state_dict(torch.load(weights))  # the saved weights fit the factory's model
@@ -89,6 +93,12 @@ def test_cli_bad_input_is_a_clear_error(args, message):
     result = CliRunner().invoke(train, [TOY, *args])
     assert result.exit_code == 1
     assert message in result.output
+
+
+def test_cli_bad_speeds_are_a_usage_error():
+    result = CliRunner().invoke(train, [TOY, "--stages", "2", "--speeds", "1,fast"])
+    assert result.exit_code == 2
+    assert "expected numbers separated by commas, one per rank, got '1,fast'" in result.output
 
 
 def test_cli_model_not_a_sequence(tmp_path):

@@ -33,13 +33,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conveyor.train._errors import TrainError, require_torch
-from conveyor.train._rank_errors import RUN_DIR_VAR, earliest_rank_error
+from conveyor.train._rank_errors import PROGRESS_FILE, RUN_DIR_VAR, earliest_rank_error
 
 if TYPE_CHECKING:
     from conveyor.train._runtime import RunSpec
@@ -140,8 +140,9 @@ def launch(
             proc = subprocess.Popen(
                 cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
+        relay = _Relay(Path(run_dir, PROGRESS_FILE))
         try:
-            returncode = _wait(proc, timeout)
+            returncode = _wait(proc, timeout, relay)
         except subprocess.TimeoutExpired:
             raise TrainError(
                 f"the pipelined run on {ranks} ranks did not finish in {timeout:g} s; every "
@@ -150,6 +151,7 @@ def launch(
             ) from None
         finally:
             survivors = stop_run(proc, run_dir)
+            relay()
         if returncode != 0:
             error = earliest_rank_error(run_dir)
             if error is not None:
@@ -171,17 +173,38 @@ def launch(
         return results
 
 
-def _wait(proc: subprocess.Popen[bytes], timeout: float | None) -> int:
-    """torchrun's exit code; waits in short slices so that KeyboardInterrupt comes at once."""
+class _Relay:
+    """Copies the progress lines ranks append to a file onto the caller's stderr."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0
+
+    def __call__(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except OSError:
+            return  # no progress yet
+        whole = chunk[: chunk.rfind(b"\n") + 1]  # a line being written waits for its end
+        if whole:
+            self.offset += len(whole)
+            sys.stderr.write(whole.decode(errors="replace"))
+            sys.stderr.flush()
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float | None, tick: Callable[[], None]) -> int:
+    """torchrun's exit code; waits in short slices so that KeyboardInterrupt comes at once
+    and progress lines pass on (``tick`` after each slice)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+        left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
         if left <= 0:
             raise subprocess.TimeoutExpired(proc.args, timeout or 0)
         try:
             return proc.wait(timeout=left)
         except subprocess.TimeoutExpired:
-            continue
+            tick()
 
 
 def _tail(path: Path, chars: int = 3000) -> str:

@@ -35,6 +35,7 @@ from conveyor.errors import RemoteTraceback, TrainError
 __all__ = ["RUN_DIR_VAR", "earliest_rank_error", "records_rank_errors", "write_rank_error"]
 
 RUN_DIR_VAR = "CONVEYOR_TRAIN_RUN_DIR"
+PROGRESS_FILE = "progress.log"  # in the run directory: ranks' progress lines, relayed by launch
 
 F = TypeVar("F", bound=Callable[..., Any])
 

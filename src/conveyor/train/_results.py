@@ -8,6 +8,7 @@ keyed as in the whole model's state dict.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -19,6 +20,7 @@ import torch.distributed as dist
 from conveyor.train._data import split_rows
 from conveyor.train._errors import TrainError
 from conveyor.train._place import Place
+from conveyor.train._rank_errors import PROGRESS_FILE, RUN_DIR_VAR
 from conveyor.train._spec import RunSpec, load_object
 
 __all__ = ["evaluator", "gather", "mean_over_replicas", "progress", "rss_mib"]
@@ -45,6 +47,7 @@ def mean_over_replicas(r: Place, mb_losses: list[torch.Tensor]) -> float:
 
 
 def progress(spec: RunSpec, done: int, history: dict[str, list[Any]], seconds: float) -> None:
+    """One line on the step just done; the launcher relays it to the caller's stderr."""
     line = (
         f"step {done}/{spec.steps}  loss {history['losses'][-1]:.4f}  "
         f"lr {history['lrs'][-1]:.3g}  grad norm {history['grad_norms'][-1]:.3g}  "
@@ -52,7 +55,12 @@ def progress(spec: RunSpec, done: int, history: dict[str, list[Any]], seconds: f
     )
     if history["eval"] and history["eval"][-1][0] == done:
         line += f"  eval loss {history['eval'][-1][1]:.4f}"
-    print(line, file=sys.stderr, flush=True)
+    run_dir = os.environ.get(RUN_DIR_VAR)
+    if run_dir is None:  # started by hand, not by launch()
+        print(line, file=sys.stderr, flush=True)
+        return
+    with open(os.path.join(run_dir, PROGRESS_FILE), "a") as f:
+        f.write(line + "\n")
 
 
 def evaluator(r: Place, sched: Any, spec: RunSpec) -> Callable[[], float | None]:

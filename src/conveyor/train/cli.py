@@ -24,6 +24,18 @@ def _microbatches(value: str) -> int | str:
         raise click.BadParameter(f"expected a number or auto, got {value!r}") from None
 
 
+def _speeds(value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            f"expected numbers separated by commas, one per rank, got {value!r}",
+            param_hint="--speeds",
+        ) from None
+
+
 @click.command("train")
 @click.argument("model")
 @click.option(
@@ -135,6 +147,36 @@ def _microbatches(value: str) -> int | str:
     help="Write the measured timeline here (and the predicted one beside it).",
 )
 @click.option(
+    "--comm-gbps",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Bandwidth between ranks the plan assumes, GB/s (also data parallelism's all-reduce).",
+)
+@click.option(
+    "--speeds",
+    default=None,
+    help="Each rank's device speed relative to the profiling device, e.g. 1,1,0.5,0.5.",
+)
+@click.option(
+    "--checkpointing/--no-checkpointing",
+    default=True,
+    show_default=True,
+    help="Let a stage recompute its activations when that is what fits --memory-cap.",
+)
+@click.option(
+    "--profile",
+    "profile_path",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Use this saved profile (ModelProfile.save) instead of measuring.",
+)
+@click.option(
+    "--profile-cache",
+    default=None,
+    help="Folder of cached profiles (default: your cache folder); 'off' to always measure.",
+)
+@click.option(
     "--comm-ms",
     type=float,
     default=0.3,
@@ -202,6 +244,11 @@ def train(
     overhead_ms: float,
     seed: int,
     timeout: float | None,
+    comm_gbps: float,
+    speeds: str | None,
+    checkpointing: bool,
+    profile_path: str | None,
+    profile_cache: str | None,
     weight_decay: float,
     lr_schedule: str,
     warmup_steps: int,
@@ -251,6 +298,13 @@ def train(
             comm_latency=comm_ms / 1e3,
             action_overhead=overhead_ms / 1e3,
             timeout=timeout,
+            comm_bandwidth=comm_gbps * 1e9,
+            speeds=_speeds(speeds),
+            checkpointing=checkpointing,
+            profile=profile_path,
+            profile_cache=True
+            if profile_cache is None
+            else (profile_cache != "off" and profile_cache),
             weight_decay=weight_decay,
             lr_schedule=lr_schedule,
             warmup_steps=warmup_steps,
