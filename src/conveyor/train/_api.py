@@ -372,6 +372,7 @@ def train(
         profile=profile,
         profile_cache=profile_cache,
         profile_repeats=profile_repeats,
+        device=device,
     )
     prof, chosen_plan, candidate = prepared.profile, prepared.plan, prepared.candidate
     sched = prepared.schedule

@@ -35,7 +35,7 @@ from conveyor.train._profile_cache import (
     store_profile,
 )
 from conveyor.train._schedules import SCHEDULES, Schedule
-from conveyor.train._trees import rows_of, take_rows
+from conveyor.train._trees import map_tensors, rows_of, take_rows
 
 __all__ = ["PreparedRun", "prepare_run", "profile_rows"]
 
@@ -121,6 +121,8 @@ def _profile(
         raise TrainError(f"the data has {n} rows, fewer than one batch of {batch_size}")
     sample = take_rows(inputs, batch_size)
     params = [p for layer in layers for p in layer.parameters()]
+    if params and params[0].device.type == "cuda":  # profile where the ranks will train
+        sample = map_tensors(lambda t: t.to(params[0].device), sample)
     key = profile_key(
         factory=factory,
         layers=layers,
@@ -148,6 +150,14 @@ def _profile(
     return prof, f"measured, saved to {store_profile(root, prof)}"
 
 
+def _cuda_clock() -> float:
+    """Seconds, once the GPU has finished what was queued: a kernel is timed, not its launch."""
+    import torch
+
+    torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def prepare_run(
     model_spec: str,
     data_spec: str,
@@ -170,11 +180,15 @@ def prepare_run(
     profile_cache: str | Path | bool | None = True,
     profile_repeats: int = 5,
     profile_warmup: int = 2,
-    clock: Callable[[], float] = time.perf_counter,
+    clock: Callable[[], float] | None = None,
+    device: str = "auto",
 ) -> PreparedRun:
     """Profile (or read the cached or pinned profile), plan and choose, as :func:`train` does.
 
-    The arguments are :func:`train`'s; ``clock`` is the profiler's (tests pass a
+    The model is profiled on the device the ranks train on: the first GPU when
+    ``device`` is "auto" and CUDA is available (timed with a synchronisation around
+    each measurement), else the CPU. The arguments are :func:`train`'s; ``clock`` is
+    the profiler's (tests pass a
     fake one). Raises TrainError for a model, data or setting that cannot run.
     """
     require_torch()
@@ -193,6 +207,10 @@ def prepare_run(
         torch.manual_seed(seed)
         factory = load_object(model_spec)
         layers = as_layers(factory())
+        if device != "cpu" and torch.cuda.is_available():
+            layers = [layer.to("cuda:0") for layer in layers]
+            if clock is None:
+                clock = _cuda_clock
         if schedule != "auto" and len(layers) < stages * v:
             most = f"--stages {len(layers) // v}" + (f" with {v} per rank" if v > 1 else "")
             raise TrainError(
@@ -215,7 +233,7 @@ def prepare_run(
                 repeats=profile_repeats,
                 warmup=profile_warmup,
                 cache=profile_cache,
-                clock=clock,
+                clock=clock or time.perf_counter,
             )
     finally:
         torch.set_num_threads(threads)
