@@ -272,6 +272,17 @@ def test_an_error_in_a_layer_names_the_stage_the_layer_and_the_shapes() -> None:
         launch([broken], 2, timeout=240)
 
 
+@pytest.mark.timeout(300)
+def test_resuming_a_finished_run_or_another_cut_is_a_clear_error(tmp_path: Path) -> None:
+    done = replace(TUPLE, steps=2, checkpoint_dir=str(tmp_path))
+    launch([done], 2, timeout=240)
+    with pytest.raises(TrainError, match="is at step 2 of 2; pass more steps to train further"):
+        launch([replace(done, resume=True)], 2, timeout=240)
+    recut = replace(done, resume=True, steps=4, bounds=[0, 3, 4])
+    with pytest.raises(TrainError, match=r"was taken with .*bounds=\[0, 2, 4\].*this run has"):
+        launch([recut], 2, timeout=240)
+
+
 @pytest.mark.timeout(400)
 def test_bf16_autocast_matches_one_process_under_autocast(two_ranks: dict[str, Any]) -> None:
     s = two_ranks["specs"]["bf16"]

@@ -245,7 +245,12 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
         0,
     )
     if boundaries is None:
-        raise TrainError(f"no steps to run: steps={spec.steps}, resumed at step {start}")
+        raise TrainError(
+            f"no steps to run: the checkpoint in {root} is at step {start} of {spec.steps}; "
+            "pass more steps to train further, or another checkpoint folder to start afresh"
+            if start
+            else f"no steps to run: steps={spec.steps}; pass steps of at least 1"
+        )
     for s in r.mine:
         lo, hi = spec.bounds[s], spec.bounds[s + 1]
         r.modules[s] = StageModule(
