@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -150,13 +151,15 @@ def test_keyboard_interrupt_in_the_caller_stops_every_process(marker, tmp_path, 
 @pytest.mark.timeout(180)
 def test_two_nodes_on_loopback_train_like_one_node_with_two_ranks(marker):
     run = spec(steps=4)
+    # node 1 planned another cut (its own timings): every rank runs node 0's plan
+    elsewhere = replace(run, bounds=[0, 4, 16], microbatches=4)
     port = free_port()
     outcome: dict[int, Any] = {}
 
     def node(rank: int) -> None:
         try:
             outcome[rank] = launch(
-                [run], 2, nnodes=2, node_rank=rank, master_addr="127.0.0.1", master_port=port,
+                [run if rank == 0 else elsewhere], 2, nnodes=2, node_rank=rank, master_addr="127.0.0.1", master_port=port,
                 timeout=150,
             )  # fmt: skip
         except BaseException as exc:  # handed to the test's thread

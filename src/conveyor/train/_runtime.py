@@ -32,6 +32,7 @@ import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from functools import partial
 from itertools import chain
 from pathlib import Path
@@ -151,6 +152,21 @@ def _layout(spec: RunSpec, world: int) -> dict[str, Any]:
     }
 
 
+PLAN_FIELDS = ("schedule", "microbatches", "bounds", "stages_per_rank", "recompute")
+
+
+def _rank_zeros_plan(spec: RunSpec) -> RunSpec:
+    """``spec`` with the plan (schedule, m, cut, recomputation) rank 0 was given.
+
+    On several nodes each caller profiles and plans for itself, and timings differ
+    from machine to machine; ranks running different plans would never meet. So
+    every rank runs node 0's, the one its report describes.
+    """
+    box = [{name: getattr(spec, name) for name in PLAN_FIELDS}]
+    dist.broadcast_object_list(box, src=0)
+    return replace(spec, **box[0])
+
+
 def _setup(spec: RunSpec) -> tuple[Place, list[nn.Module]]:
     rank, world = dist.get_rank(), dist.get_world_size()
     spec.check(world)
@@ -211,6 +227,7 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
 
     The process group must be initialised (torchrun + ``init_process_group``).
     """
+    spec = _rank_zeros_plan(spec)
     r, layers = _setup(spec)
     rank, world = dist.get_rank(), dist.get_world_size()
     layout = _layout(spec, world)
