@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -54,6 +55,15 @@ _WITH_SIGINT = (
     "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
     "os.execv(sys.executable, [sys.executable, '-m', 'conveyor.cli', *sys.argv[1:]])"
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell without job control starts background jobs with SIGINT ignored, and an
+    # ignored signal stays ignored through exec. Tests of Ctrl-C need it delivered, in
+    # this process and in the processes it starts: give it Python's default handler,
+    # which exec resets to the default action in children.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def interruptible_conveyor(*args: str) -> list[str]:

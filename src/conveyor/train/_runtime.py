@@ -69,16 +69,19 @@ from conveyor.train._results import evaluator, gather, mean_over_replicas, progr
 from conveyor.train._schedules import Schedule, build_schedule
 from conveyor.train._spec import RunSpec, load_object
 from conveyor.train._stages import (
+    Boundary,
     StageModule,
     global_state,
     infer_boundaries,
     parameter_by_name,
     tied_parameters,
+    unflatten,
 )
 from conveyor.train._timing import Recorder, seed_forwards, stream_seed
 
 __all__ = ["RunSpec", "build_model_layers", "load_object", "run_rank"]
 
+Batch = tuple[torch.Tensor, torch.Tensor]
 TIMELINE_WINDOW = 64  # steps whose action timelines a run keeps: the first and the latest
 
 
@@ -222,6 +225,54 @@ def _broadcast(r: Place, value: Any, src_pp_rank: int) -> Any:
     return box[0]
 
 
+def _data(r: Place, start: int) -> tuple[Iterator[Batch] | None, torch.Tensor | None]:
+    """This replica's batches from step ``start`` (None on a rank that needs no data), and
+    the first micro-batch's inputs to infer shapes from (on the first stage's rank)."""
+    if not (r.holds_first or r.holds_last):
+        return None, None
+    spec = r.spec
+    source = load_object(spec.data)()
+    global_batches = batches(
+        source, batch_size=spec.batch_size, steps=spec.steps, seed=spec.seed, start=start
+    )
+    data = (split_rows(b, spec.dp, r.replica) for b in global_batches)
+    first = next(data, None)
+    if first is None:
+        return data, None
+    rows = spec.batch_size // (spec.dp * spec.accumulate * spec.microbatches)
+    return chain([first], data), first[0][:rows]
+
+
+def _pipeline_stages(
+    r: Place, layers: list[nn.Module], boundaries: list[Boundary], autocast: Any
+) -> list[PipelineStage]:
+    """This rank's stages: their layers as StageModules in ``r.modules``, each wrapped in a
+    ``PipelineStage`` that knows the shapes it receives and sends."""
+    spec = r.spec
+    for s in r.mine:
+        lo, hi = spec.bounds[s], spec.bounds[s + 1]
+        r.modules[s] = StageModule(
+            layers[lo:hi],
+            stage=s,
+            first=lo,
+            inputs=boundaries[s].structure,
+            autocast=autocast,
+            recompute=bool(spec.recompute and spec.recompute[s]),
+        ).to(r.device)
+    return [
+        PipelineStage(
+            r.modules[s],
+            s,
+            r.plan.num_stages,
+            r.device,
+            input_args=boundaries[s].examples(r.device),
+            output_args=boundaries[s + 1].examples(r.device),
+            group=r.pp_group,
+        )
+        for s in r.mine
+    ]
+
+
 def run_rank(spec: RunSpec) -> dict[str, Any] | None:
     """Train steps up to ``spec.steps`` on this rank; rank 0 returns the gathered result.
 
@@ -237,18 +288,7 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
     start = int(box[0] or 0)
 
     k, m = spec.accumulate, spec.microbatches
-    data: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
-    sample = None
-    if r.holds_first or r.holds_last:
-        source = load_object(spec.data)()
-        global_batches = batches(
-            source, batch_size=spec.batch_size, steps=spec.steps, seed=spec.seed, start=start
-        )
-        data = (split_rows(b, spec.dp, r.replica) for b in global_batches)
-        first = next(data, None)
-        if first is not None:
-            data = chain([first], data)
-            sample = first[0][: spec.batch_size // (spec.dp * k * m)]
+    data, sample = _data(r, start)
     autocast = (
         partial(torch.autocast, r.device.type, dtype=torch.bfloat16)
         if spec.precision == "bf16"
@@ -268,31 +308,9 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
             if start
             else f"no steps to run: steps={spec.steps}; pass steps of at least 1"
         )
-    for s in r.mine:
-        lo, hi = spec.bounds[s], spec.bounds[s + 1]
-        r.modules[s] = StageModule(
-            layers[lo:hi],
-            stage=s,
-            first=lo,
-            inputs=boundaries[s].structure,
-            autocast=autocast,
-            recompute=bool(spec.recompute and spec.recompute[s]),
-        ).to(r.device)
+    stages = _pipeline_stages(r, layers, boundaries, autocast)
     tied = _tied_groups(r, layers)
     del layers
-    n_stages = r.plan.num_stages
-    stages = [
-        PipelineStage(
-            r.modules[s],
-            s,
-            n_stages,
-            r.device,
-            input_args=boundaries[s].examples(r.device),
-            output_args=boundaries[s + 1].examples(r.device),
-            group=r.pp_group,
-        )
-        for s in r.mine
-    ]
     passes = [0]  # which pass of the schedule this is: step x accumulate + part
     recorder = Recorder(r.device)
     for stage in stages:
@@ -301,8 +319,6 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
     loss_fn, last = _loss_fn(spec.loss), boundaries[-1].structure
 
     def loss(output: Any, target: torch.Tensor) -> torch.Tensor:
-        from conveyor.train._stages import unflatten
-
         return loss_fn(unflatten(output if isinstance(output, tuple) else (output,), last), target)
 
     sched = _build_schedule(r.plan, stages, loss)
