@@ -87,6 +87,7 @@ class GradientStep:
     tied: list[TiedGroup]
     dp_group: Any | None  # None: no data parallelism
     pp_group: Any | None  # None: the pipeline is one rank
+    device: torch.device
     clip: float | None = None
 
     def finish(self, scale: float) -> float:
@@ -104,7 +105,7 @@ class GradientStep:
         for g in grads:
             g.mul_(scale)
         skip = {id(t.param) for t in self.tied if not t.counted_here}
-        squares = torch.zeros((), dtype=torch.float64, device=_device(self.params))
+        squares = torch.zeros((), dtype=torch.float64, device=self.device)
         for p, g in zip(self.params, grads, strict=True):
             if id(p) not in skip:
                 squares += g.detach().double().pow(2).sum()
@@ -122,7 +123,3 @@ def _grad(param: nn.Parameter) -> torch.Tensor:
     if param.grad is None:  # unused on this rank this step: it still takes part in the sums
         param.grad = torch.zeros_like(param)
     return param.grad
-
-
-def _device(params: Sequence[nn.Parameter]) -> torch.device:
-    return params[0].device if params else torch.device("cpu")

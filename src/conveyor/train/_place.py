@@ -58,6 +58,12 @@ class Place:
     def holds_last(self) -> bool:
         return self.plan.num_stages - 1 in self.mine
 
+    def broadcast(self, value: Any, src: int = 0) -> Any:
+        """``value`` as pipeline rank ``src`` of this replica has it, on every rank of the pipeline."""
+        box = [value]
+        dist.broadcast_object_list(box, group=self.pp_group, group_src=src)
+        return box[0]
+
     def schedule_args(
         self,
         batch: tuple[torch.Tensor, torch.Tensor] | None,

@@ -67,13 +67,14 @@ def evaluator(r: Place, sched: Any, spec: RunSpec) -> Callable[[], float | None]
     """A forward-only pass over the held-out data; the mean loss on the last stage's ranks."""
     if spec.eval_data is None:
         return lambda: None
-    inputs, targets = load_object(spec.eval_data)()
-    count = int(inputs.shape[0]) // spec.batch_size
-    if count == 0:
+    # like the training data, read only where it is used: the first and last stages
+    held_out = load_object(spec.eval_data)() if r.holds_first or r.holds_last else None
+    if held_out is not None and int(held_out[0].shape[0]) < spec.batch_size:
         raise TrainError(
-            f"the evaluation data has {int(inputs.shape[0])} rows, fewer than one batch of "
-            f"{spec.batch_size}"
+            f"the evaluation data has {int(held_out[0].shape[0])} rows, fewer than one batch "
+            f"of {spec.batch_size}"
         )
+    count = r.broadcast(None if held_out is None else int(held_out[0].shape[0]) // spec.batch_size)
     k = spec.accumulate
     rows = spec.batch_size // (spec.dp * k)
 
@@ -85,12 +86,16 @@ def evaluator(r: Place, sched: Any, spec: RunSpec) -> Callable[[], float | None]
             with torch.no_grad():
                 for b in range(count):
                     part = slice(b * spec.batch_size, (b + 1) * spec.batch_size)
-                    batch = split_rows((inputs[part], targets[part]), spec.dp, r.replica)
+                    batch = None
+                    if held_out is not None:
+                        batch = split_rows(
+                            (held_out[0][part], held_out[1][part]), spec.dp, r.replica
+                        )
                     for p in range(k):
                         sub = slice(p * rows, (p + 1) * rows)
                         this_pass: list[torch.Tensor] = []
                         args, kw = r.schedule_args(batch, sub, this_pass)
-                        sched.eval(*args, **kw)
+                        sched.eval(*args, return_outputs=False, **kw)
                         losses += this_pass
         finally:
             for module in r.modules.values():

@@ -185,7 +185,7 @@ def _setup(spec: RunSpec) -> tuple[Place, list[nn.Module]]:
             f"bounds {spec.bounds} do not cut {len(layers)} layers into {plan.num_stages} stages"
         )
     mine = [s for s in range(plan.num_stages) if plan.stage_to_rank[s] == pp_rank]
-    state = Place(
+    place = Place(
         spec=spec,
         device=device,
         replica=replica,
@@ -197,7 +197,7 @@ def _setup(spec: RunSpec) -> tuple[Place, list[nn.Module]]:
         pp_group=mesh["pp"].get_group(),
         dp_group=mesh["dp"].get_group() if spec.dp > 1 else None,
     )
-    return state, layers
+    return place, layers
 
 
 def _tied_groups(r: Place, layers: list[nn.Module]) -> list[TiedGroup]:
@@ -217,12 +217,6 @@ def _tied_groups(r: Place, layers: list[nn.Module]) -> list[TiedGroup]:
             first = min(tied.names)
             out.append(TiedGroup(param, groups[r.replica], counted_here=first in r.mine))
     return out
-
-
-def _broadcast(r: Place, value: Any, src_pp_rank: int) -> Any:
-    box = [value]
-    dist.broadcast_object_list(box, group=r.pp_group, group_src=src_pp_rank)
-    return box[0]
 
 
 def _data(r: Place, start: int) -> tuple[Iterator[Batch] | None, torch.Tensor | None]:
@@ -294,13 +288,17 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
         if spec.precision == "bf16"
         else None
     )
-    boundaries = _broadcast(
-        r,
+    boundaries = r.broadcast(  # pipeline rank 0 holds the first stage and its data
         infer_boundaries(layers, spec.bounds, sample, r.device, autocast)
         if r.holds_first and sample is not None
-        else None,
-        0,
+        else None
     )
+    end = spec.steps if spec.until is None else min(spec.steps, spec.until)
+    if start >= end and start < spec.steps:
+        raise TrainError(
+            f"no steps to run: the checkpoint in {root} is at step {start} and until={end}; "
+            "pass a later --until (or none) to train further"
+        )
     if boundaries is None:
         raise TrainError(
             f"no steps to run: the checkpoint in {root} is at step {start} of {spec.steps}; "
@@ -319,7 +317,10 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
     loss_fn, last = _loss_fn(spec.loss), boundaries[-1].structure
 
     def loss(output: Any, target: torch.Tensor) -> torch.Tensor:
-        return loss_fn(unflatten(output if isinstance(output, tuple) else (output,), last), target)
+        tensors = output if isinstance(output, tuple) else (output,)
+        if autocast is not None:  # the loss in full precision, as autocast training does
+            tensors = tuple(t.float() if t.is_floating_point() else t for t in tensors)
+        return loss_fn(unflatten(tensors, last), target)
 
     sched = _build_schedule(r.plan, stages, loss)
     params = list({id(p): p for s in r.mine for p in r.modules[s].parameters()}.values())
@@ -328,7 +329,7 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
         optimizer, schedule=spec.lr_schedule, warmup=spec.warmup_steps, total=spec.steps
     )
     grad_step = GradientStep(
-        params, tied, r.dp_group, r.pp_group if r.pp > 1 else None, clip=spec.clip_grad
+        params, tied, r.dp_group, r.pp_group if r.pp > 1 else None, r.device, spec.clip_grad
     )
     history: dict[str, list[Any]] = {"losses": [], "grad_norms": [], "lrs": [], "eval": []}
     if start:
@@ -347,7 +348,6 @@ def run_rank(spec: RunSpec) -> dict[str, Any] | None:
     walls: deque[float] = deque(maxlen=TIMELINE_WINDOW)
     snapshots: list[dict[str, torch.Tensor]] = []
     scale = 1.0 / (m * k * spec.dp)
-    end = spec.steps if spec.until is None else min(spec.steps, spec.until)
     for step in range(start, end):
         batch = next(data) if data is not None else None
         optimizer.zero_grad()
@@ -437,11 +437,12 @@ def main(argv: list[str] | None = None) -> int:
             torch.save(results, result_path)
         dist.barrier()
     except Exception as exc:
-        # now, while the group is whole: tearing it down fails the other ranks too
+        # now, while the group is whole: tearing it down fails the other ranks too. The
+        # group is left as it is: destroying it could wait forever on peers blocked in a
+        # collective, and this process's exit closes its connections anyway.
         write_rank_error(exc)
         raise
-    finally:
-        dist.destroy_process_group()
+    dist.destroy_process_group()
     return 0
 
 

@@ -139,8 +139,15 @@ class StageModule(nn.Module):
         if self.recompute and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
 
-            return checkpoint(self._run, *args, use_reentrant=False)
+            # the recomputation in the backward runs the forward again: it must not
+            # update BatchNorm's running statistics a second time
+            return checkpoint(
+                self._run, *args, use_reentrant=False, context_fn=self._recompute_contexts
+            )
         return self._run(*args)
+
+    def _recompute_contexts(self) -> tuple[Any, Any]:
+        return contextlib.nullcontext(), buffers_kept([self.layers])
 
     def _run(self, *args: torch.Tensor) -> Any:
         value = unflatten(args, self.inputs)
@@ -169,15 +176,25 @@ class StageModule(nn.Module):
 
 
 @contextlib.contextmanager
-def _unchanged(modules: Sequence[nn.Module], device: torch.device) -> Iterator[None]:
-    """Run the body with every buffer and the random state restored afterwards."""
-    saved = [(buf, buf.detach().clone()) for m in modules for buf in m.buffers(recurse=True)]
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
+def buffers_kept(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Run the body with every buffer (BatchNorm's running statistics, counters) put back
+    as it was afterwards, by name: moving a module between devices replaces its buffers."""
+    saved = [{n: b.detach().clone() for n, b in m.named_buffers()} for m in modules]
+    try:
         yield
-    with torch.no_grad():
-        for buf, value in saved:
-            buf.copy_(value)
+    finally:
+        with torch.no_grad():
+            for module, buffers in zip(modules, saved, strict=True):
+                for name, value in buffers.items():
+                    module.get_buffer(name).copy_(value)
+
+
+@contextlib.contextmanager
+def _unchanged(modules: Sequence[nn.Module], device: torch.device) -> Iterator[None]:
+    """Run the body under ``no_grad`` with every buffer and the random state restored."""
+    devices = [device] if device.type == "cuda" else []
+    with buffers_kept(modules), torch.random.fork_rng(devices=devices), torch.no_grad():
+        yield
 
 
 def infer_boundaries(
@@ -190,6 +207,8 @@ def infer_boundaries(
     """What enters each stage (index s) and leaves the last (index n), from one micro-batch.
 
     Runs the whole model once on ``sample``, changing nothing (buffers, random state).
+    Each layer visits ``device`` only while it runs, so a model too large for one
+    device still fits.
     """
     starts = set(bounds[:-1])
     boundaries: list[Boundary] = []
@@ -200,7 +219,10 @@ def infer_boundaries(
             if i in starts:
                 boundaries.append(_boundary(value, first=i == 0, where=f"the input of layer {i}"))
             probe.stage = bisect.bisect_right(bounds, i) - 1
+            layer.to(device)
             value = probe.call(layer, i, value)
+            if device.type != "cpu":
+                layer.to("cpu")
         boundaries.append(_boundary(value, first=False, where=probe.where(len(layers) - 1)))
     return boundaries
 
