@@ -255,7 +255,10 @@ class StoreRecorder(Instrument):
                 run_id,
                 state,
                 _error_text(error),
-                items_read=stats.items_read if stats is not None else self._items_read,
+                # the items this recorder saw read, which its done and pending rows
+                # cover: a Ctrl-C between the engine counting a burst of items and
+                # reporting it leaves those out of both, and the ledger balanced
+                items_read=self._items_read,
                 items_emitted=stats.items_emitted if stats is not None else None,
             )
         except StoreError as exc:
