@@ -152,12 +152,7 @@ class ProcessExecutor(Executor):
             serving = [w for w in self._workers if w.serving]
             for _ in range(workers - len(serving)):
                 self._start_worker()
-            surplus = len(serving) - workers
-            for w in sorted(serving, key=lambda w: w.load):  # idle ones retire at once
-                if surplus <= 0 or w.load[1]:
-                    break
-                self._retire(w)
-                surplus -= 1
+            self._retire_idle_surplus()
             # Busy ones retire after their current task (the reader checks).
 
     def alive(self) -> int:
@@ -242,6 +237,20 @@ class ProcessExecutor(Executor):
             w.threads.append(t)
             t.start()
 
+    def _retire_idle_surplus(self) -> None:
+        """While more workers serve than the target, retire idle ones, those still
+        starting first (lock held). Every idle worker is looked at, not only those
+        before the first busy one: an idle worker left serving gets no reply that
+        would retire it later, and the pool would stay above its target."""
+        serving = [w for w in self._workers if w.serving]
+        surplus = len(serving) - self.target
+        for w in sorted(serving, key=lambda w: (w.ready, w.load[1])):
+            if surplus <= 0:
+                break
+            if not w.load[1]:
+                self._retire(w)
+                surplus -= 1
+
     def _retire(self, w: _Worker) -> None:
         """``w`` takes no new task; it stops once those queued for it are done (lock held)."""
         w.serving = False
@@ -297,6 +306,7 @@ class ProcessExecutor(Executor):
             with self._lock:
                 w.ready = True
                 self._start_failures = 0
+                self._retire_idle_surplus()
             while True:
                 reply = self._receive(w)
                 if reply is None:
@@ -310,7 +320,8 @@ class ProcessExecutor(Executor):
                 with self._lock:
                     serving = sum(1 for x in self._workers if x.serving)
                     if w.serving and serving > self.target:
-                        self._retire(w)
+                        self._retire(w)  # after the tasks already queued for it
+                    self._retire_idle_surplus()
         except BaseException as exc:  # a bug here must not lose tasks: fail them loudly
             self._fail_held(w, exc)
 
