@@ -72,12 +72,12 @@ def assert_same_weights(got: dict[str, Any], want: dict[str, Any], what: str) ->
 @pytest.fixture(scope="module")
 def two_ranks() -> dict[str, Any]:
     runs = {"layered": LAYERED, "traced": TRACED, "falling": FALLING}
-    return dict(zip(runs, launch(list(runs.values()), 2, timeout=300), strict=True))
+    return dict(zip(runs, launch(list(runs.values()), 2, timeout=1200), strict=True))
 
 
 @pytest.mark.train
 @pytest.mark.slow
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(1600)
 def test_gpt_pipelined_equals_one_process(two_ranks: dict[str, Any]) -> None:
     losses, model, _ = one_process(LAYERED)
     got = two_ranks["layered"]
@@ -92,7 +92,7 @@ def test_gpt_pipelined_equals_one_process(two_ranks: dict[str, Any]) -> None:
 
 @pytest.mark.train
 @pytest.mark.slow
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(1600)
 def test_gpt_loss_falls(two_ranks: dict[str, Any]) -> None:
     losses = two_ranks["falling"]["losses"]
     text = load_object(f"{EXAMPLE}:TEXT")
@@ -105,7 +105,7 @@ def test_gpt_loss_falls(two_ranks: dict[str, Any]) -> None:
 
 @pytest.mark.train
 @pytest.mark.slow
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(1600)
 def test_traced_gpt_pipelined_equals_one_process(two_ranks: dict[str, Any]) -> None:
     losses, model, traced = one_process(TRACED)
     got = two_ranks["traced"]
