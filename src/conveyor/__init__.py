@@ -13,6 +13,7 @@ from conveyor.core.events import Instrument, RunInfo, StageInfo
 from conveyor.core.pipeline import Pipeline
 from conveyor.core.policy import Retry
 from conveyor.core.run import Run
+from conveyor.core.service import Service
 from conveyor.core.stage import Stage, stage
 from conveyor.core.statistics import QueueStatistics, RunStatistics, StageStatistics
 from conveyor.errors import (
@@ -64,6 +65,7 @@ __all__ = [
     "RunInfo",
     "RunNotFoundError",
     "RunStatistics",
+    "Service",
     "Stage",
     "StageError",
     "StageInfo",

@@ -25,6 +25,7 @@ from typing import Any
 
 from conveyor.core import failures
 from conveyor.core.events import Instruments
+from conveyor.core.feed import DeadLettered
 from conveyor.core.flow import StageQueue, StageState, unit_items
 from conveyor.core.ledger import RootLedger
 from conveyor.core.policy import Retry
@@ -52,6 +53,9 @@ class Completion:
         self._enqueue_hook = instruments.wants("items_enqueued")
         self.output = output
         self.ordered = ordered
+        # Source items pushed with a future (root -> their results so far, or the error
+        # that dead-lettered them): their results go to the future, not the output.
+        self.replies: dict[int, list[Any]] = {}
         # Attempts per (stage, unit key) that failed at least once.
         self._attempts: dict[tuple[str, Key], int] = {}
         self._rng = random.Random()
@@ -66,11 +70,14 @@ class Completion:
         stamps = out.stamps
         ran = min(n, max(0, len(stamps) - 1))  # units that ran, failing ones included
         if ran:
-            s.measured(ran, stamps[ran] - stamps[0])
             if task.batch_keys is None:
+                s.measured(ran, stamps[ran] - stamps[0])
                 s.items_in += ran
             else:
-                s.items_in += sum(len(b) for b in task.batch_keys[:ran])
+                items = sum(len(b) for b in task.batch_keys[:ran])
+                # A fold's unit is a chunk of any size: its cost is per item.
+                s.measured(items if s.fold is not None else ran, stamps[ran] - stamps[0])
+                s.items_in += items
         s.calls += out.calls
         if not (out.failures or out.lost or out.hits or out.uncached) and len(out.results) == n:
             # The common case: every unit succeeded (and ran whole: no slicing of keys).
@@ -137,6 +144,9 @@ class Completion:
             for i in units:
                 self._attempts.pop((s.name, task.keys[i]), None)
         paired = self._pair(s, task, units, results)
+        if s.fold is not None:
+            s.fold.add(paired)  # sent on once, when the fold is over
+            return
         s.items_out += len(paired)
         # A map's results carry its units' keys: the task's own list when all succeeded.
         keys = task.keys if s.kind == "map" and len(units) == len(task.keys) else None
@@ -193,6 +203,8 @@ class Completion:
                 s.dead_lettered += 1
                 if self._has_ins:
                     self._ins.dead_lettered(s.name, item_key, value, error, tb, now)
+                if self.replies and item_key[0] in self.replies:
+                    self.replies[item_key[0]].append(DeadLettered(s.name, error))
                 self.ledger.dead_letter(item_key[0])
             return
         if isinstance(error, RunError):
@@ -268,9 +280,25 @@ class Completion:
         if len(fits) < len(items):
             s.overflow.append((q, items[len(fits) :]))
 
+    def emit(self, s: StageState, items: list[Item]) -> None:
+        """``s`` sends ``items`` on (a fold's state, at its end)."""
+        s.items_out += len(items)
+        self._route(s, items)
+
     def _to_output(self, s: StageState, items: list[Item]) -> None:
         """Results reaching the output are finished: the ledger counts their roots down
-        (and, ordered, holds them until their turn)."""
+        (and, ordered, holds them until their turn). Results of pushed items go to
+        their callers instead."""
+        if self.replies:
+            replies = self.replies
+            mine = [it for it in items if it[0][0] in replies]
+            if mine:
+                for key, value in mine:
+                    replies[key[0]].append(value)
+                self.ledger.arrive(mine, hold=False)
+                items = [it for it in items if it[0][0] not in replies]
+                if not items:
+                    return
         if not self.ordered:
             self._put(s, self.output, items, "<output>", monotonic_ns())
         self.ledger.arrive(items)

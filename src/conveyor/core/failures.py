@@ -7,13 +7,22 @@ exception the user sees; the scheduler decides when to raise them.
 from __future__ import annotations
 
 import signal
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from conveyor.errors import StageError, StallError, WorkerLostError
+from conveyor.errors import PipelineError, StageError, StallError, WorkerLostError
 from conveyor.executors.base import LostWorker
 
+if TYPE_CHECKING:
+    from conveyor.core.flow import StageState
+    from conveyor.core.pipeline import Pipeline
+    from conveyor.executors.base import Task
+
 Key = tuple[Any, ...]
+
+
+class Cancelled(BaseException):
+    """Raised in the scheduler's thread when another thread closes the run."""
 
 
 def show(key: Key) -> str:
@@ -87,3 +96,45 @@ def stall_error(stage: str, tasks: int, keys: Sequence[Key]) -> StallError:
         stage=stage,
         keys=tuple(keys),
     )
+
+
+def check_resize(pipeline: Pipeline, stage: str, workers: int) -> None:
+    """Raise PipelineError unless ``stage`` of ``pipeline`` can have ``workers`` workers."""
+    s = pipeline.stages.get(stage)
+    if s is None:
+        raise PipelineError(
+            f"cannot resize stage {stage!r}: pipeline {pipeline.name!r} has no such "
+            f"stage (its stages: {', '.join(pipeline.stages)})",
+            stage=stage,
+        )
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise PipelineError(
+            f"cannot resize stage {stage!r} to workers={workers!r}; give at least 1",
+            stage=stage,
+        )
+    if s.kind == "collect" and workers != 1:
+        raise PipelineError(f"stage {stage!r} is a collect stage: it has one worker", stage=stage)
+
+
+def check_stall(
+    stages: Sequence[StageState],
+    inflight: Iterable[tuple[StageState, Task]],
+    seen: set[str],
+) -> set[str]:
+    """Raise StallError for a stage with work in flight and no live worker, seen so at
+    two wake-ups in a row (``seen``: the stages so at the last one; the new set is
+    returned). An executor may be between two states when asked (its last worker gone,
+    the outcome saying why not posted yet), hence the second look."""
+    stalled = {
+        s.name
+        for s in stages
+        if s.busy
+        and not s.traits.runs_in_caller
+        and s.executor is not None
+        and s.executor.alive() == 0
+    }
+    for s in stages:
+        if s.name in stalled & seen:
+            keys = [k for st, task in inflight if st is s for k in task.keys]
+            raise stall_error(s.name, s.busy, keys)
+    return stalled

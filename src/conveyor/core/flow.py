@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import heapq
 import operator
+import sys
 from collections import deque
 from collections.abc import Sequence
+from time import monotonic_ns
 from typing import TYPE_CHECKING, Any
 
 from conveyor.core.events import StageInfo
@@ -31,6 +33,7 @@ from conveyor.core.statistics import QueueStatistics, StageStatistics
 from conveyor.executors.base import Task, Traits
 
 if TYPE_CHECKING:
+    from conveyor.core.merge import Fold, Join
     from conveyor.core.stage import Stage
     from conveyor.executors.base import Executor
 
@@ -42,28 +45,63 @@ EWMA = 0.3  # weight of the newest task in the moving average of unit times
 
 
 class StageQueue:
-    """A bounded FIFO of items with its counters; ``bound`` None means unbounded."""
+    """A bounded FIFO of items with its counters; ``bound`` None means unbounded.
 
-    __slots__ = ("bound", "items", "items_in", "items_out", "peak", "reserved")
+    ``bytes_bound``, if set, bounds it in bytes too, from a moving average of the
+    measured size of the items put (a sample of them); at least one item always fits.
+    ``timed`` keeps when items arrived, for a batch's ``max_wait``.
+    """
 
-    def __init__(self, bound: int | None) -> None:
+    __slots__ = (
+        "arrivals",
+        "bound",
+        "bytes_bound",
+        "item_bytes",
+        "items",
+        "items_in",
+        "items_out",
+        "peak",
+        "reserved",
+    )
+
+    def __init__(
+        self, bound: int | None, *, bytes_bound: int | None = None, timed: bool = False
+    ) -> None:
         self.bound = bound
+        self.bytes_bound = bytes_bound
+        self.item_bytes = 0.0  # moving average of an item's size; 0: not measured yet
         self.items: deque[Item] = deque()
         self.reserved = 0  # places held by in-flight upstream tasks
         self.items_in = 0
         self.items_out = 0
         self.peak = 0
+        # (arrival ns, items) per put, oldest first: only for a batch with max_wait
+        self.arrivals: deque[list[int]] | None = deque() if timed else None
 
     def room(self) -> int:
         if self.bound is None:
             return MAX_UNITS * 64
-        return self.bound - len(self.items) - self.reserved
+        room = self.bound - len(self.items) - self.reserved
+        if self.bytes_bound is not None and self.item_bytes > 0:
+            held = len(self.items) + self.reserved
+            fits = int(self.bytes_bound / self.item_bytes) - held
+            room = min(room, fits if held else max(1, fits))
+        return room
 
     def put(self, items: Sequence[Item]) -> None:
         self.items.extend(items)
         self.items_in += len(items)
         if len(self.items) > self.peak:
             self.peak = len(self.items)
+        if self.bytes_bound is not None:
+            self._measure(items)
+        if self.arrivals is not None and items:
+            self.arrivals.append([monotonic_ns(), len(items)])
+
+    def _measure(self, items: Sequence[Item]) -> None:
+        for _, value in items[:: max(1, len(items) // 4)]:  # a few per put
+            size = sizeof(value)
+            self.item_bytes = size if self.item_bytes <= 0 else 0.8 * self.item_bytes + 0.2 * size
 
     def take(self, n: int) -> list[Item]:
         q = self.items
@@ -73,7 +111,20 @@ class StageQueue:
         else:
             taken = [q.popleft() for _ in range(n)]
         self.items_out += n
+        if self.arrivals is not None:
+            left = n
+            while left and self.arrivals:
+                first = self.arrivals[0]
+                if first[1] > left:
+                    first[1] -= left
+                    break
+                left -= first[1]
+                self.arrivals.popleft()
         return taken
+
+    def oldest_ns(self) -> int | None:
+        """When the oldest queued item arrived (a timed queue)."""
+        return self.arrivals[0][0] if self.arrivals else None
 
     def statistics(self) -> QueueStatistics:
         return QueueStatistics(
@@ -84,12 +135,17 @@ class StageQueue:
 class StageState:
     """A stage while it runs: its queue, its workers' slots, its counters."""
 
-    def __init__(self, stage: Stage, bound: int | None, traits: Traits) -> None:
+    def __init__(
+        self, stage: Stage, bound: int | None, traits: Traits, *, bytes_bound: int | None = None
+    ) -> None:
         self.stage = stage
         self.name = stage.name
         self.kind = stage.kind
         self.traits = traits
-        self.queue = StageQueue(bound)
+        self.max_wait_ns = None if stage.max_wait is None else int(stage.max_wait * 1e9)
+        self.queue = StageQueue(bound, bytes_bound=bytes_bound, timed=self.max_wait_ns is not None)
+        self.join: Join | None = None  # join=True: where predecessors' results meet
+        self.fold: Fold | None = None  # kind="fold": the merged state
         self.targets: list[StageQueue] = []  # successors' queues, or the output buffer
         self.successors: list[StageState] = []
         self.predecessors: list[StageState] = []
@@ -152,6 +208,9 @@ class StageState:
             return Task(
                 task_id, self.name, list(map(_value, items)), list(map(_key, items)), reserved=k
             )
+        if self.kind == "fold":  # one unit: a chunk folded in one call
+            k = min(n, -(-n // self.free), self.unit_cap())
+            return self._batch_task(task_id, [q.take(k)], reserved=0)
         if self.kind == "collect":
             if not upstream_done:
                 return None
@@ -159,7 +218,7 @@ class StageState:
             return self._batch_task(task_id, [items], reserved=1)
         size = self.stage.size
         assert size is not None
-        batches = n // size + (1 if n % size and upstream_done else 0)
+        batches = n // size + (1 if n % size and (upstream_done or self.expired()) else 0)
         if batches == 0:
             return None
         per_batch = size if self.stage.split else 1
@@ -167,6 +226,16 @@ class StageState:
         units = [q.take(min(size, len(q.items))) for _ in range(k)]
         out = sum(len(u) for u in units) if self.stage.split else k
         return self._batch_task(task_id, units, reserved=min(out, room))
+
+    def expired(self) -> bool:
+        """A batch's oldest item has waited ``max_wait``: its partial batch goes."""
+        due = self.deadline_ns()
+        return due is not None and due <= monotonic_ns()
+
+    def deadline_ns(self) -> int | None:
+        """When the oldest queued item's ``max_wait`` runs out (None: no such limit)."""
+        oldest = self.queue.oldest_ns() if self.max_wait_ns is not None else None
+        return None if oldest is None else oldest + self.max_wait_ns  # type: ignore[operator]
 
     def retry_task(self, task_id: int, room: int, now_ns: int) -> Task:
         """A task of units due to run again (retries go before new items)."""
@@ -184,6 +253,8 @@ class StageState:
                 reserved=len(items),
             )
         out = sum(len(u) for u in units) if self.stage.split else len(units)
+        if self.kind == "fold":
+            out = 0  # a fold sends nothing on until its end
         return self._batch_task(task_id, units, reserved=min(out, room))
 
     def partial_batches(self, task_id: int) -> Task:
@@ -245,8 +316,57 @@ _key = operator.itemgetter(0)
 _value = operator.itemgetter(1)
 
 
+def sizeof(value: Any) -> int:
+    """About how many bytes ``value`` holds: exact for bytes, str and arrays, one level
+    deep for lists, tuples and dicts (a sample of their elements), else its own size."""
+    if isinstance(value, (bytes, bytearray, str)):
+        return len(value)
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    if isinstance(value, (list, tuple, dict)):
+        elements = list(value.values()) if isinstance(value, dict) else value
+        n = len(elements)
+        if not n:
+            return sys.getsizeof(value)
+        step = max(1, n // 16)
+        sample = elements[::step]
+        inner = sum(_shallow(v) for v in sample) * n / len(sample)
+        return sys.getsizeof(value) + int(inner)
+    return sys.getsizeof(value)
+
+
+def _shallow(value: Any) -> int:
+    if isinstance(value, (bytes, bytearray, str)):
+        return len(value) + 49
+    nbytes = getattr(value, "nbytes", None)
+    return nbytes if isinstance(nbytes, int) else sys.getsizeof(value)
+
+
 def unit_items(task: Task, i: int) -> list[Item]:
     """The items unit ``i`` of ``task`` was made of (one, or a batch's)."""
     if task.batch_keys is None:
         return [(task.keys[i], task.units[i])]
     return list(zip(task.batch_keys[i], task.units[i], strict=True))
+
+
+def upstream_done(s: StageState, source_done: bool) -> bool:
+    """True once no item can reach ``s`` again: its predecessors are drained (memoised
+    once true), or for an entry stage the source is done."""
+    if not s.predecessors:
+        return source_done
+    return all(_drained(p, source_done) for p in s.predecessors)
+
+
+def _drained(s: StageState, source_done: bool) -> bool:
+    if not s.drained:
+        s.drained = (
+            upstream_done(s, source_done)
+            and not s.queue.items
+            and not s.busy
+            and not s.overflow
+            and not s.retry
+            and not (s.fold is not None and s.fold.holding)
+            and not (s.join is not None and s.join.parked)
+        )
+    return s.drained

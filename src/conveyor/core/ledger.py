@@ -101,10 +101,10 @@ class RootLedger:
             self._dead.add(root)
         self.add(root, -1)
 
-    def arrive(self, items: list[Item]) -> None:
+    def arrive(self, items: list[Item], *, hold: bool = True) -> None:
         """Results reached the output: count their roots down (and, ordered, hold them
-        until ``take_released`` may hand them out)."""
-        if self.ordered:
+        until ``take_released`` may hand them out, unless not ``hold``)."""
+        if self.ordered and hold:
             for key, value in items:
                 heapq.heappush(self._heap, (key, self._seq, value))
                 self._seq += 1

@@ -14,7 +14,7 @@ merges the items of several predecessors into one queue.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from conveyor.core.events import Instrument
@@ -24,6 +24,7 @@ from conveyor.executors.base import executor_class
 
 if TYPE_CHECKING:
     from conveyor.core.run import Run
+    from conveyor.core.service import Service
 
 DEFAULT_CAPACITY = 128
 
@@ -40,6 +41,8 @@ class Pipeline:
         ordered: yield results in source order (a bounded reorder buffer holds
             early results); default unordered, which never waits for stragglers.
         capacity: default bound of each stage's input queue, in items.
+        capacity_bytes: default bound of each stage's input queue in bytes, from the
+            measured size of the items that pass (None: items only).
         source: the default source for :meth:`run` and ``conveyor run``: an
             iterable, or a function of no arguments returning one.
     """
@@ -52,6 +55,7 @@ class Pipeline:
         edges: Iterable[Edge] | None = None,
         ordered: bool = False,
         capacity: int = DEFAULT_CAPACITY,
+        capacity_bytes: int | None = None,
         source: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
@@ -60,9 +64,19 @@ class Pipeline:
             raise PipelineError(
                 f"pipeline {name!r}: capacity={capacity!r}; give a whole number of at least 1"
             )
+        if capacity_bytes is not None and (
+            isinstance(capacity_bytes, bool)
+            or not isinstance(capacity_bytes, int)
+            or capacity_bytes < 1
+        ):
+            raise PipelineError(
+                f"pipeline {name!r}: capacity_bytes={capacity_bytes!r}; give a whole number "
+                "of bytes, e.g. 64 << 20, or None"
+            )
         self.name = name
         self.ordered = ordered
         self.capacity = capacity
+        self.capacity_bytes = capacity_bytes
         self.source = source
         self.stages: dict[str, Stage] = {}
         for s in stages:
@@ -97,6 +111,14 @@ class Pipeline:
             self.successors[a] += (b,)
             self.predecessors[b] += (a,)
         self.order: tuple[str, ...] = self._topological_order()
+        for n, s in self.stages.items():
+            if s.join and len(self.predecessors[n]) < 2:
+                raise PipelineError(
+                    f"pipeline {name!r}: stage {n!r} has join=True but "
+                    f"{len(self.predecessors[n])} predecessor(s); a join meets the results "
+                    "of two or more stages: add edges into it, or drop join=True",
+                    stage=n,
+                )
         self.entries = tuple(n for n in self.order if not self.predecessors[n])
         self.sinks = tuple(n for n in self.order if not self.successors[n])
 
@@ -193,9 +215,44 @@ class Pipeline:
         run.wait()
         return run
 
+    def start(
+        self,
+        source: Iterable[Any] | AsyncIterable[Any] | Callable[[], Iterable[Any]] | None = None,
+        *,
+        on_result: Callable[[Any], None] | None = None,
+        ordered: bool | None = None,
+        instruments: Sequence[Instrument] = (),
+        record: bool = True,
+        buffer: int = 1024,
+    ) -> Service:
+        """Run in the background, as a service: return at once with a
+        :class:`~conveyor.Service` handle.
+
+        Items come from ``source`` (the run ends when it does) and from
+        ``service.submit(item)``, whose future resolves with that item's result; with no
+        source (and none given to the pipeline), the service runs until
+        ``service.stop()``. Results of source items go to ``on_result`` (called in the
+        service's thread) or wait, up to ``buffer`` of them, for whoever iterates the
+        service. ``stop(drain=True)`` stops reading, finishes what was read, and ends.
+        """
+        from conveyor.core.run import Run
+        from conveyor.core.service import Service
+
+        if source is not None or self.source is not None:
+            source = self._resolve_source(source)
+        run = Run(
+            self,
+            source,
+            ordered=self.ordered if ordered is None else ordered,
+            instruments=instruments,
+            record=record,
+            push=True,
+        )
+        return Service(run, on_result=on_result, buffer=buffer)
+
     def _resolve_source(
-        self, source: Iterable[Any] | Callable[[], Iterable[Any]] | None
-    ) -> Iterable[Any]:
+        self, source: Iterable[Any] | AsyncIterable[Any] | Callable[[], Iterable[Any]] | None
+    ) -> Iterable[Any] | AsyncIterable[Any]:
         if source is None:
             source = self.source
         if source is None:
@@ -205,10 +262,10 @@ class Pipeline:
             )
         if callable(source) and not hasattr(source, "__iter__"):
             source = source()
-        if not isinstance(source, Iterable):
+        if not isinstance(source, (Iterable, AsyncIterable)):
             raise PipelineError(
                 f"pipeline {self.name!r}: the source {source!r} is not iterable; "
-                "give a list, a generator, a file, or any iterable"
+                "give a list, a generator, a file, an async iterator, or any iterable"
             )
         return source
 

@@ -10,13 +10,16 @@ processes terminated) and removes any shared memory the run created.
 from __future__ import annotations
 
 import secrets
+import threading
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from time import monotonic_ns
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from conveyor.core.events import Instrument
+from conveyor.core.failures import Cancelled, check_resize
 from conveyor.core.scheduler import Scheduler
 from conveyor.core.statistics import RunStatistics, StageStatistics
 from conveyor.errors import RecordingError, RunError
@@ -41,11 +44,12 @@ class Run(Iterator[Any]):
     def __init__(
         self,
         pipeline: Pipeline,
-        source: Iterable[Any],
+        source: Iterable[Any] | AsyncIterable[Any] | None,
         *,
         ordered: bool,
         instruments: Sequence[Instrument] = (),
         record: bool = False,
+        push: bool = False,
     ) -> None:
         self.id = secrets.token_hex(6)
         self._recorder: Recorder | None = None
@@ -67,7 +71,9 @@ class Run(Iterator[Any]):
             instruments=instruments,
             run_id=self.id,
             control=weakref.proxy(self),  # no cycle: an abandoned run is collected
+            push=push,
         )
+        self._driver: int | None = None  # the thread that iterates the run
         self._ended_ns: int | None = None
         # Abandoned without close(): stop the workers when the run is collected.
         self._finalizer = weakref.finalize(self, self._scheduler.shutdown, cancel=True)
@@ -83,10 +89,15 @@ class Run(Iterator[Any]):
         try:
             return self._scheduler.next_output()
         except StopIteration:
-            self._end("succeeded", None, cancel=False)
+            # Drained before its source ended: everything read finished, but not the
+            # source, so the run counts as cancelled (and can be resumed).
+            stopped = self._scheduler.feed.stopped_early
+            self._end("cancelled" if stopped else "succeeded", None, cancel=False)
             raise
-        except KeyboardInterrupt as exc:
-            self._end("cancelled", exc, cancel=True)
+        except (KeyboardInterrupt, Cancelled) as exc:
+            self._end("cancelled", exc if isinstance(exc, KeyboardInterrupt) else None, cancel=True)
+            if isinstance(exc, Cancelled):
+                raise StopIteration from None
             raise
         except BaseException as exc:
             self._end("failed", exc, cancel=True)
@@ -94,6 +105,7 @@ class Run(Iterator[Any]):
 
     def _start(self) -> None:
         self.state = "running"
+        self._driver = threading.get_ident()
         try:
             self._scheduler.start()
         except KeyboardInterrupt as exc:
@@ -111,7 +123,7 @@ class Run(Iterator[Any]):
         self._ended_ns = monotonic_ns()
         self._finalizer.detach()
         try:
-            self._scheduler.shutdown(cancel=cancel)
+            self._scheduler.shutdown(cancel=cancel, error=error)
         finally:
             ins = self._scheduler._ins
             if ins:
@@ -123,12 +135,54 @@ class Run(Iterator[Any]):
         return self.results
 
     def close(self) -> None:
-        """Stop the run now: workers stop, no more results come. Safe to call twice."""
+        """Stop the run now: workers stop, no more results come. Safe to call twice,
+        and from any thread (another thread's run stops at its next pass)."""
         if self.state == "running":
-            self._end("cancelled", None, cancel=True)
+            if self._in_driver():
+                self._end("cancelled", None, cancel=True)
+            else:
+                self._scheduler.controls.call_soon(_cancel)
         elif self.state == "pending":
             self.state = "cancelled"
             self._finalizer.detach()
+
+    def stop(self, *, drain: bool = True) -> None:
+        """Stop the run. With ``drain`` (the default), stop reading the source, finish
+        every item read, then end: results keep coming until then, and the ledger
+        balances. Without, stop now, as :meth:`close` does. Safe from any thread."""
+        if not drain or self.state == "pending":
+            self.close()
+        else:
+            self._scheduler.feed.close()
+
+    def submit(self, item: Any) -> Future[Any]:
+        """Push ``item`` into a run started with ``Pipeline.start`` (from any thread); the
+        future resolves with its result (a list if it had several, None if it was
+        filtered out) or raises why it failed."""
+        if not self._scheduler.push:
+            raise RunError(
+                f"run {self.id} reads its source and takes no pushed items; start it with "
+                "Pipeline.start() to submit items",
+                stage="<source>",
+            )
+        return self._scheduler.feed.submit(item)
+
+    @property
+    def watermark(self) -> int:
+        """N such that every source item before item N has finished (done, filtered or
+        dead-lettered): a source that reads from offsets can commit up to N, exactly
+        once. Safe from any thread."""
+        if self.state != "running" or self._in_driver():
+            return self._scheduler.watermark()
+        return int(self._scheduler.controls.call_soon(self._scheduler.watermark).result())
+
+    def run_controls(self) -> None:
+        """Run what other threads asked of the run (the driving thread, while it is held
+        up elsewhere, e.g. by a full result buffer)."""
+        self._scheduler.controls.run()
+
+    def _in_driver(self) -> bool:
+        return self._driver is None or self._driver == threading.get_ident()
 
     def __enter__(self) -> Run:
         return self
@@ -144,11 +198,15 @@ class Run(Iterator[Any]):
     def resize(self, stage: str, workers: int) -> None:
         """Grow or shrink ``stage``'s worker pool while the run goes on.
 
-        Call it between results, or from an instrument's hook (``RunInfo.control``);
-        it takes effect at once for new tasks. Raises PipelineError for an unknown
-        stage or fewer than one worker.
+        Call it from any thread, or from an instrument's hook (``RunInfo.control``); it
+        takes effect at once for new tasks (from another thread, at the scheduler's
+        next pass). Raises PipelineError for an unknown stage or fewer than one worker.
         """
-        self._scheduler.resize(stage, workers)
+        if self._in_driver() or self.state != "running":
+            self._scheduler.resize(stage, workers)
+            return
+        check_resize(self.pipeline, stage, workers)
+        self._scheduler.controls.call_soon(lambda: self._scheduler.resize(stage, workers))
 
     @property
     def recording(self) -> Recording:
@@ -205,3 +263,7 @@ class Run(Iterator[Any]):
 
     def __repr__(self) -> str:
         return f"<Run {self.id} of {self.pipeline.name!r}: {self.state}>"
+
+
+def _cancel() -> None:
+    raise Cancelled

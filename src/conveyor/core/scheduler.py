@@ -34,25 +34,24 @@ naming the stage and its items instead of waiting forever.
 from __future__ import annotations
 
 import operator
-import os
 import queue
 import time
-import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, Iterable, Sequence
 from time import monotonic_ns
 from typing import TYPE_CHECKING, Any
 
 from conveyor.core import failures
 from conveyor.core.completion import Completion
 from conveyor.core.events import Instrument, Instruments, RunControl, RunInfo
-from conveyor.core.flow import StageQueue, StageState
+from conveyor.core.feed import Controls, Feed, Replies, SourceRaised
+from conveyor.core.flow import StageQueue, StageState, upstream_done
 from conveyor.core.ledger import RootLedger
-from conveyor.core.stage import Stage
+from conveyor.core.merge import merge_points, parked_by_root
+from conveyor.core.stage import cache_spec
 from conveyor.core.statistics import StageStatistics
-from conveyor.errors import PipelineError, RunError, StageError
+from conveyor.errors import RunError, StageError
 from conveyor.executors.base import (
-    CacheSpec,
     Outcome,
     RunContext,
     Task,
@@ -65,8 +64,8 @@ if TYPE_CHECKING:
 Key = tuple[Any, ...]
 Item = tuple[Key, Any]
 
-SOURCE_BURST_NS = 1_000_000  # read the source at most this long per pass
 WAIT_SECONDS = 0.2  # wake up this often while waiting: Ctrl-C, the stall check
+WAKE: Any = None  # posted to the completion queue: news that is not an outcome
 
 
 class Scheduler:
@@ -75,18 +74,19 @@ class Scheduler:
     def __init__(
         self,
         pipeline: Pipeline,
-        source: Iterable[Any],
+        source: Iterable[Any] | AsyncIterable[Any] | None,
         *,
         ordered: bool,
         instruments: Sequence[Instrument],
         run_id: str,
         control: RunControl | None = None,
+        push: bool = False,
     ) -> None:
         self.pipeline = pipeline
         self.control = control
+        self.push = push
         self.run_id = run_id
         self.ordered = ordered
-        self._source: Iterator[Any] = iter(source)
         self._source_done = False
         self._next_index = 0
         self._ins = Instruments(instruments)
@@ -96,7 +96,8 @@ class Scheduler:
         self._read_hook = self._ins.wants("items_read")
         self._enqueue_hook = self._ins.wants("items_enqueued")
         self._start_hook = self._ins.wants("task_started")
-        self._completions: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self._completions: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
+        self.controls = Controls(self._wake)
         self._local: deque[Outcome] = deque()
         self._inflight: dict[int, tuple[StageState, Task]] = {}
         self._task_ids = 0
@@ -107,6 +108,7 @@ class Scheduler:
                 pipeline.stages[n],
                 pipeline.capacity_of(n),
                 executor_class(pipeline.stages[n].executor).traits,
+                bytes_bound=pipeline.stages[n].capacity_bytes or pipeline.capacity_bytes,
             )
             for n in pipeline.order
         ]
@@ -119,13 +121,25 @@ class Scheduler:
             s.targets = [t.queue for t in s.successors] or [self.output]
         self.entries = [s for s in self.stages if not s.predecessors]
         self.deterministic = all(s.traits.runs_in_caller for s in self.stages)
-        self.ledger = RootLedger(ordered=ordered, tracking=self._ins.wants("roots_finished"))
+        # Pushed items are answered when their root finishes: the ledger must say when.
+        tracking = self._ins.wants("roots_finished") or push
+        self.ledger = RootLedger(ordered=ordered, tracking=tracking)
         self._completion = Completion(self.ledger, self._ins, self.output, ordered=ordered)
-        # A collect stage holds every root until the source ends, so it must not be
+        self.feed = Feed(
+            source,
+            wake=self._wake,
+            threaded=Feed.needs_thread(source, deterministic=self.deterministic, push=push),
+            deterministic=self.deterministic,
+            name=pipeline.name,
+            pushing=push and source is None,
+        )
+        self.replies = Replies(self._completion.replies)
+        self.joins, self.folds = merge_points(self.stages, self.ledger)
+        # A collect or fold holds every root until the source ends, so it must not be
         # throttled by the window; its output is one item, with nothing to reorder.
         bounds = sum(s.queue.bound or 0 for s in self.stages) + pipeline.capacity
-        has_collect = any(s.kind == "collect" for s in self.stages)
-        self.window = 1 << 62 if has_collect else 2 * bounds
+        holds_all = any(s.kind in ("collect", "fold") for s in self.stages)
+        self.window = 1 << 62 if holds_all else 2 * bounds
         self.items_read = 0
         self.items_emitted = 0
         self.started_ns = 0
@@ -134,7 +148,9 @@ class Scheduler:
 
     def start(self) -> None:
         """Start every stage's workers. On failure, ``shutdown`` cleans up what started."""
-        specs = [self._cache_spec(s.stage) for s in self.stages]  # may warn: before any worker
+        specs = [
+            cache_spec(s.stage, self.pipeline.name) for s in self.stages
+        ]  # may warn: before any worker
         for s, spec in zip(self.stages, specs, strict=True):
             # Tasks run in the caller finish inside submit(): their outcomes wait locally.
             post = self._local.append if s.traits.runs_in_caller else self._completions.put
@@ -143,39 +159,20 @@ class Scheduler:
         for s in self.stages:
             assert s.executor is not None
             s.executor.start()
+        self.feed.start()
         # The run's clock starts once its workers are started, so that start-up
         # (spawning processes) does not count as the pipeline's time.
         self.started_ns = monotonic_ns()
         if self._has_ins:
             self._ins.run_started(self._run_info())
 
-    def _cache_spec(self, stage: Stage) -> CacheSpec | None:
-        """Where and under which key a cached stage looks its results up."""
-        if not stage.cache:
-            return None
-        from conveyor.cache import fingerprint_function
-        from conveyor.errors import CacheWarning, FingerprintError
-
-        try:
-            code = fingerprint_function(stage.fn)
-        except FingerprintError as exc:
-            warnings.warn(
-                f"stage {stage.name!r}: caching is off for this run: {exc}",
-                CacheWarning,
-                stacklevel=2,
-            )
-            return None
-        if stage.cache is True:
-            root = os.environ.get("CONVEYOR_CACHE") or os.path.join(".conveyor", "cache")
-        else:
-            root = os.fspath(stage.cache)
-        return CacheSpec(os.path.abspath(root), f"{self.pipeline.name}/{stage.name}", code)
-
-    def shutdown(self, *, cancel: bool) -> None:
+    def shutdown(self, *, cancel: bool, error: BaseException | None = None) -> None:
         """Stop every executor's workers (with ``cancel``, abandon work in flight), then
         free the run's shared resources. Every step runs even if an earlier one raised;
-        the first error is raised at the end."""
+        the first error is raised at the end. Pushed items not finished fail with
+        ``error`` (the run's)."""
         errors: list[BaseException] = []
+        self.feed.shutdown(error)
         if self.ledger.tracking:
             try:
                 self._report_finished()  # roots finished in the pass a failure interrupted
@@ -191,27 +188,15 @@ class Scheduler:
             self._context.close()
         except Exception as exc:
             errors.append(exc)
+        self.replies.abandon(error)
+        self.controls.cancel()
         if errors:
             raise errors[0]
 
     def resize(self, stage: str, workers: int) -> None:
         """Give ``stage`` ``workers`` workers from now on (its tasks in flight finish)."""
-        s = next((s for s in self.stages if s.name == stage), None)
-        if s is None:
-            raise PipelineError(
-                f"cannot resize stage {stage!r}: pipeline {self.pipeline.name!r} has no such "
-                f"stage (its stages: {', '.join(x.name for x in self.stages)})",
-                stage=stage,
-            )
-        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-            raise PipelineError(
-                f"cannot resize stage {stage!r} to workers={workers!r}; give at least 1",
-                stage=stage,
-            )
-        if s.kind == "collect" and workers != 1:
-            raise PipelineError(
-                f"stage {stage!r} is a collect stage: it has one worker", stage=stage
-            )
+        failures.check_resize(self.pipeline, stage, workers)
+        s = next(s for s in self.stages if s.name == stage)
         s.slots = workers
         if s.executor is not None:
             s.executor.resize(workers)
@@ -266,16 +251,34 @@ class Scheduler:
             and not self._inflight
             and not self.ledger.holding
             and all(not s.queue.items and not s.overflow and not s.retry for s in self.stages)
+            and not any(s.fold.holding for s in self.folds)  # type: ignore[union-attr]
+            and not any(j.parked for j in self.joins)
         )
 
-    def _next_retry_ns(self) -> int | None:
-        return min((s.retry[0][0] for s in self.stages if s.retry), default=None)
+    def _next_due_ns(self) -> int | None:
+        """The soonest retry, or partial batch whose ``max_wait`` runs out."""
+        due = [s.retry[0][0] for s in self.stages if s.retry]
+        due += [d for s in self.stages if s.max_wait_ns is not None and (d := s.deadline_ns())]
+        return min(due, default=None)
+
+    # --- control from other threads -------------------------------------------------------
+
+    def _wake(self) -> None:
+        self._completions.put(WAKE)
+
+    def watermark(self) -> int:
+        """N such that every source item before item N has finished (call it in the
+        scheduler's thread: see ``call_soon``)."""
+        if self.ordered:
+            return self.ledger.frontier
+        return min(self.ledger.live, default=self._next_index)
 
     def _wait(self) -> None:
-        """Block until a worker finishes a task, a retry comes due, or a stalled batch
-        can be flushed; raise StallError if work in flight can never come back."""
-        due = self._next_retry_ns()
-        if not self._inflight:
+        """Block until a worker finishes a task, the source or a control has news, a
+        retry or a partial batch comes due, or a stalled batch can be flushed; raise
+        StallError if work in flight can never come back."""
+        due = self._next_due_ns()
+        if not self._inflight and not self.feed.waiting:
             if due is not None:
                 time.sleep(max(0.0, min(WAIT_SECONDS, (due - monotonic_ns()) / 1e9)))
                 return
@@ -294,32 +297,16 @@ class Scheduler:
                 out = self._completions.get(timeout=timeout)
             except queue.Empty:
                 if due is not None and monotonic_ns() >= due:
-                    return  # a retry is due: let the next pass dispatch it
+                    return  # a retry or a partial batch is due: the next pass sends it
                 self._check_stall()
                 continue
-            self._stalled = set()  # news came: whatever looked stalled was not
-            self._complete(out)
+            if out is not None:  # None: a wake-up (WAKE)
+                self._stalled = set()  # news came: whatever looked stalled was not
+                self._complete(out)
             return
 
     def _check_stall(self) -> None:
-        """Work in flight at a stage with no live worker can never come back. An
-        executor may be between two states when asked (its last worker gone, the
-        outcome saying why not posted yet), so the answer must hold at two wake-ups in a
-        row, with nothing completed between them."""
-        stalled = {
-            s.name
-            for s in self.stages
-            if s.busy
-            and not s.traits.runs_in_caller
-            and s.executor is not None
-            and s.executor.alive() == 0
-        }
-        confirmed = stalled & self._stalled
-        self._stalled = stalled
-        for s in self.stages:
-            if s.name in confirmed:
-                keys = [k for st, task in self._inflight.values() if st is s for k in task.keys]
-                raise failures.stall_error(s.name, s.busy, keys)
+        self._stalled = failures.check_stall(self.stages, self._inflight.values(), self._stalled)
 
     def _describe(self) -> str:
         return "; ".join(
@@ -331,6 +318,8 @@ class Scheduler:
 
     def _advance(self) -> bool:
         progressed = False
+        if self.controls.pending:
+            self.controls.run()
         while self._local:
             self._complete(self._local.popleft())
             progressed = True
@@ -339,11 +328,18 @@ class Scheduler:
                 out = self._completions.get_nowait()
             except queue.Empty:
                 break
-            self._complete(out)
+            if out is not None:  # None: a wake-up (WAKE)
+                self._complete(out)
             progressed = True
         for s in self.stages:
             if s.overflow:
                 progressed |= self._completion.drain_overflow(s)
+        if self.joins and progressed:
+            parked = parked_by_root(self.joins)
+            for j in self.joins:
+                progressed |= bool(parked) and j.release_orphans(parked)
+        for s in self.folds:
+            progressed |= self._end_fold(s)
         for s in reversed(self.stages):
             progressed |= self._dispatch(s)
         if self._read_source():
@@ -359,36 +355,32 @@ class Scheduler:
     def _read_source(self) -> bool:
         if self._source_done:
             return False
+        feed = self.feed
         n = min(q.queue.room() for q in self.entries)
         if self.ordered:
             n = min(n, self.ledger.frontier + self.window - self._next_index)
-        if n <= 0:
-            return False
-        items: list[Item] = []
-        # A slow source must not starve the workers, so a pass reads for at most
-        # SOURCE_BURST_NS; with every stage run in the caller, no clock decides anything.
-        deadline = (1 << 63) if self.deterministic else monotonic_ns() + SOURCE_BURST_NS
-        source = self._source
+        feed.set_limit(n)
         i = self._next_index
         try:
-            for _ in range(n):
-                items.append(((i,), next(source)))
-                i += 1
-                if not i & 15 and monotonic_ns() > deadline:
-                    break
-        except StopIteration:
-            self._source_done = True
-        except Exception as exc:
+            values, futures = feed.take(n) if n > 0 else ([], None)
+        except SourceRaised as exc:
+            if not isinstance(exc.error, Exception):
+                raise exc.error from None  # Ctrl-C, SystemExit: the user's, as from a loop
             raise StageError(
-                f"the source raised {type(exc).__name__} while reading item {i}: {exc}",
+                f"the source raised {type(exc.error).__name__} while reading item {i}: {exc.error}",
                 stage="<source>",
                 key=(i,),
-            ) from exc
-        finally:
-            self._next_index = i
-        if not items:
-            return self._source_done
-        self.ledger.read(items[0][0][0], len(items), len(self.entries))
+            ) from exc.error
+        if not values:
+            if feed.done:
+                self._source_done = True
+                return True
+            return False
+        items: list[Item] = list(zip(map(_one, range(i, i + len(values))), values, strict=True))
+        self._next_index = i + len(items)
+        if futures is not None:
+            self.replies.add(i, futures)
+        self.ledger.read(i, len(items), len(self.entries))
         self.items_read += len(items)
         now = monotonic_ns()
         if self._read_hook or self._enqueue_hook:
@@ -443,20 +435,18 @@ class Scheduler:
 
     def _upstream_done(self, s: StageState) -> bool:
         """True once no item can reach ``s`` again (memoised once true)."""
-        if not s.predecessors:
-            return self._source_done
-        return all(self._is_drained(p) for p in s.predecessors)
+        return upstream_done(s, self._source_done)
 
-    def _is_drained(self, s: StageState) -> bool:
-        if not s.drained:
-            s.drained = (
-                self._upstream_done(s)
-                and not s.queue.items
-                and not s.busy
-                and not s.overflow
-                and not s.retry
-            )
-        return s.drained
+    def _end_fold(self, s: StageState) -> bool:
+        """Send a fold's state on once no item can reach it any more."""
+        fold = s.fold
+        assert fold is not None
+        if not fold.holding or s.queue.items or s.busy or s.retry:
+            return False
+        if not self._upstream_done(s):
+            return False
+        self._completion.emit(s, fold.take())
+        return True
 
     def _flush_stalled(self) -> bool:
         """Nothing is in flight yet a batch stage waits for items that cannot come
@@ -482,7 +472,10 @@ class Scheduler:
         now = monotonic_ns()
         for state, roots in finished.items():
             if roots:
-                self._ins.roots_finished(roots, state, now)
+                if self.replies.futures:
+                    self.replies.finished(roots)
+                if self._has_ins:
+                    self._ins.roots_finished(roots, state, now)
 
     def _release(self) -> None:
         """Move ordered results whose turn has come to the output buffer."""
@@ -495,3 +488,7 @@ class Scheduler:
 
 
 _key = operator.itemgetter(0)
+
+
+def _one(i: int) -> Key:
+    return (i,)

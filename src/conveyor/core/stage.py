@@ -15,25 +15,36 @@ Kinds (what one call of the function sees and returns):
     batch     a list of up to ``size`` items in, one result out; with ``split=True``
               a list of len(batch) results out, each going on as its own item
     collect   every item of the run in one list, one result out: a barrier
+    fold      ``fn(acc, item) -> acc`` from ``initial``, one result out when no item
+              can come any more; chunks fold in parallel and their partial results
+              are merged with ``combine(a, b)``, so only the state is held
+
+A stage's function may be a class (or ``functools.partial`` of one): each worker
+makes one instance on its first call and calls it per item or batch; the
+instance's ``close()``, if any, runs when the worker stops. That is how a model, a
+client or a connection is set up once per worker.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar, overload
 
 from conveyor.core.policy import Retry, as_retry
 from conveyor.errors import PipelineError
-from conveyor.executors.base import executor_class, executor_names
+from conveyor.executors.base import CacheSpec, executor_class, executor_names
+from conveyor.executors.calls import NO_INITIAL, is_stateful
 
-Kind = Literal["map", "flat_map", "batch", "collect"]
+Kind = Literal["map", "flat_map", "batch", "collect", "fold"]
 ExecutorName = str  # a registered executor: "sync", "threads", "processes", or a plug-in
 OnError = Literal["fail", "skip"]
 
-KINDS: tuple[str, ...] = ("map", "flat_map", "batch", "collect")
+KINDS: tuple[str, ...] = ("map", "flat_map", "batch", "collect", "fold")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -70,6 +81,19 @@ class Stage:
             them after (see ``conveyor.cache``); resumed runs skip cached work.
             ``True`` uses ``$CONVEYOR_CACHE`` or ``./.conveyor/cache``; a path
             names another cache folder.
+        max_wait: for ``kind="batch"``: seconds the oldest queued item may wait for
+            its batch to fill; then the partial batch goes (a slow stream never
+            holds an item longer).
+        capacity_bytes: a bound in bytes on this stage's input queue, besides
+            ``capacity`` in items, from the measured size of the items that pass
+            (at least one item always fits).
+        initial: for ``kind="fold"``: the fold's starting value (copied per chunk).
+        combine: for ``kind="fold"``: ``combine(a, b)`` merges two partial results;
+            it must be associative and commutative (chunks finish in any order).
+        join: for a stage with several predecessors: each call sees one item's
+            results from its predecessors, ``{predecessor name: result}``, instead
+            of each result on its own. Results meet by item key; an item that a
+            branch filtered out or dead-lettered arrives with that name missing.
     """
 
     fn: Callable[..., Any]
@@ -85,6 +109,11 @@ class Stage:
     on_error: OnError = "fail"
     timeout: float | None = None
     cache: bool | str | os.PathLike[str] = False
+    max_wait: float | None = None
+    capacity_bytes: int | None = None
+    initial: Any = NO_INITIAL
+    combine: Callable[[Any, Any], Any] | None = None
+    join: bool = False
     is_async: bool = dataclasses.field(init=False, repr=False, compare=False, default=False)
 
     def __post_init__(self) -> None:
@@ -97,9 +126,7 @@ class Stage:
         if not self.name:
             object.__setattr__(self, "name", _default_name(self.fn))
         # Whether the function is a coroutine function (``async def``).
-        is_async = inspect.iscoroutinefunction(self.fn) or (
-            not inspect.isroutine(self.fn) and inspect.iscoroutinefunction(type(self.fn).__call__)
-        )
+        is_async = inspect.iscoroutinefunction(_called(self.fn))
         object.__setattr__(self, "is_async", is_async)
         try:
             object.__setattr__(self, "retry", as_retry(self.retry))
@@ -139,6 +166,11 @@ def stage(
     on_error: OnError = "fail",
     timeout: float | None = None,
     cache: bool | str | os.PathLike[str] = False,
+    max_wait: float | None = None,
+    capacity_bytes: int | None = None,
+    initial: Any = NO_INITIAL,
+    combine: Callable[[Any, Any], Any] | None = None,
+    join: bool = False,
 ) -> Callable[[F], Stage]: ...
 
 
@@ -158,6 +190,11 @@ def stage(
     on_error: OnError = "fail",
     timeout: float | None = None,
     cache: bool | str | os.PathLike[str] = False,
+    max_wait: float | None = None,
+    capacity_bytes: int | None = None,
+    initial: Any = NO_INITIAL,
+    combine: Callable[[Any, Any], Any] | None = None,
+    join: bool = False,
 ) -> Stage | Callable[[Callable[..., Any]], Stage]:
     """Make a :class:`Stage` from a function; usable bare (``@stage``) or with options."""
     options: dict[str, Any] = dict(
@@ -173,6 +210,11 @@ def stage(
         on_error=on_error,
         timeout=timeout,
         cache=cache,
+        max_wait=max_wait,
+        capacity_bytes=capacity_bytes,
+        initial=initial,
+        combine=combine,
+        join=join,
     )
     if fn is not None:
         return Stage(fn, **options)
@@ -183,7 +225,44 @@ def stage(
     return decorate
 
 
+def cache_spec(stage: Stage, pipeline: str) -> CacheSpec | None:
+    """Where and under which key a cached stage looks its results up (None: not cached,
+    or its function cannot be fingerprinted, which warns once)."""
+    if not stage.cache:
+        return None
+    from conveyor.cache import fingerprint_function
+    from conveyor.errors import CacheWarning, FingerprintError
+
+    try:
+        code = fingerprint_function(stage.fn)
+    except FingerprintError as exc:
+        warnings.warn(
+            f"stage {stage.name!r}: caching is off for this run: {exc}",
+            CacheWarning,
+            stacklevel=3,
+        )
+        return None
+    if stage.cache is True:
+        root = os.environ.get("CONVEYOR_CACHE") or os.path.join(".conveyor", "cache")
+    else:
+        root = os.fspath(stage.cache)
+    return CacheSpec(os.path.abspath(root), f"{pipeline}/{stage.name}", code)
+
+
+def _called(fn: Any) -> Any:
+    """What a call of the stage runs: the function, or a class stage's ``__call__``."""
+    if isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.isclass(fn):
+        return fn.__call__
+    if not inspect.isroutine(fn):
+        return type(fn).__call__
+    return fn
+
+
 def _default_name(fn: Callable[..., Any]) -> str:
+    if isinstance(fn, functools.partial):
+        fn = fn.func
     name = getattr(fn, "__name__", None) or type(fn).__name__
     return "lambda" if name == "<lambda>" else name
 
@@ -227,12 +306,72 @@ def _check_policy(s: Stage) -> None:
         fail("cache=True is not supported for async def functions; cache a sync stage instead")
     if s.kind == "collect" and s.workers != 1:
         fail(f"kind='collect' runs once over every item; workers={s.workers} has no meaning, use 1")
+    _check_stream_options(s, fail)
+
+
+def _check_stream_options(s: Stage, fail: Callable[[str], None]) -> None:
+    """max_wait, capacity_bytes, fold's initial and combine, join."""
+    if s.max_wait is not None:
+        if s.kind != "batch":
+            fail(f"max_wait is only for kind='batch' (this stage is kind={s.kind!r})")
+        if isinstance(s.max_wait, bool) or not isinstance(s.max_wait, (int, float)):
+            fail(f"max_wait={s.max_wait!r}; give seconds, e.g. max_wait=0.01")
+        if not s.max_wait >= 0:
+            fail(f"max_wait={s.max_wait!r}; give seconds of at least 0, e.g. max_wait=0.01")
+    if s.capacity_bytes is not None and (
+        isinstance(s.capacity_bytes, bool)
+        or not isinstance(s.capacity_bytes, int)
+        or s.capacity_bytes < 1
+    ):
+        fail(f"capacity_bytes={s.capacity_bytes!r}; give a whole number of bytes, e.g. 64 << 20")
+    if s.kind == "fold":
+        if s.initial is NO_INITIAL:
+            fail("kind='fold' needs initial, the fold's starting value, e.g. initial=0")
+        if not callable(s.combine):
+            fail(
+                "kind='fold' needs combine(a, b), which merges two partial results "
+                "(e.g. combine=operator.add): chunks are folded in parallel"
+            )
+        if s.cache:
+            fail("cache=True is not supported for kind='fold'; cache the stage before it")
+        if s.is_async:
+            fail("kind='fold' needs a plain function fn(acc, item), not an async def one")
+    else:
+        if s.initial is not NO_INITIAL:
+            fail(f"initial is only for kind='fold' (this stage is kind={s.kind!r})")
+        if s.combine is not None:
+            fail(f"combine is only for kind='fold' (this stage is kind={s.kind!r})")
+    if s.join not in (True, False):
+        fail(f"join={s.join!r}; give True or False")
+    if s.join and s.kind not in ("map", "flat_map"):
+        fail(f"join=True is for map and flat_map stages (this stage is kind={s.kind!r})")
+    if is_stateful(s.fn):
+        try:
+            inspect.signature(s.fn).bind()
+        except TypeError as exc:
+            fail(
+                f"its class is made once per worker with no arguments, but {exc}; pass them "
+                "with functools.partial(YourClass, ...)"
+            )
+        except ValueError:
+            pass  # no signature to check: it fails at run time instead
+        if s.cache:
+            fail(
+                "cache=True is not supported for a class stage (its instance's state is not "
+                "part of the cache key); cache a function stage instead"
+            )
 
 
 def _check_arity(s: Stage) -> None:
-    """Every kind calls the function with exactly one positional argument."""
+    """Every kind calls the function with exactly one positional argument (a fold with
+    two: the accumulator and the item); a class stage's ``__call__`` likewise."""
     try:
-        sig = inspect.signature(s.fn)
+        if is_stateful(s.fn):
+            cls: Any = s.fn.func if isinstance(s.fn, functools.partial) else s.fn
+            sig = inspect.signature(cls.__call__)
+            sig = sig.replace(parameters=list(sig.parameters.values())[1:])  # self
+        else:
+            sig = inspect.signature(s.fn)
     except (TypeError, ValueError):
         return  # some builtins have no signature; they fail at run time instead
     params = list(sig.parameters.values())
@@ -245,14 +384,18 @@ def _check_arity(s: Stage) -> None:
         "flat_map": "one item",
         "batch": "one list (the batch)",
         "collect": "one list (every item)",
+        "fold": "two arguments (the accumulator, then one item)",
     }[s.kind]
-    if len(required) > 1 or (not positional and not var_positional) or required_kw:
+    wanted = 2 if s.kind == "fold" else 1
+    too_few = len(positional) < wanted and not var_positional
+    if len(required) > wanted or too_few or required_kw:
         shown = f"{getattr(s.fn, '__name__', s.fn)!s}{sig}"
         raise PipelineError(
             f"stage {s.name!r}: a {s.kind} stage calls its function with {what}, "
             f"but {shown} needs {len(required)} positional argument(s)"
             + (f" and keyword(s) {required_kw}" if required_kw else "")
-            + "; give the function exactly one required parameter "
-            "(bind the others with functools.partial)",
+            + f"; give the function exactly {('one', 'two')[wanted - 1]} required parameter"
+            + ("s " if wanted > 1 else " ")
+            + "(bind the others with functools.partial)",
             stage=s.name,
         )

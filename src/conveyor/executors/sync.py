@@ -8,8 +8,14 @@ caller, as they would from a plain loop.
 
 from __future__ import annotations
 
-from conveyor.executors.base import Executor, Task, Traits
+from typing import TYPE_CHECKING
+
+from conveyor.executors.base import CacheSpec, Executor, Post, RunContext, Task, Traits
+from conveyor.executors.calls import close_quietly, worker_function
 from conveyor.executors.task import close_thread_loop, run_task
+
+if TYPE_CHECKING:
+    from conveyor.core.stage import Stage
 
 # A sync task runs in the caller: its size only sets latency, and it is never
 # taken from the clock, so that sync runs stay deterministic.
@@ -21,11 +27,23 @@ class SyncExecutor(Executor):
         target_task_ns=1_000_000, in_flight_per_worker=0, runs_in_caller=True, max_units=SYNC_UNITS
     )
 
+    def __init__(
+        self,
+        stage: Stage,
+        post: Post,
+        *,
+        cache: CacheSpec | None = None,
+        context: RunContext | None = None,
+    ) -> None:
+        super().__init__(stage, post, cache=cache, context=context)
+        self._fn, self._close = worker_function(stage.fn, stage.kind, stage.initial)
+        self._shut = False
+
     def submit(self, task: Task) -> None:
         s = self.stage
         self.post(
             run_task(
-                s.fn,
+                self._fn,
                 s.kind,
                 task.units,
                 worker=0,
@@ -39,5 +57,8 @@ class SyncExecutor(Executor):
         )
 
     def shutdown(self, *, cancel: bool) -> None:
-        if self.stage.is_async:
-            close_thread_loop()
+        if self._shut:
+            return
+        self._shut = True
+        close_quietly(self._close, self.stage.name)
+        close_thread_loop()

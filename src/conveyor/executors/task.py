@@ -49,7 +49,7 @@ class _Loop(threading.local):
 _loops = _Loop()
 
 
-def _thread_loop() -> asyncio.AbstractEventLoop:
+def thread_loop() -> asyncio.AbstractEventLoop:
     # One persistent event loop per thread: creating one per task costs ~100 µs.
     if _loops.loop is None or _loops.loop.is_closed():
         _loops.loop = asyncio.new_event_loop()
@@ -215,6 +215,6 @@ def _run_async(
         sem = asyncio.Semaphore(concurrency)
         await asyncio.gather(*(one(i, sem) for i in range(n)))
 
-    _thread_loop().run_until_complete(all_units())
+    thread_loop().run_until_complete(all_units())
     failures.sort(key=lambda f: f.unit)
     return Outcome(task_id, worker, results, [*starts, monotonic_ns()], failures)

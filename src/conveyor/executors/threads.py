@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from time import monotonic, monotonic_ns
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from conveyor.executors.base import (
     CacheSpec,
@@ -34,6 +35,7 @@ from conveyor.executors.base import (
     Traits,
     not_run,
 )
+from conveyor.executors.calls import close_quietly, worker_function
 from conveyor.executors.task import close_thread_loop, failure, run_task
 
 if TYPE_CHECKING:
@@ -106,19 +108,21 @@ class ThreadExecutor(Executor):
             t.start()
 
     def _work(self, worker: int) -> None:
+        fn, close = worker_function(self.stage.fn, self.stage.kind, self.stage.initial)
         try:
-            self._serve(worker)
+            self._serve(worker, fn)
         finally:
+            close_quietly(close, self.stage.name)
             close_thread_loop()
             with self._lock:
                 self._serving.discard(worker)
 
-    def _serve(self, worker: int) -> None:
+    def _serve(self, worker: int, fn: Callable[[Any], Any]) -> None:
         while True:
             task = self._inbox.get()
             if task is None:
                 return
-            outcome = self._run(worker, task)
+            outcome = self._run(worker, fn, task)
             with self._lock:
                 self._running.pop(worker, None)
                 if worker in self._abandoned:
@@ -130,7 +134,7 @@ class ThreadExecutor(Executor):
             if retire:
                 return
 
-    def _run(self, worker: int, task: Task) -> Outcome:
+    def _run(self, worker: int, fn: Callable[[Any], Any], task: Task) -> Outcome:
         """Run ``task``; every path ends in its outcome."""
         s = self.stage
         running = self._running
@@ -142,7 +146,7 @@ class ThreadExecutor(Executor):
 
         try:
             return run_task(
-                s.fn,
+                fn,
                 s.kind,
                 task.units,
                 worker=worker,

@@ -69,7 +69,8 @@ def check_picklable(stage: Stage, *, pipeline_built: bool) -> None:
     """
     fn = stage.fn
     qualname = getattr(fn, "__qualname__", "")
-    module_level = inspect.isfunction(fn) and "<" not in qualname and fn.__module__ in sys.modules
+    routine = inspect.isfunction(fn) or inspect.isclass(fn)
+    module_level = routine and "<" not in qualname and fn.__module__ in sys.modules
     if module_level and not pipeline_built:
         return
     try:
@@ -81,3 +82,13 @@ def check_picklable(stage: Stage, *, pipeline_built: bool) -> None:
             "(not a lambda, a nested function or a closure), or use executor='threads'",
             stage=stage.name,
         ) from exc
+    if stage.kind == "fold":
+        try:
+            pickle.dumps(stage.initial)
+        except Exception as exc:
+            raise PipelineError(
+                f"stage {stage.name!r}: its initial value cannot be sent to a process worker "
+                f"({type(exc).__name__}: {exc}); give a picklable initial, or use "
+                "executor='threads'",
+                stage=stage.name,
+            ) from exc

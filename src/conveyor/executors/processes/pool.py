@@ -213,6 +213,7 @@ class ProcessExecutor(Executor):
                 reply_w,
                 self._fn_bytes,
                 s.kind,
+                s.initial,
                 s.is_async,
                 s.concurrency,
                 s.timeout,

@@ -22,6 +22,7 @@ from time import monotonic_ns
 from typing import Any
 
 from conveyor.executors.base import CacheSpec
+from conveyor.executors.calls import close_quietly, worker_function
 from conveyor.executors.processes.functions import load_function
 from conveyor.executors.processes.shm import SegmentRegistry, dumps, loads
 from conveyor.executors.task import run_task
@@ -42,6 +43,7 @@ def worker_main(
     outbox: multiprocessing.connection.Connection,
     fn_bytes: bytes,
     kind: str,
+    initial: Any,
     is_async: bool,
     concurrency: int,
     timeout: float | None,
@@ -55,7 +57,7 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     registry = SegmentRegistry(prefix, owner=False, threshold=threshold)
     try:
-        fn = load_function(fn_bytes)
+        fn, close = worker_function(load_function(fn_bytes), kind, initial)
     except BaseException as exc:
         outbox.send_bytes(pickle.dumps(("init", _exception_blob(exc), _describe(exc), _tb())))
         return
@@ -75,6 +77,7 @@ def worker_main(
         except (EOFError, OSError):
             return  # the driver is gone: exit rather than linger as an orphan
         if data == STOP:
+            close_quietly(close, f"worker {worker}")  # the instance of a class stage
             return
         task_id, units = loads(data, registry)
         out = run_task(
