@@ -221,6 +221,15 @@ class Completion:
         keys = task.keys if len(units) == len(task.keys) else [task.keys[i] for i in units]
         if s.kind == "map":
             return list(zip(keys, results, strict=True))
+        if s.kind == "filter":  # the items that passed go on as they came
+            units_ = task.units if len(units) == len(task.units) else [task.units[i] for i in units]
+            kept: list[Item] = []
+            for key, unit, keep in zip(keys, units_, results, strict=True):
+                if keep:
+                    kept.append((key, unit))
+                else:
+                    self.ledger.add(key[0], -1)
+            return kept
         if s.kind == "flat_map":
             paired: list[Item] = []
             for key, children in zip(keys, results, strict=True):
@@ -254,8 +263,8 @@ class Completion:
         if len(s.successors) > 1:
             self.ledger.fan_out(items, len(s.successors) - 1)
         now = monotonic_ns()
-        for t in s.successors:
-            self._put(s, t.queue, items, t.name, now, keys)
+        for t, q in zip(s.successors, s.targets, strict=True):  # a join's port, or its queue
+            self._put(s, q, items, t.name, now, keys)
 
     def _put(
         self,
@@ -307,7 +316,7 @@ class Completion:
         progressed = False
         while s.overflow and s.overflow[0][0].room() > 0:
             q, items = s.overflow.popleft()
-            name = next((t.name for t in s.successors if t.queue is q), "<output>")
+            name = next((t.name for t, p in zip(s.successors, s.targets) if p is q), "<output>")
             self._put(s, q, items, name, monotonic_ns())  # what does not fit goes back
             progressed = True
         return progressed

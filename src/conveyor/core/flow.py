@@ -202,7 +202,7 @@ class StageState:
         (a batch waits for a full batch until its upstream is done)."""
         q = self.queue
         n = len(q.items)
-        if self.kind in ("map", "flat_map"):
+        if self.kind in ("map", "flat_map", "filter"):
             k = min(n, -(-n // self.free), self.unit_cap(), room)
             items = q.take(k)
             return Task(
@@ -243,7 +243,7 @@ class StageState:
         units: list[list[Item]] = []
         while self.retry and self.retry[0][0] <= now_ns and len(units) < cap:
             units.append(heapq.heappop(self.retry)[2])
-        if self.kind in ("map", "flat_map"):
+        if self.kind in ("map", "flat_map", "filter"):
             items = [u[0] for u in units]
             return Task(
                 task_id,

@@ -101,6 +101,7 @@ class Scheduler:
         self._local: deque[Outcome] = deque()
         self._inflight: dict[int, tuple[StageState, Task]] = {}
         self._task_ids = 0
+        self._completed = False  # an outcome was handled since the joins were looked at
         self._context = RunContext(run_id)
         self._stalled: set[str] = set()  # stages seen with work in flight and no worker
         self.stages: list[StageState] = [
@@ -334,7 +335,8 @@ class Scheduler:
         for s in self.stages:
             if s.overflow:
                 progressed |= self._completion.drain_overflow(s)
-        if self.joins and progressed:
+        if self.joins and self._completed:
+            self._completed = False  # a completion may have left a join's item orphaned
             parked = parked_by_root(self.joins)
             for j in self.joins:
                 progressed |= bool(parked) and j.release_orphans(parked)
@@ -461,6 +463,7 @@ class Scheduler:
     # --- completion and routing ---------------------------------------------------
 
     def _complete(self, out: Outcome) -> None:
+        self._completed = True
         s, task = self._inflight.pop(out.task_id)
         self._completion.complete(s, task, out)
 

@@ -12,6 +12,8 @@ Kinds (what one call of the function sees and returns):
 
     map       one item in, one result out
     flat_map  one item in, an iterable of results out (zero drops the item)
+    filter    one item in, a truth value out: the item goes on, unchanged and under
+              its own key, only when it is true
     batch     a list of up to ``size`` items in, one result out; with ``split=True``
               a list of len(batch) results out, each going on as its own item
     collect   every item of the run in one list, one result out: a barrier
@@ -37,14 +39,19 @@ from typing import Any, Literal, TypeVar, overload
 
 from conveyor.core.policy import Retry, as_retry
 from conveyor.errors import PipelineError
-from conveyor.executors.base import CacheSpec, executor_class, executor_names
-from conveyor.executors.calls import NO_INITIAL, is_stateful
+from conveyor.executors.base import (
+    NO_INITIAL,
+    CacheSpec,
+    executor_class,
+    executor_names,
+    is_stateful,
+)
 
-Kind = Literal["map", "flat_map", "batch", "collect", "fold"]
+Kind = Literal["map", "flat_map", "filter", "batch", "collect", "fold"]
 ExecutorName = str  # a registered executor: "sync", "threads", "processes", or a plug-in
 OnError = Literal["fail", "skip"]
 
-KINDS: tuple[str, ...] = ("map", "flat_map", "batch", "collect", "fold")
+KINDS: tuple[str, ...] = ("map", "flat_map", "filter", "batch", "collect", "fold")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,7 +64,8 @@ class Stage:
         fn: the function; ``async def`` functions run on an event loop with up to
             ``concurrency`` calls in flight per worker.
         name: unique within a pipeline; defaults to the function's name.
-        kind: ``"map"``, ``"flat_map"``, ``"batch"`` or ``"collect"`` (module docstring).
+        kind: ``"map"``, ``"flat_map"``, ``"filter"``, ``"batch"``, ``"collect"`` or
+            ``"fold"`` (module docstring).
         executor: ``"sync"`` (in the caller: deterministic, for tests and debugging),
             ``"threads"`` or ``"processes"`` (spawned; the function must be picklable).
         workers: how many calls of this stage run at the same time.
@@ -343,8 +351,8 @@ def _check_stream_options(s: Stage, fail: Callable[[str], None]) -> None:
             fail(f"combine is only for kind='fold' (this stage is kind={s.kind!r})")
     if s.join not in (True, False):
         fail(f"join={s.join!r}; give True or False")
-    if s.join and s.kind not in ("map", "flat_map"):
-        fail(f"join=True is for map and flat_map stages (this stage is kind={s.kind!r})")
+    if s.join and s.kind not in ("map", "flat_map", "filter"):
+        fail(f"join=True is for map, flat_map and filter stages (this stage is kind={s.kind!r})")
     if is_stateful(s.fn):
         try:
             inspect.signature(s.fn).bind()
@@ -382,6 +390,7 @@ def _check_arity(s: Stage) -> None:
     what = {
         "map": "one item",
         "flat_map": "one item",
+        "filter": "one item",
         "batch": "one list (the batch)",
         "collect": "one list (every item)",
         "fold": "two arguments (the accumulator, then one item)",

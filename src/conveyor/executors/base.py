@@ -41,7 +41,9 @@ Executors register under a name (``Stage(executor=NAME)``) with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
+import inspect
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
     from conveyor.core.stage import Stage
 
 __all__ = [
+    "NO_INITIAL",
     "CacheSpec",
     "Executor",
     "Failure",
@@ -61,6 +64,7 @@ __all__ = [
     "Traits",
     "executor_class",
     "executor_names",
+    "is_stateful",
     "not_run",
     "register",
 ]
@@ -175,6 +179,24 @@ class Traits:
     runs_in_caller: bool = False
     shares_memory: bool = True
     max_units: int | None = None
+
+
+class NoInitial:
+    """The ``initial`` of a stage that is not a fold."""
+
+    def __repr__(self) -> str:
+        return "NO_INITIAL"
+
+
+NO_INITIAL: Any = NoInitial()
+
+
+def is_stateful(fn: Any) -> bool:
+    """Whether a stage's ``fn`` is a class (or a partial of one): each worker makes one
+    instance and calls it (see :mod:`conveyor.executors.calls`)."""
+    if isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.isclass(fn)
 
 
 Post = Callable[[Outcome], None]

@@ -22,22 +22,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-
-class NoInitial:
-    """The ``initial`` of a stage that is not a fold."""
-
-    def __repr__(self) -> str:
-        return "NO_INITIAL"
-
-
-NO_INITIAL: Any = NoInitial()
-
-
-def is_stateful(fn: Any) -> bool:
-    """Whether ``fn`` is a class (or a partial of one): one instance per worker."""
-    if isinstance(fn, functools.partial):
-        fn = fn.func
-    return inspect.isclass(fn)
+from conveyor.executors.base import NO_INITIAL, is_stateful
 
 
 class _Instance:
