@@ -221,8 +221,9 @@ class Feed:
             return not self._closed
 
     def _finish(self, error: BaseException | None) -> None:
+        """The reader stops: the source ended (or raised ``error``), or the feed closed."""
         with self._cond:
-            self._exhausted = True
+            self._exhausted = self._exhausted or not self._closed or error is not None
             self._error = error
             self._signalled = True
         self._wake()

@@ -176,6 +176,12 @@ class Run(Iterator[Any]):
             return self._scheduler.watermark()
         return int(self._scheduler.controls.call_soon(self._scheduler.watermark).result())
 
+    def fail(self, error: BaseException) -> None:
+        """End the run as failed with ``error`` (call it from the thread that iterates
+        the run, e.g. when what consumes its results raised)."""
+        if self.state == "running":
+            self._end("failed", error, cancel=True)
+
     def run_controls(self) -> None:
         """Run what other threads asked of the run (the driving thread, while it is held
         up elsewhere, e.g. by a full result buffer)."""

@@ -57,9 +57,9 @@ class Service:
                     self._on_result(result)
                 else:
                     self._hand_over(result)
-        except BaseException:
-            if self.run.state == "running":
-                self.run.close()
+        except BaseException as exc:  # the run's own error is kept on it: run.error
+            if self.run.state == "running":  # raised by on_result: the run fails with it
+                self.run.fail(exc)
         finally:
             self._put_end()
 
