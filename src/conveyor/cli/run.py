@@ -260,7 +260,9 @@ def _finish(
         err.print(f"[red]error: {escape(describe_error(failure))}[/red]")
     if guard.signum is not None:
         name = signal_name(guard.signum)
-        if run.state == "cancelled":
+        if guard.draining and not guard.cancelled_drain:
+            err.print(f"[yellow]drained on {name}: every item read has finished[/yellow]")
+        elif run.state == "cancelled":
             err.print(f"[yellow]cancelled by {name}[/yellow]")
         else:  # it came as the run ended: the run's own state stands
             err.print(f"[yellow]{name} received as the run ended ({run.state})[/yellow]")

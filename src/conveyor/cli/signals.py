@@ -1,5 +1,10 @@
-"""SIGINT and SIGTERM during ``conveyor run`` and ``conveyor resume``: cancel, clean up,
-report, and exit with ``128 + signal`` (130 for SIGINT, 143 for SIGTERM).
+"""SIGINT and SIGTERM during ``conveyor run`` and ``conveyor resume``: drain or cancel,
+clean up, report, and exit with ``128 + signal`` (130 for SIGINT, 143 for SIGTERM).
+
+SIGTERM, the signal a service manager sends, *drains* a run that is going on: the
+source is no longer read, every item read is finished, and the run ends (as
+cancelled, resumable, with nothing pending). A second signal during the drain
+cancels at once. SIGINT (Ctrl-C), and SIGTERM before the run has started, cancel.
 
 The engine cancels a run on a ``KeyboardInterrupt`` raised in the thread that
 iterates it: workers stop, processes are terminated, shared memory is removed, and
@@ -87,6 +92,7 @@ class SignalGuard:
         self._alarm_previous: Any = None
         self._borrowing_alarm = False  # SIGALRM is ours while a signal waits
         self._active = False
+        self.draining = False  # SIGTERM came while the run went on: it drains
 
     # --- installing and restoring -----------------------------------------------
 
@@ -116,6 +122,11 @@ class SignalGuard:
             signal.signal(signum, previous)
         self._previous.clear()
 
+    @property
+    def cancelled_drain(self) -> bool:
+        """A drain was cut short by a second signal."""
+        return self.draining and self._delivered
+
     # --- what the command tells the guard -----------------------------------------
 
     def shield(self, instruments: Sequence[Instrument | None]) -> list[Instrument]:
@@ -140,9 +151,22 @@ class SignalGuard:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.received.append(signum)
+        if self.draining and not self._delivered:
+            self._deliver()  # a second signal while the run drains: cancel now
+            return
         if self.signum is not None:
             return  # only the first signal counts; never interrupt its cleanup
         self.signum = signum
+        run = self._run
+        if (
+            signum == signal.SIGTERM
+            and run is not None
+            and run.state == "running"
+            and self._started
+        ):
+            self.draining = True
+            run.stop(drain=True)  # thread-safe, never raises: no safe point needed
+            return
         self._deliver()
 
     def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
