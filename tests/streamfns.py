@@ -110,3 +110,12 @@ def size_of(b: bytes) -> int:
 
 def is_even(x: int) -> bool:
     return x % 2 == 0
+
+
+def jitter_id(x: int) -> int:
+    """``x``, after a pause that varies with it: items finish out of order."""
+    import time
+
+    if x % 7 == 0:
+        time.sleep(0.0005)
+    return x

@@ -149,3 +149,28 @@ def test_watermark_of_an_unordered_stream_counts_only_finished_prefixes() -> Non
         rest = list(run)
     assert sorted(got + rest) == list(range(40))
     assert run.watermark == 40
+
+
+def test_the_store_of_a_long_run_keeps_one_row_per_contiguous_range(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    from conveyor.store import RunStore, StoreRecorder
+
+    store = RunStore(tmp_path / "runs.db")
+    pipe = cv.Pipeline("long", [cv.Stage(sf.jitter_id, workers=4), cv.Stage(sf.plus_100)])
+    # Small flushes and out-of-order finishes: hundreds of batches, each leaving gaps
+    # that later batches fill.
+    recorder = StoreRecorder(store, pipeline=pipe, flush_rows=50, flush_seconds=0.01)
+    run = pipe.run(iter(range(20_000)), instruments=[recorder], record=False)
+    assert len(run.results) == 20_000
+    store.close()
+    db = sqlite3.connect(tmp_path / "runs.db")
+    try:
+        ranges = db.execute(
+            "SELECT stage, first, last FROM item_ranges WHERE run_id = ? ORDER BY stage", (run.id,)
+        ).fetchall()
+        roots = db.execute("SELECT first, last, state FROM roots WHERE run_id = ?", (run.id,))
+        assert ranges == [("jitter_id", 0, 19_999), ("plus_100", 0, 19_999)]
+        assert roots.fetchall() == [(0, 19_999, "done")]
+    finally:
+        db.close()

@@ -135,14 +135,50 @@ def insert_stage_statistics(c: sqlite3.Connection, rows: list[tuple[Any, ...]]) 
 def insert_batch(c: sqlite3.Connection, rows: tuple[list[tuple[Any, ...]], ...]) -> None:
     """Insert a :meth:`Batch.sql_rows` result: ranges, outcomes, roots, dead letters."""
     range_rows, outcome_rows, root_rows, letter_rows = rows
-    if range_rows:
-        c.executemany("INSERT INTO item_ranges VALUES (?, ?, ?, ?, ?, ?)", range_rows)
+    for run_id, stage, first, last, outcome, at in range_rows:
+        first, last = _coalesce(c, "item_ranges", "stage = ? AND outcome = ?", (stage, outcome),
+                                run_id, first, last)  # fmt: skip
+        c.execute(
+            "INSERT INTO item_ranges VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, stage, first, last, outcome, at),
+        )
     if outcome_rows:
         c.executemany("INSERT INTO item_outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?)", outcome_rows)
-    if root_rows:
-        c.executemany("INSERT INTO roots VALUES (?, ?, ?, ?)", root_rows)
+    for run_id, first, last, state in root_rows:
+        first, last = _coalesce(c, "roots", "state = ?", (state,), run_id, first, last)
+        c.execute("INSERT INTO roots VALUES (?, ?, ?, ?)", (run_id, first, last, state))
     if letter_rows:
         c.executemany("INSERT INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", letter_rows)
+
+
+def _coalesce(
+    c: sqlite3.Connection,
+    table: str,
+    same: str,
+    values: tuple[Any, ...],
+    run_id: str,
+    first: int,
+    last: int,
+) -> tuple[int, int]:
+    """Delete the rows of ``table`` (the same run, and ``same``) whose range ends just
+    before ``first`` or starts just after ``last``; return the range that spans them.
+
+    Items finish out of order, so each batch's ranges leave gaps that later batches
+    fill: merging on both sides keeps one row per contiguous range, and the store of a
+    run that never ends as small as its gaps, instead of a row per batch."""
+    where = f"run_id = ? AND {same}"
+    before = c.execute(
+        f"SELECT rowid, first FROM {table} WHERE {where} AND last = ?",
+        (run_id, *values, first - 1),
+    ).fetchone()
+    after = c.execute(
+        f"SELECT rowid, last FROM {table} WHERE {where} AND first = ?",
+        (run_id, *values, last + 1),
+    ).fetchone()
+    for row in (before, after):
+        if row is not None:
+            c.execute(f"DELETE FROM {table} WHERE rowid = ?", (row[0],))
+    return (before[1] if before else first), (after[1] if after else last)
 
 
 def batch_rows(batch: Batch, run_id: str) -> tuple[list[tuple[Any, ...]], ...] | None:
