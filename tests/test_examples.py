@@ -169,3 +169,17 @@ def test_etl_transliterates_and_joins(monkeypatch: pytest.MonkeyPatch) -> None:
     assert clean["non_ascii"] and clean["transliterated"]
     with pytest.raises(ValueError, match="malformed ISO 3166-2 record"):
         etl.parse({"code": "nope", "name": "x", "type": "y"})
+
+
+def test_events_service_flags_every_spike_and_counts_every_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = load("events", monkeypatch)
+    monkeypatch.setattr(events, "DATA", tmp_path / "events.jsonl")
+    got = events.main(["--events", "5000", "--rate", "1000000", "--quiet"])
+    assert got["state"] == "succeeded" and got["read"] == 5000
+    # Every injected spike, and nothing else, is flagged (after the detectors warm up).
+    assert len(got["alerts"]) == 5000 // events.SPIKE_EVERY
+    assert sum(got["totals"].values()) == 5000 and len(got["totals"]) == events.SENSORS
+    # Windows of event time: about 5 s of readings at 1,000 per second.
+    assert 3 <= got["windows"] <= 7
