@@ -425,3 +425,57 @@ def test_the_guard_is_inert_off_the_main_thread() -> None:
     t.start()
     t.join()
     assert len(seen) == 1 and len(seen[0]) == 1  # only the guard's own instrument
+
+
+DRAIN_PIPE = textwrap.dedent(
+    """
+    import multiprocessing, os, pathlib, time
+    import conveyor as cv
+
+    HERE = pathlib.Path({here!r})
+
+    if multiprocessing.parent_process() is not None:  # a process worker importing us
+        (HERE / f"pid-{{os.getpid()}}").write_text("")
+
+    def source():
+        for i in range(10**9):
+            if i == 12_000:
+                (HERE / "deep").write_text("")  # 12,000 read: most of them in flight
+            yield i
+
+    def work(x):  # processes
+        time.sleep(0.0002)
+        return x
+
+    pipeline = cv.Pipeline(
+        "drain",
+        [
+            cv.Stage(work, name="first", executor="processes", workers=2, capacity=6000),
+            cv.Stage(work, name="second", executor="processes", workers=2, capacity=6000),
+        ],
+        source=source,
+    )
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigterm_drains_thousands_of_items_in_flight_across_process_stages(
+    pipe_dir: Path,
+) -> None:
+    pipe = pipe_dir / "drain_pipe.py"
+    pipe.write_text(DRAIN_PIPE.format(here=str(pipe_dir)))
+    proc = start(pipe_dir, "run", f"{pipe}:pipeline")
+    assert wait_until(lambda: (pipe_dir / "deep").exists() or proc.poll() is not None, 100)
+    out, err = interrupt(proc, signal.SIGTERM)
+    assert proc.returncode == 143, err
+    assert "drained on SIGTERM: every item read has finished" in err and "Traceback" not in err
+    run_id = re.search(r"run ([0-9a-f]{12}) recorded in", err).group(1)  # type: ignore[union-attr]
+    with RunStore(pipe_dir / "runs.db", create=False) as store:
+        record = store.get_run(run_id)
+        ledger = store.ledger(run_id)
+    assert record.state == "cancelled" and ledger.balanced, ledger
+    # Every item read was finished: none pending, and there were thousands in flight.
+    assert ledger.pending == 0 and ledger.done == ledger.items_read >= 12_000, ledger
+    pids = worker_pids(pipe_dir)
+    assert pids and not [p for p in pids if running(p)], "worker processes left behind"
