@@ -217,7 +217,8 @@ def bench_requests(requests: int, callers: int, batch_items: int) -> dict[str, A
     overhead = statistics.median(latencies) - statistics.median(direct)
     return {
         "overhead_us_p50": 1e6 * overhead,
-        "hand_overhead_us_p50": 1e6 * (statistics.median(hand_latencies) - statistics.median(direct)),
+        "hand_overhead_us_p50": 1e6
+        * (statistics.median(hand_latencies) - statistics.median(direct)),
         "latency_us_p99": 1e6 * sorted(latencies)[int(0.99 * len(latencies))],
         "concurrent_per_s": concurrent,
         "batch_per_s": batch,
@@ -301,7 +302,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         endless = bench_endless(args.endless_minutes, Path(tmp))
     for row in endless:
-        print("endless %6.0f s %11d items  RSS %6.1f MiB  store %6.2f MiB" % row, flush=True)
+        t, n, r, size = row
+        print(
+            f"endless {t:6.0f} s {n:11d} items  RSS {r:6.1f} MiB  store {size:6.2f} MiB", flush=True
+        )
 
     lines = [
         "# Streams and services",

@@ -215,7 +215,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"totals for {len(seen['totals'] or {})} sensors"
         )
         for name, st in stats.stages.items():
-            print(f"  {name:<12} {st.items_in:>8,} in {st.items_out:>8,} out  busy {st.busy_seconds:.2f} s")
+            print(
+                f"  {name:<12} {st.items_in:>8,} in {st.items_out:>8,} out  busy {st.busy_seconds:.2f} s"
+            )
     return {**seen, "state": state, "read": stats.items_read}
 
 

@@ -467,7 +467,7 @@ def test_sigterm_drains_thousands_of_items_in_flight_across_process_stages(
     pipe.write_text(DRAIN_PIPE.format(here=str(pipe_dir)))
     proc = start(pipe_dir, "run", f"{pipe}:pipeline")
     assert wait_until(lambda: (pipe_dir / "deep").exists() or proc.poll() is not None, 100)
-    out, err = interrupt(proc, signal.SIGTERM)
+    _, err = interrupt(proc, signal.SIGTERM)
     assert proc.returncode == 143, err
     assert "drained on SIGTERM: every item read has finished" in err and "Traceback" not in err
     run_id = re.search(r"run ([0-9a-f]{12}) recorded in", err).group(1)  # type: ignore[union-attr]

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import streamfns as sf
-from conftest import wait_until
 
 import conveyor as cv
+import streamfns as sf
+from conftest import wait_until
 
 TIMEOUT = 60.0  # only catches hangs
 
@@ -127,7 +127,7 @@ def test_an_on_result_that_raises_fails_the_run() -> None:
 
 def test_submit_needs_a_service() -> None:
     run = cv.Pipeline("p", [cv.Stage(sf.plus_100)]).stream(range(3))
-    with pytest.raises(cv.RunError, match="Pipeline.start"):
+    with pytest.raises(cv.RunError, match=r"Pipeline\.start"):
         run.submit(1)
     run.close()
 
