@@ -119,3 +119,15 @@ def jitter_id(x: int) -> int:
     if x % 7 == 0:
         time.sleep(0.0005)
     return x
+
+
+class SlowToLoad:
+    """Takes a while to set up (a model being loaded), then is quick per item."""
+
+    def __init__(self) -> None:
+        import time
+
+        time.sleep(0.2)
+
+    def __call__(self, x: int) -> int:
+        return x

@@ -174,3 +174,13 @@ def test_the_store_of_a_long_run_keeps_one_row_per_contiguous_range(tmp_path) ->
         assert roots.fetchall() == [(0, 19_999, "done")]
     finally:
         db.close()
+
+
+def test_a_service_whose_results_nobody_reads_can_still_be_stopped() -> None:
+    # The result buffer fills and holds the run back; stop(drain=False) from another
+    # thread must still end it (the controls run while the buffer is full).
+    service = cv.Pipeline("svc", [cv.Stage(sf.plus_100)]).start(endless([0]), buffer=4)
+    assert wait_until(lambda: service.statistics().items_read >= 4, TIMEOUT)
+    assert service.stop(drain=False, timeout=TIMEOUT) == "cancelled"
+    assert service.error is None
+    assert len(list(service)) <= 4  # what was buffered can still be read

@@ -320,3 +320,10 @@ def test_no_thread_is_left_after_a_stream(executor: str) -> None:
         lambda: not [t for t in threading.enumerate() if t.name.startswith("conveyor-source")]
     )
     assert os.getpid()
+
+
+def test_setting_up_a_class_stage_shows_as_warm_up_in_the_report() -> None:
+    run = cv.Pipeline("p", [cv.Stage(sf.SlowToLoad)]).run(range(50))
+    assert run.results and sorted(run.results) == list(range(50))
+    text = run.report().render()
+    assert "warm-up: the first unit ran slower than the median in SlowToLoad" in text

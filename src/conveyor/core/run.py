@@ -185,7 +185,10 @@ class Run(Iterator[Any]):
     def run_controls(self) -> None:
         """Run what other threads asked of the run (the driving thread, while it is held
         up elsewhere, e.g. by a full result buffer)."""
-        self._scheduler.controls.run()
+        try:
+            self._scheduler.controls.run()
+        except Cancelled:
+            self._end("cancelled", None, cancel=True)
 
     def _in_driver(self) -> bool:
         return self._driver is None or self._driver == threading.get_ident()

@@ -71,6 +71,8 @@ class Service:
                 return
             except queue.Full:
                 self.run.run_controls()
+                if self.run.state != "running":
+                    return  # stopped meanwhile
 
     def _put_end(self) -> None:
         # If the buffer is full, the iterator ends once it is empty and this thread gone.
