@@ -131,3 +131,16 @@ class SlowToLoad:
 
     def __call__(self, x: int) -> int:
         return x
+
+
+def line_chunk(i: int) -> list[str]:
+    """20,000 lines of 50 characters: about 1 MB of text as a list of strings."""
+    return [f"{i:>10} " + "x" * 39 for _ in range(20_000)]
+
+
+def chunk_lines(chunk: list[str]) -> int:
+    """Counts a chunk's lines, slowly: chunks pile up in front of it."""
+    import time
+
+    time.sleep(0.01)
+    return len(chunk)

@@ -327,3 +327,13 @@ def test_setting_up_a_class_stage_shows_as_warm_up_in_the_report() -> None:
     assert run.results and sorted(run.results) == list(range(50))
     text = run.report().render()
     assert "warm-up: the first unit ran slower than the median in SlowToLoad" in text
+
+
+def test_a_bytes_bound_measures_chunks_of_lines() -> None:
+    # Chunks of 20,000 lines (about 1 MB of text each, as lists of strings): a bound of
+    # 8 MB holds about 8 of them, where a bound of 128 items would hold 128 MB.
+    make = cv.Stage(sf.line_chunk, workers=2)
+    count = cv.Stage(sf.chunk_lines, capacity_bytes=8 << 20)
+    run = cv.Pipeline("p", [make, count]).run(range(40), record=False)
+    assert sum(run.results) == 40 * 20_000
+    assert run.statistics().stages["chunk_lines"].queue.peak_depth <= 9
