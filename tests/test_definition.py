@@ -163,6 +163,7 @@ def test_public_names_are_pinned() -> None:
             "RunInfo",
             "RunNotFoundError",
             "RunStatistics",
+            "SourceError",
             "Stage",
             "StageError",
             "StageInfo",
