@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bz2
 import csv as csvlib
+import dataclasses
 import gzip
 import io
 import json
@@ -573,3 +574,118 @@ def test_a_pipeline_runs_over_parquet_rows_and_batches(tmp_path: Path, executor:
     # resumed past the first 30 rows, the run sees the rest of the rows, once
     run = rows.run(sources.parquet(paths).skip(30), ordered=True)
     assert run.results == [r["id"] + r["count"] for r in ROWS[30:]]
+
+
+# --- conveyor run --source --------------------------------------------------------------
+
+KEEP = """
+import conveyor as cv
+
+def keep(x):
+    return x
+
+pipeline = cv.Pipeline("keep", [cv.Stage(keep, executor="threads")])
+"""
+
+
+@pytest.fixture
+def keep_target(tmp_path: Path) -> Iterator[str]:
+    (tmp_path / "cvkeep.py").write_text(KEEP)
+    path, modules = sys.path[:], set(sys.modules)
+    yield f"{tmp_path}/cvkeep.py:pipeline"
+    sys.path[:] = path
+    for name in set(sys.modules) - modules:
+        del sys.modules[name]
+
+
+def _conveyor(*args: str) -> Any:
+    from click.testing import CliRunner
+
+    from conveyor.cli import cli
+
+    return CliRunner().invoke(cli, list(args))
+
+
+def _outputs(path: Path) -> list[Any]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "expected"),
+    [
+        ("a.txt", lines_bytes, LINES),
+        ("a.jsonl", jsonl_bytes, ROWS),
+        ("a.ndjson.gz", lambda: gzip.compress(jsonl_bytes()), ROWS),
+        ("a.csv", csv_bytes, STR_ROWS),
+        ("a.tsv", lambda: csv_bytes(delimiter="\t"), STR_ROWS),
+        ("a.parquet", parquet_bytes, ROWS),
+        ("a.feather", arrow_bytes, ROWS),
+    ],
+)
+def test_run_reads_the_source_in_the_format_its_name_says(
+    keep_target: str, tmp_path: Path, name: str, data: Callable[[], bytes], expected: list[Any]
+) -> None:
+    source, out = tmp_path / name, tmp_path / "out.jsonl"
+    source.write_bytes(data())
+    args = ["run", keep_target, "--source", str(source), "--ordered", "--no-store"]
+    result = _conveyor(*args, "--output", str(out))
+    assert result.exit_code == 0, result.output
+    assert _outputs(out) == expected
+
+
+def test_source_format_overrides_the_name(keep_target: str, tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    source, out = tmp_path / "in" / "rows.jsonl", tmp_path / "out.jsonl"
+    source.write_text('{"a": 1}\n{"a": 2}\n')
+    args = ["run", keep_target, "--source", str(source), "--ordered", "--no-store"]
+    result = _conveyor(*args, "--source-format", "lines", "--output", str(out))
+    assert result.exit_code == 0, result.output
+    assert _outputs(out) == ['{"a": 1}', '{"a": 2}']
+    glob_out = tmp_path / "glob.jsonl"
+    result = _conveyor(
+        *args[:3], str(tmp_path / "in" / "*.jsonl"), *args[4:], "--output", str(glob_out)
+    )
+    assert result.exit_code == 0, result.output
+    assert _outputs(glob_out) == [{"a": 1}, {"a": 2}]
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("missing.csv", "not found"),
+        ("*.nothing", "no file matches"),
+        ("nosuch://x/y.csv", "Protocol not known"),
+    ],
+)
+def test_a_source_that_cannot_be_read_is_a_usage_error(
+    keep_target: str, tmp_path: Path, source: str, message: str
+) -> None:
+    where = source if "://" in source else str(tmp_path / source)
+    result = _conveyor("run", keep_target, "--source", where, "--no-store")
+    assert result.exit_code == 2, result.output
+    assert "--source" in result.output and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_resume_reads_the_source_as_the_run_did(keep_target: str, tmp_path: Path) -> None:
+    from conveyor.store import RunStore, plan_resume
+
+    source, store = tmp_path / "rows.tsv", tmp_path / "runs.db"
+    source.write_bytes(csv_bytes(delimiter="\t"))
+    first, again = tmp_path / "first.jsonl", tmp_path / "again.jsonl"
+    base = ["--source", str(source), "--ordered", "--store", str(store), "--no-progress"]
+    result = _conveyor("run", keep_target, *base, "--output", str(first))
+    assert result.exit_code == 0, result.output
+    with RunStore(store) as runs:
+        (record,) = runs.runs()
+        assert record.params["source_format"] is None  # the name said: tsv
+    result = _conveyor(
+        "resume", record.id, "--store", str(store), "--force", "--output", str(again)
+    )
+    assert result.exit_code == 0, result.output
+    assert _outputs(first) == _outputs(again) == STR_ROWS
+    # A run recorded before --source-format read its --source as lines: so does resume.
+    with RunStore(store) as runs:
+        plan = plan_resume(runs, record.id, lambda target: cv.Pipeline("keep", [f.inc]), force=True)
+    old = dataclasses.replace(plan, source_format="lines")
+    assert list(old.source()) == source.read_text().splitlines()
