@@ -418,6 +418,21 @@ def test_damaged_files_are_errors_naming_the_file(place: Place) -> None:
         list(sources.arrow(place.write("t.arrow", arrow_bytes()), columns=["nope"]))
 
 
+@pytest.mark.parametrize("fmt", ["lines", "csv", "parquet", "arrow"])
+def test_a_file_removed_after_the_source_was_made_is_named(place: Place, fmt: str) -> None:
+    name, data, reader, _ = FORMATS[fmt]
+    keep, lose = place.write("1-" + name, data()), place.write("2-" + name, data())
+    source = reader(place.path("*-" + name))
+    if place.kind == "local":
+        Path(lose).unlink()
+    else:
+        fsspec.filesystem("memory").rm(lose)
+    with pytest.raises(SourceError, match="is gone: it was there when the source was made") as info:
+        list(source)
+    assert info.value.path is not None and info.value.path.endswith("2-" + name)
+    assert list(reader(keep)) == FORMATS[fmt][3]
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

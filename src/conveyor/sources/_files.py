@@ -54,9 +54,13 @@ class File:
                 return _open_zstd(self.name)
             return _LOCAL_OPENERS[self.compression](self.name, "rb")
         except FileNotFoundError:
-            raise SourceError(
-                f"file {self.name!r} is gone: it was there when the source was made", path=self.name
-            ) from None
+            raise self.gone() from None
+
+    def gone(self) -> SourceError:
+        """The error for a file removed since the source was made."""
+        return SourceError(
+            f"file {self.name!r} is gone: it was there when the source was made", path=self.name
+        )
 
     def open_raw(self) -> Any:
         """What pyarrow reads: a local path as it is (pyarrow maps it), else an fsspec file."""

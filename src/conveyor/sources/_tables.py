@@ -99,11 +99,13 @@ class TableSource(FileSource):
     @contextlib.contextmanager
     def _open(self, file: File) -> Iterator[Any]:
         with contextlib.ExitStack() as stack:
-            raw = file.open_raw()
-            if not isinstance(raw, str):
-                stack.enter_context(raw)
             try:
+                raw = file.open_raw()
+                if not isinstance(raw, str):
+                    stack.enter_context(raw)
                 table = self._reader(file, raw, stack)
+            except FileNotFoundError:
+                raise file.gone() from None
             except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
                 raise SourceError(
                     f"{file.name} is not a readable {self.format} file: {exc}", path=file.name

@@ -47,6 +47,8 @@ class TextSource(FileSource):
         """``file``'s lines as bytes, a failure to read or decompress it a SourceError."""
         try:
             fh = file.open_binary()
+        except FileNotFoundError:
+            raise file.gone() from None
         except OSError as exc:
             raise SourceError(f"cannot open {file.name!r}: {exc}", path=file.name) from exc
         n = 0
