@@ -532,9 +532,10 @@ def _peak_while_reading(source: Any) -> tuple[int, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # tracemalloc slows reading several times on a busy machine
 @pytest.mark.parametrize(
     ("fmt", "name", "n"),
-    [("lines", "a.txt", MILLION), ("jsonl", "a.jsonl.gz", MILLION), ("csv", "a.csv", 200_000)],
+    [("lines", "a.txt", MILLION), ("jsonl", "a.jsonl.gz", 200_000), ("csv", "a.csv", 200_000)],
 )
 def test_reading_a_million_lines_holds_memory_flat(
     tmp_path: Path, fmt: str, name: str, n: int
@@ -545,7 +546,7 @@ def test_reading_a_million_lines_holds_memory_flat(
     count, peak = _peak_while_reading(sources.read(big))
     small_count, small_peak = _peak_while_reading(sources.read(small))
     assert (count, small_count) == (n, n // 100)
-    # The file holds 5-35 MB; reading it whole, or its lines, would peak far above this.
+    # The file holds 5-30 MB; reading it whole, or its lines, would peak far above this.
     assert peak < 512 * 1024, f"peak {peak / 2**20:.2f} MiB reading {big.stat().st_size} bytes"
     assert peak < small_peak + 64 * 1024, (peak, small_peak)  # flat: 100x the lines, same peak
 
