@@ -1,5 +1,5 @@
 # Shared by scripts/demo and scripts/test: make ./.venv and install conveyor into it.
-# Usage: . scripts/_venv.sh EXTRAS   (e.g. "dev,train,metrics")
+# Usage: . scripts/_venv.sh EXTRAS   (e.g. "dev,train,metrics,files")
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3}"

@@ -219,3 +219,13 @@ def calls(log: str) -> list[int]:
             return [int(line) for line in fh]
     except FileNotFoundError:
         return []
+
+
+def row_total(row: dict[str, Any]) -> int:
+    """A table row (a dict) to the sum of its ``id`` and ``count``."""
+    return int(row["id"]) + int(row["count"])
+
+
+def batch_ids(batch: Any) -> list[int]:
+    """A ``pyarrow.RecordBatch`` to its ``id`` column, as a list."""
+    return [int(i) for i in batch.column("id").to_pylist()]

@@ -164,6 +164,7 @@ def test_public_names_are_pinned() -> None:
             "RunNotFoundError",
             "RunStatistics",
             "Service",
+            "SourceError",
             "Stage",
             "StageError",
             "StageInfo",

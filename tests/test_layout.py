@@ -22,6 +22,7 @@ PUBLIC = (
     "conveyor.analysis",
     "conveyor.store",
     "conveyor.cache",
+    "conveyor.sources",
     "conveyor.train",
 )
 REGISTERED = ("conveyor.train.cli",)
@@ -220,6 +221,19 @@ def test_executors_know_nothing_of_the_core(path: Path) -> None:
     assert third_party(loaded) == set()
 
 
+SOURCE_EXTRAS = {"fsspec", "pyarrow", "zstandard"}  # the files extra
+
+
+@pytest.mark.parametrize("path", modules_of("sources"), ids=lambda p: p.name)
+def test_sources_stand_on_the_standard_library_and_errors(path: Path) -> None:
+    loaded = imports(path, lazy=False)
+    conveyor = {n for n in loaded if n.startswith("conveyor")}
+    assert {n for n in conveyor if not n.startswith("conveyor.sources")} <= {"conveyor.errors"}
+    assert third_party(loaded) == set()
+    # the files extra only inside the call that needs it
+    assert {n.split(".")[0] for n in third_party(imports(path, lazy=True))} <= SOURCE_EXTRAS
+
+
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """A cycle in ``graph`` (module -> the modules it imports), or None."""
     state: dict[str, int] = {}  # 1: on the path, 2: done
@@ -262,9 +276,9 @@ def test_import_conveyor_loads_no_optional_dependency() -> None:
     import sys
 
     code = (
-        "import sys, conveyor, conveyor.errors, conveyor.executors; "
-        "print(sorted(m for m in ('click', 'rich', 'numpy', 'prometheus_client', 'torch') "
-        "if m in sys.modules))"
+        "import sys, conveyor, conveyor.errors, conveyor.executors, conveyor.sources; "
+        "print(sorted(m for m in ('click', 'rich', 'numpy', 'prometheus_client', 'torch', "
+        "'fsspec', 'pyarrow', 'zstandard') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -6,7 +6,8 @@ time as the others; items flow through like cars on an assembly line.
 Everything a pipeline's author needs is here; the layers below have their own
 public modules: :mod:`conveyor.errors`, :mod:`conveyor.observe`,
 :mod:`conveyor.analysis`, :mod:`conveyor.store`, :mod:`conveyor.cache`,
-:mod:`conveyor.executors` and the extras :mod:`conveyor.train`.
+:mod:`conveyor.executors`, :mod:`conveyor.sources` (file and table sources) and the
+extras :mod:`conveyor.train`.
 """
 
 from conveyor.core.events import Instrument, RunInfo, StageInfo
@@ -29,6 +30,7 @@ from conveyor.errors import (
     RemoteTraceback,
     RunError,
     RunNotFoundError,
+    SourceError,
     StageError,
     StallError,
     StoreError,
@@ -66,6 +68,7 @@ __all__ = [
     "RunNotFoundError",
     "RunStatistics",
     "Service",
+    "SourceError",
     "Stage",
     "StageError",
     "StageInfo",

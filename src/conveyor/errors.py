@@ -12,6 +12,7 @@
     │   └── PipelineChangedError   the pipeline's code changed since the run was recorded
     ├── FingerprintError           a stage's code cannot be fingerprinted for the cache
     ├── RecordingError             no recording: not recorded, or not a recording file
+    ├── SourceError                a file or table source cannot be read as asked
     └── TrainError                 the train extra was given something it cannot use
         └── MissingTorchError      a torch-backed part was used without PyTorch
 
@@ -42,6 +43,7 @@ __all__ = [
     "RemoteTraceback",
     "RunError",
     "RunNotFoundError",
+    "SourceError",
     "StageError",
     "StallError",
     "StoreError",
@@ -190,6 +192,20 @@ class RecordingError(ConveyorError, ValueError):
     """There is no recording to be had: the run was started with ``record=False`` or
     has not started, or a file is not a recording (or of a version) this conveyor can
     read. The message says which, and what to do."""
+
+
+class SourceError(ConveyorError):
+    """A file or table source (:mod:`conveyor.sources`) cannot be read as asked.
+
+    A missing file, a glob that matches nothing, a URL whose protocol needs a package
+    that is not installed, a malformed line or row. ``path`` names the file (or the
+    pattern) and ``line`` the 1-based line where the fault is, where there is one.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
 
 
 class TrainError(ConveyorError):

@@ -38,9 +38,10 @@ from conveyor.cli.outputs import (
 )
 from conveyor.cli.signals import Interrupted, SignalGuard, signal_name
 from conveyor.cli.store import store_option, store_problem
-from conveyor.cli.target import load_pipeline, read_lines
+from conveyor.cli.target import load_pipeline, source_file, stored_source
 from conveyor.errors import RecordingError, RunNotFoundError, StoreError
 from conveyor.observe import Progress, limiting_line, run_summary, stage_table
+from conveyor.sources import FORMATS
 from conveyor.store import RunStore, StoreRecorder, plan_resume, resume_report
 
 
@@ -48,10 +49,19 @@ from conveyor.store import RunStore, StoreRecorder, plan_resume, resume_report
 @click.argument("target")
 @click.option(
     "--source",
-    "source_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Stream this file's lines (newline stripped) as the source, "
-    "instead of the pipeline's own source=.",
+    "source_path",
+    metavar="PATH",
+    help="Read the source from this file, glob or URL instead of the pipeline's own "
+    "source=; the reader is picked from the name: .jsonl/.ndjson JSON lines, .csv/.tsv "
+    "rows as dicts, .parquet and .arrow/.feather rows as dicts, any other one item per "
+    "line (newline stripped). Compressed files (.gz, .zst...) are read too.",
+)
+@click.option(
+    "--source-format",
+    type=click.Choice(["auto", *FORMATS]),
+    default="auto",
+    show_default=True,
+    help="Read --source in this format, whatever its name says.",
 )
 @click.option("--ordered", is_flag=True, help="Yield results in source order.")
 @click.option("--no-progress", is_flag=True, help="No live progress display.")
@@ -89,7 +99,8 @@ from conveyor.store import RunStore, StoreRecorder, plan_resume, resume_report
 @OUTPUT_OPTION
 def run_command(
     target: str,
-    source_file: Path | None,
+    source_path: str | None,
+    source_format: str,
     ordered: bool,
     no_progress: bool,
     json_path: Path | None,
@@ -114,10 +125,11 @@ def run_command(
     with SignalGuard() as guard, ExitStack() as stack:
         try:
             pipeline = load_pipeline(target)
-            if source_file is None and pipeline.source is None:
+            if source_path is None and pipeline.source is None:
                 raise click.UsageError(
-                    f"pipeline {pipeline.name!r} has no source; pass --source FILE (one item "
-                    "per line) or build it with Pipeline(..., source=...)"
+                    f"pipeline {pipeline.name!r} has no source; pass --source FILE (a file of "
+                    "lines, JSON lines, CSV, Parquet...) or build it with "
+                    "Pipeline(..., source=...)"
                 )
             if rebalance is not None and rebalance < len(pipeline.stages):
                 raise click.UsageError(
@@ -125,14 +137,16 @@ def run_command(
                     f"{len(pipeline.stages)} stages and each needs a worker; give at least "
                     f"{len(pipeline.stages)}"
                 )
-            source = read_lines(source_file) if source_file is not None else None
+            fmt = None if source_format == "auto" else source_format
+            source = source_file(source_path, fmt) if source_path is not None else None
             write = stack.enter_context(results_file(output_path))
             metrics = _serve_metrics(metrics_port, err) if metrics_port else None
             if metrics is not None:
                 stack.callback(metrics.close)
             rebalancer = Rebalancer(rebalance) if rebalance is not None else None
             params = {
-                "source": str(source_file.resolve()) if source_file is not None else None,
+                "source": stored_source(source_path) if source_path is not None else None,
+                "source_format": fmt,
                 "ordered": ordered or pipeline.ordered,
             }
             recorder = (

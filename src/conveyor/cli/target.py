@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,7 +20,8 @@ from typing import Any
 import click
 
 from conveyor import Pipeline, Stage
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConveyorError, SourceError
+from conveyor.sources import FileSource, read
 
 TARGET_HELP = "TARGET is module:attr or path/to/file.py:attr, e.g. examples/science.py:pipeline"
 
@@ -153,8 +154,18 @@ def _as_pipeline(obj: Any, target: str) -> Pipeline:
     return result
 
 
-def read_lines(path: Path) -> Iterator[str]:
-    """The file's lines, newline stripped: ``--source FILE``'s items."""
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            yield line.rstrip("\r\n")
+def source_file(path: str, format: str | None) -> FileSource:
+    """``--source PATH``'s items: read in ``format``, or the one its name says. A path
+    that cannot be read is a usage error naming ``--source``."""
+    try:
+        return read(path, format)
+    except SourceError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--source'") from None
+
+
+def stored_source(path: str) -> str:
+    """``--source PATH`` as the run store keeps it: a local path (or glob) made
+    absolute, so that ``conveyor resume`` reads it from any folder; a URL as it is."""
+    if "://" in path or "::" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))

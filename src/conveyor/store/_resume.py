@@ -16,8 +16,7 @@ Stages without ``cache=True`` run again in full, and the report says so.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from conveyor.core.pipeline import Pipeline
@@ -36,12 +35,18 @@ class ResumePlan:
     source_path: str | None  # the --source file of the original run, if any
     ordered: bool
     cached_stages: tuple[str, ...]
+    # How --source was read: a format of conveyor.sources, or None for the one its name
+    # says. Runs recorded before --source-format existed read it as lines.
+    source_format: str | None = "lines"
 
     def source(self) -> Any:
-        """The same source as the original run: its --source file, or the pipeline's own."""
+        """The same source as the original run, read the same way: its --source file,
+        or the pipeline's own."""
         if self.source_path is None:
             return None  # the pipeline's own source=
-        return _lines(Path(self.source_path))
+        from conveyor.sources import read
+
+        return read(self.source_path, self.source_format)
 
     def params(self) -> dict[str, Any]:
         """The parameters to record for the resumed run."""
@@ -89,6 +94,7 @@ def plan_resume(
         record=record,
         pipeline=pipeline,
         source_path=record.params.get("source"),
+        source_format=record.params.get("source_format", "lines"),
         ordered=bool(record.params.get("ordered", pipeline.ordered)),
         cached_stages=cached,
     )
@@ -120,12 +126,6 @@ def resume_report(plan: ResumePlan, stats: RunStatistics) -> list[str]:
             "stages cache=True"
         )
     return lines
-
-
-def _lines(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            yield line.rstrip("\n")
 
 
 def redrive_plan(pipeline: Pipeline, letters: list[Any]) -> list[tuple[Pipeline, list[Any]]]:
