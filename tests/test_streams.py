@@ -267,6 +267,7 @@ def test_a_fold_feeds_the_next_stage_once() -> None:
     assert run.results == [3]
 
 
+@pytest.mark.slow
 def test_a_fold_over_a_million_rows_holds_only_its_state() -> None:
     fold = cv.Stage(sf.add, kind="fold", initial=0, combine=sf.add_pair, workers=2)
     pipe = cv.Pipeline("p", [fold])
