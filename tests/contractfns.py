@@ -143,3 +143,28 @@ def slow_logged(job: Job) -> int:
 
 def ident(x: Any) -> Any:
     return x
+
+
+# --- exceptions and values that do not cross a process boundary as they are ----------
+
+
+class KeywordOnly:
+    """A value that pickles but cannot be unpickled (its constructor's second
+    argument is keyword-only, and pickle passes it by position)."""
+
+    def __init__(self, n: int, *, reason: str) -> None:
+        self.n = n
+        self.reason = reason
+
+    def __reduce__(self) -> Any:
+        return (KeywordOnly, (self.n, self.reason))
+
+
+class RefusesState:
+    """Pickles, but unpickling it fails half-way: ``__setstate__`` raises."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __setstate__(self, state: Any) -> None:
+        raise ValueError("this state is refused")
