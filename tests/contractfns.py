@@ -168,3 +168,80 @@ class RefusesState:
 
     def __setstate__(self, state: Any) -> None:
         raise ValueError("this state is refused")
+
+
+class ArgsError(Exception):
+    """A constructor that takes other arguments than its message: it pickles, but
+    unpickling calls ArgsError(message), which fails."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"error {code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class LockedError(Exception):
+    """An attribute that cannot be pickled (a lock) beside one that can."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(f"item {n} is locked")
+        self.n = n
+        self.lock = threading.Lock()
+
+
+def _make_ghost_error() -> type[ValueError]:
+    class GhostError(ValueError):
+        """Made by a factory, as some libraries make their error classes: no import
+        finds it by its name, so pickle cannot send it."""
+
+    return GhostError
+
+
+GhostError = _make_ghost_error()
+
+
+class Unprintable(Exception):
+    """An exception whose ``str()`` raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("this exception cannot be printed")
+
+
+def raise_args(job: Job) -> int:
+    _log(job)
+    raise ArgsError(job.n, "no such thing")
+
+
+def raise_locked(job: Job) -> int:
+    _log(job)
+    raise LockedError(job.n)
+
+
+def raise_ghost(job: Job) -> int:
+    _log(job)
+    raise GhostError(f"item {job.n} is haunted")
+
+
+def unprintable_on_7(job: Job) -> int:
+    _log(job)
+    if job.n == 7:
+        raise Unprintable(job.n)
+    return job.n
+
+
+class DiskError(OSError):
+    """An OSError whose constructor takes a keyword-only argument."""
+
+    def __init__(self, path: str, *, why: str) -> None:
+        super().__init__(28, f"{path}: {why}")
+        self.path = path
+
+
+class Sealed(Exception):
+    """A class that refuses subclasses: no proxy of it can be made."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"{code} {detail}")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        raise TypeError("Sealed cannot be subclassed")

@@ -72,7 +72,7 @@ def stage_error(
         what = f"a batch of {batch} items starting at {show(key)}"
     tries = f" (attempt {attempt} of {attempts})" if attempts > 1 else ""
     return StageError(
-        f"stage {stage!r} failed on {what}{tries}: {type(error).__name__}: {error}",
+        f"stage {stage!r} failed on {what}{tries}: {type(error).__name__}: {_text(error)}",
         stage=stage,
         key=key,
     )
@@ -87,3 +87,12 @@ def stall_error(stage: str, tasks: int, keys: Sequence[Key]) -> StallError:
         stage=stage,
         keys=tuple(keys),
     )
+
+
+def _text(error: BaseException) -> str:
+    """``str(error)``, or what went wrong making it: a broken ``__str__`` must not hide
+    which item failed."""
+    try:
+        return str(error)
+    except Exception as exc:
+        return f"<str() of it raised {type(exc).__name__}>"

@@ -14,7 +14,8 @@ thread, and the one that makes payloads of any size safe.
 Every task gets exactly one outcome (the contract in :mod:`conveyor.executors.base`):
 
 - a task that cannot be pickled fails its first unpicklable unit (the others run
-  again elsewhere); a result the driver cannot unpickle fails only its unit;
+  again elsewhere); a result the driver cannot unpickle fails only its unit; an
+  exception that cannot be pickled comes back as a proxy of its class (:mod:`.remote`);
 - a worker that dies fails the unit it was running with ``lost`` set (naming the
   item, exit code and signal); the tasks queued behind it did not run and go back
   to the scheduler; a replacement starts at once;
@@ -44,7 +45,7 @@ from collections import deque
 from time import monotonic, monotonic_ns
 from typing import TYPE_CHECKING, Any
 
-from conveyor.errors import RemoteTraceback, StageError, WorkerLostError
+from conveyor.errors import StageError, WorkerLostError
 from conveyor.executors.base import (
     CacheSpec,
     Executor,
@@ -58,6 +59,7 @@ from conveyor.executors.base import (
     not_run,
 )
 from conveyor.executors.processes.functions import check_picklable, dump_function
+from conveyor.executors.processes.remote import rebuild
 from conveyor.executors.processes.shm import SegmentRegistry, dumps, loads
 from conveyor.executors.processes.worker import READY, STOP, worker_main
 
@@ -396,11 +398,11 @@ class ProcessExecutor(Executor):
 
     def _cannot_load(self, w: _Worker, msg: tuple[Any, ...]) -> None:
         """The worker could not load the stage's function: no worker ever will."""
-        _, blob, describe, tb = msg
-        cause = _rebuild(blob, describe, tb)
+        _, packed, tb = msg
+        cause = rebuild(packed, tb)
         error = StageError(
             f"stage {self.stage.name!r} cannot run on process workers: loading its function "
-            f"in a worker raised {describe}; make the function importable (defined at the top "
+            f"in a worker raised {packed.describe}; make the function importable (defined at the top "
             "level of a module that imports cleanly), or use executor='threads'",
             stage=self.stage.name,
         )
@@ -446,8 +448,8 @@ class ProcessExecutor(Executor):
     def _decode(self, reply: bytes, worker: int) -> Outcome:
         task_id, stamps, (how, payload), raw_failures, hits, uncached = pickle.loads(reply)
         failures = [
-            Failure(unit, _rebuild(blob, describe, tb), tb, fatal)
-            for unit, blob, describe, tb, fatal in raw_failures
+            Failure(unit, rebuild(packed, tb), tb, fatal)
+            for unit, packed, tb, fatal in raw_failures
         ]
         if how == "all":
             results = pickle.loads(payload)
@@ -474,20 +476,6 @@ class ProcessExecutor(Executor):
 
 def _new_registry() -> SegmentRegistry:
     return SegmentRegistry(f"cv{os.getpid()}x{secrets.token_hex(3)}", owner=True)
-
-
-def _rebuild(blob: bytes | None, describe: str, tb: str) -> BaseException:
-    """A worker's exception, with its remote traceback as ``__cause__``."""
-    exc: BaseException | None = None
-    if blob is not None:
-        try:
-            exc = pickle.loads(blob)
-        except Exception:
-            exc = None
-    if not isinstance(exc, BaseException):
-        exc = RuntimeError(f"{describe} (the original exception cannot be rebuilt here)")
-    exc.__cause__ = RemoteTraceback(tb)
-    return exc
 
 
 def _broken_outcome(task: Task, error: BaseException) -> Outcome:

@@ -23,6 +23,7 @@ from typing import Any
 
 from conveyor.executors.base import CacheSpec
 from conveyor.executors.processes.functions import load_function
+from conveyor.executors.processes.remote import pack
 from conveyor.executors.processes.shm import SegmentRegistry, dumps, loads
 from conveyor.executors.task import run_task
 
@@ -34,7 +35,7 @@ _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
 #   (task_id, stamps, results, failures, hits, uncached)
 # results:  ("all", bytes)            every result plain: one pickle of the list
 #           ("each", [bytes | None])  one pickle per unit (None: that unit failed)
-# failures: [(unit, exception pickle | None, "Type: message", traceback, fatal)]
+# failures: [(unit, Packed, traceback, fatal)]  (Packed: the exception, see .remote)
 
 
 def worker_main(
@@ -57,7 +58,7 @@ def worker_main(
     try:
         fn = load_function(fn_bytes)
     except BaseException as exc:
-        outbox.send_bytes(pickle.dumps(("init", _exception_blob(exc), _describe(exc), _tb())))
+        outbox.send_bytes(pickle.dumps(("init", pack(exc), _tb())))
         return
     outbox.send_bytes(pickle.dumps(READY))
 
@@ -90,10 +91,7 @@ def worker_main(
             cache=cache,
         )
         failed = {f.unit for f in out.failures}
-        failures = [
-            (f.unit, _exception_blob(f.error), _describe(f.error), f.traceback or "", f.fatal)
-            for f in out.failures
-        ]
+        failures = [(f.unit, pack(f.error), f.traceback or "", f.fatal) for f in out.failures]
         results = _pickle_results(out.results, failed, failures, registry)
         reply = pickle.dumps((task_id, out.stamps, results, failures, out.hits, out.uncached))
         current[0] = -1
@@ -120,24 +118,9 @@ def _pickle_results(
                 f"worker ({type(exc).__name__}: {exc}); return plain data (numbers, strings, "
                 "lists, dicts, NumPy arrays), or run this stage on threads"
             )
-            failures.append((i, _exception_blob(bad), _describe(bad), _tb(), False))
+            failures.append((i, pack(bad), _tb(), False))
     failures.sort(key=lambda f: f[0])
     return ("each", blobs)
-
-
-def _exception_blob(exc: BaseException) -> bytes | None:
-    """The exception pickled, if it survives the round trip here (else None: the driver
-    rebuilds it from its description)."""
-    try:
-        blob = pickle.dumps(exc)
-        pickle.loads(blob)
-    except Exception:
-        return None
-    return blob
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _tb() -> str:
