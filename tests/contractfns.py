@@ -229,6 +229,31 @@ def unprintable_on_7(job: Job) -> int:
     return job.n
 
 
+def record_of(job: Job) -> dict[str, Any]:
+    """A result that is not a plain value (a dict). When ``job.payload`` is "lock" or
+    "keyword-only" it holds a value that cannot be pickled, or that pickles but cannot
+    be unpickled: one result that cannot travel among many that can."""
+    _log(job)
+    if job.payload == "lock":
+        return {"n": job.n, "bad": threading.Lock()}
+    if job.payload == "keyword-only":
+        return {"n": job.n, "bad": KeywordOnly(job.n, reason="made in the worker")}
+    return {"n": job.n}
+
+
+def payload_n(job: Job) -> int:
+    _log(job)
+    return job.n
+
+
+_SHARED = {"config": "one object for every result"}
+
+
+def shared_pair(n: int) -> tuple[int, dict[str, str]]:
+    """Results that all hold the same object."""
+    return n, _SHARED
+
+
 class DiskError(OSError):
     """An OSError whose constructor takes a keyword-only argument."""
 
@@ -245,3 +270,13 @@ class Sealed(Exception):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         raise TypeError("Sealed cannot be subclassed")
+
+
+def array_or_stray(job: Job) -> Any:
+    """A 2 MiB array (it travels through shared memory), or for item 1 an array beside
+    a value that cannot be unpickled in the driver."""
+    import numpy as np
+
+    _log(job)
+    array = np.full(2 * 1024 * 1024, job.n, dtype=np.uint8)
+    return [array, KeywordOnly(job.n, reason="stray")] if job.n == 1 else array

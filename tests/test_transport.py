@@ -1,27 +1,32 @@
-"""Failures across the process boundary: exceptions keep their type.
+"""Failures across the process boundary: exceptions keep their type, blame is exact.
 
 A process stage must fail like a thread stage. An exception that cannot be pickled
 as it is comes back as itself (a subclass of its class, with its message and the
 attributes that pickle) or, if its class cannot be imported here, as a
-``RemoteError`` that retry filters match by the class's qualified name. Every case
-runs on every executor with the same assertions, except where what cannot be
-pickled is no problem at all (executors that share memory).
+``RemoteError`` that retry filters match by the class's qualified name. A value
+that cannot cross the pipes, either way, fails its own unit and no other. Every
+case runs on every executor with the same assertions, except where a value that
+cannot be pickled is no problem at all (executors that share memory).
 """
 
 from __future__ import annotations
 
 import collections
 import copy
+import os
 import pickle
+import threading
 import traceback
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import contractfns as fns
 import conveyor as cv
-from conveyor.executors import executor_class, executor_names
+from conftest import wait_until
+from conveyor.executors import Task, executor_class, executor_names
 from conveyor.executors.processes.remote import pack, rebuild
 
 pytestmark = pytest.mark.timeout(120)
@@ -230,3 +235,129 @@ def test_retry_matches_a_remote_error_by_the_names_of_its_class_and_bases() -> N
         ((fns._make_ghost_error(),), True),  # another class of the same name: by name
     ]:
         assert cv.Retry(on=on).retries(ghost, 1) is retried, on
+
+
+# --- blame is exact ----------------------------------------------------------------
+
+BAD = 137
+
+
+@pytest.mark.parametrize("payload", ["lock", "keyword-only"], ids=["pickle", "unpickle"])
+@pytest.mark.parametrize("executor", ALL)
+def test_one_result_that_cannot_travel_among_300_dead_letters_that_item_alone(
+    executor: str, payload: str, tmp_path: Path
+) -> None:
+    # "lock": the result cannot be pickled in the worker; "keyword-only": it pickles
+    # there but cannot be unpickled here.
+    seen = Failures()
+    stage = cv.stage(fns.record_of, executor=executor, workers=2, on_error="skip")
+    items = jobs(tmp_path, 300, {BAD: payload})
+    run = cv.Pipeline("results", [stage]).run(items, instruments=[seen])
+    assert calls(tmp_path) == collections.Counter(range(300))  # no call ran twice
+    delivered = sorted(r["n"] for r in run.results)
+    if out_of_process(executor):
+        assert delivered == [n for n in range(300) if n != BAD]
+        assert list(seen.dead) == [(BAD,)]
+        assert "cannot be" in str(seen.dead[(BAD,)])
+        assert run.statistics().stages[stage.name].dead_lettered == 1
+    else:
+        assert delivered == list(range(300)) and not seen.dead
+    seen.assert_balanced()
+
+
+@pytest.mark.parametrize("payload", ["lock", "keyword-only"], ids=["pickle", "unpickle"])
+@pytest.mark.parametrize("executor", ALL)
+def test_one_input_that_cannot_travel_among_300_dead_letters_that_item_alone(
+    executor: str, payload: str, tmp_path: Path
+) -> None:
+    # "lock": the item cannot be pickled here; "keyword-only": it pickles here but
+    # cannot be unpickled in the worker.
+    seen = Failures()
+    stage = cv.stage(fns.payload_n, executor=executor, workers=2, on_error="skip")
+    bad: Any = threading.Lock() if payload == "lock" else fns.KeywordOnly(BAD, reason="x")
+    run = cv.Pipeline("inputs", [stage]).run(jobs(tmp_path, 300, {BAD: bad}), instruments=[seen])
+    if out_of_process(executor):
+        assert sorted(run.results) == [n for n in range(300) if n != BAD]
+        assert list(seen.dead) == [(BAD,)]
+        where = "pickled to send it to a" if payload == "lock" else "unpickled in the"
+        assert f"cannot be {where} process worker" in str(seen.dead[(BAD,)])
+        assert calls(tmp_path) == collections.Counter(n for n in range(300) if n != BAD)
+        assert run.statistics().stages[stage.name].lost_workers == 0
+    else:
+        assert sorted(run.results) == list(range(300)) and not seen.dead
+    seen.assert_balanced()
+
+
+def run_one_task(fn: Any, units: list[Any]) -> Any:
+    """Send ``units`` to one process worker as a single task; its outcome."""
+    stage = cv.stage(fn, executor="processes")
+    posted: list[Any] = []
+    ex = executor_class("processes")(stage, posted.append)
+    ex.start()
+    try:
+        ex.submit(Task(1, stage.name, units, [(i,) for i in range(len(units))]))
+        assert wait_until(lambda: posted, timeout=60)
+    finally:
+        ex.shutdown(cancel=False)
+    return posted[0]
+
+
+@pytest.mark.parametrize("payload", ["lock", "keyword-only"], ids=["pickle", "unpickle"])
+def test_in_one_task_of_300_units_only_the_result_that_cannot_travel_fails(
+    payload: str, tmp_path: Path
+) -> None:
+    out = run_one_task(fns.record_of, jobs(tmp_path, 300, {BAD: payload}))
+    assert [f.unit for f in out.failures] == [BAD] and not out.failures[0].fatal
+    assert isinstance(out.failures[0].error, TypeError)
+    assert len(out.results) == 300 and len(out.stamps) == 301
+    assert [r["n"] for i, r in enumerate(out.results) if i != BAD] == [
+        n for n in range(300) if n != BAD
+    ]
+
+
+def test_in_one_task_of_300_units_only_the_input_that_cannot_travel_fails(
+    tmp_path: Path,
+) -> None:
+    units = jobs(tmp_path, 300, {BAD: fns.KeywordOnly(BAD, reason="made in the driver")})
+    out = run_one_task(fns.payload_n, units)
+    assert [f.unit for f in out.failures] == [BAD] and not out.failures[0].fatal
+    assert "cannot be unpickled in the process worker" in str(out.failures[0].error)
+    assert out.results[:BAD] == list(range(BAD))  # the units after it run again, free
+
+
+def test_a_tasks_results_travel_in_one_pickle() -> None:
+    # One pickle for all the results of a task (the fast path), so results that share
+    # an object still share it when they arrive, as they do with threads.
+    out = run_one_task(fns.shared_pair, [0, 1, 2])
+    assert not out.failures
+    assert out.results[0][1] is out.results[1][1] is out.results[2][1]
+
+
+@pytest.fixture
+def no_leftover_segments():  # type: ignore[no-untyped-def]
+    yield
+    if os.path.isdir("/dev/shm"):
+        mine = f"cv{os.getpid()}x"
+        assert wait_until(lambda: not [e for e in os.listdir("/dev/shm") if e.startswith(mine)])
+
+
+@pytest.mark.usefixtures("no_leftover_segments")
+@pytest.mark.parametrize("way", ["input", "result"])
+def test_shared_memory_arrays_beside_a_value_that_cannot_travel(way: str, tmp_path: Path) -> None:
+    # Salvaging rebuilds the arrays over their segments like the fast path, and the
+    # segments of the unit that failed are not left behind.
+    seen = Failures()
+    array = np.full(2 * 1024 * 1024, 9, dtype=np.uint8)
+    if way == "input":
+        fn, payloads = fns.payload_n, {0: array, 1: fns.KeywordOnly(1, reason="x"), 2: array}
+    else:
+        fn, payloads = fns.array_or_stray, {}
+    stage = cv.stage(fn, executor="processes", on_error="skip")
+    run = cv.Pipeline("arrays", [stage]).run(jobs(tmp_path, 3, payloads), instruments=[seen])
+    assert list(seen.dead) == [(1,)]
+    if way == "input":
+        assert sorted(run.results) == [0, 2]
+    else:
+        assert sorted(int(r[0]) for r in run.results) == [0, 2]
+        assert all(r.nbytes == 2 * 1024 * 1024 for r in run.results)
+    seen.assert_balanced()
