@@ -143,3 +143,140 @@ def slow_logged(job: Job) -> int:
 
 def ident(x: Any) -> Any:
     return x
+
+
+# --- exceptions and values that do not cross a process boundary as they are ----------
+
+
+class KeywordOnly:
+    """A value that pickles but cannot be unpickled (its constructor's second
+    argument is keyword-only, and pickle passes it by position)."""
+
+    def __init__(self, n: int, *, reason: str) -> None:
+        self.n = n
+        self.reason = reason
+
+    def __reduce__(self) -> Any:
+        return (KeywordOnly, (self.n, self.reason))
+
+
+class RefusesState:
+    """Pickles, but unpickling it fails half-way: ``__setstate__`` raises."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __setstate__(self, state: Any) -> None:
+        raise ValueError("this state is refused")
+
+
+class ArgsError(Exception):
+    """A constructor that takes other arguments than its message: it pickles, but
+    unpickling calls ArgsError(message), which fails."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"error {code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class LockedError(Exception):
+    """An attribute that cannot be pickled (a lock) beside one that can."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(f"item {n} is locked")
+        self.n = n
+        self.lock = threading.Lock()
+
+
+def _make_ghost_error() -> type[ValueError]:
+    class GhostError(ValueError):
+        """Made by a factory, as some libraries make their error classes: no import
+        finds it by its name, so pickle cannot send it."""
+
+    return GhostError
+
+
+GhostError = _make_ghost_error()
+
+
+class Unprintable(Exception):
+    """An exception whose ``str()`` raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("this exception cannot be printed")
+
+
+def raise_args(job: Job) -> int:
+    _log(job)
+    raise ArgsError(job.n, "no such thing")
+
+
+def raise_locked(job: Job) -> int:
+    _log(job)
+    raise LockedError(job.n)
+
+
+def raise_ghost(job: Job) -> int:
+    _log(job)
+    raise GhostError(f"item {job.n} is haunted")
+
+
+def unprintable_on_7(job: Job) -> int:
+    _log(job)
+    if job.n == 7:
+        raise Unprintable(job.n)
+    return job.n
+
+
+def record_of(job: Job) -> dict[str, Any]:
+    """A result that is not a plain value (a dict). When ``job.payload`` is "lock" or
+    "keyword-only" it holds a value that cannot be pickled, or that pickles but cannot
+    be unpickled: one result that cannot travel among many that can."""
+    _log(job)
+    if job.payload == "lock":
+        return {"n": job.n, "bad": threading.Lock()}
+    if job.payload == "keyword-only":
+        return {"n": job.n, "bad": KeywordOnly(job.n, reason="made in the worker")}
+    return {"n": job.n}
+
+
+def payload_n(job: Job) -> int:
+    _log(job)
+    return job.n
+
+
+_SHARED = {"config": "one object for every result"}
+
+
+def shared_pair(n: int) -> tuple[int, dict[str, str]]:
+    """Results that all hold the same object."""
+    return n, _SHARED
+
+
+class DiskError(OSError):
+    """An OSError whose constructor takes a keyword-only argument."""
+
+    def __init__(self, path: str, *, why: str) -> None:
+        super().__init__(28, f"{path}: {why}")
+        self.path = path
+
+
+class Sealed(Exception):
+    """A class that refuses subclasses: no proxy of it can be made."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"{code} {detail}")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        raise TypeError("Sealed cannot be subclassed")
+
+
+def array_or_stray(job: Job) -> Any:
+    """A 2 MiB array (it travels through shared memory), or for item 1 an array beside
+    a value that cannot be unpickled in the driver."""
+    import numpy as np
+
+    _log(job)
+    array = np.full(2 * 1024 * 1024, job.n, dtype=np.uint8)
+    return [array, KeywordOnly(job.n, reason="stray")] if job.n == 1 else array

@@ -37,6 +37,8 @@ def make(cls: type[ConveyorError]) -> ConveyorError:
     if "message" not in params:
         return cls()  # MissingTorchError: its message is fixed
     kwargs = {"stage": "parse"} if "stage" in params else {}
+    if "type_name" in params:  # RemoteError: the class of the worker's exception
+        kwargs["type_name"] = "module.OriginalError"
     return cls(f"the {cls.__name__} message", **kwargs)
 
 

@@ -156,6 +156,7 @@ def test_public_names_are_pinned() -> None:
             "Recorder",
             "Recording",
             "RecordingError",
+            "RemoteError",
             "RemoteTraceback",
             "Retry",
             "Run",

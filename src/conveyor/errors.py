@@ -11,6 +11,8 @@
     │   ├── RunNotFoundError       no run (or several) has the id asked for
     │   └── PipelineChangedError   the pipeline's code changed since the run was recorded
     ├── FingerprintError           a stage's code cannot be fingerprinted for the cache
+    ├── RemoteError                a process worker's exception whose class cannot be
+    │                              imported here (retry filters match it by name)
     ├── RecordingError             no recording: not recorded, or not a recording file
     ├── SourceError                a file or table source cannot be read as asked
     └── TrainError                 the train extra was given something it cannot use
@@ -23,6 +25,14 @@ Every error a run raises names its ``stage``, its ``run_id`` and, where there is
 one, the item's ``key``. Messages state the rule, show the values, and suggest the
 fix. ``RemoteTraceback`` is not an error of its own: it is the ``__cause__`` that
 carries a process worker's formatted traceback.
+
+An exception raised in a process worker comes back as itself when it can be
+pickled. When it cannot (a constructor that takes other arguments than its
+message, an attribute such as a lock), it comes back as an instance of a subclass
+of its own class, named like it, with its message, its arguments and attributes
+that pickle, and the remote traceback: ``except`` clauses and retry filters treat
+it as the original. Only when its class cannot be imported in the driver does it
+arrive as a :class:`RemoteError`.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ __all__ = [
     "PipelineChangedError",
     "PipelineError",
     "RecordingError",
+    "RemoteError",
     "RemoteTraceback",
     "RunError",
     "RunNotFoundError",
@@ -186,6 +197,40 @@ class FingerprintError(ConveyorError):
     """A function's code fingerprint cannot be computed faithfully: it closes over (or
     refers to, or defaults to) a value that cannot be fingerprinted. Caching such a
     stage could serve results computed under another value, so it is refused."""
+
+
+class RemoteError(ConveyorError):
+    """An exception raised in a process worker whose class cannot be imported in the
+    driver (made by a factory or inside a function, or defined in a module only the
+    worker can import), or refuses subclasses, so it cannot come back as itself.
+
+    ``type_name`` is its class's qualified name (``"module.Qualname"``),
+    ``type_names`` those of its class and every base (builtins as
+    ``"builtins.ValueError"``), ``message`` what ``str()`` of it said, and
+    ``attributes`` those of its attributes that could be sent. A
+    :class:`~conveyor.Retry` filter matches it by ``type_names``, exactly as it would
+    match the original by class; the worker's traceback is its ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        type_name: str,
+        type_names: tuple[str, ...] = (),
+        remote_message: str = "",
+        attributes: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.type_names = type_names or (type_name,)
+        self.message = remote_message
+        self.attributes = attributes or {}
+
+    def is_a(self, cls: type[BaseException]) -> bool:
+        """Whether the original exception was an instance of ``cls``, judged by the
+        qualified names of its class and bases (how a retry filter matches it)."""
+        return cls is RemoteError or f"{cls.__module__}.{cls.__qualname__}" in self.type_names
 
 
 class RecordingError(ConveyorError, ValueError):

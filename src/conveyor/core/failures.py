@@ -81,7 +81,7 @@ def stage_error(
         what = f"a batch of {batch} items starting at {show(key)}"
     tries = f" (attempt {attempt} of {attempts})" if attempts > 1 else ""
     return StageError(
-        f"stage {stage!r} failed on {what}{tries}: {type(error).__name__}: {error}",
+        f"stage {stage!r} failed on {what}{tries}: {type(error).__name__}: {_text(error)}",
         stage=stage,
         key=key,
     )
@@ -138,3 +138,12 @@ def check_stall(
             keys = [k for st, task in inflight if st is s for k in task.keys]
             raise stall_error(s.name, s.busy, keys)
     return stalled
+
+
+def _text(error: BaseException) -> str:
+    """``str(error)``, or what went wrong making it: a broken ``__str__`` must not hide
+    which item failed."""
+    try:
+        return str(error)
+    except Exception as exc:
+        return f"<str() of it raised {type(exc).__name__}>"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from conveyor.errors import PipelineError
+from conveyor.errors import PipelineError, RemoteError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,9 +19,13 @@ class Retry:
     The wait before call *k + 1* is ``backoff * factor ** (k - 1)`` seconds, capped at
     ``max_backoff`` and scaled by a random factor in ``[1 - jitter, 1 + jitter]`` so
     that many items failing together do not retry together. Only exceptions that
-    are instances of ``on`` are retried; others fail (or are skipped) at once. A lost
-    process worker counts as :class:`~conveyor.WorkerLostError` and a call past the
-    stage's timeout as :class:`TimeoutError`, both retried under the default ``on``.
+    are instances of ``on`` are retried; others fail (or are skipped) at once. This
+    holds on every executor: an exception from a process worker comes back as
+    (a subclass of) its own class, or, if its class cannot be imported in the
+    driver, as a :class:`~conveyor.RemoteError` matched by the qualified names of
+    the original's class and bases. A lost process worker counts as
+    :class:`~conveyor.WorkerLostError` and a call past the stage's timeout as
+    :class:`TimeoutError`, both retried under the default ``on``.
 
         @stage(retry=Retry(attempts=5, backoff=0.5, on=(ConnectionError, TimeoutError)))
         def fetch(url): ...
@@ -56,7 +60,13 @@ class Retry:
 
     def retries(self, error: BaseException, attempt: int) -> bool:
         """Whether call number ``attempt`` (from 1), which raised ``error``, is retried."""
-        return attempt < self.attempts and isinstance(error, self.on)
+        return attempt < self.attempts and self.matches(error)
+
+    def matches(self, error: BaseException) -> bool:
+        """Whether ``error`` is one of ``on`` (a RemoteError: whether the original was)."""
+        if isinstance(error, RemoteError):
+            return any(error.is_a(cls) for cls in self.on)
+        return isinstance(error, self.on)
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait after failed call number ``attempt`` before the next one."""

@@ -13,8 +13,9 @@ thread, and the one that makes payloads of any size safe.
 
 Every task gets exactly one outcome (the contract in :mod:`conveyor.executors.base`):
 
-- a task that cannot be pickled fails its first unpicklable unit (the others run
-  again elsewhere); a result the driver cannot unpickle fails only its unit;
+- a unit or a result that cannot be pickled, or unpickled on the other side, fails
+  its own unit, and no other (:mod:`.messages`); an exception that cannot be
+  pickled comes back as a proxy of its class (:mod:`.remote`);
 - a worker that dies fails the unit it was running with ``lost`` set (naming the
   item, exit code and signal); the tasks queued behind it did not run and go back
   to the scheduler; a replacement starts at once;
@@ -39,12 +40,11 @@ import pickle
 import queue
 import secrets
 import threading
-import traceback
 from collections import deque
 from time import monotonic, monotonic_ns
 from typing import TYPE_CHECKING, Any
 
-from conveyor.errors import RemoteTraceback, StageError, WorkerLostError
+from conveyor.errors import StageError, WorkerLostError
 from conveyor.executors.base import (
     CacheSpec,
     Executor,
@@ -58,7 +58,9 @@ from conveyor.executors.base import (
     not_run,
 )
 from conveyor.executors.processes.functions import check_picklable, dump_function
-from conveyor.executors.processes.shm import SegmentRegistry, dumps, loads
+from conveyor.executors.processes.messages import decode_reply, unpicklable_task
+from conveyor.executors.processes.remote import rebuild
+from conveyor.executors.processes.shm import SegmentRegistry, dumps
 from conveyor.executors.processes.worker import READY, STOP, worker_main
 
 if TYPE_CHECKING:
@@ -281,7 +283,7 @@ class ProcessExecutor(Executor):
             try:
                 data, pinned = dumps((task.id, task.units), self._registry)
             except Exception as exc:
-                self.post(self._unpicklable(task, exc, w.index))
+                self.post(unpicklable_task(task, exc, w.index, self._registry))
                 continue
             with self._lock:
                 if w.dead:
@@ -313,7 +315,9 @@ class ProcessExecutor(Executor):
                 if reply is None:
                     self._died(w, at_start=False)
                     return
-                outcome = self._decode(reply, w.index)
+                with self._lock:
+                    task = w.pending[0][0]
+                outcome = decode_reply(reply, task.id, w.index, self._registry)
                 with self._lock:
                     _, pinned = w.pending.popleft()
                 del pinned  # its segments stay mapped until the reply is unpickled
@@ -397,11 +401,11 @@ class ProcessExecutor(Executor):
 
     def _cannot_load(self, w: _Worker, msg: tuple[Any, ...]) -> None:
         """The worker could not load the stage's function: no worker ever will."""
-        _, blob, describe, tb = msg
-        cause = _rebuild(blob, describe, tb)
+        _, packed, tb = msg
+        cause = rebuild(packed, tb)
         error = StageError(
             f"stage {self.stage.name!r} cannot run on process workers: loading its function "
-            f"in a worker raised {describe}; make the function importable (defined at the top "
+            f"in a worker raised {packed.describe}; make the function importable (defined at the top "
             "level of a module that imports cleanly), or use executor='threads'",
             stage=self.stage.name,
         )
@@ -426,69 +430,9 @@ class ProcessExecutor(Executor):
         with contextlib.suppress(Exception):
             w.proc.kill()
 
-    def _unpicklable(self, task: Task, exc: Exception, worker: int) -> Outcome:
-        """Fail the first unit of ``task`` that cannot be pickled; the others run again."""
-        bad = 0
-        for i, unit in enumerate(task.units):
-            try:
-                dumps(unit, self._registry)
-            except Exception:
-                bad = i
-                break
-        error = TypeError(
-            f"the item cannot be pickled to send it to a process worker "
-            f"({type(exc).__name__}: {exc}); pass plain data (numbers, strings, lists, dicts, "
-            "dataclasses, NumPy arrays) rather than open files, locks or connections, or run "
-            "this stage on threads"
-        )
-        error.__cause__ = exc
-        return Outcome(task.id, worker, [], [], [Failure(bad, error, traceback.format_exc())])
-
-    def _decode(self, reply: bytes, worker: int) -> Outcome:
-        task_id, stamps, (how, payload), raw_failures, hits, uncached = pickle.loads(reply)
-        failures = [
-            Failure(unit, _rebuild(blob, describe, tb), tb, fatal)
-            for unit, blob, describe, tb, fatal in raw_failures
-        ]
-        if how == "all":
-            results = pickle.loads(payload)
-        else:
-            results = []
-            for i, blob in enumerate(payload):
-                if blob is None:
-                    results.append(None)  # a failed unit
-                    continue
-                try:
-                    results.append(loads(blob, self._registry))
-                except Exception as exc:
-                    results.append(None)
-                    error = TypeError(
-                        f"the stage's result cannot be unpickled in the driver "
-                        f"({type(exc).__name__}: {exc}); return plain data (numbers, strings, "
-                        "lists, dicts, NumPy arrays), or run this stage on threads"
-                    )
-                    error.__cause__ = exc
-                    failures.append(Failure(i, error, traceback.format_exc()))
-            failures.sort(key=lambda f: f.unit)
-        return Outcome(task_id, worker, results, stamps, failures, hits=hits, uncached=uncached)
-
 
 def _new_registry() -> SegmentRegistry:
     return SegmentRegistry(f"cv{os.getpid()}x{secrets.token_hex(3)}", owner=True)
-
-
-def _rebuild(blob: bytes | None, describe: str, tb: str) -> BaseException:
-    """A worker's exception, with its remote traceback as ``__cause__``."""
-    exc: BaseException | None = None
-    if blob is not None:
-        try:
-            exc = pickle.loads(blob)
-        except Exception:
-            exc = None
-    if not isinstance(exc, BaseException):
-        exc = RuntimeError(f"{describe} (the original exception cannot be rebuilt here)")
-    exc.__cause__ = RemoteTraceback(tb)
-    return exc
 
 
 def _broken_outcome(task: Task, error: BaseException) -> Outcome:

@@ -55,12 +55,14 @@ import threading
 import weakref
 from typing import Any, Literal
 
+from conveyor.executors.processes.salvage import Salvaged, Tolerant, salvage
+
 try:  # POSIX only; absent on Windows, where we pickle in-band.
     import _posixshmem
 except ImportError:  # pragma: no cover - exercised by monkeypatching in the tests
     _posixshmem = None
 
-__all__ = ["Segment", "SegmentRegistry", "dumps", "loads", "shm_available"]
+__all__ = ["Segment", "SegmentRegistry", "dumps", "loads", "salvage_loads", "shm_available"]
 
 _SHM_DIR = "/dev/shm"  # where Linux exposes POSIX shared memory; scanned for strays
 _PROTOCOL = 5
@@ -361,16 +363,18 @@ class _Pickler(pickle.Pickler):
         return _rebuild_shared, args
 
 
-class _Unpickler(pickle.Unpickler):
+class _SharedArrays:
+    """An unpickler's ``find_class`` that rebuilds shared arrays over their segments."""
+
     def __init__(self, file: io.BytesIO, registry: SegmentRegistry) -> None:
-        super().__init__(file)
+        super().__init__(file)  # type: ignore[call-arg]
         self._registry = registry
 
     def find_class(self, module: str, name: str) -> Any:
         # The payload names the placeholder; substitute our method that knows the registry.
         if name == "_rebuild_shared" and module == __name__:
             return self._rebuild
-        return super().find_class(module, name)
+        return super().find_class(module, name)  # type: ignore[misc]
 
     def _rebuild(
         self,
@@ -388,6 +392,14 @@ class _Unpickler(pickle.Unpickler):
         if not writeable:
             arr.flags.writeable = False
         return arr
+
+
+class _Unpickler(_SharedArrays, pickle.Unpickler):
+    pass
+
+
+class _Salvager(_SharedArrays, Tolerant):
+    pass
 
 
 def dumps(obj: Any, registry: SegmentRegistry) -> tuple[bytes, list[object]]:
@@ -422,3 +434,12 @@ def loads(data: bytes, registry: SegmentRegistry) -> Any:
         return pickle.loads(data)
     registry._next_epoch()
     return _Unpickler(io.BytesIO(data), registry).load()
+
+
+def salvage_loads(data: bytes, registry: SegmentRegistry) -> Salvaged:
+    """Unpickle a ``dumps`` payload that ``loads`` could not load whole: the parts that
+    fail are placeholders, and :meth:`Salvaged.error_in` tells which (:mod:`.salvage`)."""
+    if _posixshmem is None:
+        return salvage(data)
+    registry._next_epoch()
+    return salvage(data, _Salvager, registry=registry)

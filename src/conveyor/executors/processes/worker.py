@@ -1,10 +1,9 @@
 """A process worker's side: read a task, run it, send its outcome back.
 
 The worker reads tasks from one pipe and writes replies to another, so that the
-driver's writer and reader never wait on each other (see :mod:`.pool`). A reply
-carries each result pickled on its own unless every result is a plain value (int,
-float, str, bytes, bool, None): a result the driver cannot unpickle then fails
-only its own unit, and the other units' results are kept.
+driver's writer and reader never wait on each other (see :mod:`.pool`). What the
+messages hold, and how a value that cannot cross fails only its own unit, is in
+:mod:`.messages`.
 
 Workers ignore SIGINT: Ctrl-C reaches the driver, which cancels the run and
 terminates its workers, so no worker prints a traceback of its own. A worker whose
@@ -24,18 +23,13 @@ from typing import Any
 from conveyor.executors.base import CacheSpec
 from conveyor.executors.calls import close_quietly, worker_function
 from conveyor.executors.processes.functions import load_function
-from conveyor.executors.processes.shm import SegmentRegistry, dumps, loads
+from conveyor.executors.processes.messages import decode_task, encode_reply
+from conveyor.executors.processes.remote import pack
+from conveyor.executors.processes.shm import SegmentRegistry
 from conveyor.executors.task import run_task
 
 STOP = b"stop"
 READY = "ready"
-_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
-
-# A reply, as the worker sends it (pickled):
-#   (task_id, stamps, results, failures, hits, uncached)
-# results:  ("all", bytes)            every result plain: one pickle of the list
-#           ("each", [bytes | None])  one pickle per unit (None: that unit failed)
-# failures: [(unit, exception pickle | None, "Type: message", traceback, fatal)]
 
 
 def worker_main(
@@ -59,7 +53,7 @@ def worker_main(
     try:
         fn, close = worker_function(load_function(fn_bytes), kind, initial)
     except BaseException as exc:
-        outbox.send_bytes(pickle.dumps(("init", _exception_blob(exc), _describe(exc), _tb())))
+        outbox.send_bytes(pickle.dumps(("init", pack(exc), traceback.format_exc())))
         return
     outbox.send_bytes(pickle.dumps(READY))
 
@@ -79,69 +73,22 @@ def worker_main(
         if data == STOP:
             close_quietly(close, f"worker {worker}")  # the instance of a class stage
             return
-        task_id, units = loads(data, registry)
+        task_id, units, bad = decode_task(data, registry)
         out = run_task(
             fn,
             kind,
             units,
             worker=worker,
-            task_id=task_id,
+            task_id=-1 if task_id is None else task_id,
             is_async=is_async,
             concurrency=concurrency,
             timeout=timeout if is_async else None,  # sync calls: the driver kills on time
             on_unit=None if is_async else publish,
             cache=cache,
         )
-        failed = {f.unit for f in out.failures}
-        failures = [
-            (f.unit, _exception_blob(f.error), _describe(f.error), f.traceback or "", f.fatal)
-            for f in out.failures
-        ]
-        results = _pickle_results(out.results, failed, failures, registry)
-        reply = pickle.dumps((task_id, out.stamps, results, failures, out.hits, out.uncached))
+        if bad is not None:  # a unit that cannot be unpickled here: it failed
+            out.failures.append(bad)
+        reply = encode_reply(out, registry)
         current[0] = -1
         current[1] = 0
         outbox.send_bytes(reply)
-
-
-def _pickle_results(
-    results: list[Any], failed: set[int], failures: list[Any], registry: SegmentRegistry
-) -> tuple[str, Any]:
-    if not failed and all(type(r) in _PLAIN for r in results):
-        return ("all", pickle.dumps(results, protocol=5))
-    blobs: list[bytes | None] = []
-    for i, r in enumerate(results):
-        if i in failed:
-            blobs.append(None)
-            continue
-        try:
-            blobs.append(dumps(r, registry)[0])
-        except Exception as exc:
-            blobs.append(None)
-            bad = TypeError(
-                f"the stage's result cannot be pickled to send it back from the process "
-                f"worker ({type(exc).__name__}: {exc}); return plain data (numbers, strings, "
-                "lists, dicts, NumPy arrays), or run this stage on threads"
-            )
-            failures.append((i, _exception_blob(bad), _describe(bad), _tb(), False))
-    failures.sort(key=lambda f: f[0])
-    return ("each", blobs)
-
-
-def _exception_blob(exc: BaseException) -> bytes | None:
-    """The exception pickled, if it survives the round trip here (else None: the driver
-    rebuilds it from its description)."""
-    try:
-        blob = pickle.dumps(exc)
-        pickle.loads(blob)
-    except Exception:
-        return None
-    return blob
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _tb() -> str:
-    return traceback.format_exc()
