@@ -4,10 +4,13 @@ checksummed blobs on disk. See :mod:`conveyor.cache._cache` for the key's parts.
 from conveyor.cache._blobs import BlobInfo, BlobStore
 from conveyor.cache._cache import DEFAULT_ROOT, CacheEntry, CacheStatistics, StageCache
 from conveyor.cache._fingerprint import (
+    CodeFingerprint,
+    code_fingerprint,
     explain_value,
     fingerprint_function,
     fingerprint_pipeline,
     fingerprint_value,
+    register_fingerprint,
 )
 from conveyor.errors import CacheWarning, FingerprintError
 
@@ -18,10 +21,13 @@ __all__ = [
     "CacheEntry",
     "CacheStatistics",
     "CacheWarning",
+    "CodeFingerprint",
     "FingerprintError",
     "StageCache",
+    "code_fingerprint",
     "explain_value",
     "fingerprint_function",
     "fingerprint_pipeline",
     "fingerprint_value",
+    "register_fingerprint",
 ]

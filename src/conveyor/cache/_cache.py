@@ -105,12 +105,18 @@ class StageCache:
         self._hits = self._misses = self._damaged = self._puts = self._unkeyed = 0
 
     def key(
-        self, stage_qualname: str, code_fp: str, value: Any, *, warn: bool = True
+        self,
+        stage_qualname: str,
+        code_fp: str,
+        value: Any,
+        *,
+        warn: bool = True,
+        memo: dict[int, tuple[type, bytes]] | None = None,
     ) -> str | None:
         """The cache key of ``stage_qualname`` (code ``code_fp``) called on ``value``, or
         None when ``value`` cannot be fingerprinted (a CacheWarning says so, once, unless
         ``warn=False``: the engine's workers report it to the driver, which warns)."""
-        digest, refused = explain_value(value)
+        digest, refused = explain_value(value, memo=memo)
         if digest is None:
             with self._lock:
                 self._unkeyed += 1
