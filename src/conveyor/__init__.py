@@ -16,6 +16,7 @@ from conveyor.core.run import Run
 from conveyor.core.stage import Stage, stage
 from conveyor.core.statistics import QueueStatistics, RunStatistics, StageStatistics
 from conveyor.errors import (
+    CacheError,
     CacheWarning,
     ConveyorError,
     FingerprintError,
@@ -41,6 +42,7 @@ from conveyor.observe.recorder import Recorder, Recording
 __version__ = "0.1.0"
 
 __all__ = [
+    "CacheError",
     "CacheWarning",
     "ConveyorError",
     "FingerprintError",

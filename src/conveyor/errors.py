@@ -11,6 +11,7 @@
     │   ├── RunNotFoundError       no run (or several) has the id asked for
     │   └── PipelineChangedError   the pipeline's code changed since the run was recorded
     ├── FingerprintError           a stage's code cannot be fingerprinted for the cache
+    ├── CacheError                 a stage's cache folder cannot be used (a file, read-only, full)
     ├── RecordingError             no recording: not recorded, or not a recording file
     └── TrainError                 the train extra was given something it cannot use
         └── MissingTorchError      a torch-backed part was used without PyTorch
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CacheError",
     "CacheWarning",
     "ConveyorError",
     "FingerprintError",
@@ -184,6 +186,21 @@ class FingerprintError(ConveyorError):
     """A function's code fingerprint cannot be computed faithfully: it closes over (or
     refers to, or defaults to) a value that cannot be fingerprinted. Caching such a
     stage could serve results computed under another value, so it is refused."""
+
+
+class CacheError(ConveyorError):
+    """A cached stage's cache folder cannot be used: the path is a file, the folder
+    cannot be made or written (read-only, no permission), or the disk is full.
+
+    Raised when the run starts, before any item runs; ``stage`` names the stage and
+    ``path`` the folder. A stage made with ``cache_required=False`` runs uncached
+    instead, with a :class:`CacheWarning`.
+    """
+
+    def __init__(self, message: str, *, stage: str | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.path = path
 
 
 class RecordingError(ConveyorError, ValueError):

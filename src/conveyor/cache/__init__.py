@@ -12,13 +12,14 @@ from conveyor.cache._fingerprint import (
     fingerprint_value,
     register_fingerprint,
 )
-from conveyor.errors import CacheWarning, FingerprintError
+from conveyor.errors import CacheError, CacheWarning, FingerprintError
 
 __all__ = [
     "DEFAULT_ROOT",
     "BlobInfo",
     "BlobStore",
     "CacheEntry",
+    "CacheError",
     "CacheStatistics",
     "CacheWarning",
     "CodeFingerprint",

@@ -34,10 +34,8 @@ naming the stage and its items instead of waiting forever.
 from __future__ import annotations
 
 import operator
-import os
 import queue
 import time
-import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from time import monotonic_ns
@@ -150,26 +148,13 @@ class Scheduler:
             self._ins.run_started(self._run_info())
 
     def _cache_spec(self, stage: Stage) -> CacheSpec | None:
-        """Where and under which key a cached stage looks its results up."""
+        """Where and under which key a cached stage looks its results up (CacheError
+        if its cache folder cannot be used; None, with a CacheWarning, to run uncached)."""
         if not stage.cache:
             return None
-        from conveyor.cache import fingerprint_function
-        from conveyor.errors import CacheWarning, FingerprintError
+        from conveyor.cache._engine import cache_spec
 
-        try:
-            code = fingerprint_function(stage.fn)
-        except FingerprintError as exc:
-            warnings.warn(
-                f"stage {stage.name!r}: caching is off for this run: {exc}",
-                CacheWarning,
-                stacklevel=2,
-            )
-            return None
-        if stage.cache is True:
-            root = os.environ.get("CONVEYOR_CACHE") or os.path.join(".conveyor", "cache")
-        else:
-            root = os.fspath(stage.cache)
-        return CacheSpec(os.path.abspath(root), f"{self.pipeline.name}/{stage.name}", code)
+        return cache_spec(stage, self.pipeline.name)
 
     def shutdown(self, *, cancel: bool) -> None:
         """Stop every executor's workers (with ``cancel``, abandon work in flight), then

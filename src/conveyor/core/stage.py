@@ -25,6 +25,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar, overload
 
+from conveyor.core.cacheopts import cache_rule
 from conveyor.core.policy import Retry, as_retry
 from conveyor.errors import PipelineError
 from conveyor.executors.base import executor_class, executor_names
@@ -70,6 +71,9 @@ class Stage:
             them after (see ``conveyor.cache``); resumed runs skip cached work.
             ``True`` uses ``$CONVEYOR_CACHE`` or ``./.conveyor/cache``; a path
             names another cache folder.
+        cache_key, cache_version, cache_check, cache_required: how a cached stage
+            keys, versions, audits and does without its cache
+            (:mod:`conveyor.core.cacheopts`).
     """
 
     fn: Callable[..., Any]
@@ -85,6 +89,10 @@ class Stage:
     on_error: OnError = "fail"
     timeout: float | None = None
     cache: bool | str | os.PathLike[str] = False
+    cache_key: Callable[[Any], Any] | None = None
+    cache_version: str | int | None = None
+    cache_check: float = 0.0
+    cache_required: bool = True
     is_async: bool = dataclasses.field(init=False, repr=False, compare=False, default=False)
 
     def __post_init__(self) -> None:
@@ -139,6 +147,10 @@ def stage(
     on_error: OnError = "fail",
     timeout: float | None = None,
     cache: bool | str | os.PathLike[str] = False,
+    cache_key: Callable[[Any], Any] | None = None,
+    cache_version: str | int | None = None,
+    cache_check: float = 0.0,
+    cache_required: bool = True,
 ) -> Callable[[F], Stage]: ...
 
 
@@ -158,6 +170,10 @@ def stage(
     on_error: OnError = "fail",
     timeout: float | None = None,
     cache: bool | str | os.PathLike[str] = False,
+    cache_key: Callable[[Any], Any] | None = None,
+    cache_version: str | int | None = None,
+    cache_check: float = 0.0,
+    cache_required: bool = True,
 ) -> Stage | Callable[[Callable[..., Any]], Stage]:
     """Make a :class:`Stage` from a function; usable bare (``@stage``) or with options."""
     options: dict[str, Any] = dict(
@@ -173,6 +189,10 @@ def stage(
         on_error=on_error,
         timeout=timeout,
         cache=cache,
+        cache_key=cache_key,
+        cache_version=cache_version,
+        cache_check=cache_check,
+        cache_required=cache_required,
     )
     if fn is not None:
         return Stage(fn, **options)
@@ -225,6 +245,8 @@ def _check_policy(s: Stage) -> None:
             )
     if s.cache and s.is_async:
         fail("cache=True is not supported for async def functions; cache a sync stage instead")
+    if (rule := cache_rule(s)) is not None:
+        fail(rule)
     if s.kind == "collect" and s.workers != 1:
         fail(f"kind='collect' runs once over every item; workers={s.workers} has no meaning, use 1")
 
