@@ -113,7 +113,7 @@ def test_a_disk_that_fills_during_the_run_warns_once_and_loses_nothing(
     ) as record:
         out = pipe.run(range(50), ordered=True)
     assert out.results == [x * x for x in range(50)]
-    assert len(made) == 51  # the check, then one try per result
+    assert len(made) == 52  # the check, the stage's manifest, then one try per result
     assert len(record) == 1
     assert StageCache().entries() == []
 

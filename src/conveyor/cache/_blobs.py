@@ -105,6 +105,16 @@ class BlobStore:
             raise
         return len(header) + body_len
 
+    def write_atomic(self, path: Path, data: bytes) -> None:
+        """Write ``data`` to ``path`` (any file, not a blob) as a put writes a blob."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._write_tmp(path.parent, (data,))
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
     def probe(self) -> None:
         """Write, sync and remove a small file under the root (made if missing): raises
         the OSError a put would meet (not a folder, read-only, no space left)."""

@@ -3,7 +3,8 @@
 The driver calls :func:`cache_spec` for each cached stage before any worker starts:
 it fingerprints the stage's code (with its ``cache_key`` and ``cache_version``),
 checks that the cache folder can be written (one clear :class:`CacheError`, or with
-``cache_required=False`` a :class:`CacheWarning` and no cache).
+``cache_required=False`` a :class:`CacheWarning` and no cache), and leaves a
+*manifest* there that lets ``conveyor cache verify`` load the stage's function again.
 
 Workers call :func:`run_cached` (through ``run_task``) for each task: per unit, a
 key from the code and the input; a hit is returned without calling the function
@@ -14,11 +15,13 @@ computed and stored. Whatever the cache cannot do is reported back as one senten
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import pickle
 import random
+import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -34,6 +37,7 @@ from conveyor.executors.base import CacheSpec, Outcome
 if TYPE_CHECKING:
     from conveyor.core.stage import Stage
 
+MANIFESTS = "stages-v1"
 _rng = random.Random()  # the spot checks' draws: never the user's global random state
 _caches: dict[str, StageCache] = {}
 _caches_lock = threading.Lock()
@@ -57,7 +61,7 @@ def cache_spec(stage: Stage, pipeline: str) -> CacheSpec | None:
     version = getattr(stage, "cache_version", None)
     key_fn = getattr(stage, "cache_key", None)
     try:
-        digest, _ = stage_code(stage.fn, key_fn, version)
+        digest, code = stage_code(stage.fn, key_fn, version)
     except FingerprintError as exc:
         warnings.warn(
             f"stage {stage.name!r} is not cached in this run: {exc}, so a cached result "
@@ -95,6 +99,7 @@ def cache_spec(stage: Stage, pipeline: str) -> CacheSpec | None:
         )
         return None
     qualname = f"{pipeline}/{stage.name}"
+    _write_manifest(cache, qualname, digest, stage, code)
     check = float(getattr(stage, "cache_check", 0.0) or 0.0)
     return CacheSpec(root, qualname, digest, key=key_fn, check=check)
 
@@ -131,6 +136,55 @@ def _why(exc: OSError, root: str) -> str:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"it cannot be written ({exc.strerror})"
     return exc.strerror or str(exc)
+
+
+def _write_manifest(
+    cache: StageCache, qualname: str, digest: str, stage: Stage, code: CodeFingerprint
+) -> None:
+    """What ``conveyor cache verify`` needs to recompute this stage's entries: how to
+    load its function (and cache_key), its kind, and what the fingerprint only named."""
+    path = cache.root / MANIFESTS / digest
+    if path.exists():
+        return
+    manifest = {
+        "stage": qualname,
+        "code": digest,
+        "kind": stage.kind,
+        "function": _dump(stage.fn),
+        "key": _dump(stage.cache_key) if getattr(stage, "cache_key", None) else None,
+        "version": getattr(stage, "cache_version", None),
+        "paths": _import_roots(stage.fn),
+        "named": code.named,
+        "refused": code.refused,
+    }
+    with contextlib.suppress(OSError):  # only the audit needs it; the run does not
+        cache.blobs.write_atomic(path, pickle.dumps(manifest, protocol=5))
+
+
+def _dump(fn: Any) -> bytes | None:
+    """``fn`` pickled by reference, or a reference to the Stage ``@stage`` bound under
+    its name (as process workers receive it); None if it cannot be pickled."""
+    try:
+        return pickle.dumps(fn, protocol=5)
+    except Exception:
+        module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+        if module and "<" not in qualname:
+            return pickle.dumps(("conveyor-stage-ref", module, qualname))
+        return None
+
+
+def _import_roots(fn: Any) -> list[str]:
+    """The folder from which ``fn``'s module was imported (so that the audit, run from
+    elsewhere, imports it the same way)."""
+    fn = getattr(fn, "func", fn)  # a partial's function
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    path = getattr(module, "__file__", None)
+    if not path or module is None:
+        return []
+    root = Path(path).resolve().parent
+    for _ in range(module.__name__.count(".")):
+        root = root.parent
+    return [str(root)]
 
 
 # --- the workers --------------------------------------------------------------------
