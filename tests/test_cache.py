@@ -240,3 +240,24 @@ def test_equal_inputs_of_other_types_do_not_share_entries(cache: StageCache) -> 
     results, computed = _run_cached(cache, "t.repr", repr, [1, 1.0, True, "1", b"1", (1,), [1]])
     assert results == ["1", "1.0", "True", "'1'", "b'1'", "(1,)", "[1]"]
     assert len(computed) == 7
+
+
+def test_a_blob_moved_under_another_key_is_refused(cache: StageCache) -> None:
+    """A valid blob copied over another entry's file (a sync tool, a manual copy, a
+    bug) passes every checksum; it must still never answer for the other key."""
+    a, b = cache.key("s", "c", "a"), cache.key("s", "c", "b")
+    assert a is not None and b is not None
+    cache.put(a, "result of a")
+    cache.put(b, "result of b")
+    shutil.copyfile(_blob_path(cache, a), _blob_path(cache, b))
+    assert cache.get(b) == (False, None)
+    assert cache.statistics().damaged == 1
+    assert not _blob_path(cache, b).exists()  # it cannot be hit: it is removed
+    assert cache.get(a) == (True, "result of a")  # the original is untouched
+    # The blob store alone refuses it too, whatever the payload.
+    blobs = cache.blobs
+    blobs.put("cd" * 32, b"payload", label="x")
+    blobs.path_of("ef" * 32).parent.mkdir()
+    shutil.copyfile(blobs.path_of("cd" * 32), blobs.path_of("ef" * 32))
+    assert blobs.fetch("ef" * 32) == (None, True)
+    assert blobs.get("cd" * 32) == b"payload"

@@ -140,6 +140,7 @@ def test_errors_share_one_hierarchy() -> None:
 def test_public_names_are_pinned() -> None:
     assert sorted(cv.__all__) == sorted(
         [
+            "CacheError",
             "CacheWarning",
             "ConveyorError",
             "FingerprintError",

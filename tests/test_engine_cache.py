@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import threading
+import warnings
 from pathlib import Path
 
 import pytest
 
+import cachefns as c
 import conveyor as cv
 import stagefns as f
 from conveyor.cache import CacheWarning, StageCache
@@ -121,3 +123,92 @@ def test_the_conveyor_cache_variable_names_the_default_folder(
     pipe.run(range(3))
     assert len(StageCache().entries()) == 3  # StageCache() reads the variable too
     assert (tmp_path / "elsewhere").is_dir()
+
+
+# --- what the fingerprint cannot see: declared, keyed, or not cached ------------------------
+
+
+def test_a_global_that_cannot_be_fingerprinted_turns_the_cache_off_with_one_warning(
+    tmp_path: Path,
+) -> None:
+    pipe = cv.Pipeline("g", [cv.stage(c.guarded_double, cache=str(tmp_path / "c"))])
+    with pytest.warns(CacheWarning) as record:
+        assert pipe.run([1, 2, 3], ordered=True).results == [2, 4, 6]
+    (warning,) = record
+    text = str(warning.message)
+    assert "stage 'guarded_double' is not cached in this run" in text
+    assert "the global 'LOCK', which guarded_double reads: it holds a _thread.lock" in text
+    assert "cache_version='1'" in text
+    assert StageCache(tmp_path / "c").entries() == []
+
+
+def test_cache_version_caches_what_the_fingerprint_cannot_see_and_keys_by_it(
+    tmp_path: Path,
+) -> None:
+    def run(version: str) -> int:
+        stage = cv.stage(c.guarded_double, cache=str(tmp_path / "c"), cache_version=version)
+        out = cv.Pipeline("g", [stage]).run([1, 2, 3], ordered=True)
+        assert out.results == [2, 4, 6]
+        return out.statistics().stages["guarded_double"].cache_hits
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: the user declared the version
+        assert run("1") == 0
+        assert run("1") == 3
+        assert run("2") == 0  # a new version misses
+        assert run("1") == 3  # and the old entries are still there
+
+
+def test_cache_key_keys_inputs_that_cannot_be_fingerprinted(executor: str, tmp_path: Path) -> None:
+    records = [c.Record(i, i * 10) for i in range(6)]
+    plain = cv.stage(c.record_double, executor=executor, cache=str(tmp_path / "a"))
+    with pytest.warns(
+        CacheWarning,
+        match=r"an input of type Record \(it holds a reference cycle through a Record\) .*give the stage cache_key=",
+    ) as record:
+        assert cv.Pipeline("k", [plain]).run(records, ordered=True).results == [
+            i * 20 for i in range(6)
+        ]
+    assert len(record) == 1
+
+    keyed = plain.with_options(cache=str(tmp_path / "b"), cache_key=c.record_id)
+    pipe = cv.Pipeline("k", [keyed])
+    first = pipe.run(records, ordered=True)
+    second = pipe.run(records, ordered=True)
+    assert first.results == second.results == [i * 20 for i in range(6)]
+    assert second.statistics().stages["record_double"].cache_hits == 6
+
+
+def test_cache_options_are_checked_when_the_stage_is_made() -> None:
+    with pytest.raises(cv.PipelineError, match="cache_version= only applies to a cached stage"):
+        cv.stage(f.inc, cache_version="1")
+    with pytest.raises(cv.PipelineError, match=r"cache_check=2; give the share of hits"):
+        cv.stage(f.inc, cache=True, cache_check=2)
+    with pytest.raises(cv.PipelineError, match="cache_version=True; give a string"):
+        cv.stage(f.inc, cache=True, cache_version=True)  # type: ignore[arg-type]
+    with pytest.raises(cv.PipelineError, match="cache_key=3 is not callable"):
+        cv.stage(f.inc, cache=True, cache_key=3)  # type: ignore[arg-type]
+    with pytest.raises(cv.PipelineError, match="cache_key cannot be sent to a 'processes' worker"):
+        cv.stage(f.inc, cache=True, executor="processes", cache_key=lambda x: x)
+    cv.stage(f.inc, cache=True, executor="threads", cache_key=lambda x: x)  # no pickling there
+
+
+def test_cache_check_recomputes_hits_and_replaces_a_stale_one(tmp_path: Path) -> None:
+    data = tmp_path / "data.txt"
+    data.write_text("old")
+    root = tmp_path / "c"
+
+    def run(check: float) -> tuple[list[str], int]:
+        stage = cv.stage(c.read_file, executor="threads", cache=str(root), cache_check=check)
+        out = cv.Pipeline("chk", [stage]).run([str(data)])
+        return out.results, out.statistics().stages["read_file"].cache_hits
+
+    assert run(0) == (["old"], 0)
+    data.write_text("new")  # the input (a path) did not change: the fingerprint cannot see it
+    assert run(0) == (["old"], 1)  # what a plain hit serves
+    with pytest.warns(CacheWarning, match="a cached result differs from the one computed now"):
+        assert run(1.0) == (["new"], 0)
+    assert run(0) == (["new"], 1)  # the fresh result replaced the stale entry
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run(1.0) == (["new"], 0)  # checked, equal: no warning (a call, not a hit)

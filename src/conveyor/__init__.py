@@ -18,6 +18,7 @@ from conveyor.core.service import Service
 from conveyor.core.stage import Stage, stage
 from conveyor.core.statistics import QueueStatistics, RunStatistics, StageStatistics
 from conveyor.errors import (
+    CacheError,
     CacheWarning,
     ConveyorError,
     FingerprintError,
@@ -45,6 +46,7 @@ from conveyor.observe.recorder import Recorder, Recording
 __version__ = "0.1.0"
 
 __all__ = [
+    "CacheError",
     "CacheWarning",
     "ConveyorError",
     "FingerprintError",

@@ -13,6 +13,7 @@
     ├── FingerprintError           a stage's code cannot be fingerprinted for the cache
     ├── RemoteError                a process worker's exception whose class cannot be
     │                              imported here (retry filters match it by name)
+    ├── CacheError                 a stage's cache folder cannot be used (a file, read-only, full)
     ├── RecordingError             no recording: not recorded, or not a recording file
     ├── SourceError                a file or table source cannot be read as asked
     └── TrainError                 the train extra was given something it cannot use
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CacheError",
     "CacheWarning",
     "ConveyorError",
     "FingerprintError",
@@ -231,6 +233,21 @@ class RemoteError(ConveyorError):
         """Whether the original exception was an instance of ``cls``, judged by the
         qualified names of its class and bases (how a retry filter matches it)."""
         return cls is RemoteError or f"{cls.__module__}.{cls.__qualname__}" in self.type_names
+
+
+class CacheError(ConveyorError):
+    """A cached stage's cache folder cannot be used: the path is a file, the folder
+    cannot be made or written (read-only, no permission), or the disk is full.
+
+    Raised when the run starts, before any item runs; ``stage`` names the stage and
+    ``path`` the folder. A stage made with ``cache_required=False`` runs uncached
+    instead, with a :class:`CacheWarning`.
+    """
+
+    def __init__(self, message: str, *, stage: str | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.path = path
 
 
 class RecordingError(ConveyorError, ValueError):

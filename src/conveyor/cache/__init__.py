@@ -2,26 +2,44 @@
 checksummed blobs on disk. See :mod:`conveyor.cache._cache` for the key's parts."""
 
 from conveyor.cache._blobs import BlobInfo, BlobStore
-from conveyor.cache._cache import DEFAULT_ROOT, CacheEntry, CacheStatistics, StageCache
+from conveyor.cache._cache import (
+    DEFAULT_ROOT,
+    CacheEntry,
+    CacheStatistics,
+    StageCache,
+    StoredEntry,
+)
 from conveyor.cache._fingerprint import (
+    CodeFingerprint,
+    code_fingerprint,
     explain_value,
     fingerprint_function,
     fingerprint_pipeline,
     fingerprint_value,
+    register_fingerprint,
 )
-from conveyor.errors import CacheWarning, FingerprintError
+from conveyor.cache._verify import Finding, VerifyReport, verify_cache
+from conveyor.errors import CacheError, CacheWarning, FingerprintError
 
 __all__ = [
     "DEFAULT_ROOT",
     "BlobInfo",
     "BlobStore",
     "CacheEntry",
+    "CacheError",
     "CacheStatistics",
     "CacheWarning",
+    "CodeFingerprint",
+    "Finding",
     "FingerprintError",
     "StageCache",
+    "StoredEntry",
+    "VerifyReport",
+    "code_fingerprint",
     "explain_value",
     "fingerprint_function",
     "fingerprint_pipeline",
     "fingerprint_value",
+    "register_fingerprint",
+    "verify_cache",
 ]

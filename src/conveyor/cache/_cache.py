@@ -32,6 +32,8 @@ import dataclasses
 import hashlib
 import os
 import pickle
+import shutil
+import struct
 import threading
 import warnings
 from pathlib import Path
@@ -43,8 +45,12 @@ from conveyor.errors import CacheWarning
 
 DEFAULT_ROOT = Path(".conveyor") / "cache"
 KEY_FORMAT = b"conveyor-cache-key/1"
-_LAYOUT = "blobs-v1"  # bump when the blob format changes: old blobs are then ignored
+_LAYOUT = "blobs-v2"  # bump when the blob format changes: old blobs are then ignored
+_OLD_LAYOUTS = ("blobs-v1",)  # removed by clear()
 _MEMO_LIMIT = 1 << 16
+INPUT_LIMIT = 1 << 20  # inputs pickled larger than this are not kept with their entry
+
+_NOTHING: Any = object()  # no input given to put()
 
 _warned: set[tuple[str, str]] = set()  # (stage, reason kind): per process
 _warned_lock = threading.Lock()
@@ -59,6 +65,18 @@ class CacheEntry:
     size_bytes: int
     created_at: float
     path: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredEntry:
+    """One entry read back whole: its stage, key, the code fingerprint it was computed
+    under, its input (pickled; None when it was not kept) and its result (pickled)."""
+
+    stage: str
+    key: str
+    code: str
+    input: bytes | None
+    result: bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,12 +105,18 @@ class StageCache:
         self._hits = self._misses = self._damaged = self._puts = self._unkeyed = 0
 
     def key(
-        self, stage_qualname: str, code_fp: str, value: Any, *, warn: bool = True
+        self,
+        stage_qualname: str,
+        code_fp: str,
+        value: Any,
+        *,
+        warn: bool = True,
+        memo: dict[int, tuple[type, bytes]] | None = None,
     ) -> str | None:
         """The cache key of ``stage_qualname`` (code ``code_fp``) called on ``value``, or
         None when ``value`` cannot be fingerprinted (a CacheWarning says so, once, unless
         ``warn=False``: the engine's workers report it to the driver, which warns)."""
-        digest, refused = explain_value(value)
+        digest, refused = explain_value(value, memo=memo)
         if digest is None:
             with self._lock:
                 self._unkeyed += 1
@@ -131,10 +155,21 @@ class StageCache:
             self._damaged += damaged
         return False, None
 
-    def put(self, key: str, value: Any, *, stage: str | None = None, warn: bool = True) -> bool:
+    def put(
+        self,
+        key: str,
+        value: Any,
+        *,
+        stage: str | None = None,
+        code: str = "",
+        input: Any = _NOTHING,
+        warn: bool = True,
+    ) -> bool:
         """Store ``value`` under ``key``; False (and a CacheWarning, once per stage) when
         it cannot be pickled. ``stage`` labels the entry for listing; by default the
-        stage that :meth:`key` made the key for."""
+        stage that :meth:`key` made the key for. ``code`` (the code fingerprint) and
+        ``input`` (the value the result was computed from, kept when it pickles into
+        at most 1 MiB) let ``conveyor cache verify`` recompute the entry later."""
         with self._lock:
             label = stage or self._stage_of.pop(key, None) or "?"
         try:
@@ -150,7 +185,7 @@ class StageCache:
                 "picklable values or turn caching off for this stage",
             )
             return False
-        self.blobs.put(key, payload, label=label)
+        self.blobs.put(key, payload, label=label, meta=_meta(code, input))
         with self._lock:
             self._puts += 1
         return True
@@ -177,6 +212,21 @@ class StageCache:
             _warned.add((stage, reason))
         warnings.warn(message, CacheWarning, stacklevel=3)
 
+    def entry(self, key: str) -> StoredEntry | None:
+        """The entry under ``key`` read back whole and verified, or None."""
+        blob, _ = self.blobs.read(key)
+        if blob is None:
+            return None
+        (n,) = struct.unpack_from(">H", blob.meta)
+        code = blob.meta[2 : 2 + n].decode("ascii", "replace")
+        kept = blob.meta[2 + n :]
+        return StoredEntry(blob.label, key, code, kept or None, blob.payload)
+
+    def probe(self) -> None:
+        """Raise the OSError that writing an entry would meet now (the root is a file,
+        a read-only folder, a full disk), or return if an entry could be written."""
+        self.blobs.probe()
+
     def statistics(self) -> CacheStatistics:
         with self._lock:
             return CacheStatistics(
@@ -202,7 +252,25 @@ class StageCache:
         for entry in self.entries(stage):
             if self.blobs.discard(entry.key):
                 removed += 1
+        if stage is None:  # entries of an older format, which nothing reads any more
+            for old in _OLD_LAYOUTS:
+                shutil.rmtree(self.root / old, ignore_errors=True)
         return removed
 
     def __repr__(self) -> str:
         return f"StageCache({str(self.root)!r})"
+
+
+def _meta(code: str, value: Any) -> bytes:
+    """An entry's metadata: its code fingerprint, and its input pickled when that is
+    small enough (empty otherwise)."""
+    head = code.encode("ascii", "replace")
+    kept = b""
+    if value is not _NOTHING:
+        try:
+            kept = pickle.dumps(value, protocol=5)
+        except Exception:  # the input is kept only to audit the entry: never required
+            kept = b""
+        if len(kept) > INPUT_LIMIT:
+            kept = b""
+    return struct.pack(">H", len(head)) + head + kept

@@ -1,4 +1,4 @@
-"""``conveyor cache``: list, size and clear the stage cache.
+"""``conveyor cache``: list, size, clear and verify the stage cache.
 
 ::
 
@@ -6,6 +6,7 @@
     $ conveyor cache ls --stage parse   # each entry of one stage
     $ conveyor cache size
     $ conveyor cache clear --stage parse
+    $ conveyor cache verify --sample 50 # recompute 50 entries; exit 1 if any differs
 
 ``--cache PATH`` (before the subcommand) names another cache folder than
 ``./.conveyor/cache``. Every cached value can be recomputed, so clearing asks nothing.
@@ -22,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from conveyor.cache import DEFAULT_ROOT, StageCache
+from conveyor.cache import DEFAULT_ROOT, StageCache, verify_cache
 
 
 def _console() -> Console:
@@ -39,7 +40,7 @@ def _console() -> Console:
 )
 @click.pass_context
 def cache(ctx: click.Context, cache_path: Path | None) -> None:
-    """List, size and clear the stage cache."""
+    """List, size, clear and verify the stage cache."""
     if cache_path is not None and cache_path.exists() and not cache_path.is_dir():
         raise click.UsageError(f"--cache {cache_path} is a file; give the cache's folder")
     ctx.obj = StageCache(cache_path)
@@ -94,6 +95,45 @@ def clear(store: StageCache, stage: str | None) -> None:
     removed = store.clear(stage)
     what = f" of stage {stage!r}" if stage else ""
     click.echo(f"removed {removed} entries{what} from {store.root}")
+
+
+@cache.command("verify")
+@click.option(
+    "--sample",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Recompute this many entries, picked at random (default: every entry).",
+)
+@click.option("--stage", help="Only this stage's entries (its name as `ls` shows it).")
+@click.option("--seed", type=int, default=None, help="Seed of the random pick, to repeat it.")
+@click.pass_obj
+def verify(store: StageCache, sample: int | None, stage: str | None, seed: int | None) -> None:
+    """Recompute entries and compare them with what the cache holds.
+
+    Runs each entry's stage function (imported as the run imported it: run this in
+    the folder the pipeline runs from) on the entry's input. An entry that differs
+    means the stage's fingerprint missed something its result depends on; each is
+    reported with its stage and what the fingerprint did not read. Exit 1 if any
+    entry differs, 0 otherwise.
+    """
+    report = verify_cache(store, sample=sample, stage=stage, seed=seed)
+    for f in report.findings:
+        if f.status != "same":
+            click.echo(f"{f.status}: stage {f.stage!r}, entry {f.key[:12]}: {f.detail}")
+    checked = len(report.findings)
+    counts = ", ".join(
+        f"{report.count(status)} {status}"
+        for status in ("same", "differs", "outdated", "unchecked")
+    )
+    of = f"{checked} of {report.total}" if checked < report.total else f"all {checked}"
+    click.echo(f"verified {of} entries in {store.root}: {counts}")
+    if report.differing:
+        stages = sorted({f.stage for f in report.differing})
+        click.echo(
+            "stale entries found in " + ", ".join(repr(s) for s in stages) + ": clear them "
+            "(`conveyor cache clear --stage NAME`) once the stage declares what it depends on"
+        )
+        raise SystemExit(1)
 
 
 def human_bytes(n: int) -> str:

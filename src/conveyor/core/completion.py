@@ -59,7 +59,7 @@ class Completion:
         # Attempts per (stage, unit key) that failed at least once.
         self._attempts: dict[tuple[str, Key], int] = {}
         self._rng = random.Random()
-        self._cache_warned: set[str] = set()
+        self._cache_warned: set[tuple[str, str]] = set()
 
     def complete(self, s: StageState, task: Task, out: Outcome) -> None:
         """``task`` of stage ``s`` came back: account for each of its units."""
@@ -157,17 +157,11 @@ class Completion:
             s.cache_hits += len(out.hits)
             if self._has_ins:
                 self._ins.cache_hits(s.name, [task.keys[i] for i in out.hits], monotonic_ns())
-        if out.uncached and s.name not in self._cache_warned:
-            from conveyor.errors import CacheWarning
+        if out.uncached and (s.name, out.uncached) not in self._cache_warned:
+            from conveyor.errors import CacheWarning  # the worker's sentence names the fix
 
-            self._cache_warned.add(s.name)
-            warnings.warn(
-                f"stage {s.name!r}: {out.uncached}, so such items are computed every time, "
-                "never cached; pass plain values (numbers, strings, bytes, tuples, lists, "
-                "dicts, dataclasses, NumPy arrays)",
-                CacheWarning,
-                stacklevel=4,
-            )
+            self._cache_warned.add((s.name, out.uncached))
+            warnings.warn(f"stage {s.name!r}: {out.uncached}", CacheWarning, stacklevel=4)
 
     def _unit_failed(
         self,

@@ -33,10 +33,10 @@ import dataclasses
 import functools
 import inspect
 import os
-import warnings
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar, overload
 
+from conveyor.core.cacheopts import cache_rule
 from conveyor.core.policy import Retry, as_retry
 from conveyor.errors import PipelineError
 from conveyor.executors.base import (
@@ -102,6 +102,9 @@ class Stage:
             results from its predecessors, ``{predecessor name: result}``, instead
             of each result on its own. Results meet by item key; an item that a
             branch filtered out or dead-lettered arrives with that name missing.
+        cache_key, cache_version, cache_check, cache_required: how a cached stage
+            keys, versions, audits and does without its cache
+            (:mod:`conveyor.core.cacheopts`).
     """
 
     fn: Callable[..., Any]
@@ -122,6 +125,10 @@ class Stage:
     initial: Any = NO_INITIAL
     combine: Callable[[Any, Any], Any] | None = None
     join: bool = False
+    cache_key: Callable[[Any], Any] | None = None
+    cache_version: str | int | None = None
+    cache_check: float = 0.0
+    cache_required: bool = True
     is_async: bool = dataclasses.field(init=False, repr=False, compare=False, default=False)
 
     def __post_init__(self) -> None:
@@ -179,6 +186,10 @@ def stage(
     initial: Any = NO_INITIAL,
     combine: Callable[[Any, Any], Any] | None = None,
     join: bool = False,
+    cache_key: Callable[[Any], Any] | None = None,
+    cache_version: str | int | None = None,
+    cache_check: float = 0.0,
+    cache_required: bool = True,
 ) -> Callable[[F], Stage]: ...
 
 
@@ -203,6 +214,10 @@ def stage(
     initial: Any = NO_INITIAL,
     combine: Callable[[Any, Any], Any] | None = None,
     join: bool = False,
+    cache_key: Callable[[Any], Any] | None = None,
+    cache_version: str | int | None = None,
+    cache_check: float = 0.0,
+    cache_required: bool = True,
 ) -> Stage | Callable[[Callable[..., Any]], Stage]:
     """Make a :class:`Stage` from a function; usable bare (``@stage``) or with options."""
     options: dict[str, Any] = dict(
@@ -223,6 +238,10 @@ def stage(
         initial=initial,
         combine=combine,
         join=join,
+        cache_key=cache_key,
+        cache_version=cache_version,
+        cache_check=cache_check,
+        cache_required=cache_required,
     )
     if fn is not None:
         return Stage(fn, **options)
@@ -234,27 +253,13 @@ def stage(
 
 
 def cache_spec(stage: Stage, pipeline: str) -> CacheSpec | None:
-    """Where and under which key a cached stage looks its results up (None: not cached,
-    or its function cannot be fingerprinted, which warns once)."""
+    """Where and under which key a cached stage looks its results up (CacheError if its
+    cache folder cannot be used; None, with a CacheWarning, to run uncached)."""
     if not stage.cache:
         return None
-    from conveyor.cache import fingerprint_function
-    from conveyor.errors import CacheWarning, FingerprintError
+    from conveyor.cache._engine import cache_spec as spec
 
-    try:
-        code = fingerprint_function(stage.fn)
-    except FingerprintError as exc:
-        warnings.warn(
-            f"stage {stage.name!r}: caching is off for this run: {exc}",
-            CacheWarning,
-            stacklevel=3,
-        )
-        return None
-    if stage.cache is True:
-        root = os.environ.get("CONVEYOR_CACHE") or os.path.join(".conveyor", "cache")
-    else:
-        root = os.fspath(stage.cache)
-    return CacheSpec(os.path.abspath(root), f"{pipeline}/{stage.name}", code)
+    return spec(stage, pipeline)
 
 
 def _called(fn: Any) -> Any:
@@ -312,6 +317,8 @@ def _check_policy(s: Stage) -> None:
             )
     if s.cache and s.is_async:
         fail("cache=True is not supported for async def functions; cache a sync stage instead")
+    if (rule := cache_rule(s)) is not None:
+        fail(rule)
     if s.kind == "collect" and s.workers != 1:
         fail(f"kind='collect' runs once over every item; workers={s.workers} has no meaning, use 1")
     _check_stream_options(s, fail)

@@ -136,7 +136,7 @@ class Outcome:
     failures: list[Failure] = dataclasses.field(default_factory=list)
     lost: LostWorker | None = None
     hits: list[int] = dataclasses.field(default_factory=list)  # units answered by the cache
-    uncached: str | None = None  # type of an input that could not be fingerprinted
+    uncached: str | None = None  # what the cache could not do, and the fix: warned once
 
     @property
     def calls(self) -> int:
@@ -155,7 +155,9 @@ class CacheSpec:
 
     root: str
     stage: str  # the key's qualified stage name: "<pipeline>/<stage>"
-    code: str  # fingerprint of the stage's function
+    code: str  # fingerprint of the stage's function (and cache_key, cache_version)
+    key: Callable[[Any], Any] | None = None  # the stage's cache_key: what identifies an input
+    check: float = 0.0  # the share of hits recomputed and compared (cache_check)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,18 +29,6 @@ from typing import Any
 
 from conveyor.executors.base import CacheSpec, Failure, Outcome
 
-_caches: dict[str, Any] = {}
-_caches_lock = threading.Lock()
-
-
-def _cache_at(root: str) -> Any:
-    with _caches_lock:
-        if root not in _caches:
-            from conveyor.cache import StageCache
-
-            _caches[root] = StageCache(root)
-        return _caches[root]
-
 
 class _Loop(threading.local):
     loop: asyncio.AbstractEventLoop | None = None
@@ -91,8 +79,10 @@ def run_task(
     """
     if is_async:
         return _run_async(fn, kind, units, worker, task_id, concurrency, timeout, in_caller)
-    if cache is not None:
-        return _run_cached(fn, kind, units, worker, task_id, on_unit, cache, in_caller)
+    if cache is not None:  # the cache's own module: looked up, then computed and stored
+        from conveyor.cache._engine import run_cached
+
+        return run_cached(fn, kind, units, worker, task_id, on_unit, cache, in_caller)
     results: list[Any] = []
     append = results.append
     stamps = [monotonic_ns()]
@@ -113,63 +103,6 @@ def run_task(
         stamp(monotonic_ns())
         append(r)
     return Outcome(task_id, worker, results, stamps)
-
-
-def _run_cached(
-    fn: Callable[[Any], Any],
-    kind: str,
-    units: list[Any],
-    worker: int,
-    task_id: int,
-    on_unit: Callable[[int], None] | None,
-    spec: CacheSpec,
-    in_caller: bool,
-) -> Outcome:
-    """``run_task`` for a cached stage: look each unit up by content first."""
-    cache = _cache_at(spec.root)
-    results: list[Any] = []
-    stamps = [monotonic_ns()]
-    hits: list[int] = []
-    uncached: str | None = None
-    for i, unit in enumerate(units):
-        if on_unit is not None:
-            on_unit(i)
-        key = cache.key(spec.stage, spec.code, unit, warn=False)
-        if key is None:
-            uncached = (
-                uncached or f"an input of type {type(unit).__qualname__} cannot be fingerprinted"
-            )
-        else:
-            hit, value = cache.get(key)
-            if hit:
-                results.append(value)
-                hits.append(i)
-                stamps.append(monotonic_ns())
-                continue
-        try:
-            r = fn(unit)
-            if kind == "flat_map":
-                r = _materialise(r)
-        except BaseException as exc:
-            if in_caller and isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            stamps.append(monotonic_ns())
-            out = Outcome(task_id, worker, results, stamps, [failure(i, exc)])
-            out.hits, out.uncached = hits, uncached
-            return out
-        if key is not None:
-            try:
-                stored = cache.put(key, r, stage=spec.stage, warn=False)
-            except OSError as exc:  # a full or read-only disk must not fail the item
-                uncached = uncached or f"writing the cache failed ({exc})"
-            else:
-                if not stored:
-                    uncached = (
-                        uncached or f"a result of type {type(r).__qualname__} cannot be pickled"
-                    )
-        stamps.append(monotonic_ns())
-        results.append(r)
-    return Outcome(task_id, worker, results, stamps, hits=hits, uncached=uncached)
 
 
 def _materialise(r: Any) -> list[Any]:
