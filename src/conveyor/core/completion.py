@@ -310,9 +310,9 @@ class Completion:
         progressed = False
         while s.overflow and s.overflow[0][0].room() > 0:
             q, items = s.overflow.popleft()
-            name = next(
-                (t.name for t, p in zip(s.successors, s.targets, strict=True) if p is q), "<output>"
-            )
+            # A sink's one target is the output buffer, and it has no successor.
+            pairs = zip(s.successors, s.targets, strict=False)
+            name = next((t.name for t, p in pairs if p is q), "<output>")
             self._put(s, q, items, name, monotonic_ns())  # what does not fit goes back
             progressed = True
         return progressed
