@@ -95,7 +95,8 @@ def sleep_pipeline(n: int, repeat: int) -> dict[str, float]:
 
     def conveyor(executor: str) -> Callable[[], Any]:
         pipe = cv.Pipeline(
-            "sleep", [cv.stage(fn, executor=executor) for fn in fns]  # type: ignore[arg-type]
+            "sleep",
+            [cv.stage(fn, executor=executor) for fn in fns],  # type: ignore[arg-type]
         )
         return lambda: pipe.run(range(n)).results
 
@@ -106,7 +107,8 @@ def sleep_pipeline(n: int, repeat: int) -> dict[str, float]:
     def pypeln() -> Callable[[], Any]:
         return lambda: list(
             pl.thread.map(
-                fns[2], pl.thread.map(fns[1], pl.thread.map(fns[0], range(n), workers=1), workers=1),
+                fns[2],
+                pl.thread.map(fns[1], pl.thread.map(fns[0], range(n), workers=1), workers=1),
                 workers=1,
             )
         )

@@ -11,6 +11,8 @@ is retried, so no caller ever sees it:
 - Whatever SQLITE_BUSY or SQLITE_LOCKED still gets through (a checkpoint, WAL
   recovery, a timeout under heavy contention) is retried with exponential backoff
   and jitter for up to :data:`RETRY_SECONDS`.
+- :func:`checkpoint` copies the WAL into the database file (a finished run must not
+  live only in the ``-wal`` file).
 """
 
 from __future__ import annotations
@@ -67,6 +69,30 @@ def connect(path: Path, *, create: bool) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def checkpoint(conn: sqlite3.Connection, path: Path) -> None:
+    """Copy every transaction committed so far from the WAL into the database file,
+    and sync it (``wal_checkpoint(FULL)``): from then on they survive the loss of the
+    ``-wal`` file. A FULL checkpoint waits (SQLite's busy wait) for the writer of the
+    moment and for readers of older snapshots; while it still cannot finish, it is
+    tried again with backoff for up to :data:`RETRY_SECONDS`."""
+    deadline = time.monotonic() + RETRY_SECONDS
+    delay = 0.002
+    while True:
+        row = retrying(lambda: conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone(), path=path)
+        if row is None or not row[0]:
+            return
+        if time.monotonic() >= deadline:
+            raise StoreError(
+                f"run store {path}: could not copy its write-ahead log into the database "
+                f"file for {RETRY_SECONDS:.0f} s (another process keeps reading or writing "
+                "it); the last runs are recorded in the -wal file only: keep that file "
+                "with the store",
+                path=path,
+            )
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 0.25)
 
 
 def migrate(conn: sqlite3.Connection, path: Path) -> int:

@@ -132,17 +132,20 @@ class RunStore:
         items_emitted: int | None = None,
     ) -> None:
         """End run ``run_id`` in ``state`` (succeeded, failed or cancelled), with the
-        error that ended it and the source's item counts."""
+        error that ended it and the source's item counts; when this returns, the run
+        is in the database file itself (checkpointed), not only in its ``-wal`` file."""
         if state not in _writes.TERMINAL_RUN_STATES:
             raise StoreError(
                 f"finish_run({run_id!r}, {state!r}): a run finishes as one of "
                 f"{', '.join(_writes.TERMINAL_RUN_STATES)}"
             )
-        self._write(
-            lambda c: _writes.finish(
-                c, self.path, run_id, state, error_text, items_read, items_emitted
-            )
-        )
+
+        def finish(c: sqlite3.Connection) -> None:
+            _writes.finish(c, self.path, run_id, state, error_text, items_read, items_emitted)
+
+        self._write(finish)
+        with self._lock:  # a finished run lives in the database file, not only the WAL
+            _db.checkpoint(self._connection(), self.path)
 
     def record_stage_statistics(self, run_id: str, stats: Mapping[str, StageStatistics]) -> None:
         """Record (or replace) each stage's statistics; ``stats`` in topological order."""
