@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -187,3 +190,46 @@ def test_resume_errors_are_one_line(tmp_path: Path) -> None:
     assert unknown.exit_code == 2 and "Traceback" not in unknown.output
     done = runner.invoke(cli, ["resume", run_id, "--store", str(store)])
     assert done.exit_code == 1 and "nothing to resume" in done.output
+
+
+def read_only(folder: Path) -> Callable[[list[str]], list[str]] | None:
+    """A wrapper that runs a command with ``folder`` read-only for it: by the folder's
+    mode for an ordinary user, by a read-only bind mount in a private mount namespace
+    for root (whom modes do not stop); None when neither can be had here."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return lambda command: command
+    unshare = shutil.which("unshare")
+    mount = f"mount --bind -o ro {shlex.quote(str(folder))} {shlex.quote(str(folder))}"
+    if unshare is None or subprocess.run([unshare, "-m", "sh", "-c", mount]).returncode:
+        return None
+    return lambda command: [unshare, "-m", "sh", "-c", f"{mount} && exec {shlex.join(command)}"]
+
+
+def test_the_store_in_a_read_only_folder_can_be_listed(tmp_path: Path) -> None:
+    folder = tmp_path / "history"
+    folder.mkdir()
+    store = folder / "runs.db"
+    pipe = write_pipe(tmp_path, strict=True, sleep=0)
+    source = tmp_path / "n.txt"
+    source.write_text("".join(f"{i}\n" for i in range(10)))
+    run_id = run_recorded(CliRunner(), pipe, source, store)
+    assert sorted(os.listdir(folder)) == ["runs.db"]  # closed cleanly
+    outputs = []
+    try:
+        wrap = read_only(folder)
+        if wrap is None:
+            pytest.skip("no way to make a folder read-only here (root, and no unshare)")
+        probe = subprocess.run(wrap(["touch", str(folder / "probe")]), capture_output=True)
+        assert probe.returncode != 0  # the folder really is read-only for the commands
+        for args in (["runs"], ["show", run_id], ["deadletters", run_id]):
+            command = [sys.executable, "-m", "conveyor.cli", *args, "--store", str(store)]
+            done = subprocess.run(wrap(command), capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stdout + done.stderr
+            outputs.append(done.stdout)
+    finally:
+        folder.chmod(0o755)
+    assert run_id in outputs[0] and "succeeded" in outputs[0]
+    assert "balanced:" in outputs[1]
+    assert "2 dead letters" in outputs[2]
+    assert sorted(os.listdir(folder)) == ["runs.db"]  # nothing written

@@ -13,6 +13,8 @@ is retried, so no caller ever sees it:
   and jitter for up to :data:`RETRY_SECONDS`.
 - :func:`checkpoint` copies the WAL into the database file (a finished run must not
   live only in the ``-wal`` file).
+- A reader can open the store read-only (``mode=ro``), so a store in a folder it
+  cannot write is still readable.
 """
 
 from __future__ import annotations
@@ -36,13 +38,18 @@ RETRY_SECONDS = 60.0
 _BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (low byte of extended codes too)
 
 
-def connect(path: Path, *, create: bool) -> sqlite3.Connection:
+def connect(path: Path, *, create: bool, readonly: bool = False) -> sqlite3.Connection:
     """Open (or, with ``create``, create) the store at ``path``, migrated to the
     current schema. Raises StoreError for a missing store (``create=False``), a file
-    that is not a conveyor store, a corrupt one, or one from a newer conveyor."""
+    that is not a conveyor store, a corrupt one, or one from a newer conveyor.
+
+    ``readonly`` opens it with SQLite's ``mode=ro``: nothing can be written through
+    the connection, and the store's folder need not be writable. A store whose schema
+    is older is first migrated through a writing connection (which needs a writable
+    folder, as any migration does)."""
     if path.exists():
         _check_header(path)
-    elif not create:
+    elif not create or readonly:
         raise StoreError(
             f"no run store at {path}; runs are recorded there when a pipeline runs with a "
             "StoreRecorder, or pass --store PATH to read another one",
@@ -50,6 +57,18 @@ def connect(path: Path, *, create: bool) -> sqlite3.Connection:
         )
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
+    if readonly:
+        conn = _connect_readonly(path)
+        try:
+            version = read(conn, lambda c: _user_version(c, path), path=path)
+        except BaseException:
+            conn.close()
+            raise
+        if version == SCHEMA_VERSION:
+            return conn
+        conn.close()  # older: migrate it through a writing connection, then read
+        connect(path, create=False).close()
+        return _connect_readonly(path)
     try:
         conn = sqlite3.connect(
             str(path),
@@ -69,6 +88,52 @@ def connect(path: Path, *, create: bool) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write (``mode=ro``). SQLite reads a WAL database
+    through its ``-wal`` and ``-shm`` files, and makes them if they are missing; in a
+    folder it cannot write, with no ``-wal`` there (the last writer closed cleanly,
+    so the database file holds everything), the file is read as it is
+    (``immutable=1``: no locks, which only a writer in that folder could need)."""
+    uri = path.resolve().as_uri()
+    try:
+        return _open_uri(f"{uri}?mode=ro")
+    except sqlite3.Error as exc:
+        if _wal_path(path).exists() or not _cannot_open(exc):
+            raise _translate(exc, path) from exc
+    try:
+        return _open_uri(f"{uri}?mode=ro&immutable=1")
+    except sqlite3.Error as exc:
+        raise _translate(exc, path) from exc
+
+
+def _open_uri(uri: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        uri,
+        uri=True,
+        timeout=BUSY_TIMEOUT_MS / 1000,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens the files
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _wal_path(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def _cannot_open(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (14, 8)  # SQLITE_CANTOPEN, SQLITE_READONLY
+    return "unable to open" in str(exc).lower()
 
 
 def checkpoint(conn: sqlite3.Connection, path: Path) -> None:

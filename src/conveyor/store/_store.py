@@ -48,17 +48,28 @@ class RunStore:
             ``./.conveyor/runs.db`` (its folder is made).
         create: make the store if it does not exist; readers pass False to get a
             StoreError naming the missing file instead of an empty new store.
+        readonly: open it read-only (SQLite's ``mode=ro``): every write is refused,
+            and a store in a folder this process cannot write can still be read.
 
     Raises StoreError when the file is not a conveyor store, is corrupt, or has a
     schema newer than this conveyor's; older schemas are migrated on open.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, create: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        create: bool = True,
+        readonly: bool = False,
+    ) -> None:
         if path is None:  # $CONVEYOR_STORE, as the CLI, or ./.conveyor/runs.db
             path = os.environ.get("CONVEYOR_STORE") or Path.cwd() / DEFAULT_PATH
         self.path = Path(path)
+        self.readonly = readonly
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = _db.connect(self.path, create=create)
+        self._conn: sqlite3.Connection | None = _db.connect(
+            self.path, create=create, readonly=readonly
+        )
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -67,6 +78,12 @@ class RunStore:
             return _db.read(self._connection(), fn, path=self.path)
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self.readonly:
+            raise StoreError(
+                f"run store {self.path} is open read-only; open it without readonly=True "
+                "to write to it",
+                path=self.path,
+            )
         with self._lock:
             return _db.write(self._connection(), fn, path=self.path)
 
