@@ -214,7 +214,7 @@ def test_the_store_in_a_read_only_folder_can_be_listed(tmp_path: Path) -> None:
     source = tmp_path / "n.txt"
     source.write_text("".join(f"{i}\n" for i in range(10)))
     run_id = run_recorded(CliRunner(), pipe, source, store)
-    assert sorted(os.listdir(folder)) == ["runs.db"]  # closed cleanly
+    assert sorted(os.listdir(folder)) == ["runs.db", "runs.db-writers"]  # closed cleanly
     outputs = []
     try:
         wrap = read_only(folder)
@@ -232,4 +232,4 @@ def test_the_store_in_a_read_only_folder_can_be_listed(tmp_path: Path) -> None:
     assert run_id in outputs[0] and "succeeded" in outputs[0]
     assert "balanced:" in outputs[1]
     assert "2 dead letters" in outputs[2]
-    assert sorted(os.listdir(folder)) == ["runs.db"]  # nothing written
+    assert sorted(os.listdir(folder)) == ["runs.db", "runs.db-writers"]  # nothing written

@@ -12,7 +12,7 @@ is retried, so no caller ever sees it:
   recovery, a timeout under heavy contention) is retried with exponential backoff
   and jitter for up to :data:`RETRY_SECONDS`.
 - :func:`checkpoint` copies the WAL into the database file (a finished run must not
-  live only in the ``-wal`` file).
+  live only in the ``-wal`` file); :func:`damage` runs SQLite's own checks.
 - A reader can open the store read-only (``mode=ro``), so a store in a folder it
   cannot write is still readable.
 """
@@ -158,6 +158,22 @@ def checkpoint(conn: sqlite3.Connection, path: Path) -> None:
             )
         time.sleep(delay * (0.5 + random.random()))
         delay = min(delay * 2, 0.25)
+
+
+def damage(conn: sqlite3.Connection, path: Path, *, full: bool = False) -> list[str]:
+    """What SQLite's own check finds wrong, one line per problem ([] when sound).
+
+    ``quick_check`` reads every page and checks each b-tree's structure; ``full``
+    runs ``integrity_check``, which also checks that every index holds exactly the
+    entries of its table. A database too damaged to be checked at all answers with
+    the error it gives."""
+    pragma = "integrity_check(1000)" if full else "quick_check(1000)"
+    try:
+        rows = retrying(lambda: conn.execute(f"PRAGMA {pragma}").fetchall(), path=path)
+    except StoreError as exc:
+        return [str(exc.__cause__ or exc)]
+    found = [str(r[0]) for r in rows]
+    return [] if found == ["ok"] else found
 
 
 def migrate(conn: sqlite3.Connection, path: Path) -> int:
