@@ -19,6 +19,7 @@ is retried, so no caller ever sees it:
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sqlite3
 import time
@@ -36,6 +37,7 @@ SQLITE_HEADER_BYTES = 100
 BUSY_TIMEOUT_MS = 5_000
 RETRY_SECONDS = 60.0
 _BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (low byte of extended codes too)
+_FULL_CODES = (13, 10)  # SQLITE_FULL, SQLITE_IOERR
 
 
 def connect(path: Path, *, create: bool, readonly: bool = False) -> sqlite3.Connection:
@@ -160,6 +162,14 @@ def checkpoint(conn: sqlite3.Connection, path: Path) -> None:
         delay = min(delay * 2, 0.25)
 
 
+def make_room(conn: sqlite3.Connection, path: Path) -> None:
+    """After a write failed for want of space: copy the WAL into the database file
+    and rewind it (``wal_checkpoint(RESTART)``), so the next small write reuses the
+    WAL's space instead of growing it. Best effort: errors are ignored."""
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+
+
 def damage(conn: sqlite3.Connection, path: Path, *, full: bool = False) -> list[str]:
     """What SQLite's own check finds wrong, one line per problem ([] when sound).
 
@@ -174,6 +184,19 @@ def damage(conn: sqlite3.Connection, path: Path, *, full: bool = False) -> list[
         return [str(exc.__cause__ or exc)]
     found = [str(r[0]) for r in rows]
     return [] if found == ["ok"] else found
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (a StoreError or an SQLite error) says the disk is full or a
+    write to it failed (SQLITE_FULL, SQLITE_IOERR)."""
+    cause = exc.__cause__ if isinstance(exc, StoreError) else exc
+    if not isinstance(cause, sqlite3.Error):
+        return False
+    code = getattr(cause, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _FULL_CODES
+    text = str(cause).lower()
+    return "disk is full" in text or "disk i/o error" in text
 
 
 def migrate(conn: sqlite3.Connection, path: Path) -> int:
@@ -302,6 +325,12 @@ def _translate(exc: sqlite3.Error, path: Path) -> StoreError:
         return StoreError(
             f"run store {path} is corrupt ({text}); move it aside (a new one is made on the "
             "next run) or pass another --store path",
+            path=path,
+        )
+    if is_full(exc):
+        return StoreError(
+            f"cannot write the run store {path} ({text}): the disk is full or failing; "
+            "free some space on it, or pass another --store path",
             path=path,
         )
     if _is_busy(exc):

@@ -218,7 +218,9 @@ class RunStore:
     ) -> None:
         """End run ``run_id`` in ``state`` (succeeded, failed or cancelled), with the
         error that ended it and the source's item counts; when this returns, the run
-        is in the database file itself (checkpointed), not only in its ``-wal`` file."""
+        is in the database file itself (checkpointed), not only in its ``-wal`` file.
+        On a full disk the WAL's space is reused to write the end (see
+        ``docs/reliability-store.md``)."""
         if state not in _writes.TERMINAL_RUN_STATES:
             raise StoreError(
                 f"finish_run({run_id!r}, {state!r}): a run finishes as one of "
@@ -228,7 +230,14 @@ class RunStore:
         def finish(c: sqlite3.Connection) -> None:
             _writes.finish(c, self.path, run_id, state, error_text, items_read, items_emitted)
 
-        self._write(finish)
+        try:
+            self._write(finish)
+        except StoreError as exc:
+            if not _db.is_full(exc):
+                raise
+            with self._lock:  # the disk is full: reuse the WAL's space, then try once more
+                _db.make_room(self._connection(), self.path)
+            self._write(finish)
         with self._lock:  # a finished run lives in the database file, not only the WAL
             _db.checkpoint(self._connection(), self.path)
 
