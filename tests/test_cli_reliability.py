@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -17,6 +21,7 @@ from click.testing import CliRunner
 import stagefns as f
 from conftest import running, wait_until
 from conveyor.cli import cli
+from conveyor.store import RunStore
 
 TESTS = str(Path(__file__).parent)
 
@@ -187,3 +192,169 @@ def test_resume_errors_are_one_line(tmp_path: Path) -> None:
     assert unknown.exit_code == 2 and "Traceback" not in unknown.output
     done = runner.invoke(cli, ["resume", run_id, "--store", str(store)])
     assert done.exit_code == 1 and "nothing to resume" in done.output
+
+
+# --- a run whose record or results cannot be written ends failed, in one line --------
+
+# `conveyor ARGS` in a process whose files cannot grow past LIMIT bytes: a full disk,
+# without root (the write that would pass the limit fails; SIGXFSZ is ignored).
+LIMITED = (
+    "import resource, runpy, signal, sys; "
+    "limit = int(sys.argv[1]); signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+    "sys.argv = ['conveyor', *sys.argv[2:]]; "
+    "runpy.run_module('conveyor.cli', run_name='__main__')"
+)
+
+FULL_PIPE = textwrap.dedent(
+    """
+    import conveyor as cv
+
+    def check(x):
+        x = int(x)
+        if x % 50 == 7:  # a failure whose record alone is larger than the disk's room
+            raise ValueError("no " + "x" * 600_000)
+        return x
+
+    def big(x):
+        return str(x) * 2000
+
+    def small(x):
+        return int(x)
+
+    store_fills = cv.Pipeline("fills", [cv.stage(check, executor="threads", on_error="skip")])
+    output_fills = cv.Pipeline("output", [cv.stage(big, executor="threads")])
+    few = cv.Pipeline("few", [cv.stage(small)])
+    """
+)
+
+
+def error_lines(stderr: str) -> list[str]:
+    assert "Traceback" not in stderr, stderr
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def only_run(store: Path) -> Any:
+    with RunStore(store, create=False, readonly=True) as opened:
+        (run,) = opened.runs()
+        return run, opened.ledger(run.id)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+def test_a_full_disk_under_the_store_ends_the_run_failed_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "full_pipe.py").write_text(FULL_PIPE)
+    source = tmp_path / "n.txt"
+    source.write_text("".join(f"{i}\n" for i in range(20_000)))
+    store = tmp_path / "store" / "runs.db"
+    args = ["run", "full_pipe.py:store_fills", "--source", str(source), "--store", str(store)]
+    done = subprocess.run(
+        [sys.executable, "-c", LIMITED, str(512 * 1024), *args, "--no-progress"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    (line,) = error_lines(done.stderr)
+    assert line.startswith("error: run ") and "could not be recorded in full" in line, line
+    assert "the disk is full or failing" in line and f"it is recorded as failed in {store}" in line
+    assert "RuntimeWarning" not in done.stderr and " recorded in " not in done.stderr.replace(
+        line, ""
+    )
+    run, _ = only_run(store)
+    assert run.state == "failed" and run.finished_at is not None
+    assert run.error is not None and "could not record this run in full" in run.error
+    assert run.items_read is not None and run.items_read < 20_000  # it stopped early
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (ENOSPC on write)")
+@pytest.mark.parametrize("pipeline", ["output_fills", "few"])
+def test_results_that_cannot_be_written_end_the_run_failed_in_one_line(
+    tmp_path: Path, pipeline: str
+) -> None:
+    # /dev/full answers every write with ENOSPC: "output_fills" fills the buffer during
+    # the run; "few" writes less than a buffer, which fails only as the run ends
+    (tmp_path / "full_pipe.py").write_text(FULL_PIPE)
+    source = tmp_path / "n.txt"
+    source.write_text("".join(f"{i}\n" for i in range(2000 if pipeline == "output_fills" else 5)))
+    store = tmp_path / "runs.db"
+    done = conveyor(
+        "run",
+        f"full_pipe.py:{pipeline}",
+        "--source",
+        str(source),
+        "--store",
+        str(store),
+        "--no-progress",
+        "--output",
+        "/dev/full",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stderr
+    (line,) = error_lines(done.stderr)
+    assert line.startswith("error: cannot write a result to --output '/dev/full': No space left")
+    run, ledger = only_run(store)
+    assert run.state == "failed" and run.error is not None and "--output" in run.error
+    assert ledger.balanced, ledger
+
+
+def test_a_damaged_store_is_refused_before_the_pipeline_runs(tmp_path: Path) -> None:
+    from test_store_integrity import damage_page, record_history, table_page
+
+    store = tmp_path / "runs.db"
+    record_history(store, 5)
+    damage_page(store, table_page(store, "item_outcomes"))  # a page in the middle
+    pipe = write_pipe(tmp_path, sleep=0)
+    source = tmp_path / "n.txt"
+    source.write_text("1\n2\n3\n")
+    done = conveyor(
+        "run", f"{pipe}:pipeline", "--source", str(source), "--store", str(store), cwd=tmp_path
+    )
+    assert done.returncode == 1, done.stderr
+    (line,) = error_lines(done.stderr)
+    assert line.startswith(f"error: run store {store} is damaged: ") and "store check" in line
+    assert not (tmp_path / "calls.log").exists()  # the pipeline never ran
+    assert done.stdout == ""  # no report, no "recorded in", no resume advice
+
+
+def read_only(folder: Path) -> Callable[[list[str]], list[str]] | None:
+    """A wrapper that runs a command with ``folder`` read-only for it: by the folder's
+    mode for an ordinary user, by a read-only bind mount in a private mount namespace
+    for root (whom modes do not stop); None when neither can be had here."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return lambda command: command
+    unshare = shutil.which("unshare")
+    mount = f"mount --bind -o ro {shlex.quote(str(folder))} {shlex.quote(str(folder))}"
+    if unshare is None or subprocess.run([unshare, "-m", "sh", "-c", mount]).returncode:
+        return None
+    return lambda command: [unshare, "-m", "sh", "-c", f"{mount} && exec {shlex.join(command)}"]
+
+
+def test_the_store_in_a_read_only_folder_can_be_listed(tmp_path: Path) -> None:
+    folder = tmp_path / "history"
+    folder.mkdir()
+    store = folder / "runs.db"
+    pipe = write_pipe(tmp_path, strict=True, sleep=0)
+    source = tmp_path / "n.txt"
+    source.write_text("".join(f"{i}\n" for i in range(10)))
+    run_id = run_recorded(CliRunner(), pipe, source, store)
+    assert sorted(os.listdir(folder)) == ["runs.db", "runs.db-writers"]  # closed cleanly
+    outputs = []
+    try:
+        wrap = read_only(folder)
+        if wrap is None:
+            pytest.skip("no way to make a folder read-only here (root, and no unshare)")
+        probe = subprocess.run(wrap(["touch", str(folder / "probe")]), capture_output=True)
+        assert probe.returncode != 0  # the folder really is read-only for the commands
+        for args in (["runs"], ["show", run_id], ["deadletters", run_id]):
+            command = [sys.executable, "-m", "conveyor.cli", *args, "--store", str(store)]
+            done = subprocess.run(wrap(command), capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stdout + done.stderr
+            outputs.append(done.stdout)
+    finally:
+        folder.chmod(0o755)
+    assert run_id in outputs[0] and "succeeded" in outputs[0]
+    assert "balanced:" in outputs[1]
+    assert "2 dead letters" in outputs[2]
+    assert sorted(os.listdir(folder)) == ["runs.db", "runs.db-writers"]  # nothing written

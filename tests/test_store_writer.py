@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import conveyor as cv
+import stagefns as f
 from conftest import wait_until
 from conveyor.core.events import RunInfo
 from conveyor.store import RunStore, StoreError, StoreRecorder
@@ -195,3 +197,62 @@ def test_batches_merge_without_losing_rows() -> None:
     assert expand([(r[1], r[2]) for r in roots]) == Counter([0, 1, 1, 2, 3])  # 1 twice, kept
     assert letters == []
     assert a.rows == len(ranges) + len(outcomes) + len(roots)
+
+
+class FailingStore(RunStore):
+    """A run store whose batch writes fail (a full disk) while its run writes work."""
+
+    def _write_batch(self, run_id: str, batch: Batch) -> None:
+        raise StoreError("cannot write the run store (database or disk is full)")
+
+
+def test_a_run_whose_record_failed_is_recorded_failed_not_succeeded(tmp_path: Path) -> None:
+    store = FailingStore(tmp_path / "runs.db")
+    pipe = cv.Pipeline("p", [cv.stage(f.inc)])
+    recorder = StoreRecorder(store, pipeline=pipe, flush_rows=10)
+    with pytest.warns(RuntimeWarning, match="not fully recorded.*disk is full"):
+        run = pipe.run(range(100), instruments=[recorder], record=False)
+    assert run.state == "succeeded" and len(run.results or []) == 100  # it went on
+    recorded = store.get_run(run.id)
+    assert recorded.state == "failed" and recorder.ended == "failed"
+    assert recorded.error == (
+        "the run store could not record this run in full: cannot write the run store "
+        "(database or disk is full)"
+    )
+    store.close()
+
+
+class StoppingRecorder(StoreRecorder):
+    critical = True
+
+
+def test_a_critical_recorder_stops_the_run_it_cannot_record(tmp_path: Path) -> None:
+    store = FailingStore(tmp_path / "runs.db")
+    pipe = cv.Pipeline("p", [cv.stage(f.inc)])
+    recorder = StoppingRecorder(store, pipeline=pipe, flush_rows=10)
+    run = pipe.stream(range(100_000), instruments=[recorder], record=False)
+    with pytest.raises(cv.InstrumentError) as stopped:
+        for _ in run:
+            pass
+    assert stopped.value.__cause__ is recorder.error
+    assert run.state == "failed" and run.statistics().items_read < 100_000  # stopped early
+    recorded = store.get_run(run.id)
+    assert recorded.state == "failed" and recorded.error is not None
+    assert recorded.error.startswith("the run store could not record this run in full")
+    assert "InstrumentError" not in recorded.error  # its own words, not the wrapper's
+    store.close()
+
+
+def test_a_run_failed_by_its_caller_is_recorded_failed(tmp_path: Path) -> None:
+    with RunStore(tmp_path / "runs.db") as store:
+        pipe = cv.Pipeline("p", [cv.stage(f.inc)])
+        recorder = StoreRecorder(store, pipeline=pipe)
+        run = pipe.stream(range(1000), instruments=[recorder], record=False)
+        with run:
+            next(run)
+            recorder.fail(OSError(28, "No space left on device"))
+        assert run.state == "cancelled"  # the engine's word: its caller stopped it
+        recorded = store.get_run(run.id)
+        assert recorded.state == "failed" and recorder.ended == "failed"
+        assert recorded.error == "OSError: [Errno 28] No space left on device"
+        assert store.ledger(run.id).balanced

@@ -7,6 +7,7 @@
     $ conveyor run examples/science.py:pipeline --record run.cvrec --gantt run.svg --trace run.json
     $ conveyor analyze run.cvrec --budget 8
     $ conveyor runs; conveyor show 7f3a; conveyor resume 7f3a
+    $ conveyor store check
     $ conveyor --version
 
 ``TARGET`` is ``module:attr`` or ``path/to/file.py:attr``; ``attr`` names a
@@ -21,13 +22,15 @@ metrics on 127.0.0.1 while the run goes on.
 
 Exit codes: 0 success; 1 the run failed, or any conveyor error (one line,
 ``error: ...``, never a traceback); 2 a usage error (bad TARGET, missing file or
-attribute, unknown run); 3 ``show`` of a run whose ledger does not balance; 130 and
+attribute, unknown run); 3 ``show`` of a run whose ledger does not balance (and
+``store check --no-repair`` of a store whose only damage is to indexes); 130 and
 143 a run cancelled by SIGINT (Ctrl-C) or SIGTERM.
 
 The modules: this one (the group, error handling, registration), ``run`` (run,
 resume), ``signals`` (SIGINT/SIGTERM), ``analyze``, ``outputs`` (files written
 besides the report), ``target`` (loading TARGET), ``store`` (runs, show,
-deadletters), ``cache``, ``errors`` (how errors are shown).
+deadletters), ``storecheck`` (store check), ``cache``, ``errors`` (how errors are
+shown).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from conveyor.cli.cache import cache
 from conveyor.cli.errors import ConveyorProblem
 from conveyor.cli.run import resume_command, run_command
 from conveyor.cli.store import deadletters, runs, show
+from conveyor.cli.storecheck import store_group
 from conveyor.errors import ConveyorError
 
 __all__ = ["cli", "main"]
@@ -64,7 +68,8 @@ def cli() -> None:
     """conveyor: streaming compute pipelines that explain themselves."""
 
 
-for _command in (run_command, resume_command, analyze_command, runs, show, deadletters, cache):
+_COMMANDS = (run_command, resume_command, analyze_command, runs, show, deadletters, store_group)
+for _command in (*_COMMANDS, cache):
     cli.add_command(_command)
 
 # --- conveyor train: registered from the train extra -----------------------------------

@@ -2,11 +2,13 @@
 (``--output``), statistics (``--json``), the recording (``--record``), a Chrome trace
 (``--trace``) and an SVG timeline (``--gantt``), with the options that ask for them.
 
-A path that cannot be written is a one-line error naming the option (exit 1).
+A path that cannot be written is a one-line error naming the option (exit 1); so is
+a results file that fails while the run goes on (a full disk), which fails the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Callable, Iterator
@@ -19,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from conveyor import Recording, RunStatistics
+from conveyor.cli.errors import OneLineError
 
 TRACE_OPTION = click.option(
     "--trace",
@@ -46,22 +49,65 @@ OUTPUT_OPTION = click.option(
 )
 
 
+class OutputProblem(OneLineError):
+    """A results file could not be written: ``error: ...``, exit code 1."""
+
+
+class ResultsFile:
+    """``--output``: every result as a JSON line. A write, flush or close that fails
+    (a full disk, a file too large) raises :class:`OutputProblem` once, after calling
+    ``on_error`` with it (``conveyor run`` fails the run's record with it); the file
+    is then let go (what was buffered is lost with the write that failed)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problem: OutputProblem | None = None
+        self.on_error: Callable[[OutputProblem], None] | None = None
+        try:
+            self._out: TextIO = path.open("w", encoding="utf-8")
+        except OSError as exc:
+            raise _unwritable("--output", path, exc) from exc
+
+    def write(self, result: Any) -> None:
+        line = json.dumps(result, default=repr) + "\n"
+        self._guarded(lambda: self._out.write(line))
+
+    def flush(self) -> None:
+        """Write out what is buffered (before the run is recorded as succeeded)."""
+        self._guarded(self._out.flush)
+
+    def close(self) -> None:
+        self._guarded(self._out.close)
+
+    def _guarded(self, fn: Callable[[], Any]) -> None:
+        if self.problem is not None:
+            return  # reported once; the file is closed
+        try:
+            fn()
+        except OSError as exc:
+            self.problem = OutputProblem(
+                f"cannot write a result to --output {str(self.path)!r}: "
+                f"{exc.strerror or exc}; free some space or choose another path"
+            )
+            with contextlib.suppress(OSError):
+                self._out.close()  # closes the file even when its flush fails
+            if self.on_error is not None:
+                self.on_error(self.problem)
+            raise self.problem from None  # its message has the OSError's own words
+
+
 @contextmanager
-def results_file(path: Path | None) -> Iterator[Callable[[Any], None] | None]:
-    """A function that writes one result as a JSON line to ``path`` (None: no file)."""
+def results_file(path: Path | None) -> Iterator[ResultsFile | None]:
+    """``--output``'s file (None: no file), closed at the end; a close that fails is an
+    :class:`OutputProblem` unless a write already reported one."""
     if path is None:
         yield None
         return
+    results = ResultsFile(path)
     try:
-        out: TextIO = path.open("w", encoding="utf-8")
-    except OSError as exc:
-        raise _unwritable("--output", path, exc) from exc
-
-    def write(result: Any) -> None:
-        out.write(json.dumps(result, default=repr) + "\n")
-
-    with out:
-        yield write
+        yield results
+    finally:
+        results.close()
 
 
 def write_outputs(

@@ -12,9 +12,9 @@ command; 2 a usage error; 128 + the signal when SIGINT (130) or SIGTERM (143) ca
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
-from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any, NoReturn
@@ -24,13 +24,24 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 
-from conveyor import ConveyorError, Pipeline, Rebalancer, Recorder, Recording, Run, RunStatistics
+from conveyor import (
+    ConveyorError,
+    InstrumentError,
+    Pipeline,
+    Rebalancer,
+    Recorder,
+    Recording,
+    Run,
+    RunStatistics,
+)
 from conveyor.cli.errors import describe_error
 from conveyor.cli.outputs import (
     BUDGET_OPTION,
     GANTT_OPTION,
     OUTPUT_OPTION,
     TRACE_OPTION,
+    OutputProblem,
+    ResultsFile,
     check_gantt_path,
     results_file,
     write_json,
@@ -124,6 +135,11 @@ def run_command(
     progress = Progress() if sys.stderr.isatty() and not no_progress else None
     with SignalGuard() as guard, ExitStack() as stack:
         try:
+            # the store is opened and checked before any work, so a damaged one is
+            # refused before the pipeline runs, not found out once it has
+            store = None if no_store else _open_store(store_path, verify=True)
+            if store is not None:
+                stack.callback(store.close)  # once the run (and its writer) ended
             pipeline = load_pipeline(target)
             if source_path is None and pipeline.source is None:
                 raise click.UsageError(
@@ -150,10 +166,10 @@ def run_command(
                 "ordered": ordered or pipeline.ordered,
             }
             recorder = (
-                None if no_store else _recorder(store_path, pipeline, _stored(target), params)
+                None
+                if store is None
+                else _recorder(store, pipeline, _stored(target), params, write)
             )
-            if recorder is not None:
-                stack.callback(recorder.store.close)  # once the run (and its writer) ended
             timeline = Recorder()
             run = pipeline.stream(
                 source,
@@ -201,14 +217,14 @@ def resume_command(
     progress = Progress() if sys.stderr.isatty() and not no_progress else None
     with SignalGuard() as guard, ExitStack() as stack:
         try:
-            store = _open_store(store_path, create=False)
+            store = _open_store(store_path, create=False, verify=True)
             stack.callback(store.close)
             try:
                 plan = plan_resume(store, run_ref, load_pipeline, force=force)
             except RunNotFoundError as exc:
                 raise click.UsageError(str(exc)) from None
             write = stack.enter_context(results_file(output_path))
-            recorder = _recorder(store, plan.pipeline, plan.record.target, plan.params())
+            recorder = _recorder(store, plan.pipeline, plan.record.target, plan.params(), write)
             timeline = Recorder()
             run = plan.pipeline.stream(
                 plan.source(),
@@ -231,10 +247,11 @@ def _execute(
     run: Run,
     guard: SignalGuard,
     progress: Progress | None,
-    write: Callable[[Any], None] | None,
+    write: ResultsFile | None,
     err: Console,
-) -> ConveyorError | None:
-    """Drive ``run`` to its end with the live display; the error that failed it.
+) -> ConveyorError | OutputProblem | None:
+    """Drive ``run`` to its end with the live display; the error that failed it (the
+    run's, or the results file's: one that cannot be written stops the run).
 
     A signal cancels it (``guard.signum`` says which); either way every worker is
     stopped when this returns.
@@ -248,27 +265,40 @@ def _execute(
         with guard.watching(run), run, live:
             for result in run:
                 if write is not None:
-                    write(result)
+                    write.write(result)
     except KeyboardInterrupt:  # Interrupted, or Ctrl-C where no guard could be set
         if guard.signum is None:
             guard.signum = signal.SIGINT  # a KeyboardInterrupt with no handler of ours
-    except ConveyorError as exc:
+    except (ConveyorError, OutputProblem) as exc:
         return exc
-    return None
+    return write.problem if write is not None else None  # its last flush, as the run ended
 
 
 def _finish(
     run: Run,
     recorder: StoreRecorder | None,
-    failure: ConveyorError | None,
+    failure: ConveyorError | OutputProblem | None,
     guard: SignalGuard,
     err: Console,
 ) -> None:
     """Say where the run is recorded and how to resume it; exit with its status."""
-    if recorder is not None:
+    if recorder is not None and recorder.error is not None:
+        # the run could not be recorded: that, in one line, is what went wrong
+        if recorder.ended is None:
+            kept = f"it could not be marked failed in {recorder.store.path} either"
+        else:
+            kept = f"it is recorded as {recorder.ended} in {recorder.store.path}"
+        if isinstance(failure, InstrumentError) and failure.__cause__ is recorder.error:
+            failure = None  # the same failure, in the words of the instrument that stopped
+        err.print(
+            f"[red]error: run {run.id} could not be recorded in full: "
+            f"{escape(str(recorder.error))}; {escape(kept)}[/red]",
+            soft_wrap=True,  # one line, however long
+        )
+    elif recorder is not None:
         where = recorder.store.path
         err.print(f"run {run.id} recorded in {where}")
-        if run.state in ("failed", "cancelled"):
+        if run.state in ("failed", "cancelled") or recorder.ended == "failed":
             err.print(f"finish it with: conveyor resume {run.id[:8]} --store {where}")
     if failure is not None:
         err.print(f"[red]error: {escape(describe_error(failure))}[/red]")
@@ -281,7 +311,7 @@ def _finish(
         else:  # it came as the run ended: the run's own state stands
             err.print(f"[yellow]{name} received as the run ended ({run.state})[/yellow]")
         sys.exit(128 + guard.signum)
-    if failure is not None or run.state == "failed":
+    if failure is not None or run.state == "failed" or (recorder and recorder.error):
         sys.exit(1)
 
 
@@ -305,21 +335,51 @@ def _stored(target: str) -> str:
     return target
 
 
-def _open_store(path: Path | None, *, create: bool = True) -> RunStore:
-    """The run store at ``path`` (default: $CONVEYOR_STORE or .conveyor/runs.db); a
-    missing or damaged store is a one-line error, as in `conveyor runs`."""
+def _open_store(path: Path | None, *, create: bool = True, verify: bool = False) -> RunStore:
+    """The run store at ``path`` (default: $CONVEYOR_STORE or .conveyor/runs.db); with
+    ``verify``, SQLite's quick check of every page first. A missing or damaged store
+    is a one-line error, as in `conveyor runs`."""
     try:
-        return RunStore(path, create=create)
+        store = RunStore(path, create=create)
     except StoreError as exc:
         raise store_problem(exc) from None
+    try:
+        if verify:
+            store.verify()
+    except StoreError as exc:
+        store.close()
+        raise store_problem(exc) from None
+    return store
+
+
+class _RunRecorder(StoreRecorder):
+    """The recorder of `conveyor run` and `resume`: a run that cannot be recorded
+    stops (critical), and the results file is flushed before the run's end is
+    recorded, so a run whose results could not be written is recorded as failed."""
+
+    critical = True
+
+    def __init__(self, *args: Any, results: ResultsFile | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.results = results
+        if results is not None:
+            results.on_error = self.fail
+
+    def run_finished(self, state: str, error: BaseException | None, t_ns: int) -> None:
+        if self.results is not None:
+            with contextlib.suppress(OutputProblem):  # self.fail has it: recorded failed
+                self.results.flush()
+        super().run_finished(state, error, t_ns)
 
 
 def _recorder(
-    store: RunStore | Path | None, pipeline: Pipeline, target: str | None, params: dict[str, Any]
+    store: RunStore,
+    pipeline: Pipeline,
+    target: str | None,
+    params: dict[str, Any],
+    results: ResultsFile | None,
 ) -> StoreRecorder:
-    if not isinstance(store, RunStore):
-        store = _open_store(store)
-    return StoreRecorder(store, pipeline=pipeline, params=params, target=target)
+    return _RunRecorder(store, pipeline=pipeline, params=params, target=target, results=results)
 
 
 def _report(

@@ -8,9 +8,11 @@ from the command line.
     $ conveyor deadletters 7f3a --traceback
 
 RUN is a run id or a unique prefix of one. ``--store PATH`` reads another store than
-``./.conveyor/runs.db``. Errors are one line: exit 2 for an unknown or ambiguous run
-or a missing store, 1 for a store that is corrupt, not a store, or from a newer
-conveyor; 3 from ``show`` when the run's ledger does not balance.
+``./.conveyor/runs.db``. These commands only read, and open the store read-only, so
+a store in a folder they cannot write (a read-only mount, another user's) can be
+listed. Errors are one line: exit 2 for an unknown or ambiguous run or a missing
+store, 1 for a store that is corrupt, not a store, or from a newer conveyor; 3 from
+``show`` when the run's ledger does not balance.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def _console() -> Console:
 
 def _with_store(store_path: Path | None, fn: Callable[[RunStore], T]) -> T:
     try:
-        with RunStore(store_path, create=False) as store:
+        with RunStore(store_path, create=False, readonly=True) as store:
             return fn(store)
     except StoreError as exc:
         raise store_problem(exc) from None

@@ -2,6 +2,7 @@
 ledger of source items, in embedded SQLite (``./.conveyor/runs.db``)."""
 
 from conveyor.errors import PipelineChangedError, RunNotFoundError, StoreError
+from conveyor.store._check import StoreCheck
 from conveyor.store._history import StoreRecorder, WriterStatistics
 from conveyor.store._records import DeadLetter, ItemOutcome, Ledger, RunRecord, StageRecord
 from conveyor.store._resume import ResumePlan, plan_resume, redrive_plan, resume_report
@@ -21,6 +22,7 @@ __all__ = [
     "RunRecord",
     "RunStore",
     "StageRecord",
+    "StoreCheck",
     "StoreError",
     "StoreRecorder",
     "WriterStatistics",

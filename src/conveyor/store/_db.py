@@ -11,10 +11,15 @@ is retried, so no caller ever sees it:
 - Whatever SQLITE_BUSY or SQLITE_LOCKED still gets through (a checkpoint, WAL
   recovery, a timeout under heavy contention) is retried with exponential backoff
   and jitter for up to :data:`RETRY_SECONDS`.
+- :func:`checkpoint` copies the WAL into the database file (a finished run must not
+  live only in the ``-wal`` file); :func:`damage` runs SQLite's own checks.
+- A reader can open the store read-only (``mode=ro``), so a store in a folder it
+  cannot write is still readable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sqlite3
 import time
@@ -32,15 +37,21 @@ SQLITE_HEADER_BYTES = 100
 BUSY_TIMEOUT_MS = 5_000
 RETRY_SECONDS = 60.0
 _BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (low byte of extended codes too)
+_FULL_CODES = (13, 10)  # SQLITE_FULL, SQLITE_IOERR
 
 
-def connect(path: Path, *, create: bool) -> sqlite3.Connection:
+def connect(path: Path, *, create: bool, readonly: bool = False) -> sqlite3.Connection:
     """Open (or, with ``create``, create) the store at ``path``, migrated to the
     current schema. Raises StoreError for a missing store (``create=False``), a file
-    that is not a conveyor store, a corrupt one, or one from a newer conveyor."""
+    that is not a conveyor store, a corrupt one, or one from a newer conveyor.
+
+    ``readonly`` opens it with SQLite's ``mode=ro``: nothing can be written through
+    the connection, and the store's folder need not be writable. A store whose schema
+    is older is first migrated through a writing connection (which needs a writable
+    folder, as any migration does)."""
     if path.exists():
         _check_header(path)
-    elif not create:
+    elif not create or readonly:
         raise StoreError(
             f"no run store at {path}; runs are recorded there when a pipeline runs with a "
             "StoreRecorder, or pass --store PATH to read another one",
@@ -48,6 +59,18 @@ def connect(path: Path, *, create: bool) -> sqlite3.Connection:
         )
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
+    if readonly:
+        conn = _connect_readonly(path)
+        try:
+            version = read(conn, lambda c: _user_version(c, path), path=path)
+        except BaseException:
+            conn.close()
+            raise
+        if version == SCHEMA_VERSION:
+            return conn
+        conn.close()  # older: migrate it through a writing connection, then read
+        connect(path, create=False).close()
+        return _connect_readonly(path)
     try:
         conn = sqlite3.connect(
             str(path),
@@ -67,6 +90,113 @@ def connect(path: Path, *, create: bool) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write (``mode=ro``). SQLite reads a WAL database
+    through its ``-wal`` and ``-shm`` files, and makes them if they are missing; in a
+    folder it cannot write, with no ``-wal`` there (the last writer closed cleanly,
+    so the database file holds everything), the file is read as it is
+    (``immutable=1``: no locks, which only a writer in that folder could need)."""
+    uri = path.resolve().as_uri()
+    try:
+        return _open_uri(f"{uri}?mode=ro")
+    except sqlite3.Error as exc:
+        if _wal_path(path).exists() or not _cannot_open(exc):
+            raise _translate(exc, path) from exc
+    try:
+        return _open_uri(f"{uri}?mode=ro&immutable=1")
+    except sqlite3.Error as exc:
+        raise _translate(exc, path) from exc
+
+
+def _open_uri(uri: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        uri,
+        uri=True,
+        timeout=BUSY_TIMEOUT_MS / 1000,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens the files
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _wal_path(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def _cannot_open(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (14, 8)  # SQLITE_CANTOPEN, SQLITE_READONLY
+    return "unable to open" in str(exc).lower()
+
+
+def checkpoint(conn: sqlite3.Connection, path: Path) -> None:
+    """Copy every transaction committed so far from the WAL into the database file,
+    and sync it (``wal_checkpoint(FULL)``): from then on they survive the loss of the
+    ``-wal`` file. A FULL checkpoint waits (SQLite's busy wait) for the writer of the
+    moment and for readers of older snapshots; while it still cannot finish, it is
+    tried again with backoff for up to :data:`RETRY_SECONDS`."""
+    deadline = time.monotonic() + RETRY_SECONDS
+    delay = 0.002
+    while True:
+        row = retrying(lambda: conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone(), path=path)
+        if row is None or not row[0]:
+            return
+        if time.monotonic() >= deadline:
+            raise StoreError(
+                f"run store {path}: could not copy its write-ahead log into the database "
+                f"file for {RETRY_SECONDS:.0f} s (another process keeps reading or writing "
+                "it); the last runs are recorded in the -wal file only: keep that file "
+                "with the store",
+                path=path,
+            )
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 0.25)
+
+
+def make_room(conn: sqlite3.Connection, path: Path) -> None:
+    """After a write failed for want of space: copy the WAL into the database file
+    and rewind it (``wal_checkpoint(RESTART)``), so the next small write reuses the
+    WAL's space instead of growing it. Best effort: errors are ignored."""
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+
+
+def damage(conn: sqlite3.Connection, path: Path, *, full: bool = False) -> list[str]:
+    """What SQLite's own check finds wrong, one line per problem ([] when sound).
+
+    ``quick_check`` reads every page and checks each b-tree's structure; ``full``
+    runs ``integrity_check``, which also checks that every index holds exactly the
+    entries of its table. A database too damaged to be checked at all answers with
+    the error it gives."""
+    pragma = "integrity_check(1000)" if full else "quick_check(1000)"
+    try:
+        rows = retrying(lambda: conn.execute(f"PRAGMA {pragma}").fetchall(), path=path)
+    except StoreError as exc:
+        return [str(exc.__cause__ or exc)]
+    found = [str(r[0]) for r in rows]
+    return [] if found == ["ok"] else found
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (a StoreError or an SQLite error) says the disk is full or a
+    write to it failed (SQLITE_FULL, SQLITE_IOERR)."""
+    cause = exc.__cause__ if isinstance(exc, StoreError) else exc
+    if not isinstance(cause, sqlite3.Error):
+        return False
+    code = getattr(cause, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _FULL_CODES
+    text = str(cause).lower()
+    return "disk is full" in text or "disk i/o error" in text
 
 
 def migrate(conn: sqlite3.Connection, path: Path) -> int:
@@ -195,6 +325,12 @@ def _translate(exc: sqlite3.Error, path: Path) -> StoreError:
         return StoreError(
             f"run store {path} is corrupt ({text}); move it aside (a new one is made on the "
             "next run) or pass another --store path",
+            path=path,
+        )
+    if is_full(exc):
+        return StoreError(
+            f"cannot write the run store {path} ({text}): the disk is full or failing; "
+            "free some space on it, or pass another --store path",
             path=path,
         )
     if _is_busy(exc):

@@ -45,7 +45,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from conveyor.core.events import Instrument, Key, RunInfo
-from conveyor.errors import RunError, StoreError
+from conveyor.errors import InstrumentError, RunError, StoreError
 from conveyor.store._rows import Batch, DeadLetterRow, OutcomeRow
 from conveyor.store._store import RunStore
 
@@ -88,7 +88,11 @@ class StoreRecorder(Instrument):
             before a hook waits for it; default ``10 * flush_rows``.
 
     ``error`` holds the StoreError of a write that failed; the run goes on without
-    recording, and the failure is reported once as a RuntimeWarning at its end.
+    recording, is recorded as ``failed`` (its record is not whole) when it ends, and
+    the failure is reported once as a RuntimeWarning. A subclass with
+    ``critical = True`` (what ``conveyor run`` uses) stops the run instead, at the
+    next hook after the failed write. ``ended`` is the final state the store holds
+    once the run has ended (None if even that could not be written).
     """
 
     def __init__(
@@ -119,6 +123,9 @@ class StoreRecorder(Instrument):
         self.max_pending_rows = 10 * flush_rows if max_pending_rows is None else max_pending_rows
         self.run_id: str | None = None
         self.error: StoreError | None = None
+        self.ended: str | None = None
+        self._failure: BaseException | None = None
+        self._begun = False
         self._cond = threading.Condition()
         self._reset()
 
@@ -157,13 +164,29 @@ class StoreRecorder(Instrument):
 
     # --- hooks ----------------------------------------------------------------------
 
+    def fail(self, error: BaseException) -> None:
+        """Record the run as ``failed`` with ``error`` when it ends, whatever state the
+        engine gives it: its caller is stopping it because of ``error`` (e.g. its
+        results could not be written)."""
+        self._failure = self._failure or error
+
     def run_started(self, run: RunInfo) -> None:
         self._reset()
         self.run_id = run.run_id
         self.error = None
+        self.ended = None
+        self._failure = None
+        self._begun = False
         self._control = run.control
-        self.store.begin_run(run.run_id, run.pipeline, self.fingerprint, self.params, self.target)
-        self.store.set_state(run.run_id, "running")
+        try:
+            self.store.begin_run(
+                run.run_id, run.pipeline, self.fingerprint, self.params, self.target
+            )
+            self._begun = True
+            self.store.set_state(run.run_id, "running")
+        except StoreError as exc:
+            self.error = exc  # the run cannot be recorded: said once, by whoever runs it
+            raise
         self._writer = threading.Thread(
             target=self._write_batches, args=(run.run_id,), name="conveyor-store-writer",
             daemon=True,
@@ -232,7 +255,7 @@ class StoreRecorder(Instrument):
 
     def run_finished(self, state: str, error: BaseException | None, t_ns: int) -> None:
         run_id = self.run_id
-        if run_id is None:
+        if run_id is None or not self._begun:
             return
         self._record_run_error(error, t_ns)
         if self._unfinished:
@@ -248,13 +271,17 @@ class StoreRecorder(Instrument):
             self._writer = None
         stats = self._control.statistics() if self._control is not None else None
         self._control = None
-        try:
-            if stats is not None:
+        if stats is not None and self.error is None:
+            try:
                 self.store.record_stage_statistics(run_id, stats.stages)
+            except StoreError as exc:
+                self.error = exc
+        state, text = self._final(state, error)
+        try:
             self.store.finish_run(
                 run_id,
                 state,
-                _error_text(error),
+                text,
                 # the items this recorder saw read, which its done and pending rows
                 # cover: a Ctrl-C between the engine counting a burst of items and
                 # reporting it leaves those out of both, and the ledger balanced
@@ -263,12 +290,26 @@ class StoreRecorder(Instrument):
             )
         except StoreError as exc:
             self.error = self.error or exc
-        if self.error is not None:
+        else:
+            self.ended = state
+        if self.error is not None and not self.critical:
             warnings.warn(
                 f"run {run_id} was not fully recorded in {self.store.path}: {self.error}",
                 RuntimeWarning,
                 stacklevel=2,
             )
+
+    def _final(self, state: str, error: BaseException | None) -> tuple[str, str | None]:
+        """The state and error text to record: ``failed`` when the run's record is not
+        whole (a write failed) or its caller failed it (:meth:`fail`)."""
+        text = _error_text(error)
+        if self._failure is not None:
+            state, text = "failed", _error_text(self._failure)
+        if self.error is not None:
+            note = f"the run store could not record this run in full: {self.error}"
+            ours = isinstance(error, InstrumentError) and error.__cause__ is self.error
+            state, text = "failed", note if text is None or ours else f"{text}\n{note}"
+        return state, text
 
     # --- buffering and the hand-off -------------------------------------------------
 
@@ -276,6 +317,8 @@ class StoreRecorder(Instrument):
         return (t_ns + self._offset_ns) / 1e9
 
     def _added(self, rows: int, t_ns: int) -> None:
+        if self.error is not None and self.critical:
+            raise self.error  # a critical recorder stops the run it cannot record
         self._buffered += rows
         if self._buffered >= self.flush_rows or t_ns - self._last_flush_ns >= self.flush_ns:
             self._last_flush_ns = t_ns

@@ -31,7 +31,8 @@ from typing import Any, TypeVar
 
 from conveyor.core.statistics import StageStatistics
 from conveyor.errors import PipelineChangedError, RunNotFoundError, StoreError
-from conveyor.store import _db, _queries, _writes
+from conveyor.store import _check, _db, _health, _queries, _writes
+from conveyor.store._check import StoreCheck
 from conveyor.store._records import DeadLetter, ItemOutcome, Ledger, RunRecord, StageRecord
 from conveyor.store._rows import Batch, DeadLetterRow, OutcomeRow
 
@@ -48,17 +49,60 @@ class RunStore:
             ``./.conveyor/runs.db`` (its folder is made).
         create: make the store if it does not exist; readers pass False to get a
             StoreError naming the missing file instead of an empty new store.
+        readonly: open it read-only (SQLite's ``mode=ro``): every write is refused,
+            and a store in a folder this process cannot write can still be read.
+        check_on_open: when a writer of this host ended without closing the store,
+            run SQLite's quick check before anything is written, and refuse a damaged
+            store (see :mod:`conveyor.store._health`); False skips that (for a check
+            that looks deeper, :meth:`check`).
 
     Raises StoreError when the file is not a conveyor store, is corrupt, or has a
     schema newer than this conveyor's; older schemas are migrated on open.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, create: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        create: bool = True,
+        readonly: bool = False,
+        check_on_open: bool = True,
+    ) -> None:
         if path is None:  # $CONVEYOR_STORE, as the CLI, or ./.conveyor/runs.db
             path = os.environ.get("CONVEYOR_STORE") or Path.cwd() / DEFAULT_PATH
         self.path = Path(path)
+        self.readonly = readonly
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = _db.connect(self.path, create=create)
+        self._release: Callable[[], None] | None = None
+        self._log: tuple[Any, ...] = ()
+        self._conn: sqlite3.Connection | None = _db.connect(
+            self.path, create=create, readonly=readonly
+        )
+        if not readonly:
+            try:
+                self._watch(check_on_open)
+            except BaseException:
+                self.close()
+                raise
+
+    def _watch(self, check_on_open: bool) -> None:
+        """Mark this process as a writer, check the store if a writer died (see
+        :mod:`conveyor.store._health`), and note the WAL files to watch them."""
+        self._release = _health.release_on_exit(self, _health.mark_writer(self.path))
+        stale = _health.stale_marks(self.path)
+        if stale and check_on_open:
+            found = _db.damage(self._connection(), self.path)
+            if found:
+                more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+                raise StoreError(
+                    f"run store {self.path} was left open by a process that ended without "
+                    f"closing it, and SQLite's quick check finds it damaged: {found[0]}{more}; "
+                    f"run conveyor store check --store {self.path} to repair what can be, "
+                    "or move the store aside",
+                    path=self.path,
+                )
+            _health.clear(stale)
+        self._log = _health.log_identity(self.path)
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -67,8 +111,17 @@ class RunStore:
             return _db.read(self._connection(), fn, path=self.path)
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self.readonly:
+            raise StoreError(
+                f"run store {self.path} is open read-only; open it without readonly=True "
+                "to write to it",
+                path=self.path,
+            )
         with self._lock:
-            return _db.write(self._connection(), fn, path=self.path)
+            conn = self._connection()
+            if self._log:
+                _health.check_log(self.path, self._log)
+            return _db.write(conn, fn, path=self.path)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -83,6 +136,9 @@ class RunStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            if self._release is not None:
+                self._release()  # the writer's mark goes once its connection has
+                self._release = None
 
     def __enter__(self) -> RunStore:
         return self
@@ -94,6 +150,35 @@ class RunStore:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def verify(self) -> None:
+        """SQLite's quick check of every page: StoreError naming the damage and the fix
+        when the store is damaged (``conveyor run`` calls it before the work starts)."""
+        found = _db.damage(self._connection(), self.path)
+        if found:
+            more = f" (and {len(found) - 1} more problems)" if len(found) > 1 else ""
+            raise StoreError(
+                f"run store {self.path} is damaged: {found[0]}{more}; run conveyor store "
+                f"check --store {self.path} to repair what can be, or move it aside (a new "
+                "one is made on the next run) or pass another --store path",
+                path=self.path,
+            )
+
+    def check(self, *, repair: bool = False) -> StoreCheck:
+        """Look the whole store over (see :class:`StoreCheck`): SQLite's integrity
+        check, rows whose run is gone, and every finished run's ledger. With
+        ``repair``, damaged indexes are rebuilt from their tables and checked again;
+        a store found sound clears the marks of writers that died."""
+        if repair and self.readonly:
+            raise StoreError(
+                f"run store {self.path} is open read-only; open it for writing to repair it",
+                path=self.path,
+            )
+        with self._lock:
+            found = _check.check(self._connection(), self.path, repair=repair)
+        if found.ok and not self.readonly:
+            _health.clear(_health.stale_marks(self.path))
+        return found
 
     @property
     def schema_version(self) -> int:
@@ -132,17 +217,29 @@ class RunStore:
         items_emitted: int | None = None,
     ) -> None:
         """End run ``run_id`` in ``state`` (succeeded, failed or cancelled), with the
-        error that ended it and the source's item counts."""
+        error that ended it and the source's item counts; when this returns, the run
+        is in the database file itself (checkpointed), not only in its ``-wal`` file.
+        On a full disk the WAL's space is reused to write the end (see
+        ``docs/reliability-store.md``)."""
         if state not in _writes.TERMINAL_RUN_STATES:
             raise StoreError(
                 f"finish_run({run_id!r}, {state!r}): a run finishes as one of "
                 f"{', '.join(_writes.TERMINAL_RUN_STATES)}"
             )
-        self._write(
-            lambda c: _writes.finish(
-                c, self.path, run_id, state, error_text, items_read, items_emitted
-            )
-        )
+
+        def finish(c: sqlite3.Connection) -> None:
+            _writes.finish(c, self.path, run_id, state, error_text, items_read, items_emitted)
+
+        try:
+            self._write(finish)
+        except StoreError as exc:
+            if not _db.is_full(exc):
+                raise
+            with self._lock:  # the disk is full: reuse the WAL's space, then try once more
+                _db.make_room(self._connection(), self.path)
+            self._write(finish)
+        with self._lock:  # a finished run lives in the database file, not only the WAL
+            _db.checkpoint(self._connection(), self.path)
 
     def record_stage_statistics(self, run_id: str, stats: Mapping[str, StageStatistics]) -> None:
         """Record (or replace) each stage's statistics; ``stats`` in topological order."""
