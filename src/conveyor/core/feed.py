@@ -119,6 +119,8 @@ class Feed:
         one). Raises StageError if the source raised (after the items before it)."""
         if self._inline is not None:
             return self._take_inline(n), None
+        if not self._items and self._error is None:
+            return [], None  # nothing yet (an item put meanwhile wakes the scheduler)
         with self._cond:
             items = self._items
             k = min(n, len(items))

@@ -136,6 +136,7 @@ class Scheduler:
         )
         self.replies = Replies(self._completion.replies)
         self.joins, self.folds = merge_points(self.stages, self.ledger)
+        self._timed = [s for s in self.stages if s.max_wait_ns is not None]  # max_wait
         # A collect or fold holds every root until the source ends, so it must not be
         # throttled by the window; its output is one item, with nothing to reorder.
         bounds = sum(s.queue.bound or 0 for s in self.stages) + pipeline.capacity
@@ -259,7 +260,7 @@ class Scheduler:
     def _next_due_ns(self) -> int | None:
         """The soonest retry, or partial batch whose ``max_wait`` runs out."""
         due = [s.retry[0][0] for s in self.stages if s.retry]
-        due += [d for s in self.stages if s.max_wait_ns is not None and (d := s.deadline_ns())]
+        due += [d for s in self._timed if (d := s.deadline_ns())]
         return min(due, default=None)
 
     # --- control from other threads -------------------------------------------------------
