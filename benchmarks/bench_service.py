@@ -16,13 +16,16 @@ Parts:
 * request/response: a three-stage thread pipeline of trivial functions in service
   mode; one caller submits and waits, item after item: the time from ``submit`` to
   its result, less the three calls made directly (the overhead per request). Then
-  ``--callers`` threads submitting at once: throughput beside the same pipeline run in
-  batch mode over as many items, and beside the hand-written threads and queues.
+  ``--callers`` threads at once, each waiting for every result before its next
+  submit, and each submitting all its items before waiting: throughput beside the
+  same pipeline run in batch mode over as many items, and beside the hand-written
+  threads and queues.
 * endless: an endless source through two thread stages in service mode, recorded in
   a run store, for ``--endless-minutes``: peak RSS and store size sampled every tenth
   of the time.
 
-Writes ``benchmarks/RESULTS-service.md`` with the machine it ran on.
+Writes ``benchmarks/RESULTS-service.md`` with the machine it ran on; ``--parts``
+reruns some parts and keeps the others' sections from the last run.
 """
 
 from __future__ import annotations
@@ -176,6 +179,19 @@ def bench_requests(requests: int, callers: int, batch_items: int) -> dict[str, A
         for th in threads:
             th.join()
         concurrent = per_caller * callers / (time.perf_counter() - t)
+
+        def burst(k: int) -> None:
+            futures = [service.submit(i) for i in range(per_caller)]
+            for f in futures:
+                f.result()
+
+        threads = [threading.Thread(target=burst, args=(k,)) for k in range(callers)]
+        t = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        bursting = per_caller * callers / (time.perf_counter() - t)
     t = time.perf_counter()
     pipe.run(range(batch_items), record=False)
     batch = batch_items / (time.perf_counter() - t)
@@ -221,6 +237,7 @@ def bench_requests(requests: int, callers: int, batch_items: int) -> dict[str, A
         * (statistics.median(hand_latencies) - statistics.median(direct)),
         "latency_us_p99": 1e6 * sorted(latencies)[int(0.99 * len(latencies))],
         "concurrent_per_s": concurrent,
+        "burst_per_s": bursting,
         "batch_per_s": batch,
         "hand_per_s": hand,
     }
@@ -283,8 +300,87 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
+def slow_section(args: argparse.Namespace, slow: dict[str, Any]) -> list[str]:
+    lines = [
+        f"## Latency on a slow stream ({args.items} items, one every "
+        f"{args.interval * 1e3:.0f} ms, three thread stages busy "
+        f"{args.service * 1e3:.1f} ms each)",
+        "",
+        f"Run {time.strftime('%Y-%m-%d %H:%M')}. Latency added per item: result time − "
+        "arrival − the stages' busy time.",
+        "",
+        "| | p50 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, v in slow.items():
+        lines.append(f"| {name} | {v['p50']:.2f} | {v['p99']:.2f} | {v['max']:.2f} |")
+    return lines
+
+
+def requests_section(args: argparse.Namespace, rr: dict[str, Any]) -> list[str]:
+    c = args.callers
+    return [
+        f"## Request/response (`submit`, three trivial thread stages; {c} callers, "
+        f"{args.batch_items:,} items)",
+        "",
+        f"Run {time.strftime('%Y-%m-%d %H:%M')}. *Waiting* callers submit one item and wait "
+        "for its result before the next; *bursting* callers submit all theirs, then wait.",
+        "",
+        "| measure | conveyor | hand-written threads + queues |",
+        "|---|---:|---:|",
+        f"| added latency per request, median (one caller) | {rr['overhead_us_p50']:.0f} µs "
+        f"| {rr['hand_overhead_us_p50']:.0f} µs |",
+        f"| latency per request, p99 (one caller) | {rr['latency_us_p99']:.0f} µs | |",
+        f"| throughput, {c} waiting callers | {rr['concurrent_per_s']:,.0f} /s "
+        f"| {rr['hand_per_s']:,.0f} /s |",
+        f"| throughput, {c} bursting callers | {rr['burst_per_s']:,.0f} /s | |",
+        f"| throughput, batch mode (`pipe.run`) | {rr['batch_per_s']:,.0f} /s | |",
+        f"| batch ÷ bursting callers | {rr['batch_per_s'] / rr['burst_per_s']:.2f}× | |",
+        f"| batch ÷ waiting callers | {rr['batch_per_s'] / rr['concurrent_per_s']:.2f}× | |",
+    ]
+
+
+def endless_section(args: argparse.Namespace, rows: list[Any]) -> list[str]:
+    return [
+        f"## An endless source in service mode, recorded in a run store "
+        f"({args.endless_minutes:g} min)",
+        "",
+        f"Run {time.strftime('%Y-%m-%d %H:%M')}: two thread stages (x + 1 on 2 workers, "
+        "then 2x), `pipe.start(endless(), on_result=...)` with a `StoreRecorder`.",
+        "",
+        "| time s | items | RSS MiB | store MiB |",
+        "|---:|---:|---:|---:|",
+        *(f"| {t:.0f} | {n:,} | {r:.1f} | {s:.2f} |" for t, n, r, s in rows),
+    ]
+
+
+def write(out: Path, sections: dict[str, list[str]]) -> None:
+    """Rewrite ``out`` with these sections, keeping the others from its last run."""
+    kept: dict[str, list[str]] = {}
+    if out.exists():
+        current: list[str] | None = None
+        for line in out.read_text().splitlines():
+            if line.startswith("## "):
+                current = kept.setdefault(line.split("(")[0].strip(), [])
+            if current is not None:
+                current.append(line)
+    for key, lines in sections.items():
+        kept[key] = [*lines, ""]
+    order = ["## Latency on a slow stream", "## Request/response", "## An endless source"]
+    head = [
+        "# Streams and services",
+        "",
+        f"Machine: {machine()}. Written by `benchmarks/bench_service.py`; each section "
+        "says when it ran. The machine is shared: compare within a table.",
+        "",
+    ]
+    body = [line for key in order if key in kept for line in kept[key]]
+    out.write_text("\n".join(head + body).rstrip() + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--parts", default="slow,requests,endless")
     ap.add_argument("--items", type=int, default=50)
     ap.add_argument("--interval", type=float, default=0.1)
     ap.add_argument("--service", type=float, default=0.001)
@@ -294,61 +390,23 @@ def main() -> None:
     ap.add_argument("--endless-minutes", type=float, default=1.0)
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS-service.md")))
     args = ap.parse_args()
-
-    slow = bench_slow_stream(args.items, args.interval, args.service)
-    print("slow stream (ms added)", slow, flush=True)
-    rr = bench_requests(args.requests, args.callers, args.batch_items)
-    print("request/response", rr, flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        endless = bench_endless(args.endless_minutes, Path(tmp))
-    for row in endless:
-        t, n, r, size = row
-        print(
-            f"endless {t:6.0f} s {n:11d} items  RSS {r:6.1f} MiB  store {size:6.2f} MiB", flush=True
-        )
-
-    lines = [
-        "# Streams and services",
-        "",
-        f"Machine: {machine()}. Written by `benchmarks/bench_service.py` "
-        f"({time.strftime('%Y-%m-%d')}); the machine is shared, so compare within a table.",
-        "",
-        f"## Latency on a slow stream ({args.items} items, one every "
-        f"{args.interval * 1e3:.0f} ms, three thread stages busy "
-        f"{args.service * 1e3:.1f} ms each)",
-        "",
-        "Latency added per item: result time − arrival − the stages' busy time.",
-        "",
-        "| | p50 ms | p99 ms | max ms |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, v in slow.items():
-        lines.append(f"| {name} | {v['p50']:.2f} | {v['p99']:.2f} | {v['max']:.2f} |")
-    lines += [
-        "",
-        f"## Request/response (`submit`, three trivial thread stages; {args.callers} "
-        f"callers for throughput, {args.batch_items:,} items)",
-        "",
-        "| measure | value |",
-        "|---|---:|",
-        f"| added latency per request, median (one caller) | {rr['overhead_us_p50']:.0f} µs |",
-        f"| latency per request, p99 (one caller) | {rr['latency_us_p99']:.0f} µs |",
-        "| added latency per request, median, hand-written threads + queues "
-        f"| {rr['hand_overhead_us_p50']:.0f} µs |",
-        f"| throughput, {args.callers} concurrent callers | {rr['concurrent_per_s']:,.0f} /s |",
-        f"| throughput, batch mode (`pipe.run`) | {rr['batch_per_s']:,.0f} /s |",
-        f"| throughput, hand-written threads + queues, {args.callers} callers "
-        f"| {rr['hand_per_s']:,.0f} /s |",
-        f"| batch ÷ concurrent callers | {rr['batch_per_s'] / rr['concurrent_per_s']:.2f}× |",
-        "",
-        f"## An endless source in service mode, recorded in a run store "
-        f"({args.endless_minutes:g} min)",
-        "",
-        "| time s | items | RSS MiB | store MiB |",
-        "|---:|---:|---:|---:|",
-    ]
-    lines += [f"| {t:.0f} | {n:,} | {r:.1f} | {s:.2f} |" for t, n, r, s in endless]
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    parts = set(args.parts.split(","))
+    sections: dict[str, list[str]] = {}
+    if "slow" in parts:
+        slow = bench_slow_stream(args.items, args.interval, args.service)
+        print("slow stream (ms added)", slow, flush=True)
+        sections["## Latency on a slow stream"] = slow_section(args, slow)
+    if "requests" in parts:
+        rr = bench_requests(args.requests, args.callers, args.batch_items)
+        print("request/response", rr, flush=True)
+        sections["## Request/response"] = requests_section(args, rr)
+    if "endless" in parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = bench_endless(args.endless_minutes, Path(tmp))
+        for t, n, r, size in rows:
+            print(f"endless {t:6.0f} s {n:11d} items  RSS {r:6.1f} MiB  store {size:6.2f} MiB")
+        sections["## An endless source"] = endless_section(args, rows)
+    write(Path(args.out), sections)
     print(f"wrote {args.out}")
 
 

@@ -30,6 +30,7 @@ from typing import Any
 from conveyor.errors import RunError, StageError
 
 SOURCE_BURST_NS = 1_000_000  # an inline read lasts at most this long per pass
+READER_POLL = 0.5  # a reader waiting for room looks at the closed flag this often
 
 _INLINE_TYPES = (list, tuple, range)
 
@@ -59,7 +60,7 @@ class Feed:
         self._wake = wake
         self._deterministic = deterministic
         self._name = name
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())  # not reentrant: cheaper
         self._items: deque[tuple[Any, Future[Any] | None]] = deque()
         self._signalled = False  # a wake-up is pending for the items held
         self._closed = False  # no more reading, no more pushing
@@ -161,10 +162,17 @@ class Feed:
         return values
 
     def close(self) -> None:
-        """Stop reading and pushing; items already read are still taken (a drain)."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        """Stop reading and pushing; items already read are still taken (a drain).
+
+        Safe from a signal handler, which may interrupt this thread while it holds the
+        feed's lock: the flag is set without the lock, and a reader waiting for room
+        is woken if the lock is free (else it sees the flag within READER_POLL)."""
+        self._closed = True
+        if self._cond.acquire(blocking=False):
+            try:
+                self._cond.notify_all()
+            finally:
+                self._cond.release()
         self._wake()
 
     def shutdown(self, error: BaseException | None = None) -> None:
@@ -219,7 +227,7 @@ class Feed:
         """Block until the reader may read one more item; False once closed."""
         with self._cond:
             while not self._closed and len(self._items) >= max(1, self.limit):
-                self._cond.wait()
+                self._cond.wait(READER_POLL)
             return not self._closed
 
     def _finish(self, error: BaseException | None) -> None:
@@ -361,8 +369,6 @@ def reply_value(results: list[Any]) -> Any:
 
 def _settle(future: Future[Any], *, value: Any = None, error: BaseException | None = None) -> None:
     """Resolve ``future`` unless its caller cancelled it (or it is already resolved)."""
-    if future.done():
-        return
     try:
         if error is not None:
             future.set_exception(error)
