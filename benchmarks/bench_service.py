@@ -356,17 +356,18 @@ def endless_section(args: argparse.Namespace, rows: list[Any]) -> list[str]:
 
 def write(out: Path, sections: dict[str, list[str]]) -> None:
     """Rewrite ``out`` with these sections, keeping the others from its last run."""
+    order = ["## Latency on a slow stream", "## Request/response", "## An endless source"]
     kept: dict[str, list[str]] = {}
     if out.exists():
         current: list[str] | None = None
         for line in out.read_text().splitlines():
             if line.startswith("## "):
-                current = kept.setdefault(line.split("(")[0].strip(), [])
+                key = next((k for k in order if line.startswith(k)), line)
+                current = kept.setdefault(key, [])
             if current is not None:
                 current.append(line)
     for key, lines in sections.items():
         kept[key] = [*lines, ""]
-    order = ["## Latency on a slow stream", "## Request/response", "## An endless source"]
     head = [
         "# Streams and services",
         "",
