@@ -90,12 +90,14 @@ def simulate(
     startup_ns: int = 0,
     dispatch_ns: int = 0,
     read_burst: int | None = None,
+    arrival_ns: int = 0,
 ) -> Recording:
     """Run ``items`` source items through the chain; return the recorder's recording
     (``instrument`` receives the hooks instead when given, and the result is then
     that instrument's ``recording`` if it has one). ``startup_ns`` delays every
     unit of the first tasks (workers starting); ``dispatch_ns`` separates a task's
-    dispatch from its first unit's start; ``read_burst`` caps the items read at once."""
+    dispatch from its first unit's start; ``read_burst`` caps the items read at once;
+    ``arrival_ns`` paces the source: item r can be read from ``start + r * arrival_ns``."""
     ins: Instrument = instrument if instrument is not None else Recorder()
     if log is not None:
         log.started_ns = start
@@ -126,6 +128,8 @@ def simulate(
         nonlocal next_root
         room = stages[0].capacity - len(queues[0]) - reserved[0]
         k = min(room, items - next_root, read_burst or room)
+        if arrival_ns:
+            k = min(k, (t - start) // arrival_ns + 1 - next_root)
         if k <= 0:
             return
         roots = list(range(next_root, next_root + k))
@@ -173,7 +177,19 @@ def simulate(
     read(now)
     dispatch(now)
     read(now)
-    while running:
+    while running or (arrival_ns and next_root < items):
+        arrives = start + next_root * arrival_ns
+        room = stages[0].capacity - len(queues[0]) - reserved[0]
+        if (
+            arrival_ns
+            and next_root < items
+            and room > 0
+            and (not running or arrives < running[0][0])
+        ):
+            now = max(now, arrives)  # the next item arrives before any task ends
+            read(now)
+            dispatch(now)
+            continue
         end, task, i, worker, roots, starts, ends, k, _ = heapq.heappop(running)
         now = end
         s = stages[i]

@@ -27,6 +27,8 @@ __all__ = ["Comparison", "Report", "build_report"]
 
 TIMES = "\u00d7"
 SPEEDUP_WORTH_SAYING = 1.05  # recommend a change only if it predicts 5% more throughput
+SOURCE_PACED_WAITING = 0.5  # entry stages waiting for input at least this share of the run
+SOURCE_PACED_BUSY = 0.5  # and no stage busier than this: the source set the pace
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,9 +60,14 @@ class Report:
     budget: int
     allocation: Allocation | None
     recommendations: tuple[str, ...]
+    # Set when the source, not a stage, set the run's pace: the evidence, in words.
+    source_paced: str | None = None
 
     def limiting_line(self) -> str | None:
-        """``"limiting stage: render (busy 97% of its workers' time; ...)"``."""
+        """``"limiting stage: render (busy 97% of its workers' time; ...)"``, or
+        ``"limiting: the source (...)"`` when no stage held the run back."""
+        if self.source_paced is not None:
+            return f"limiting: the source ({self.source_paced})"
         b = self.bottleneck
         if b is None:
             return None
@@ -176,9 +183,13 @@ class Report:
         return Group(self.table(), *(Text(line) for line in self.lines()))
 
 
-def build_report(rec: Recording, *, budget: int | None = None) -> Report:
+def build_report(
+    rec: Recording, *, budget: int | None = None, source_seconds: float | None = None
+) -> Report:
     """Explain the run in ``rec``. ``budget``: workers to balance over (default: the
-    run's own total, so the advice moves workers rather than adding them)."""
+    run's own total, so the advice moves workers rather than adding them).
+    ``source_seconds``: the time the run spent inside its source producing items
+    (``RunStatistics.source_seconds``), which tells a run its source paced."""
     m = measure(rec)
     model = model_of(m)
     n = m.items
@@ -197,8 +208,45 @@ def build_report(rec: Recording, *, budget: int | None = None) -> Report:
     ):
         alloc = balance(demands, budget, fixed=fixed)
     lt = little(rec)
-    recs = _recommend(m, model, pred, bn, alloc, budget, lt) if bn is not None else []
-    return Report(m, model, pred, tuple(comparisons), lt, bn, budget, alloc, tuple(recs))
+    paced = _source_paced(m, pred, source_seconds)
+    if paced is not None:
+        recs = [
+            "the source sets the pace: more workers or faster stages would not raise "
+            "throughput; only a faster source would"
+        ]
+    else:
+        recs = _recommend(m, model, pred, bn, alloc, budget, lt) if bn is not None else []
+    return Report(m, model, pred, tuple(comparisons), lt, bn, budget, alloc, tuple(recs), paced)
+
+
+def _source_paced(m: RunMeasure, pred: Prediction, source_s: float | None) -> str | None:
+    """The evidence that the source set the run's pace (a stream that delivers items
+    slower than the stages could take them), or None. All must hold: no stage was busy
+    half of its workers' time; the stages alone could go at least twice the rate
+    items were read; and the source was busy producing items at least half the run
+    (``source_s``; when unknown, every entry stage waited for input that long). Then
+    advice about workers would be wrong, however the stages compare."""
+    entries = [s for s in m.stages.values() if not s.predecessors]
+    if not entries or m.items < 2 or m.makespan_s <= 0:
+        return None
+    read_rate = m.items / m.makespan_s
+    busiest = max(m.stages.values(), key=lambda s: s.utilisation)
+    if busiest.utilisation >= SOURCE_PACED_BUSY or pred.throughput < 2 * read_rate:
+        return None
+    if source_s is not None and source_s > 0:
+        share = min(1.0, source_s / m.makespan_s)
+        if share < SOURCE_PACED_WAITING:
+            return None
+        evidence = f"producing its items took {share:.0%} of the run"
+    else:
+        waiting = min(s.starved_share for s in entries)
+        if waiting < SOURCE_PACED_WAITING:
+            return None
+        evidence = f"the first stages waited for input {waiting:.0%} of the time"
+    return (
+        f"it delivered {_num(read_rate)} items/s; {evidence}, and the busiest stage, "
+        f"{busiest.name}, was busy {busiest.utilisation:.0%} of its workers' time"
+    )
 
 
 def _comparisons(m: RunMeasure, pred: Prediction) -> list[Comparison]:

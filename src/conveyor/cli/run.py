@@ -394,7 +394,7 @@ def _report(
         return
     from conveyor.analysis import build_report
 
-    report = build_report(recording, budget=budget)
+    report = build_report(recording, budget=budget, source_seconds=stats.source_seconds)
     console.print(report.table())
     console.print(escape(run_summary(stats)))
     for line in report.lines()[1:]:  # the first repeats the summary, in the report's words

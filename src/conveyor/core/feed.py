@@ -66,6 +66,7 @@ class Feed:
         self._closed = False  # no more reading, no more pushing
         self._error: BaseException | None = None
         self.limit = 0  # items the reader may hold untaken (set by the scheduler)
+        self.busy_ns = 0  # time spent inside the source, producing items
         self.pushing = pushing  # the run waits for pushed items until closed
         self._inline: Iterator[Any] | None = None
         self._reader: threading.Thread | None = None
@@ -147,6 +148,7 @@ class Feed:
         source = self._inline
         values: list[Any] = []
         append = values.append
+        began = monotonic_ns()
         try:
             for i in range(1, n + 1):
                 append(next(source))
@@ -159,6 +161,8 @@ class Feed:
             if not values:
                 raise SourceRaised(exc) from exc
             self._error = exc  # raised by the next take, after these items
+        finally:
+            self.busy_ns += monotonic_ns() - began
         return values
 
     def close(self) -> None:
@@ -254,10 +258,13 @@ class Feed:
     def _read_sync(self, it: Iterator[Any]) -> None:
         try:
             while self._room():
+                began = monotonic_ns()
                 try:
                     value = next(it)
                 except StopIteration:
                     return
+                finally:
+                    self.busy_ns += monotonic_ns() - began
                 if not self._put(value):
                     return
         finally:
@@ -270,10 +277,13 @@ class Feed:
         it = source.__aiter__()
         try:
             while self._room():
+                began = monotonic_ns()
                 try:
                     value = loop.run_until_complete(_next(it))
                 except StopAsyncIteration:
                     return
+                finally:
+                    self.busy_ns += monotonic_ns() - began
                 if not self._put(value):
                     return
         finally:

@@ -241,7 +241,9 @@ class Run(Iterator[Any]):
         """
         from conveyor.analysis import build_report
 
-        return build_report(self.recording, budget=budget)
+        return build_report(
+            self.recording, budget=budget, source_seconds=self._scheduler.feed.busy_ns / 1e9
+        )
 
     def worker_pids(self) -> list[int]:
         """Process ids of this run's live worker processes."""
@@ -265,6 +267,7 @@ class Run(Iterator[Any]):
             items_read=sched.items_read,
             items_emitted=sched.items_emitted,
             stages=sched.stage_statistics(),
+            source_seconds=sched.feed.busy_ns / 1e9,
         )
 
     def stage_statistics(self, name: str) -> StageStatistics:

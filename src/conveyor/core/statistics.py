@@ -70,6 +70,7 @@ class RunStatistics:
     items_read: int  # taken from the source
     items_emitted: int  # results handed to the consumer
     stages: dict[str, StageStatistics]
+    source_seconds: float = 0.0  # time spent inside the source, producing items
 
     @property
     def throughput(self) -> float:
