@@ -338,3 +338,16 @@ def test_a_bytes_bound_measures_chunks_of_lines() -> None:
     run = cv.Pipeline("p", [make, count]).run(range(40), record=False)
     assert sum(run.results) == 40 * 20_000
     assert run.statistics().stages["chunk_lines"].queue.peak_depth <= 9
+
+
+def test_an_abandoned_stream_stops_its_reader_and_workers() -> None:
+    import gc
+
+    pipe = cv.Pipeline("p", [cv.Stage(sf.plus_100, workers=2)])
+    run = pipe.stream(iter(range(10**9)), record=False)
+    assert next(run) >= 100
+    del run
+    gc.collect()
+    assert wait_until(
+        lambda: not [t for t in threading.enumerate() if t.name.startswith("conveyor-")]
+    )
