@@ -20,6 +20,7 @@ from conveyor.core.statistics import QueueStatistics, RunStatistics, StageStatis
 from conveyor.errors import (
     CacheError,
     CacheWarning,
+    ConfigError,
     ConveyorError,
     FingerprintError,
     InstrumentError,
@@ -48,6 +49,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CacheError",
     "CacheWarning",
+    "ConfigError",
     "ConveyorError",
     "FingerprintError",
     "Instrument",

@@ -2,6 +2,7 @@
 
     ConveyorError                  every error conveyor raises on its own account
     ├── PipelineError              the pipeline is built wrong (raised at build time)
+    │   └── ConfigError            a config file (``--config``) names a wrong key or value
     ├── RunError                   a run failed; every worker is stopped when you see it
     │   ├── StageError             a stage's function raised on an item
     │   ├── WorkerLostError        a worker died (killed, crashed, exited) holding an item
@@ -44,6 +45,7 @@ from typing import Any
 __all__ = [
     "CacheError",
     "CacheWarning",
+    "ConfigError",
     "ConveyorError",
     "FingerprintError",
     "InstrumentError",
@@ -91,6 +93,25 @@ class PipelineError(ConveyorError):
     def __init__(self, message: str, *, stage: str | None = None) -> None:
         super().__init__(message)
         self.stage = stage
+
+
+class ConfigError(PipelineError):
+    """A config file (``Pipeline.with_config``, ``conveyor run --config``) cannot be
+    applied: it is not valid TOML, names a stage the pipeline lacks or a key that is not
+    a policy, or gives a value the policy refuses. ``path`` names the file and ``key``
+    the dotted key (``stages.parse.workers``) where the fault is."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        key: str | None = None,
+        stage: str | None = None,
+    ) -> None:
+        super().__init__(message, stage=stage)
+        self.path = path
+        self.key = key
 
 
 class RunError(ConveyorError):
