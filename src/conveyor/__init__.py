@@ -26,6 +26,7 @@ from conveyor.errors import (
     InstrumentError,
     InstrumentWarning,
     MissingTorchError,
+    OutputError,
     PipelineChangedError,
     PipelineError,
     RecordingError,
@@ -43,6 +44,7 @@ from conveyor.errors import (
 from conveyor.observe.metrics import Metrics
 from conveyor.observe.rebalance import Rebalancer
 from conveyor.observe.recorder import Recorder, Recording
+from conveyor.results import ResultsWriter, write_results
 
 __version__ = "0.1.0"
 
@@ -57,6 +59,7 @@ __all__ = [
     "InstrumentWarning",
     "Metrics",
     "MissingTorchError",
+    "OutputError",
     "Pipeline",
     "PipelineChangedError",
     "PipelineError",
@@ -67,6 +70,7 @@ __all__ = [
     "RecordingError",
     "RemoteError",
     "RemoteTraceback",
+    "ResultsWriter",
     "Retry",
     "Run",
     "RunError",
@@ -84,6 +88,7 @@ __all__ = [
     "TrainError",
     "WorkerLostError",
     "stage",
+    "write_results",
 ]
 
 for _name in __all__:

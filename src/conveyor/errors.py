@@ -17,6 +17,7 @@
     ├── CacheError                 a stage's cache folder cannot be used (a file, read-only, full)
     ├── RecordingError             no recording: not recorded, or not a recording file
     ├── SourceError                a file or table source cannot be read as asked
+    ├── OutputError                results cannot be written or converted as asked
     └── TrainError                 the train extra was given something it cannot use
         └── MissingTorchError      a torch-backed part was used without PyTorch
 
@@ -51,6 +52,7 @@ __all__ = [
     "InstrumentError",
     "InstrumentWarning",
     "MissingTorchError",
+    "OutputError",
     "PipelineChangedError",
     "PipelineError",
     "RecordingError",
@@ -289,6 +291,13 @@ class SourceError(ConveyorError):
         super().__init__(message)
         self.path = path
         self.line = line
+
+
+class OutputError(ConveyorError):
+    """Results cannot be written or converted as asked (:mod:`conveyor.results`): a
+    value JSON lines cannot hold (the message names its type), results that do not
+    share one Parquet schema, or pyarrow or pandas not installed (the message says
+    what to install)."""
 
 
 class TrainError(ConveyorError):
