@@ -142,6 +142,7 @@ def test_public_names_are_pinned() -> None:
         [
             "CacheError",
             "CacheWarning",
+            "ConfigError",
             "ConveyorError",
             "FingerprintError",
             "Instrument",
@@ -149,6 +150,7 @@ def test_public_names_are_pinned() -> None:
             "InstrumentWarning",
             "Metrics",
             "MissingTorchError",
+            "OutputError",
             "Pipeline",
             "PipelineChangedError",
             "PipelineError",
@@ -159,6 +161,7 @@ def test_public_names_are_pinned() -> None:
             "RecordingError",
             "RemoteError",
             "RemoteTraceback",
+            "ResultsWriter",
             "Retry",
             "Run",
             "RunError",
@@ -176,6 +179,7 @@ def test_public_names_are_pinned() -> None:
             "TrainError",
             "WorkerLostError",
             "stage",
+            "write_results",
         ]
     )
 

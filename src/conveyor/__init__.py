@@ -20,11 +20,13 @@ from conveyor.core.statistics import QueueStatistics, RunStatistics, StageStatis
 from conveyor.errors import (
     CacheError,
     CacheWarning,
+    ConfigError,
     ConveyorError,
     FingerprintError,
     InstrumentError,
     InstrumentWarning,
     MissingTorchError,
+    OutputError,
     PipelineChangedError,
     PipelineError,
     RecordingError,
@@ -42,12 +44,14 @@ from conveyor.errors import (
 from conveyor.observe.metrics import Metrics
 from conveyor.observe.rebalance import Rebalancer
 from conveyor.observe.recorder import Recorder, Recording
+from conveyor.results import ResultsWriter, write_results
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CacheError",
     "CacheWarning",
+    "ConfigError",
     "ConveyorError",
     "FingerprintError",
     "Instrument",
@@ -55,6 +59,7 @@ __all__ = [
     "InstrumentWarning",
     "Metrics",
     "MissingTorchError",
+    "OutputError",
     "Pipeline",
     "PipelineChangedError",
     "PipelineError",
@@ -65,6 +70,7 @@ __all__ = [
     "RecordingError",
     "RemoteError",
     "RemoteTraceback",
+    "ResultsWriter",
     "Retry",
     "Run",
     "RunError",
@@ -82,6 +88,7 @@ __all__ = [
     "TrainError",
     "WorkerLostError",
     "stage",
+    "write_results",
 ]
 
 for _name in __all__:

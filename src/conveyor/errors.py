@@ -2,6 +2,7 @@
 
     ConveyorError                  every error conveyor raises on its own account
     ├── PipelineError              the pipeline is built wrong (raised at build time)
+    │   └── ConfigError            a config file (``--config``) names a wrong key or value
     ├── RunError                   a run failed; every worker is stopped when you see it
     │   ├── StageError             a stage's function raised on an item
     │   ├── WorkerLostError        a worker died (killed, crashed, exited) holding an item
@@ -16,6 +17,7 @@
     ├── CacheError                 a stage's cache folder cannot be used (a file, read-only, full)
     ├── RecordingError             no recording: not recorded, or not a recording file
     ├── SourceError                a file or table source cannot be read as asked
+    ├── OutputError                results cannot be written or converted as asked
     └── TrainError                 the train extra was given something it cannot use
         └── MissingTorchError      a torch-backed part was used without PyTorch
 
@@ -44,11 +46,13 @@ from typing import Any
 __all__ = [
     "CacheError",
     "CacheWarning",
+    "ConfigError",
     "ConveyorError",
     "FingerprintError",
     "InstrumentError",
     "InstrumentWarning",
     "MissingTorchError",
+    "OutputError",
     "PipelineChangedError",
     "PipelineError",
     "RecordingError",
@@ -91,6 +95,25 @@ class PipelineError(ConveyorError):
     def __init__(self, message: str, *, stage: str | None = None) -> None:
         super().__init__(message)
         self.stage = stage
+
+
+class ConfigError(PipelineError):
+    """A config file (``Pipeline.with_config``, ``conveyor run --config``) cannot be
+    applied: it is not valid TOML, names a stage the pipeline lacks or a key that is not
+    a policy, or gives a value the policy refuses. ``path`` names the file and ``key``
+    the dotted key (``stages.parse.workers``) where the fault is."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        key: str | None = None,
+        stage: str | None = None,
+    ) -> None:
+        super().__init__(message, stage=stage)
+        self.path = path
+        self.key = key
 
 
 class RunError(ConveyorError):
@@ -268,6 +291,13 @@ class SourceError(ConveyorError):
         super().__init__(message)
         self.path = path
         self.line = line
+
+
+class OutputError(ConveyorError):
+    """Results cannot be written or converted as asked (:mod:`conveyor.results`): a
+    value JSON lines cannot hold (the message names its type), results that do not
+    share one Parquet schema, or pyarrow or pandas not installed (the message says
+    what to install)."""
 
 
 class TrainError(ConveyorError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 from typing import Any
 
@@ -76,6 +77,37 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         """Every figure as JSON-ready data (NaN and infinity become None)."""
         return _clean(dataclasses.asdict(self))
+
+    @property
+    def advised_workers(self) -> dict[str, int] | None:
+        """The workers per stage the report advises, or None when it advises no move
+        (the allocation predicts less than 5% more throughput, or there is none)."""
+        a, now = self.allocation, self.prediction.throughput
+        if a is None or a.workers == self.model.workers:
+            return None
+        return dict(a.workers) if a.throughput > now * SPEEDUP_WORTH_SAYING else None
+
+    def to_config(self) -> str:
+        """The advice as a config file (TOML) for ``Pipeline.with_config`` and
+        ``conveyor run --config``: each stage's advised workers, with the prediction
+        in a comment. With no advice, the run's own workers, saying so."""
+        advised = self.advised_workers
+        now = self.prediction.throughput
+        if advised is None:
+            head = "# the report advises no change of workers: these are the run's own"
+            workers = self.model.workers
+        else:
+            assert self.allocation is not None
+            gain = self.allocation.throughput / now if now else math.inf
+            head = (
+                f"# advised by conveyor analyze: {sum(advised.values())} workers, predicted "
+                f"{gain:.2f}x throughput ({now:.1f} -> {self.allocation.throughput:.1f} items/s)"
+            )
+            workers = advised
+        lines = [head]
+        for name, w in workers.items():
+            lines += ["", f"[stages.{_toml_key(name)}]", f"workers = {w}"]
+        return "\n".join(lines) + "\n"
 
     def render(self, *, width: int = 120) -> str:
         """The report as plain text (no colour)."""
@@ -379,6 +411,14 @@ def _caveats(m: RunMeasure) -> list[str]:
             "for a core, and the model assumes each worker has one"
         )
     return out
+
+
+def _toml_key(name: str) -> str:
+    """A stage name as a TOML key: bare where TOML allows, else a quoted string (JSON's
+    escapes are TOML's too)."""
+    if name and all(c.isascii() and (c.isalnum() or c in "-_") for c in name):
+        return name
+    return json.dumps(name, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _ms(seconds: float) -> str:

@@ -32,12 +32,20 @@ from conveyor.cli.outputs import (
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     help="Write every figure of the report to this file as JSON.",
 )
+@click.option(
+    "--write-config",
+    "config_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write the advised workers per stage as a config file (TOML); apply it with "
+    "`conveyor run TARGET --config FILE`.",
+)
 def analyze_command(
     recording_path: Path,
     budget: int | None,
     trace_path: Path | None,
     gantt_path: Path | None,
     json_path: Path | None,
+    config_path: Path | None,
 ) -> None:
     """Explain a recorded run: RECORDING is a file saved by `conveyor run --record`."""
     from conveyor.analysis import build_report
@@ -55,4 +63,8 @@ def analyze_command(
     out.print(report)
     if json_path is not None:
         write_text(json_path, json.dumps(report.to_dict(), indent=2) + "\n", "--json")
+    if config_path is not None:
+        write_text(config_path, report.to_config(), "--write-config")
+        verdict = "the advice" if report.advised_workers else "no change advised: the run's workers"
+        err.print(f"config ({verdict}) written to {config_path}; apply it with --config")
     write_outputs(recording, None, trace_path, gantt_path, err)

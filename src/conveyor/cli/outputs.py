@@ -14,14 +14,15 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.markup import escape
 
-from conveyor import Recording, RunStatistics
+from conveyor import Recording, ResultsWriter, RunStatistics
 from conveyor.cli.errors import OneLineError
+from conveyor.errors import OutputError
 
 TRACE_OPTION = click.option(
     "--trace",
@@ -45,7 +46,9 @@ OUTPUT_OPTION = click.option(
     "--output",
     "output_path",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    help="Write every result to this file, one JSON value per line.",
+    help="Write every result to this file as it comes: one JSON value per line (NumPy "
+    "arrays as lists, dates as ISO text, bytes as base64), or Parquet for a name ending "
+    "in .parquet (needs pyarrow: pip install 'conveyor[files]').",
 )
 
 
@@ -54,7 +57,9 @@ class OutputProblem(OneLineError):
 
 
 class ResultsFile:
-    """``--output``: every result as a JSON line. A write, flush or close that fails
+    """``--output``: every result as a JSON line, or Parquet by the name
+    (:class:`conveyor.ResultsWriter`; a value it cannot hold is an OutputError that
+    fails the run). A write, flush or close that fails
     (a full disk, a file too large) raises :class:`OutputProblem` once, after calling
     ``on_error`` with it (``conveyor run`` fails the run's record with it); the file
     is then let go (what was buffered is lost with the write that failed)."""
@@ -64,13 +69,12 @@ class ResultsFile:
         self.problem: OutputProblem | None = None
         self.on_error: Callable[[OutputProblem], None] | None = None
         try:
-            self._out: TextIO = path.open("w", encoding="utf-8")
+            self._out = ResultsWriter(path)
         except OSError as exc:
             raise _unwritable("--output", path, exc) from exc
 
     def write(self, result: Any) -> None:
-        line = json.dumps(result, default=repr) + "\n"
-        self._guarded(lambda: self._out.write(line))
+        self._guarded(lambda: self._out.write(result))
 
     def flush(self) -> None:
         """Write out what is buffered (before the run is recorded as succeeded)."""
@@ -84,12 +88,15 @@ class ResultsFile:
             return  # reported once; the file is closed
         try:
             fn()
-        except OSError as exc:
-            self.problem = OutputProblem(
-                f"cannot write a result to --output {str(self.path)!r}: "
-                f"{exc.strerror or exc}; free some space or choose another path"
-            )
-            with contextlib.suppress(OSError):
+        except (OSError, OutputError) as exc:
+            if isinstance(exc, OutputError):  # a result the file cannot hold: its words
+                self.problem = OutputProblem(f"--output {str(self.path)!r}: {exc}")
+            else:
+                self.problem = OutputProblem(
+                    f"cannot write a result to --output {str(self.path)!r}: "
+                    f"{exc.strerror or exc}; free some space or choose another path"
+                )
+            with contextlib.suppress(Exception):
                 self._out.close()  # closes the file even when its flush fails
             if self.on_error is not None:
                 self.on_error(self.problem)

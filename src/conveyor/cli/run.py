@@ -108,6 +108,13 @@ from conveyor.store import RunStore, StoreRecorder, plan_resume, resume_report
 @store_option
 @click.option("--no-store", is_flag=True, help="Do not record the run in the run store.")
 @OUTPUT_OPTION
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Override stages' policies (workers, executor, size, capacity, retry...) by "
+    "name from this TOML file, e.g. one written by `conveyor analyze --write-config`.",
+)
 def run_command(
     target: str,
     source_path: str | None,
@@ -124,6 +131,7 @@ def run_command(
     store_path: Path | None,
     no_store: bool,
     output_path: Path | None,
+    config_path: Path | None,
 ) -> None:
     """Run the pipeline TARGET to the end and print a per-stage report.
 
@@ -141,6 +149,8 @@ def run_command(
             if store is not None:
                 stack.callback(store.close)  # once the run (and its writer) ended
             pipeline = load_pipeline(target)
+            if config_path is not None:
+                pipeline = pipeline.with_config(config_path)
             if source_path is None and pipeline.source is None:
                 raise click.UsageError(
                     f"pipeline {pipeline.name!r} has no source; pass --source FILE (a file of "

@@ -269,5 +269,13 @@ class Pipeline:
             )
         return source
 
+    def with_config(self, config: Any) -> Pipeline:
+        """A new pipeline with a config's policies applied by stage name: ``config`` is
+        a TOML file's path or the dict it reads as (``conveyor.config``); this one is
+        left as it was. A wrong key or value is a :class:`~conveyor.ConfigError`."""
+        from conveyor.config import apply_config
+
+        return apply_config(self, config)
+
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}, stages={list(self.order)})"

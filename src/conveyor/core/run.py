@@ -22,7 +22,7 @@ from conveyor.core.events import Instrument
 from conveyor.core.failures import Cancelled, check_resize
 from conveyor.core.scheduler import Scheduler
 from conveyor.core.statistics import RunStatistics, StageStatistics
-from conveyor.errors import RecordingError, RunError
+from conveyor.errors import OutputError, RecordingError, RunError
 
 if TYPE_CHECKING:
     from conveyor.analysis import Report
@@ -256,6 +256,29 @@ class Run(Iterator[Any]):
             return 0.0
         end = self._ended_ns if self._ended_ns is not None else monotonic_ns()
         return (end - start) / 1e9
+
+    def to_pandas(self) -> Any:
+        """The results (after :meth:`wait`) as a pandas DataFrame: a column per key of
+        dict results, else one column, ``result`` (needs pandas)."""
+        from conveyor.results import to_pandas
+
+        return to_pandas(self._finished_results("to_pandas"))
+
+    def to_arrow(self) -> Any:
+        """The results (after :meth:`wait`) as a ``pyarrow.Table``, shaped as
+        :meth:`to_pandas` (needs pyarrow: ``pip install 'conveyor[files]'``)."""
+        from conveyor.results import to_arrow
+
+        return to_arrow(self._finished_results("to_arrow"))
+
+    def _finished_results(self, what: str) -> list[Any]:
+        if self.results is None:
+            raise OutputError(
+                f"run {self.id}: {what}() needs the run's results, kept by run() and "
+                "wait(); call run.wait() first, or use Pipeline.run(), or write a streamed "
+                "run with conveyor.write_results(run, path)"
+            )
+        return self.results
 
     def statistics(self) -> RunStatistics:
         """A snapshot of the run's counters, per stage and in total."""
