@@ -57,7 +57,11 @@ from conveyor.executors.base import (
     Traits,
     not_run,
 )
-from conveyor.executors.processes.functions import check_picklable, dump_function
+from conveyor.executors.processes.functions import (
+    check_picklable,
+    dump_function,
+    spawnable_main,
+)
 from conveyor.executors.processes.messages import decode_reply, unpicklable_task
 from conveyor.executors.processes.remote import rebuild
 from conveyor.executors.processes.shm import SegmentRegistry, dumps
@@ -228,7 +232,8 @@ class ProcessExecutor(Executor):
             name=f"conveyor-{s.name}-{i}",
             daemon=True,
         )
-        proc.start()
+        with spawnable_main():
+            proc.start()
         task_r.close()  # the worker's ends: its death must close the pipes
         reply_w.close()
         w = _Worker(i, proc, task_w, reply_r, current)
