@@ -19,6 +19,8 @@ log shows how a long run went before it ends.
 
 from __future__ import annotations
 
+import io
+import logging
 import sys
 import threading
 from time import monotonic_ns
@@ -56,6 +58,7 @@ class ProgressDisplay(Progress):
         self.live = live
         self.transient = transient
         self._live: Any = None
+        self._redirect = _Redirect()
         self._stop = threading.Event()
         self._printer: threading.Thread | None = None
 
@@ -64,13 +67,15 @@ class ProgressDisplay(Progress):
         from rich.console import Console
 
         stream = self.file if self.file is not None else sys.stderr
-        console = Console(file=stream)
+        console = Console(file=stream, force_terminal=True if self.live else None)
         live = self.live if self.live is not None else console.is_terminal or console.is_jupyter
         if live:
             from rich.live import Live
 
             self._live = Live(self, console=console, refresh_per_second=4, transient=self.transient)
-            self._live.start()
+            self._redirect = _Redirect()  # notes sys.stdout and sys.stderr as they are
+            self._live.start()  # which now print above the table (on a terminal)
+            self._redirect.start()
             return
         self._printer = threading.Thread(
             target=self._print_every, args=(stream,), name="conveyor-progress", daemon=True
@@ -81,6 +86,7 @@ class ProgressDisplay(Progress):
         super().run_finished(state, error, t_ns)
         live, self._live = self._live, None
         if live is not None:
+            self._redirect.stop()
             live.stop()
         printer, self._printer = self._printer, None
         if printer is not None:
@@ -118,3 +124,84 @@ class ProgressDisplay(Progress):
                 f"queue {c.depth} / {bound}, busy {c.busy_workers} / {c.workers}"
             )
         return "\n".join(lines)
+
+
+class _Redirect:
+    """While a live table shows: every thread's printed lines reach it whole (each
+    thread has its own line buffer, so two workers printing at once never mix their
+    lines), and log handlers that write to the terminal's stdout or stderr write above
+    the table too. ``start()`` after rich's Live has redirected sys.stdout and
+    sys.stderr; ``stop()`` before it restores them."""
+
+    def __init__(self) -> None:
+        self._before = {"stdout": sys.stdout, "stderr": sys.stderr}
+        self._streams: list[tuple[str, Any]] = []
+        self._handlers: list[tuple[logging.StreamHandler[Any], Any]] = []
+
+    def start(self) -> None:
+        for name, original in self._before.items():
+            current = getattr(sys, name)
+            if current is original:
+                continue  # not redirected (the display is not on a terminal)
+            setattr(sys, name, _ThreadLines(current))
+            self._streams.append((name, current))
+            for handler in logging.getLogger().handlers:
+                if isinstance(handler, logging.StreamHandler) and handler.stream is original:
+                    self._handlers.append((handler, handler.setStream(getattr(sys, name))))
+
+    def stop(self) -> None:
+        for handler, stream in self._handlers:
+            handler.setStream(stream)
+        for name, _ in self._streams:
+            lines = getattr(sys, name)
+            if isinstance(lines, _ThreadLines):
+                lines.drain()
+        self._handlers.clear()
+        self._streams.clear()
+
+
+class _ThreadLines(io.TextIOBase):
+    """Writes whole lines to ``target``, buffering each thread's partial line apart."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self._lock = threading.Lock()
+        self._pending: dict[int, list[str]] = {}
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        me = threading.get_ident()
+        with self._lock:
+            pending = self._pending.setdefault(me, [])
+            pending.append(text)
+            if "\n" not in text:
+                return len(text)
+            whole, _, rest = "".join(pending).rpartition("\n")
+            self._pending[me] = [rest] if rest else []
+            self.target.write(whole + "\n")
+            self.target.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        """Whole lines are written at once: nothing to do (a partial line waits for its
+        end, so that it is not mixed with another thread's)."""
+        with self._lock:
+            self.target.flush()
+
+    def drain(self) -> None:
+        """Write every thread's partial line, as the display ends."""
+        with self._lock:
+            for me, pending in list(self._pending.items()):
+                if pending:
+                    self.target.write("".join(pending) + "\n")
+                self._pending.pop(me, None)
+            self.target.flush()
+
+    def isatty(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self.target, "encoding", "utf-8"))

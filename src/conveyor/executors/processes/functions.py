@@ -98,6 +98,16 @@ def check_picklable(stage: Stage, *, pipeline_built: bool) -> None:
     qualname = getattr(fn, "__qualname__", "")
     routine = inspect.isfunction(fn) or inspect.isclass(fn)
     module_level = routine and "<" not in qualname and fn.__module__ in sys.modules
+    if stage.init is not None:
+        try:
+            dump_function(stage.init)
+        except Exception as exc:
+            raise PipelineError(
+                f"stage {stage.name!r}: its init cannot be sent to a process worker "
+                f"({type(exc).__name__}: {exc}); make what it uses inside it, or use "
+                "executor='threads'",
+                stage=stage.name,
+            ) from exc
     if module_level and not _by_value(fn) and not pipeline_built:
         return
     try:
