@@ -36,3 +36,13 @@ def after_init(x: int) -> tuple[int, int, int]:
 
 def failing_init() -> None:
     raise ValueError("the model file is missing")
+
+
+def uses_fileno(x: int) -> int:
+    """What faulthandler.enable() and the like do with sys.stderr in a worker."""
+    import faulthandler
+    import sys
+
+    faulthandler.enable()  # needs sys.stderr.fileno()
+    faulthandler.disable()
+    return x + sys.stdout.fileno() * 0

@@ -165,3 +165,8 @@ def test_an_init_that_is_not_callable_or_cannot_travel_is_refused() -> None:
     with pytest.raises(cv.PipelineError, match="its init cannot be sent to a process worker"):
         cv.Stage(outputfns.noisy, executor="processes", init=hold)
     cv.Stage(outputfns.noisy, executor="threads", init=hold)  # nothing has to travel
+
+
+def test_a_worker_can_still_ask_its_streams_for_their_file_descriptor() -> None:
+    stage = cv.Stage(outputfns.uses_fileno, executor="processes")
+    assert cv.Pipeline("fd", [stage]).run([1, 2], ordered=True).results == [1, 2]

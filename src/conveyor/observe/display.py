@@ -200,7 +200,10 @@ class _ThreadLines(io.TextIOBase):
             self.target.flush()
 
     def isatty(self) -> bool:
-        return True
+        return bool(self.target.isatty())
+
+    def fileno(self) -> int:
+        return int(self.target.fileno())
 
     @property
     def encoding(self) -> str:  # type: ignore[override]

@@ -106,15 +106,19 @@ class _ToDriver(logging.handlers.QueueHandler):
 class _Lines(io.TextIOBase):
     """A worker's sys.stdout or sys.stderr: each whole line goes to the driver."""
 
-    def __init__(self, queue: Any, name: str, prefix: str) -> None:
+    def __init__(self, queue: Any, name: str, prefix: str, original: Any) -> None:
         self.queue = queue
         self.name_ = name
         self.prefix = prefix
+        self.original = original  # for fileno(): faulthandler and the like write there
         self._pending = ""
         self._lock = threading.Lock()
 
     def writable(self) -> bool:
         return True
+
+    def fileno(self) -> int:
+        return int(self.original.fileno())
 
     def write(self, text: str) -> int:
         with self._lock:
@@ -148,8 +152,8 @@ def send_output(queue: Any, level: int, stage: str, worker: int) -> None:
         root.removeHandler(handler)
     root.addHandler(_ToDriver(queue, prefix, stage, worker))
     root.setLevel(level)
-    sys.stdout = _Lines(queue, "stdout", prefix)
-    sys.stderr = _Lines(queue, "stderr", prefix)
+    sys.stdout = _Lines(queue, "stdout", prefix, sys.stdout)
+    sys.stderr = _Lines(queue, "stderr", prefix, sys.stderr)
 
 
 def flush_output() -> None:
