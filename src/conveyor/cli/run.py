@@ -1,8 +1,9 @@
 """``conveyor run TARGET`` and ``conveyor resume RUN``: drive a pipeline to its end,
 record it in the run store, and explain it.
 
-Both load the pipeline, start it with the live progress display (stderr, terminals
-only), the run store's recorder and the instruments asked for, iterate it in the
+Both load the pipeline, start it with the progress display on stderr (a live table
+on a terminal, plain lines every ``--progress-every`` seconds otherwise), the run
+store's recorder and the instruments asked for, iterate it in the
 main thread, and print the report, failed or cancelled runs included. SIGINT and
 SIGTERM cancel the run cleanly (see :mod:`conveyor.cli.signals`).
 
@@ -13,16 +14,17 @@ command; 2 a usage error; 128 + the signal when SIGINT (130) or SIGTERM (143) ca
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 from rich.console import Console
-from rich.live import Live
 from rich.markup import escape
+from rich.measure import Measurement
 
 from conveyor import (
     ConveyorError,
@@ -51,7 +53,7 @@ from conveyor.cli.signals import Interrupted, SignalGuard, signal_name
 from conveyor.cli.store import store_option, store_problem
 from conveyor.cli.target import load_pipeline, source_file, stored_source
 from conveyor.errors import RecordingError, RunNotFoundError, StoreError
-from conveyor.observe import Progress, limiting_line, run_summary, stage_table
+from conveyor.observe import ProgressDisplay, limiting_line, run_summary, stage_table
 from conveyor.sources import FORMATS
 from conveyor.store import RunStore, StoreRecorder, plan_resume, resume_report
 
@@ -75,7 +77,16 @@ from conveyor.store import RunStore, StoreRecorder, plan_resume, resume_report
     help="Read --source in this format, whatever its name says.",
 )
 @click.option("--ordered", is_flag=True, help="Yield results in source order.")
-@click.option("--no-progress", is_flag=True, help="No live progress display.")
+@click.option("--no-progress", is_flag=True, help="No progress display.")
+@click.option(
+    "--progress-every",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="When stderr is not a terminal (a file, a pipe), write the progress as plain "
+    "lines this often.",
+)
 @click.option(
     "--json",
     "json_path",
@@ -121,6 +132,7 @@ def run_command(
     source_format: str,
     ordered: bool,
     no_progress: bool,
+    progress_every: float,
     json_path: Path | None,
     record_path: Path | None,
     trace_path: Path | None,
@@ -140,7 +152,7 @@ def run_command(
     """
     check_gantt_path(gantt_path)
     out, err = _consoles()
-    progress = Progress() if sys.stderr.isatty() and not no_progress else None
+    progress = None if no_progress else _display(progress_every)
     with SignalGuard() as guard, ExitStack() as stack:
         try:
             # the store is opened and checked before any work, so a damaged one is
@@ -187,7 +199,7 @@ def run_command(
                 instruments=guard.shield([timeline, progress, metrics, rebalancer, recorder]),
                 record=False,
             )
-            failure = _execute(run, guard, progress, write, err)
+            failure = _execute(run, guard, write)
         except Interrupted as exc:  # came before the run started: nothing to cancel
             _cancelled_before_start(exc, err)
     stats = run.statistics()
@@ -212,7 +224,7 @@ def run_command(
     is_flag=True,
     help="Resume even if the run succeeded or its pipeline's code changed since.",
 )
-@click.option("--no-progress", is_flag=True, help="No live progress display.")
+@click.option("--no-progress", is_flag=True, help="No progress display.")
 @OUTPUT_OPTION
 def resume_command(
     run_ref: str,
@@ -224,7 +236,7 @@ def resume_command(
     """Finish the interrupted run RUN (an id or its first characters), computing only
     what is missing: cached stages answer the items the run finished from the cache."""
     out, err = _consoles()
-    progress = Progress() if sys.stderr.isatty() and not no_progress else None
+    progress = None if no_progress else _display(10.0)
     with SignalGuard() as guard, ExitStack() as stack:
         try:
             store = _open_store(store_path, create=False, verify=True)
@@ -243,7 +255,7 @@ def resume_command(
                 record=False,
             )
             err.print(f"resuming run {plan.record.id} of {plan.record.pipeline!r} as run {run.id}")
-            failure = _execute(run, guard, progress, write, err)
+            failure = _execute(run, guard, write)
         except Interrupted as exc:  # came before the run started: nothing to cancel
             _cancelled_before_start(exc, err)
     stats = run.statistics()
@@ -254,25 +266,17 @@ def resume_command(
 
 
 def _execute(
-    run: Run,
-    guard: SignalGuard,
-    progress: Progress | None,
-    write: ResultsFile | None,
-    err: Console,
+    run: Run, guard: SignalGuard, write: ResultsFile | None
 ) -> ConveyorError | OutputProblem | None:
-    """Drive ``run`` to its end with the live display; the error that failed it (the
-    run's, or the results file's: one that cannot be written stops the run).
+    """Drive ``run`` to its end; the error that failed it (the run's, or the results
+    file's: one that cannot be written stops the run). The progress display, an
+    instrument of the run, shows itself from its start to its end.
 
     A signal cancels it (``guard.signum`` says which); either way every worker is
     stopped when this returns.
     """
-    live = (
-        Live(progress, console=err, refresh_per_second=4, transient=True)
-        if progress is not None
-        else nullcontext()
-    )
     try:
-        with guard.watching(run), run, live:
+        with guard.watching(run), run:
             for result in run:
                 if write is not None:
                     write.write(result)
@@ -330,10 +334,41 @@ def _cancelled_before_start(exc: Interrupted, err: Console) -> NoReturn:
     sys.exit(exc.exit_code)
 
 
+def _display(every: float) -> ProgressDisplay:
+    """The progress on stderr: live on a terminal (gone once the report is printed),
+    plain lines every ``every`` seconds on a file or a pipe."""
+    return ProgressDisplay(file=sys.stderr, every=every, transient=True)
+
+
 def _consoles() -> tuple[Console, Console]:
-    out = Console(width=None if sys.stdout.isatty() else 120)
-    err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
-    return out, err
+    """stdout's and stderr's consoles: a terminal's width, or $COLUMNS, or 120 columns
+    when the output is a file or a pipe (a table wider than that is printed wider,
+    never cut: see :func:`_print_table`)."""
+    return _console(sys.stdout, stderr=False), _console(sys.stderr, stderr=True)
+
+
+def _console(stream: Any, *, stderr: bool) -> Console:
+    if stream.isatty():
+        return Console(stderr=stderr)
+    columns = os.environ.get("COLUMNS", "")
+    width = int(columns) if columns.isdigit() and int(columns) > 0 else 120
+    return Console(stderr=stderr, width=width)
+
+
+def _print_table(console: Console, table: Any) -> None:
+    """Print ``table`` whole: where the output is no terminal, widen it to fit rather
+    than cut a number short (a terminal wraps its cells instead)."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    unbounded = console.options.update_width(1_000_000)
+    need = Measurement.get(console, unbounded, table).maximum
+    width = console.width
+    console.width = max(width, need)  # print() caps its width= at the console's
+    try:
+        console.print(table)
+    finally:
+        console.width = width
 
 
 def _stored(target: str) -> str:
@@ -395,20 +430,22 @@ def _recorder(
 def _report(
     console: Console, stats: RunStatistics, recording: Recording | None, budget: int | None
 ) -> None:
+    # sentences are printed as one line each (soft_wrap): the terminal wraps them at
+    # its edge, a file keeps them whole, and none is broken mid-sentence
     if recording is None or not recording.stages:
-        console.print(stage_table(stats))
-        console.print(escape(run_summary(stats)))
+        _print_table(console, stage_table(stats))
+        console.print(escape(run_summary(stats)), soft_wrap=True)
         line = limiting_line(stats)
         if line is not None:
-            console.print(escape(line))
+            console.print(escape(line), soft_wrap=True)
         return
     from conveyor.analysis import build_report
 
     report = build_report(recording, budget=budget, source_seconds=stats.source_seconds)
-    console.print(report.table())
-    console.print(escape(run_summary(stats)))
+    _print_table(console, report.table())
+    console.print(escape(run_summary(stats)), soft_wrap=True)
     for line in report.lines()[1:]:  # the first repeats the summary, in the report's words
-        console.print(escape(line))
+        console.print(escape(line), soft_wrap=True)
 
 
 def _recording_of(timeline: Recorder) -> Recording | None:

@@ -182,6 +182,7 @@ class Pipeline:
         ordered: bool | None = None,
         instruments: Sequence[Instrument] = (),
         record: bool = True,
+        progress: bool = False,
     ) -> Run:
         """Start a run over ``source`` and return it as an iterator of results.
 
@@ -189,7 +190,9 @@ class Pipeline:
         The pipeline advances while you iterate; close the run (or leave its
         ``with`` block) to stop early, which stops every worker. ``record`` keeps
         every unit's times for ``run.recording`` and ``run.report()``; turn it off
-        to save its small per-item cost.
+        to save its small per-item cost. ``progress`` shows each stage's progress on
+        stderr until the run ends: a live table on a terminal or in Jupyter, plain
+        lines every 10 s elsewhere (``conveyor.observe.ProgressDisplay`` to choose).
         """
         from conveyor.core.run import Run
 
@@ -197,7 +200,7 @@ class Pipeline:
             self,
             self._resolve_source(source),
             ordered=self.ordered if ordered is None else ordered,
-            instruments=instruments,
+            instruments=_with_progress(instruments) if progress else instruments,
             record=record,
         )
 
@@ -208,10 +211,14 @@ class Pipeline:
         ordered: bool | None = None,
         instruments: Sequence[Instrument] = (),
         record: bool = True,
+        progress: bool = False,
     ) -> Run:
         """Run to the end; the returned run holds ``results`` (a list), statistics, and
-        (with ``record``) its recording: ``run.report()`` explains it."""
-        run = self.stream(source, ordered=ordered, instruments=instruments, record=record)
+        (with ``record``) its recording: ``run.report()`` explains it. ``progress``
+        shows the run's progress as it goes (see :meth:`stream`)."""
+        run = self.stream(
+            source, ordered=ordered, instruments=instruments, record=record, progress=progress
+        )
         run.wait()
         return run
 
@@ -279,3 +286,10 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}, stages={list(self.order)})"
+
+
+def _with_progress(instruments: Sequence[Instrument]) -> list[Instrument]:
+    """``instruments`` and a progress display (rich, the CLI's dependency, loaded now)."""
+    from conveyor.observe.display import ProgressDisplay
+
+    return [*instruments, ProgressDisplay()]

@@ -105,6 +105,11 @@ class Stage:
         cache_key, cache_version, cache_check, cache_required: how a cached stage
             keys, versions, audits and does without its cache
             (:mod:`conveyor.core.cacheopts`).
+        init: a function of no arguments that each worker calls once, before its
+            first call of ``fn`` (as part of that first unit, so an error in it fails
+            the unit): set up what a plain function needs per worker (a seed, a
+            client in a global, logging). For state the function carries, write the
+            stage as a class: its ``__init__`` runs once per worker.
     """
 
     fn: Callable[..., Any]
@@ -129,6 +134,7 @@ class Stage:
     cache_version: str | int | None = None
     cache_check: float = 0.0
     cache_required: bool = True
+    init: Callable[[], Any] | None = None
     is_async: bool = dataclasses.field(init=False, repr=False, compare=False, default=False)
 
     def __post_init__(self) -> None:
@@ -190,6 +196,7 @@ def stage(
     cache_version: str | int | None = None,
     cache_check: float = 0.0,
     cache_required: bool = True,
+    init: Callable[[], Any] | None = None,
 ) -> Callable[[F], Stage]: ...
 
 
@@ -218,6 +225,7 @@ def stage(
     cache_version: str | int | None = None,
     cache_check: float = 0.0,
     cache_required: bool = True,
+    init: Callable[[], Any] | None = None,
 ) -> Stage | Callable[[Callable[..., Any]], Stage]:
     """Make a :class:`Stage` from a function; usable bare (``@stage``) or with options."""
     options: dict[str, Any] = dict(
@@ -242,6 +250,7 @@ def stage(
         cache_version=cache_version,
         cache_check=cache_check,
         cache_required=cache_required,
+        init=init,
     )
     if fn is not None:
         return Stage(fn, **options)
@@ -292,6 +301,8 @@ def _check_policy(s: Stage) -> None:
         fail(f"workers={s.workers!r}; give a whole number of at least 1")
     if not isinstance(s.concurrency, int) or s.concurrency < 1:
         fail(f"concurrency={s.concurrency!r}; give a whole number of at least 1")
+    if s.init is not None and not callable(s.init):
+        fail(f"init={s.init!r} is not callable; give a function of no arguments")
     if s.capacity is not None and (not isinstance(s.capacity, int) or s.capacity < 1):
         fail(f"capacity={s.capacity!r}; give a whole number of at least 1, or None")
     if s.kind == "batch":

@@ -76,3 +76,40 @@ class RunStatistics:
     def throughput(self) -> float:
         """Results per second over the run so far."""
         return self.items_emitted / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        """A few readable lines: the run, then one row per stage (``print(stats)``)."""
+        head = (
+            f"{self.pipeline}: {self.state}, {self.items_read} items read, "
+            f"{self.items_emitted} results in {self.elapsed_seconds:.2f} s "
+            f"({self.throughput:.1f} results/s)"
+        )
+        rows = [("stage", "executor", "in", "out", "errors", "busy s", "peak queue")]
+        for s in self.stages.values():
+            bound = "∞" if s.queue.bound is None else str(s.queue.bound)
+            rows.append(
+                (
+                    s.name,
+                    f"{s.executor}×{s.workers}",
+                    str(s.items_in),
+                    str(s.items_out),
+                    str(s.errors),
+                    f"{s.busy_seconds:.2f}",
+                    f"{s.queue.peak_depth} / {bound}",
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = [head]
+        for r in rows:
+            cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
+            cells += [c.rjust(w) for c, w in zip(r[2:], widths[2:], strict=True)]
+            lines.append("  " + "  ".join(cells).rstrip())
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        """Short: the run's figures and its stages' names (``str()`` has the rest)."""
+        return (
+            f"RunStatistics(pipeline={self.pipeline!r}, state={self.state!r}, "
+            f"elapsed_seconds={self.elapsed_seconds:.3f}, items_read={self.items_read}, "
+            f"items_emitted={self.items_emitted}, stages={list(self.stages)})"
+        )

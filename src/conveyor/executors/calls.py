@@ -9,6 +9,8 @@ that the three ways a stage can be written behave the same everywhere:
   instance has one (``async`` or not), runs when the worker stops. Making the
   instance is part of the worker's first unit, so the run's report shows it as
   warm-up. This is how a model is loaded once per worker;
+- a stage's ``init``, if it has one, is called once per worker, before its first
+  unit (as part of that unit, like a class stage's instance);
 - a ``fold`` stage's unit is a chunk of items, folded from a copy of ``initial``
   with ``fn(acc, item)``; the scheduler combines the chunks' partial results.
 """
@@ -64,8 +66,25 @@ def _no_close() -> None:
     return None
 
 
+class _InitFirst:
+    """Calls ``init()`` before the worker's first unit (again next unit if it raised)."""
+
+    def __init__(self, fn: Callable[[Any], Any], init: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.init: Callable[[], Any] | None = init
+
+    def __call__(self, unit: Any) -> Any:
+        if self.init is not None:
+            self.init()
+            self.init = None
+        return self.fn(unit)
+
+
 def worker_function(
-    fn: Callable[..., Any], kind: str, initial: Any = NO_INITIAL
+    fn: Callable[..., Any],
+    kind: str,
+    initial: Any = NO_INITIAL,
+    init: Callable[[], Any] | None = None,
 ) -> tuple[Callable[[Any], Any], Callable[[], None]]:
     """The callable one worker runs per unit, and what to call when the worker stops."""
     close = _no_close
@@ -74,6 +93,8 @@ def worker_function(
         fn, close = bound, bound.close
     if kind == "fold":
         fn = functools.partial(_fold, fn, initial)
+    if init is not None:
+        fn = _InitFirst(fn, init)
     return fn, close
 
 

@@ -36,7 +36,7 @@ class SyncExecutor(Executor):
         context: RunContext | None = None,
     ) -> None:
         super().__init__(stage, post, cache=cache, context=context)
-        self._fn, self._close = worker_function(stage.fn, stage.kind, stage.initial)
+        self._fn, self._close = worker_function(stage.fn, stage.kind, stage.initial, stage.init)
         self._shut = False
 
     def submit(self, task: Task) -> None:

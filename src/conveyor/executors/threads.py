@@ -108,7 +108,9 @@ class ThreadExecutor(Executor):
             t.start()
 
     def _work(self, worker: int) -> None:
-        fn, close = worker_function(self.stage.fn, self.stage.kind, self.stage.initial)
+        fn, close = worker_function(
+            self.stage.fn, self.stage.kind, self.stage.initial, self.stage.init
+        )
         try:
             self._serve(worker, fn)
         finally:

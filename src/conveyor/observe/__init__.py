@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from conveyor.observe.display import ProgressDisplay
     from conveyor.observe.gantt import gantt_svg, write_gantt
     from conveyor.observe.histogram import Histogram
     from conveyor.observe.metrics import Metrics
@@ -30,6 +31,7 @@ _WHERE = {
     "StageRecording": "recording",
     "Histogram": "histogram",
     "Progress": "progress",
+    "ProgressDisplay": "display",
     "Metrics": "metrics",
     "Rebalancer": "rebalance",
     "Decision": "rebalance",
@@ -47,6 +49,7 @@ __all__ = [
     "Histogram",
     "Metrics",
     "Progress",
+    "ProgressDisplay",
     "Rebalancer",
     "Recorder",
     "Recording",

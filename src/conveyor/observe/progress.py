@@ -1,10 +1,12 @@
 """A live progress display: an :class:`~conveyor.Instrument` that rich can render.
 
-Pass it to a run and show it in a ``rich.live.Live``; the table is rebuilt from
-its counters at each refresh::
+To see it, pass ``progress=True`` to ``run()`` or ``stream()``, or use
+:class:`~conveyor.observe.ProgressDisplay`. To show it yourself, pass it to a run and
+show it in a ``rich.live.Live``; the table is rebuilt from its counters at each
+refresh::
 
     from rich.live import Live
-    from conveyor.observe.progress import Progress
+    from conveyor.observe import Progress
 
     progress = Progress()
     with Live(progress, refresh_per_second=4), pipeline.stream(instruments=[progress]) as run:
@@ -58,11 +60,17 @@ class _StageCounters:
         self.enqueued = 0  # items that entered the input queue
         self.taken = 0  # items that left it for a worker
         self.depth = 0
-        self.busy = 0  # tasks running now
+        self.busy = 0  # tasks started and not finished (queued at a worker included)
         self.done = 0  # items whose task came back
         self.errors = 0
         # (t_ns, done) samples taken at render time, for the rate
         self.history: deque[tuple[int, int]] = deque()
+
+    @property
+    def busy_workers(self) -> int:
+        """Workers running a task: tasks started and not finished, at most the pool
+        (a worker is sent its next task before it finishes the one it runs)."""
+        return max(0, min(self.busy, self.workers))
 
     def rate(self, now: int) -> float:
         """Items per second over about the last second; appends a sample."""
@@ -180,6 +188,6 @@ class Progress(Instrument):
                 done,
                 f"{c.rate(now):.1f}",
                 f"{c.depth} / {bound}",
-                f"{c.busy} / {c.workers}",
+                f"{c.busy_workers} / {c.workers}",
             )
         return table

@@ -57,8 +57,13 @@ from conveyor.executors.base import (
     Traits,
     not_run,
 )
-from conveyor.executors.processes.functions import check_picklable, dump_function
+from conveyor.executors.processes.functions import (
+    check_picklable,
+    dump_function,
+    spawnable_main,
+)
 from conveyor.executors.processes.messages import decode_reply, unpicklable_task
+from conveyor.executors.processes.output import WorkerOutput
 from conveyor.executors.processes.remote import rebuild
 from conveyor.executors.processes.shm import SegmentRegistry, dumps
 from conveyor.executors.processes.worker import READY, STOP, worker_main
@@ -105,11 +110,14 @@ class ProcessExecutor(Executor):
         context: RunContext | None = None,
     ) -> None:
         super().__init__(stage, post, cache=cache, context=context)
+        self._own_context = context is None  # then nothing else closes what it shares
         # One registry per run: arrays a process stage returns go on to the next
         # process stage by name, without a copy.
         self._registry = self.context.shared("shm", _new_registry, SegmentRegistry.cleanup)
         self._ctx = multiprocessing.get_context("spawn")
+        self._output: WorkerOutput | None = None  # made at start (it starts a thread)
         self._fn_bytes = b""
+        self._init_bytes = b""
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
         self._cancelled = threading.Event()
@@ -127,6 +135,14 @@ class ProcessExecutor(Executor):
 
     def start(self) -> None:
         self._fn_bytes = dump_function(self.stage.fn)
+        self._init_bytes = b"" if self.stage.init is None else dump_function(self.stage.init)
+        # what the run's workers print and log, shown by the driver (one per run)
+        if self._own_context:
+            self._output = WorkerOutput(self._ctx)
+        else:
+            self._output = self.context.shared(
+                "worker-output", lambda: WorkerOutput(self._ctx), WorkerOutput.close
+            )
         with self._lock:
             self._started = True
             for _ in range(self.target):
@@ -195,6 +211,8 @@ class ProcessExecutor(Executor):
             w.tasks.close()
             w.replies.close()
             w.proc.close()
+        if self._own_context and self._output is not None:
+            self._output.close()  # what the workers sent is shown first
         with self._lock:
             self._closed = True
 
@@ -224,11 +242,16 @@ class ProcessExecutor(Executor):
                 current,
                 self._registry.prefix,
                 self._registry.threshold,
+                None if self._output is None else self._output.queue,
+                0 if self._output is None else self._output.level,
+                s.name,
+                self._init_bytes,
             ),
             name=f"conveyor-{s.name}-{i}",
             daemon=True,
         )
-        proc.start()
+        with spawnable_main():
+            proc.start()
         task_r.close()  # the worker's ends: its death must close the pipes
         reply_w.close()
         w = _Worker(i, proc, task_w, reply_r, current)

@@ -24,6 +24,7 @@ from conveyor.executors.base import CacheSpec
 from conveyor.executors.calls import close_quietly, worker_function
 from conveyor.executors.processes.functions import load_function
 from conveyor.executors.processes.messages import decode_task, encode_reply
+from conveyor.executors.processes.output import flush_output, send_output
 from conveyor.executors.processes.remote import pack
 from conveyor.executors.processes.shm import SegmentRegistry
 from conveyor.executors.task import run_task
@@ -46,12 +47,19 @@ def worker_main(
     current: Any,
     prefix: str,
     threshold: int,
+    output: Any = None,
+    log_level: int = 0,
+    stage: str = "",
+    init_bytes: bytes = b"",
 ) -> None:
     """The body of worker process ``worker``: until told to stop, run tasks."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if output is not None:  # prints and log records go to the driver (see .output)
+        send_output(output, log_level, stage, worker)
     registry = SegmentRegistry(prefix, owner=False, threshold=threshold)
     try:
-        fn, close = worker_function(load_function(fn_bytes), kind, initial)
+        init = load_function(init_bytes) if init_bytes else None
+        fn, close = worker_function(load_function(fn_bytes), kind, initial, init)
     except BaseException as exc:
         outbox.send_bytes(pickle.dumps(("init", pack(exc), traceback.format_exc())))
         return
@@ -72,6 +80,7 @@ def worker_main(
             return  # the driver is gone: exit rather than linger as an orphan
         if data == STOP:
             close_quietly(close, f"worker {worker}")  # the instance of a class stage
+            flush_output()
             return
         task_id, units, bad = decode_task(data, registry)
         out = run_task(
