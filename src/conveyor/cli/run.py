@@ -336,7 +336,8 @@ def _stored(target: str) -> str:
 
 
 def _open_store(path: Path | None, *, create: bool = True, verify: bool = False) -> RunStore:
-    """The run store at ``path`` (default: $CONVEYOR_STORE or .conveyor/runs.db); with
+    """The run store at ``path`` (default: $CONVEYOR_STORE or the nearest .conveyor/
+    upwards); with
     ``verify``, SQLite's quick check of every page first. A missing or damaged store
     is a one-line error, as in `conveyor runs`."""
     try:

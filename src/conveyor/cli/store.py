@@ -7,8 +7,9 @@ from the command line.
     $ conveyor show 7f3a                 # one run: stages, outcomes, and its ledger
     $ conveyor deadletters 7f3a --traceback
 
-RUN is a run id or a unique prefix of one. ``--store PATH`` reads another store than
-``./.conveyor/runs.db``. These commands only read, and open the store read-only, so
+RUN is a run id or a unique prefix of one. The store is ``$CONVEYOR_STORE``, else
+``.conveyor/runs.db`` in the nearest folder upwards that has a ``.conveyor/``, as git
+finds its repository; ``--store PATH`` reads another. These commands only read, and open the store read-only, so
 a store in a folder they cannot write (a read-only mount, another user's) can be
 listed. Errors are one line: exit 2 for an unknown or ambiguous run or a missing
 store, 1 for a store that is corrupt, not a store, or from a newer conveyor; 3 from
@@ -43,7 +44,8 @@ store_option = click.option(
     "store_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help=f"The SQLite run store (default: $CONVEYOR_STORE or ./{DEFAULT_PATH}).",
+    help=f"The SQLite run store (default: $CONVEYOR_STORE, else {DEFAULT_PATH} in the "
+    "nearest folder upwards that has a .conveyor/ folder, else ./{DEFAULT_PATH}).",
 )
 
 

@@ -77,7 +77,8 @@ class StoreRecorder(Instrument):
     """Records runs into a :class:`RunStore` (see the module docstring).
 
     Args:
-        store: a RunStore, or a path to one; default ``./.conveyor/runs.db``.
+        store: a RunStore, or a path to one; default ``$CONVEYOR_STORE``, else the
+            nearest ``.conveyor/runs.db`` upwards (:func:`default_store_path`).
         pipeline: the pipeline, to record its code fingerprint (for resume's check
             that the code has not changed); or pass ``fingerprint`` directly.
         params: the run's parameters, recorded as JSON.

@@ -41,12 +41,32 @@ T = TypeVar("T")
 DEFAULT_PATH = Path(".conveyor") / "runs.db"
 
 
+def default_store_path(start: str | os.PathLike[str] | None = None) -> Path:
+    """Where the run store is when no path is given, found as git finds its repository.
+
+    ``$CONVEYOR_STORE`` when it is set; else ``.conveyor/runs.db`` in the nearest folder,
+    from ``start`` (the current folder) upwards, that has a ``.conveyor/`` folder, so
+    that the commands see the same runs from any sub-folder of a project; else
+    ``./.conveyor/runs.db`` in ``start`` (made there by the first run).
+    """
+    env = os.environ.get("CONVEYOR_STORE")
+    if env:
+        return Path(env)
+    here = Path(start if start is not None else Path.cwd()).absolute()
+    for folder in (here, *here.parents):
+        if (folder / ".conveyor").is_dir():
+            return folder / DEFAULT_PATH
+    return here / DEFAULT_PATH
+
+
 class RunStore:
     """The run history in one SQLite file, safe to share between processes.
 
     Args:
         path: the database file; default ``$CONVEYOR_STORE``, else
-            ``./.conveyor/runs.db`` (its folder is made).
+            ``.conveyor/runs.db`` in the nearest folder upwards that has a
+            ``.conveyor/``, else ``./.conveyor/runs.db`` (its folder is made); see
+            :func:`default_store_path`.
         create: make the store if it does not exist; readers pass False to get a
             StoreError naming the missing file instead of an empty new store.
         readonly: open it read-only (SQLite's ``mode=ro``): every write is refused,
@@ -68,8 +88,8 @@ class RunStore:
         readonly: bool = False,
         check_on_open: bool = True,
     ) -> None:
-        if path is None:  # $CONVEYOR_STORE, as the CLI, or ./.conveyor/runs.db
-            path = os.environ.get("CONVEYOR_STORE") or Path.cwd() / DEFAULT_PATH
+        if path is None:  # $CONVEYOR_STORE, or the nearest .conveyor/ upwards
+            path = default_store_path()
         self.path = Path(path)
         self.readonly = readonly
         self._lock = threading.Lock()
