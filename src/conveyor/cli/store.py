@@ -202,11 +202,33 @@ def _print_ledger(out: Console, run: RunRecord, ledger: Ledger) -> None:
     "--redrive",
     is_flag=True,
     help="Run the dead-lettered items again through the stage that gave up on them and "
-    "the stages after it (after a fix), recording a new run per stage.",
+    "the stages after it (after a fix), recording a new run per stage; each letter is "
+    "marked with the run that re-drove it, and is not re-driven again without --force.",
+)
+@click.option(
+    "--output",
+    "output_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="With --redrive: write every result to this file, one JSON value per line.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="With --redrive: re-drive the letters that an earlier --redrive re-drove too.",
 )
 @store_option
-def deadletters(run_id: str, show_traceback: bool, redrive: bool, store_path: Path | None) -> None:
-    """List the items run RUN gave up on: stage, item key, error and input value."""
+def deadletters(
+    run_id: str,
+    show_traceback: bool,
+    redrive: bool,
+    output_path: Path | None,
+    force: bool,
+    store_path: Path | None,
+) -> None:
+    """List the items run RUN gave up on: stage, item key, error, input value and the
+    run that re-drove it, if one has; with --redrive, run them again."""
+    if not redrive and (output_path is not None or force):
+        raise click.UsageError("--output and --force go with --redrive")
 
     def gather(store: RunStore) -> tuple[RunRecord, Any]:
         run = store.get_run(run_id)
@@ -218,18 +240,23 @@ def deadletters(run_id: str, show_traceback: bool, redrive: bool, store_path: Pa
         out.print(f"run {run.id} has no dead letters")
         return
     if redrive:
-        _redrive(run, letters, store_path, out)
+        _redrive(run, letters, store_path, out, output_path, force)
         return
     table = Table(
         title=f"{len(letters)} dead letters of run {run.id}",
         title_justify="left",
         header_style="bold",
     )
-    for column in ("stage", "item", "error", "value"):
+    redriven = any(d.redriven_by for d in letters)
+    for column in ("stage", "item", "error", "value", *(("re-driven by",) if redriven else ())):
         table.add_column(column)
     for d in letters:
         table.add_row(
-            escape(d.stage), d.key, escape(f"{d.error_type}: {d.error}"), escape(d.value_repr)
+            escape(d.stage),
+            d.key,
+            escape(f"{d.error_type}: {d.error}"),
+            escape(d.value_repr),
+            *((d.redriven_by or "-",) if redriven else ()),
         )
     out.print(table)
     if show_traceback:
@@ -256,7 +283,15 @@ def _num(value: float | None, fmt: str = "{}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def _redrive(run: RunRecord, letters: list[Any], store_path: Path | None, out: Console) -> None:
+def _redrive(
+    run: RunRecord,
+    letters: list[Any],
+    store_path: Path | None,
+    out: Console,
+    output_path: Path | None,
+    force: bool,
+) -> None:
+    from conveyor.cli.outputs import results_file
     from conveyor.cli.target import load_pipeline
     from conveyor.store import StoreRecorder, redrive_plan
 
@@ -265,18 +300,35 @@ def _redrive(run: RunRecord, letters: list[Any], store_path: Path | None, out: C
             f"run {run.id} was not started by `conveyor run`, so its pipeline cannot be "
             "loaded here; re-drive from Python: DeadLetter.load_value() gives each input"
         )
+    done = [d for d in letters if d.redriven_by]
+    todo = letters if force else [d for d in letters if not d.redriven_by]
+    if not todo:
+        by = sorted({d.redriven_by for d in done})
+        raise StoreUsageProblem(
+            f"the {len(done)} dead letter(s) of run {run.id} were re-driven already "
+            f"(by run {', '.join(by)}); pass --force to re-drive them again"
+        )
+    if done and not force:
+        out.print(f"{len(done)} dead letter(s) re-driven already are left out (--force: all)")
     pipeline = load_pipeline(run.target)
-    plans = redrive_plan(pipeline, letters)  # a PipelineError is the group's to show
-    with RunStore(store_path, create=False) as store:
+    plans = redrive_plan(pipeline, todo)  # a PipelineError is the group's to show
+    with RunStore(store_path, create=False) as store, results_file(output_path) as write:
         for sub, values in plans:
+            group = [d for d in todo if d.stage == sub.order[0]]
             recorder = StoreRecorder(
                 store, pipeline=sub, params={"redrive_of": run.id}, target=run.target
             )
-            again = sub.run(values, instruments=[recorder])
+            emitted = 0
+            with sub.stream(values, instruments=[recorder]) as again:
+                for result in again:
+                    emitted += 1
+                    if write is not None:
+                        write.write(result)
+            store.mark_redriven(run.id, group, again.id)
             stats = again.statistics()
             dead = sum(st.dead_lettered for st in stats.stages.values())
+            kept = f"written to {output_path}" if write is not None else "not kept (--output FILE)"
             out.print(
                 f"re-drove {len(values)} item(s) through {', '.join(sub.order)}: "
-                f"{stats.items_emitted} result(s), {dead} dead-lettered again "
-                f"(run {again.id})"
+                f"{emitted} result(s) {kept}, {dead} dead-lettered again (run {again.id})"
             )

@@ -27,9 +27,9 @@ __all__ = [
     "StoreError",
     "StoreRecorder",
     "WriterStatistics",
+    "default_store_path",
     "encode_key",
     "plan_resume",
     "redrive_plan",
-    "default_store_path",
     "resume_report",
 ]

@@ -385,6 +385,19 @@ class RunStore:
         rows = self._read(lambda c: _queries.dead_letter_rows(c, run_id))
         return [DeadLetter(*r) for r in rows]
 
+    def mark_redriven(self, run_id: str, letters: Iterable[DeadLetter], by: str) -> None:
+        """Mark run ``run_id``'s dead letters ``letters`` as re-driven by run ``by``."""
+        rows = [(by, run_id, d.stage, d.key) for d in letters]
+
+        def mark(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "UPDATE dead_letters SET redriven_by = ? "
+                "WHERE run_id = ? AND stage = ? AND item_key = ?",
+                rows,
+            )
+
+        self._write(mark)
+
     def item_outcomes(
         self, run_id: str, stage: str | None = None, *, outcome: str | None = None
     ) -> list[ItemOutcome]:
