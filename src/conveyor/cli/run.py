@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any, NoReturn
@@ -49,7 +50,7 @@ from conveyor.cli.outputs import (
 )
 from conveyor.cli.signals import Interrupted, SignalGuard, signal_name
 from conveyor.cli.store import store_option, store_problem
-from conveyor.cli.target import load_pipeline, source_file, stored_source
+from conveyor.cli.target import fingerprinted_source, load_pipeline, source_file, stored_source
 from conveyor.errors import RecordingError, RunNotFoundError, StoreError
 from conveyor.observe import Progress, limiting_line, run_summary, stage_table
 from conveyor.sources import FORMATS
@@ -160,15 +161,27 @@ def run_command(
             if metrics is not None:
                 stack.callback(metrics.close)
             rebalancer = Rebalancer(rebalance) if rebalance is not None else None
-            params = {
+            params: dict[str, Any] = {
                 "source": stored_source(source_path) if source_path is not None else None,
                 "source_format": fmt,
                 "ordered": ordered or pipeline.ordered,
             }
+            digest = None
+            if store is not None:  # what the run reads, so that resume reads the same
+                source, digest, params["source_fingerprint"] = fingerprinted_source(
+                    pipeline, source, params["source"]
+                )
             recorder = (
                 None
                 if store is None
-                else _recorder(store, pipeline, _stored(target), params, write)
+                else _recorder(
+                    store,
+                    pipeline,
+                    _stored(target),
+                    params,
+                    write,
+                    at_end=(lambda: {"source_items": digest.state()}) if digest else None,
+                )
             )
             timeline = Recorder()
             run = pipeline.stream(
@@ -200,7 +213,8 @@ def run_command(
 @click.option(
     "--force",
     is_flag=True,
-    help="Resume even if the run succeeded or its pipeline's code changed since.",
+    help="Resume even if the run succeeded, was resumed already, or its pipeline's code "
+    "or its source changed since.",
 )
 @click.option("--no-progress", is_flag=True, help="No live progress display.")
 @OUTPUT_OPTION
@@ -211,8 +225,10 @@ def resume_command(
     no_progress: bool,
     output_path: Path | None,
 ) -> None:
-    """Finish the interrupted run RUN (an id or its first characters), computing only
-    what is missing: cached stages answer the items the run finished from the cache."""
+    """Finish the interrupted run RUN (an id or its first characters) over the same
+    source (refused if it changed), skipping the source items RUN finished, so no
+    sink sees an item twice; cached stages answer from the cache what RUN computed of
+    the rest. --output gets the results of the items RUN had not finished."""
     out, err = _consoles()
     progress = Progress() if sys.stderr.isatty() and not no_progress else None
     with SignalGuard() as guard, ExitStack() as stack:
@@ -223,11 +239,19 @@ def resume_command(
                 plan = plan_resume(store, run_ref, load_pipeline, force=force)
             except RunNotFoundError as exc:
                 raise click.UsageError(str(exc)) from None
+            source = plan.source()  # a source that can be read twice is checked here
             write = stack.enter_context(results_file(output_path))
-            recorder = _recorder(store, plan.pipeline, plan.record.target, plan.params(), write)
+            recorder = _recorder(
+                store,
+                plan.pipeline,
+                plan.record.target,
+                plan.params(),
+                write,
+                at_end=lambda: {"source_items": plan.source_items()},
+            )
             timeline = Recorder()
             run = plan.pipeline.stream(
-                plan.source(),
+                source,
                 ordered=plan.ordered,
                 instruments=guard.shield([timeline, progress, recorder]),
                 record=False,
@@ -360,9 +384,16 @@ class _RunRecorder(StoreRecorder):
 
     critical = True
 
-    def __init__(self, *args: Any, results: ResultsFile | None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        results: ResultsFile | None,
+        at_end: Callable[[], dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.results = results
+        self.at_end = at_end  # params known only at the end (the source's fingerprint)
         if results is not None:
             results.on_error = self.fail
 
@@ -370,6 +401,11 @@ class _RunRecorder(StoreRecorder):
         if self.results is not None:
             with contextlib.suppress(OutputProblem):  # self.fail has it: recorded failed
                 self.results.flush()
+        if self.at_end is not None and self.run_id is not None and self.error is None:
+            try:
+                self.store.update_params(self.run_id, self.at_end())
+            except StoreError as exc:
+                self.fail(exc)
         super().run_finished(state, error, t_ns)
 
 
@@ -379,8 +415,11 @@ def _recorder(
     target: str | None,
     params: dict[str, Any],
     results: ResultsFile | None,
+    at_end: Callable[[], dict[str, Any]] | None = None,
 ) -> StoreRecorder:
-    return _RunRecorder(store, pipeline=pipeline, params=params, target=target, results=results)
+    return _RunRecorder(
+        store, pipeline=pipeline, params=params, target=target, results=results, at_end=at_end
+    )
 
 
 def _report(

@@ -83,14 +83,16 @@ def _with_store(store_path: Path | None, fn: Callable[[RunStore], T]) -> T:
 @click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True)
 @store_option
 def runs(limit: int, store_path: Path | None) -> None:
-    """List the latest runs in the run store, newest first."""
+    """List the latest runs in the run store, newest first; a resumed run or a re-drive
+    names the run it continues (column "of")."""
     records = _with_store(store_path, lambda s: s.runs(limit))
     out = _console()
     if not records:
         out.print("no runs recorded yet")
         return
     table = Table(title=None, header_style="bold")
-    for column in ("run", "pipeline", "state", "started", "seconds", "read", "emitted", "host"):
+    columns = ("run", "pipeline", "state", "started", "seconds", "read", "emitted", "host", "of")
+    for column in columns:
         table.add_column(
             column, justify="right" if column in ("seconds", "read", "emitted") else "left"
         )
@@ -104,8 +106,18 @@ def runs(limit: int, store_path: Path | None) -> None:
             _num(r.items_read),
             _num(r.items_emitted),
             escape(r.host),
+            _origin(r),
         )
     out.print(table)
+
+
+def _origin(run: RunRecord) -> str:
+    """What run ``run`` continues: the run it resumed, or whose dead letters it re-drove."""
+    if run.params.get("resumed_from"):
+        return f"resume of {run.params['resumed_from'][:8]}"
+    if run.params.get("redrive_of"):
+        return f"redrive of {run.params['redrive_of'][:8]}"
+    return ""
 
 
 @click.command("show")

@@ -9,16 +9,20 @@ from conveyor.store._records import DeadLetter, ItemOutcome, Ledger, RunRecord, 
 from conveyor.store._resume import ResumePlan, plan_resume, redrive_plan, resume_report
 from conveyor.store._rows import encode_key
 from conveyor.store._schema import SCHEMA_VERSION
+from conveyor.store._source import DigestingSource, ItemDigest, ResumeSource, file_fingerprint
 from conveyor.store._store import DEFAULT_PATH, RunStore, default_store_path
 
 __all__ = [
     "DEFAULT_PATH",
     "SCHEMA_VERSION",
     "DeadLetter",
+    "DigestingSource",
+    "ItemDigest",
     "ItemOutcome",
     "Ledger",
     "PipelineChangedError",
     "ResumePlan",
+    "ResumeSource",
     "RunNotFoundError",
     "RunRecord",
     "RunStore",
@@ -29,6 +33,7 @@ __all__ = [
     "WriterStatistics",
     "default_store_path",
     "encode_key",
+    "file_fingerprint",
     "plan_resume",
     "redrive_plan",
     "resume_report",

@@ -385,6 +385,31 @@ class RunStore:
         rows = self._read(lambda c: _queries.dead_letter_rows(c, run_id))
         return [DeadLetter(*r) for r in rows]
 
+    def update_params(self, run_id: str, extra: Mapping[str, Any]) -> None:
+        """Add ``extra`` to run ``run_id``'s params (what is known only as it ends)."""
+
+        def update(c: sqlite3.Connection) -> None:
+            row = c.execute("SELECT params FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFoundError(f"no run {run_id} in the run store {self.path}")
+            params = {**json.loads(row[0] or "{}"), **extra}
+            text = json.dumps(params, sort_keys=True, default=repr)
+            c.execute("UPDATE runs SET params = ? WHERE id = ?", (text, run_id))
+
+        self._write(update)
+
+    def resumes_of(self, run_id: str) -> list[str]:
+        """The runs that resumed run ``run_id``, oldest first."""
+
+        def find(c: sqlite3.Connection) -> list[str]:
+            rows = c.execute(
+                "SELECT id, params FROM runs WHERE params LIKE ? ORDER BY created_at, rowid",
+                (f"%{run_id}%",),
+            ).fetchall()
+            return [i for i, p in rows if json.loads(p or "{}").get("resumed_from") == run_id]
+
+        return self._read(find)
+
     def mark_redriven(self, run_id: str, letters: Iterable[DeadLetter], by: str) -> None:
         """Mark run ``run_id``'s dead letters ``letters`` as re-driven by run ``by``."""
         rows = [(by, run_id, d.stage, d.key) for d in letters]
