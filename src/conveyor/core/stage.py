@@ -86,7 +86,9 @@ class Stage:
             interrupt a thread); an ``async`` call is cancelled. The call then
             counts as a failure with :class:`TimeoutError`. Not for ``sync``.
         cache: look results up by content before calling the function, and store
-            them after (see ``conveyor.cache``); resumed runs skip cached work.
+            them after (see ``conveyor.cache``); resumed runs skip cached work. An
+            ``async def`` stage looks a task's units up first and runs the misses
+            together on its event loop.
             ``True`` uses ``$CONVEYOR_CACHE`` or ``./.conveyor/cache``; a path
             names another cache folder.
         max_wait: for ``kind="batch"``: seconds the oldest queued item may wait for
@@ -315,8 +317,6 @@ def _check_policy(s: Stage) -> None:
                 f"timeout needs an executor with workers of its own ('threads', 'processes'), "
                 f"not {s.executor!r}: a call running in the caller cannot be interrupted"
             )
-    if s.cache and s.is_async:
-        fail("cache=True is not supported for async def functions; cache a sync stage instead")
     if (rule := cache_rule(s)) is not None:
         fail(rule)
     if s.kind == "collect" and s.workers != 1:
