@@ -75,8 +75,9 @@ class Stage:
         capacity: bound of this stage's input queue (items); ``None`` takes the
             pipeline's default.
         concurrency: for ``async def`` functions, calls in flight per worker.
-        retry: retries of a failed call: a number (``retry=3``) or a :class:`Retry`
-            policy (attempts, backoff with jitter, which exceptions).
+        retry: retries of a failed call: a number (``retry=3``: three retries, four
+            calls in all, as ``Retry()``) or a :class:`Retry` policy (retries,
+            backoff with jitter, which exceptions).
         on_error: what happens to an item whose last attempt failed: ``"fail"``
             stops the run (the default); ``"skip"`` moves it to the dead letters
             (an ``Instrument.dead_lettered`` event, a row in the run store) and
