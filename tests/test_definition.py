@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import pytest
 
@@ -195,3 +196,18 @@ def test_a_module_level_name_bound_elsewhere_is_caught_when_the_pipeline_is_buil
     s = cv.stage(shadowed, executor="processes", name="shadowed")
     with pytest.raises(cv.PipelineError, match="cannot be sent to a process worker"):
         cv.Pipeline("p", [s])
+
+
+def test_help_of_stage_explains_every_option() -> None:
+    """help(cv.stage) is the reference users read: every option with its meaning."""
+    import inspect
+    import pydoc
+
+    text = pydoc.render_doc(cv.stage, renderer=pydoc.plaintext)
+    args = text.split("Args:", 1)[1]
+    options = [p for p in inspect.signature(cv.stage).parameters if p != "fn"]
+    described = {
+        o for o in options if re.search(rf"^\s+(\w+, )*{o}(, \w+)*: \S", args, re.MULTILINE)
+    }
+    assert described == set(options)
+    assert "Examples" in text and "retry=3" in text

@@ -222,7 +222,26 @@ def stage(
     cache_check: float = 0.0,
     cache_required: bool = True,
 ) -> Stage | Callable[[Callable[..., Any]], Stage]:
-    """Make a :class:`Stage` from a function; usable bare (``@stage``) or with options."""
+    """Make a :class:`Stage` from a function: bare (``@stage``), with options
+    (``@stage(workers=4)``), or called on a function (``stage(parse, workers=4)``).
+
+    Examples::
+
+        @cv.stage
+        def parse(line): return json.loads(line)
+
+        @cv.stage(executor="processes", workers=4, retry=3, on_error="skip")
+        def embed(doc): ...                          # 3 retries, then a dead letter
+
+        @cv.stage(kind="batch", size=64, max_wait=0.05)
+        def infer(batch): return model(batch)        # a list in, a list out
+
+        fetch = cv.stage(fetch_url, workers=32, timeout=10, cache=True)
+
+    The stage is checked when it is made: a bad option, or a function a process
+    worker cannot receive, is a :class:`~conveyor.PipelineError` naming the stage
+    and the fix. The options are :class:`Stage`'s (``fn`` is the function):
+    """
     options: dict[str, Any] = dict(
         name=name,
         kind=kind,
@@ -416,3 +435,9 @@ def _check_arity(s: Stage) -> None:
             + "(bind the others with functools.partial)",
             stage=s.name,
         )
+
+
+# help(stage) lists every option, in the words of Stage's own docstring
+_args = (Stage.__doc__ or "").split("    Args:\n", 1)
+if stage.__doc__ is not None and len(_args) == 2:
+    stage.__doc__ += "\n    Args:\n" + _args[1]
