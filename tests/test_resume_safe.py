@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+import stagefns as f
 from conveyor.cli import cli
 from conveyor.store import RunStore
 
@@ -196,3 +197,27 @@ def test_positions_of_a_resumed_run_map_back_to_the_source() -> None:
         assert points(mapped) == {kept[i] for i in points(own)}
         assert mapped == merge(mapped)  # sorted, disjoint, adjacent ones joined
         assert points(subtract(own, holes)) == points(own) - points(holes)
+
+
+def test_async_sources_are_fingerprinted_and_resumed() -> None:
+    import asyncio
+
+    import conveyor as cv
+    from conveyor.store import DigestingSource, ItemDigest, ResumeSource
+
+    async def numbers(shift: int = 0):  # type: ignore[no-untyped-def]
+        for i in range(5):
+            await asyncio.sleep(0)
+            yield i + shift
+
+    pipe = cv.Pipeline("a", [cv.stage(f.double, executor="sync")], ordered=True)
+    digest = ItemDigest()
+    assert pipe.run(DigestingSource(numbers(), digest).runnable()).results == [0, 2, 4, 6, 8]
+    read = digest.state()
+    assert read["items"] == 5
+    again = ResumeSource(numbers(), [(0, 1)], read, "r1").runnable()
+    assert pipe.run(again).results == [4, 6, 8]  # the two finished items skipped
+    changed = ResumeSource(numbers(shift=1), [(0, 1)], read, "r1").runnable()
+    with pytest.raises(cv.RunError) as failed:
+        pipe.run(changed)
+    assert "differs from the one run r1 read" in str(failed.value.__cause__)

@@ -187,4 +187,4 @@ def fingerprinted_source(
     if callable(own) and not hasattr(own, "__iter__"):
         own = own()
     digest = ItemDigest()
-    return DigestingSource(own, digest), digest, None
+    return DigestingSource(own, digest).runnable(), digest, None

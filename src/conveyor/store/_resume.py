@@ -59,7 +59,7 @@ class ResumePlan:
         """How many source items the run finished, which the resumed run skips."""
         return skipped_count(self.finished)
 
-    def source(self) -> ResumeSource:
+    def source(self) -> Any:
         """The same source as the original run, read the same way (its --source file,
         or the pipeline's own), less the items it finished, checked as it is read."""
         if self.source_path is None:
@@ -78,7 +78,7 @@ class ResumePlan:
         reader = ResumeSource(source, self.finished, self.expect, self.record.id)
         reader.check()  # a source that can be read twice is compared before any work
         self._reader[:] = [reader]
-        return reader
+        return reader.runnable()
 
     def source_items(self) -> dict[str, Any] | None:
         """The running fingerprint of what the resumed run read (from position 0,

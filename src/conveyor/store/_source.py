@@ -91,7 +91,8 @@ class ItemDigest:
 
 
 class DigestingSource:
-    """``source`` as it is, each item added to ``digest`` as it is read."""
+    """``source`` as it is, each item added to ``digest`` as it is read. For an async
+    source, iterate :meth:`async_items` (this object is a plain iterable)."""
 
     def __init__(self, source: Iterable[Any] | AsyncIterable[Any], digest: ItemDigest) -> None:
         self.source = source
@@ -102,13 +103,14 @@ class DigestingSource:
             self.digest.add(item)
             yield item
 
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._aiter()
-
-    async def _aiter(self) -> AsyncIterator[Any]:
+    async def async_items(self) -> AsyncIterator[Any]:
         async for item in self.source:  # type: ignore[union-attr]
             self.digest.add(item)
             yield item
+
+    def runnable(self) -> Any:
+        """What to give the pipeline: this, or the async items of an async source."""
+        return self.async_items() if is_async(self.source) else self
 
 
 def is_async(source: Any) -> bool:
@@ -179,10 +181,11 @@ class ResumeSource:
                 yield item
         self._ended()
 
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._aiter()
+    def runnable(self) -> Any:
+        """What to give the pipeline: this, or the async items of an async source."""
+        return self.async_items() if is_async(self.source) else self
 
-    async def _aiter(self) -> AsyncIterator[Any]:
+    async def async_items(self) -> AsyncIterator[Any]:
         keep = self._keep()
         async for item in self.source:  # type: ignore[union-attr]
             if keep(item):
