@@ -55,3 +55,12 @@ def calls(log: str) -> list[int]:
 
 def identity(x: Any) -> Any:
     return x
+
+
+async def async_logged_triple(log: str, x: int) -> int:
+    """An ``async def`` stage that notes each call (the cache's tests count them)."""
+    if x < 0:
+        raise ValueError(f"negative: {x}")
+    with open(log, "a") as f:
+        f.write(f"{x}\n")
+    return x * 3

@@ -151,12 +151,15 @@ def test_run_killed_then_resumed_from_the_command_line(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stderr
     after = f.calls(str(log))[len(before) :]
     assert sorted(set(before) | set(after)) == list(range(100)) and len(set(after)) == len(after)
-    assert (
-        f"slow_square: {100 - len(after)} from the cache, {len(after)} computed" in resumed.stdout
+    with RunStore(store, readonly=True) as rs:  # what the killed run recorded as finished
+        done = {i for a, b, _ in rs.root_ranges(run_id, "done") for i in range(a, b + 1)}
+    rest = [i for i in range(100) if i not in done]
+    assert f"slow_square: {len(rest) - len(after)} from the cache, {len(after)} computed" in (
+        resumed.stdout
     )
-    assert "check: 100 computed again (the stage is not cached)" in resumed.stdout
+    assert f"check: {len(rest)} computed (the stage is not cached)" in resumed.stdout
     results = [json.loads(line) for line in out.read_text().splitlines()]
-    assert results == [x * x for x in range(100)]  # what a clean run gives, in order
+    assert results == [x * x for x in rest]  # what a clean run gives for them, in order
     shown = conveyor("show", run_id[:8], "--store", str(store), cwd=tmp_path)
     assert shown.returncode == 0, shown.stdout + shown.stderr
 
@@ -174,9 +177,41 @@ def test_dead_letters_are_listed_and_re_driven(tmp_path: Path) -> None:
 
     write_pipe(tmp_path, strict=False, sleep=0)  # the fix
     sys.modules.pop("cli_resume_pipe", None)
-    again = runner.invoke(cli, ["deadletters", run_id, "--store", str(store), "--redrive"])
+    out = tmp_path / "redriven.jsonl"
+    again = runner.invoke(
+        cli, ["deadletters", run_id, "--store", str(store), "--redrive", "--output", str(out)]
+    )
     assert again.exit_code == 0, again.output
-    assert "re-drove 5 item(s) through check: 5 result(s), 0 dead-lettered again" in again.output
+    assert "re-drove 5 item(s) through check: 5 result(s) written to" in again.output
+    assert "0 dead-lettered again" in again.output
+    # the results are kept, not thrown away
+    assert sorted(json.loads(line) for line in out.read_text().splitlines()) == [
+        0, 49, 196, 441, 784
+    ]  # fmt: skip
+    redrive_id = re.search(r"\(run ([0-9a-f]{12})\)", again.output).group(1)  # type: ignore[union-attr]
+
+    # each letter names the run that re-drove it
+    with RunStore(store) as rs:
+        assert {d.redriven_by for d in rs.dead_letters(run_id)} == {redrive_id}
+    listed = runner.invoke(cli, ["deadletters", run_id, "--store", str(store)])
+    assert "re-driven by" in listed.output and listed.output.count(redrive_id) == 5
+
+    # re-driving them again is refused, in one line, unless forced
+    twice = runner.invoke(cli, ["deadletters", run_id, "--store", str(store), "--redrive"])
+    assert twice.exit_code == 2, twice.output
+    assert f"re-driven already (by run {redrive_id}); pass --force" in twice.output
+    with RunStore(store, readonly=True) as rs:
+        assert len(rs.runs()) == 2  # nothing ran
+    forced = runner.invoke(
+        cli, ["deadletters", run_id, "--store", str(store), "--redrive", "--force"]
+    )
+    assert forced.exit_code == 0, forced.output
+    assert "5 result(s) not kept (--output FILE)" in forced.output
+    with RunStore(store) as rs:
+        (latest, *_) = rs.runs()
+        assert {d.redriven_by for d in rs.dead_letters(run_id)} == {latest.id} != {redrive_id}
+    usage = runner.invoke(cli, ["deadletters", run_id, "--store", str(store), "--force"])
+    assert usage.exit_code == 2 and "go with --redrive" in usage.output
 
 
 def test_resume_errors_are_one_line(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import pytest
 
@@ -201,3 +202,18 @@ def test_a_module_level_name_bound_elsewhere_travels_by_value() -> None:
     s = cv.stage(shadowed, executor="processes", name="shadowed")
     # the worker runs this function, not the one its name points to
     assert cv.Pipeline("p", [s]).run([1, 2], ordered=True).results == [-1, -2]
+
+
+def test_help_of_stage_explains_every_option() -> None:
+    """help(cv.stage) is the reference users read: every option with its meaning."""
+    import inspect
+    import pydoc
+
+    text = pydoc.render_doc(cv.stage, renderer=pydoc.plaintext)
+    args = text.split("Args:", 1)[1]
+    options = [p for p in inspect.signature(cv.stage).parameters if p != "fn"]
+    described = {
+        o for o in options if re.search(rf"^\s+(\w+, )*{o}(, \w+)*: \S", args, re.MULTILINE)
+    }
+    assert described == set(options)
+    assert "Examples" in text and "retry=3" in text

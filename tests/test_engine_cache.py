@@ -94,9 +94,26 @@ def test_unfingerprintable_inputs_are_computed_and_the_user_told_once(tmp_path: 
     assert len([w for w in record if issubclass(w.category, CacheWarning)]) == 1
 
 
-def test_cache_is_refused_for_async_functions() -> None:
-    with pytest.raises(cv.PipelineError, match="not supported for async"):
-        cv.stage(f.async_double, cache=True)
+@pytest.mark.parametrize("executor", ["sync", "threads", "processes"])
+def test_async_stages_are_cached(tmp_path: Path, executor: str) -> None:
+    """An ``async def`` stage looks every unit up first and runs only the misses, on
+    its event loop; a failing unit is reported as its own and is not cached."""
+    import cachefns
+
+    log = str(tmp_path / "log")
+    triple = functools.partial(cachefns.async_logged_triple, log)
+    stage = cv.stage(
+        triple, name="triple", cache=str(tmp_path / "c"), executor=executor, concurrency=4,
+        on_error="skip",
+    )  # fmt: skip
+    pipe = cv.Pipeline("p", [stage], ordered=True)
+    first = pipe.run([1, 2, -1, 3])
+    assert first.results == [3, 6, 9] and sorted(cachefns.calls(log)) == [1, 2, 3]
+    assert first.statistics().stages["triple"].dead_lettered == 1
+    second = pipe.run([3, 4, 1, 2, -1])
+    assert second.results == [9, 12, 3, 6]
+    assert sorted(cachefns.calls(log)) == [1, 2, 3, 4]  # only the new input ran
+    assert second.statistics().stages["triple"].cache_hits == 3
 
 
 def test_cache_true_uses_the_conveyor_cache_folder(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

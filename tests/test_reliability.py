@@ -180,3 +180,26 @@ def test_bad_policies_are_rejected() -> None:
         cv.stage(f.inc, on_error="ignore")  # type: ignore[arg-type]
     with pytest.raises(cv.PipelineError, match="timeout=0"):
         cv.stage(f.inc, timeout=0)
+
+
+@pytest.mark.parametrize(
+    "retry", [2, cv.Retry(retries=2, backoff=0), cv.Retry(attempts=3, backoff=0)]
+)
+def test_retry_counts_mean_the_same_everywhere(retry: object) -> None:
+    """retry=N, Retry(retries=N) and Retry(attempts=N + 1): N retries, N + 1 calls."""
+    calls: list[int] = []
+
+    def flaky(x: int) -> int:
+        calls.append(x)
+        raise ConnectionError("down")
+
+    pipe = cv.Pipeline("p", [cv.stage(flaky, executor="sync", retry=retry, on_error="skip")])
+    pipe.run([7])
+    assert calls == [7, 7, 7]
+    assert cv.Retry() == cv.Retry(retries=3) == cv.Retry(attempts=4)
+    assert cv.stage(flaky, retry=3).retry == cv.Retry()  # the default is three retries too
+    assert cv.stage(flaky, retry=3).retry.retries == 3
+    with pytest.raises(cv.PipelineError, match="attempts=3 and retries=3 disagree"):
+        cv.Retry(attempts=3, retries=3)
+    with pytest.raises(cv.PipelineError, match="retries=-1"):
+        cv.Retry(retries=-1)

@@ -345,7 +345,7 @@ def test_v1_store_is_migrated_to_the_current_schema(tmp_path: Path) -> None:
     con.close()
 
     with RunStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 2
+        assert s.schema_version == SCHEMA_VERSION == 3
         old = s.get_run("old1")
         assert (old.pipeline, old.params, old.target, old.items_read) == (
             "etl",

@@ -234,7 +234,7 @@ def test_retry_matches_a_remote_error_by_the_names_of_its_class_and_bases() -> N
         ((cv.ConveyorError,), False),  # the original was not one
         ((fns._make_ghost_error(),), True),  # another class of the same name: by name
     ]:
-        assert cv.Retry(on=on).retries(ghost, 1) is retried, on
+        assert cv.Retry(on=on).retried(ghost, 1) is retried, on
 
 
 # --- blame is exact ----------------------------------------------------------------

@@ -16,6 +16,7 @@ computed and stored. Whatever the cache cannot do is reported back as one senten
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import os
@@ -241,6 +242,68 @@ def run_cached(
         stamps.append(monotonic_ns())
         results.append(r)
     return Outcome(task_id, worker, results, stamps, hits=hits, uncached=_sentence(notes))
+
+
+def run_cached_async(
+    fn: Callable[[Any], Any],
+    kind: str,
+    units: list[Any],
+    worker: int,
+    task_id: int,
+    spec: CacheSpec,
+    in_caller: bool,
+    run_async: Callable[..., Outcome],
+) -> Outcome:
+    """``run_task`` for a cached ``async def`` stage: every unit is looked up first;
+    the misses then run together on the event loop (``run_async``, up to the stage's
+    concurrency), and their results are stored."""
+    from conveyor.executors.task import failure
+
+    cache = cache_at(spec.root)
+    n = len(units)
+    results: list[Any] = [None] * n
+    starts = [0] * n
+    hits: list[int] = []
+    failures = []
+    notes: dict[str, str] = {}
+    memo: dict[int, tuple[type, bytes]] = {}
+    todo: list[tuple[int, str | None, bool, Any]] = []  # (unit, key, hit to check, value)
+    for i, unit in enumerate(units):
+        starts[i] = monotonic_ns()
+        try:
+            key = _key(cache, spec, unit, notes, memo)
+            hit, value = _lookup(cache, key, notes)
+        except BaseException as exc:
+            if in_caller and isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            failures.append(failure(i, exc))
+            continue
+        if hit and not (spec.check and _rng.random() < spec.check):
+            results[i] = value
+            hits.append(i)
+        else:
+            todo.append((i, key, hit, value))
+    if todo:
+        out = run_async(
+            fn, kind, [units[i] for i, *_ in todo], worker, task_id, in_caller=in_caller
+        )
+        failed = {f.unit: f for f in out.failures}
+        for j, (i, key, hit, value) in enumerate(todo):
+            starts[i] = out.stamps[j]
+            if j in failed:
+                failures.append(dataclasses.replace(failed[j], unit=i))
+                continue
+            r = results[i] = out.results[j]
+            if hit and not same(value, r):
+                notes.setdefault("check", _MISMATCH)
+                hit = False
+            if key is not None and not hit:
+                _store(cache, spec, key, r, units[i], notes)
+    failures.sort(key=lambda f: f.unit)
+    return Outcome(
+        task_id, worker, results, [*starts, monotonic_ns()], failures,
+        hits=hits, uncached=_sentence(notes),
+    )  # fmt: skip
 
 
 def _key(

@@ -14,9 +14,9 @@ command; 2 a usage error; 128 + the signal when SIGINT (130) or SIGTERM (143) ca
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, NoReturn
@@ -24,7 +24,6 @@ from typing import Any, NoReturn
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.measure import Measurement
 
 from conveyor import (
     ConveyorError,
@@ -34,7 +33,6 @@ from conveyor import (
     Recorder,
     Recording,
     Run,
-    RunStatistics,
 )
 from conveyor.cli.errors import describe_error
 from conveyor.cli.outputs import (
@@ -49,11 +47,12 @@ from conveyor.cli.outputs import (
     write_json,
     write_outputs,
 )
+from conveyor.cli.printing import consoles, print_report
 from conveyor.cli.signals import Interrupted, SignalGuard, signal_name
 from conveyor.cli.store import store_option, store_problem
-from conveyor.cli.target import load_pipeline, source_file, stored_source
+from conveyor.cli.target import fingerprinted_source, load_pipeline, source_file, stored_source
 from conveyor.errors import RecordingError, RunNotFoundError, StoreError
-from conveyor.observe import ProgressDisplay, limiting_line, run_summary, stage_table
+from conveyor.observe import ProgressDisplay
 from conveyor.sources import FORMATS
 from conveyor.store import RunStore, StoreRecorder, plan_resume, resume_report
 
@@ -151,7 +150,7 @@ def run_command(
     function of no arguments that returns one.
     """
     check_gantt_path(gantt_path)
-    out, err = _consoles()
+    out, err = consoles()
     progress = None if no_progress else _display(progress_every)
     with SignalGuard() as guard, ExitStack() as stack:
         try:
@@ -182,15 +181,27 @@ def run_command(
             if metrics is not None:
                 stack.callback(metrics.close)
             rebalancer = Rebalancer(rebalance) if rebalance is not None else None
-            params = {
+            params: dict[str, Any] = {
                 "source": stored_source(source_path) if source_path is not None else None,
                 "source_format": fmt,
                 "ordered": ordered or pipeline.ordered,
             }
+            digest = None
+            if store is not None:  # what the run reads, so that resume reads the same
+                source, digest, params["source_fingerprint"] = fingerprinted_source(
+                    pipeline, source, params["source"]
+                )
             recorder = (
                 None
                 if store is None
-                else _recorder(store, pipeline, _stored(target), params, write)
+                else _recorder(
+                    store,
+                    pipeline,
+                    _stored(target),
+                    params,
+                    write,
+                    at_end=(lambda: {"source_items": digest.state()}) if digest else None,
+                )
             )
             timeline = Recorder()
             run = pipeline.stream(
@@ -204,7 +215,7 @@ def run_command(
             _cancelled_before_start(exc, err)
     stats = run.statistics()
     recording = _recording_of(timeline)
-    _report(out, stats, recording, budget)
+    print_report(out, stats, recording, budget)
     if json_path is not None:
         write_json(json_path, stats)
     if recording is not None:
@@ -222,7 +233,8 @@ def run_command(
 @click.option(
     "--force",
     is_flag=True,
-    help="Resume even if the run succeeded or its pipeline's code changed since.",
+    help="Resume even if the run succeeded, was resumed already, or its pipeline's code "
+    "or its source changed since.",
 )
 @click.option("--no-progress", is_flag=True, help="No progress display.")
 @OUTPUT_OPTION
@@ -233,9 +245,11 @@ def resume_command(
     no_progress: bool,
     output_path: Path | None,
 ) -> None:
-    """Finish the interrupted run RUN (an id or its first characters), computing only
-    what is missing: cached stages answer the items the run finished from the cache."""
-    out, err = _consoles()
+    """Finish the interrupted run RUN (an id or its first characters) over the same
+    source (refused if it changed), skipping the source items RUN finished, so no
+    sink sees an item twice; cached stages answer from the cache what RUN computed of
+    the rest. --output gets the results of the items RUN had not finished."""
+    out, err = consoles()
     progress = None if no_progress else _display(10.0)
     with SignalGuard() as guard, ExitStack() as stack:
         try:
@@ -245,11 +259,19 @@ def resume_command(
                 plan = plan_resume(store, run_ref, load_pipeline, force=force)
             except RunNotFoundError as exc:
                 raise click.UsageError(str(exc)) from None
+            source = plan.source()  # a source that can be read twice is checked here
             write = stack.enter_context(results_file(output_path))
-            recorder = _recorder(store, plan.pipeline, plan.record.target, plan.params(), write)
+            recorder = _recorder(
+                store,
+                plan.pipeline,
+                plan.record.target,
+                plan.params(),
+                write,
+                at_end=lambda: {"source_items": plan.source_items()},
+            )
             timeline = Recorder()
             run = plan.pipeline.stream(
-                plan.source(),
+                source,
                 ordered=plan.ordered,
                 instruments=guard.shield([timeline, progress, recorder]),
                 record=False,
@@ -259,7 +281,7 @@ def resume_command(
         except Interrupted as exc:  # came before the run started: nothing to cancel
             _cancelled_before_start(exc, err)
     stats = run.statistics()
-    _report(out, stats, _recording_of(timeline), None)
+    print_report(out, stats, _recording_of(timeline), None)
     for line in resume_report(plan, stats):
         out.print(escape(line))
     _finish(run, recorder, failure, guard, err)
@@ -340,37 +362,6 @@ def _display(every: float) -> ProgressDisplay:
     return ProgressDisplay(file=sys.stderr, every=every, transient=True)
 
 
-def _consoles() -> tuple[Console, Console]:
-    """stdout's and stderr's consoles: a terminal's width, or $COLUMNS, or 120 columns
-    when the output is a file or a pipe (a table wider than that is printed wider,
-    never cut: see :func:`_print_table`)."""
-    return _console(sys.stdout, stderr=False), _console(sys.stderr, stderr=True)
-
-
-def _console(stream: Any, *, stderr: bool) -> Console:
-    if stream.isatty():
-        return Console(stderr=stderr)
-    columns = os.environ.get("COLUMNS", "")
-    width = int(columns) if columns.isdigit() and int(columns) > 0 else 120
-    return Console(stderr=stderr, width=width)
-
-
-def _print_table(console: Console, table: Any) -> None:
-    """Print ``table`` whole: where the output is no terminal, widen it to fit rather
-    than cut a number short (a terminal wraps its cells instead)."""
-    if console.is_terminal:
-        console.print(table)
-        return
-    unbounded = console.options.update_width(1_000_000)
-    need = Measurement.get(console, unbounded, table).maximum
-    width = console.width
-    console.width = max(width, need)  # print() caps its width= at the console's
-    try:
-        console.print(table)
-    finally:
-        console.width = width
-
-
 def _stored(target: str) -> str:
     """``target`` as the run store keeps it: a file target with an absolute path, so
     that ``conveyor resume`` finds it from any folder."""
@@ -381,7 +372,8 @@ def _stored(target: str) -> str:
 
 
 def _open_store(path: Path | None, *, create: bool = True, verify: bool = False) -> RunStore:
-    """The run store at ``path`` (default: $CONVEYOR_STORE or .conveyor/runs.db); with
+    """The run store at ``path`` (default: $CONVEYOR_STORE or the nearest .conveyor/
+    upwards); with
     ``verify``, SQLite's quick check of every page first. A missing or damaged store
     is a one-line error, as in `conveyor runs`."""
     try:
@@ -404,9 +396,16 @@ class _RunRecorder(StoreRecorder):
 
     critical = True
 
-    def __init__(self, *args: Any, results: ResultsFile | None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        results: ResultsFile | None,
+        at_end: Callable[[], dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.results = results
+        self.at_end = at_end  # params known only at the end (the source's fingerprint)
         if results is not None:
             results.on_error = self.fail
 
@@ -414,6 +413,11 @@ class _RunRecorder(StoreRecorder):
         if self.results is not None:
             with contextlib.suppress(OutputProblem):  # self.fail has it: recorded failed
                 self.results.flush()
+        if self.at_end is not None and self.run_id is not None and self.error is None:
+            try:
+                self.store.update_params(self.run_id, self.at_end())
+            except StoreError as exc:
+                self.fail(exc)
         super().run_finished(state, error, t_ns)
 
 
@@ -423,29 +427,11 @@ def _recorder(
     target: str | None,
     params: dict[str, Any],
     results: ResultsFile | None,
+    at_end: Callable[[], dict[str, Any]] | None = None,
 ) -> StoreRecorder:
-    return _RunRecorder(store, pipeline=pipeline, params=params, target=target, results=results)
-
-
-def _report(
-    console: Console, stats: RunStatistics, recording: Recording | None, budget: int | None
-) -> None:
-    # sentences are printed as one line each (soft_wrap): the terminal wraps them at
-    # its edge, a file keeps them whole, and none is broken mid-sentence
-    if recording is None or not recording.stages:
-        _print_table(console, stage_table(stats))
-        console.print(escape(run_summary(stats)), soft_wrap=True)
-        line = limiting_line(stats)
-        if line is not None:
-            console.print(escape(line), soft_wrap=True)
-        return
-    from conveyor.analysis import build_report
-
-    report = build_report(recording, budget=budget, source_seconds=stats.source_seconds)
-    _print_table(console, report.table())
-    console.print(escape(run_summary(stats)), soft_wrap=True)
-    for line in report.lines()[1:]:  # the first repeats the summary, in the report's words
-        console.print(escape(line), soft_wrap=True)
+    return _RunRecorder(
+        store, pipeline=pipeline, params=params, target=target, results=results, at_end=at_end
+    )
 
 
 def _recording_of(timeline: Recorder) -> Recording | None:

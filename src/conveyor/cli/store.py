@@ -7,8 +7,9 @@ from the command line.
     $ conveyor show 7f3a                 # one run: stages, outcomes, and its ledger
     $ conveyor deadletters 7f3a --traceback
 
-RUN is a run id or a unique prefix of one. ``--store PATH`` reads another store than
-``./.conveyor/runs.db``. These commands only read, and open the store read-only, so
+RUN is a run id or a unique prefix of one. The store is ``$CONVEYOR_STORE``, else
+``.conveyor/runs.db`` in the nearest folder upwards that has a ``.conveyor/``, as git
+finds its repository; ``--store PATH`` reads another. These commands only read, and open the store read-only, so
 a store in a folder they cannot write (a read-only mount, another user's) can be
 listed. Errors are one line: exit 2 for an unknown or ambiguous run or a missing
 store, 1 for a store that is corrupt, not a store, or from a newer conveyor; 3 from
@@ -43,7 +44,8 @@ store_option = click.option(
     "store_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help=f"The SQLite run store (default: $CONVEYOR_STORE or ./{DEFAULT_PATH}).",
+    help=f"The SQLite run store (default: $CONVEYOR_STORE, else {DEFAULT_PATH} in the "
+    "nearest folder upwards that has a .conveyor/ folder, else ./{DEFAULT_PATH}).",
 )
 
 
@@ -81,14 +83,16 @@ def _with_store(store_path: Path | None, fn: Callable[[RunStore], T]) -> T:
 @click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True)
 @store_option
 def runs(limit: int, store_path: Path | None) -> None:
-    """List the latest runs in the run store, newest first."""
+    """List the latest runs in the run store, newest first; a resumed run or a re-drive
+    names the run it continues (column "of")."""
     records = _with_store(store_path, lambda s: s.runs(limit))
     out = _console()
     if not records:
         out.print("no runs recorded yet")
         return
     table = Table(title=None, header_style="bold")
-    for column in ("run", "pipeline", "state", "started", "seconds", "read", "emitted", "host"):
+    columns = ("run", "pipeline", "state", "started", "seconds", "read", "emitted", "host", "of")
+    for column in columns:
         table.add_column(
             column, justify="right" if column in ("seconds", "read", "emitted") else "left"
         )
@@ -102,8 +106,18 @@ def runs(limit: int, store_path: Path | None) -> None:
             _num(r.items_read),
             _num(r.items_emitted),
             escape(r.host),
+            _origin(r),
         )
     out.print(table)
+
+
+def _origin(run: RunRecord) -> str:
+    """What run ``run`` continues: the run it resumed, or whose dead letters it re-drove."""
+    if run.params.get("resumed_from"):
+        return f"resume of {run.params['resumed_from'][:8]}"
+    if run.params.get("redrive_of"):
+        return f"redrive of {run.params['redrive_of'][:8]}"
+    return ""
 
 
 @click.command("show")
@@ -200,11 +214,33 @@ def _print_ledger(out: Console, run: RunRecord, ledger: Ledger) -> None:
     "--redrive",
     is_flag=True,
     help="Run the dead-lettered items again through the stage that gave up on them and "
-    "the stages after it (after a fix), recording a new run per stage.",
+    "the stages after it (after a fix), recording a new run per stage; each letter is "
+    "marked with the run that re-drove it, and is not re-driven again without --force.",
+)
+@click.option(
+    "--output",
+    "output_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="With --redrive: write every result to this file, one JSON value per line.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="With --redrive: re-drive the letters that an earlier --redrive re-drove too.",
 )
 @store_option
-def deadletters(run_id: str, show_traceback: bool, redrive: bool, store_path: Path | None) -> None:
-    """List the items run RUN gave up on: stage, item key, error and input value."""
+def deadletters(
+    run_id: str,
+    show_traceback: bool,
+    redrive: bool,
+    output_path: Path | None,
+    force: bool,
+    store_path: Path | None,
+) -> None:
+    """List the items run RUN gave up on: stage, item key, error, input value and the
+    run that re-drove it, if one has; with --redrive, run them again."""
+    if not redrive and (output_path is not None or force):
+        raise click.UsageError("--output and --force go with --redrive")
 
     def gather(store: RunStore) -> tuple[RunRecord, Any]:
         run = store.get_run(run_id)
@@ -216,18 +252,23 @@ def deadletters(run_id: str, show_traceback: bool, redrive: bool, store_path: Pa
         out.print(f"run {run.id} has no dead letters")
         return
     if redrive:
-        _redrive(run, letters, store_path, out)
+        _redrive(run, letters, store_path, out, output_path, force)
         return
     table = Table(
         title=f"{len(letters)} dead letters of run {run.id}",
         title_justify="left",
         header_style="bold",
     )
-    for column in ("stage", "item", "error", "value"):
+    redriven = any(d.redriven_by for d in letters)
+    for column in ("stage", "item", "error", "value", *(("re-driven by",) if redriven else ())):
         table.add_column(column)
     for d in letters:
         table.add_row(
-            escape(d.stage), d.key, escape(f"{d.error_type}: {d.error}"), escape(d.value_repr)
+            escape(d.stage),
+            d.key,
+            escape(f"{d.error_type}: {d.error}"),
+            escape(d.value_repr),
+            *((d.redriven_by or "-",) if redriven else ()),
         )
     out.print(table)
     if show_traceback:
@@ -254,7 +295,15 @@ def _num(value: float | None, fmt: str = "{}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def _redrive(run: RunRecord, letters: list[Any], store_path: Path | None, out: Console) -> None:
+def _redrive(
+    run: RunRecord,
+    letters: list[Any],
+    store_path: Path | None,
+    out: Console,
+    output_path: Path | None,
+    force: bool,
+) -> None:
+    from conveyor.cli.outputs import results_file
     from conveyor.cli.target import load_pipeline
     from conveyor.store import StoreRecorder, redrive_plan
 
@@ -263,18 +312,35 @@ def _redrive(run: RunRecord, letters: list[Any], store_path: Path | None, out: C
             f"run {run.id} was not started by `conveyor run`, so its pipeline cannot be "
             "loaded here; re-drive from Python: DeadLetter.load_value() gives each input"
         )
+    done = [d for d in letters if d.redriven_by]
+    todo = letters if force else [d for d in letters if not d.redriven_by]
+    if not todo:
+        by = sorted({d.redriven_by for d in done})
+        raise StoreUsageProblem(
+            f"the {len(done)} dead letter(s) of run {run.id} were re-driven already "
+            f"(by run {', '.join(by)}); pass --force to re-drive them again"
+        )
+    if done and not force:
+        out.print(f"{len(done)} dead letter(s) re-driven already are left out (--force: all)")
     pipeline = load_pipeline(run.target)
-    plans = redrive_plan(pipeline, letters)  # a PipelineError is the group's to show
-    with RunStore(store_path, create=False) as store:
+    plans = redrive_plan(pipeline, todo)  # a PipelineError is the group's to show
+    with RunStore(store_path, create=False) as store, results_file(output_path) as write:
         for sub, values in plans:
+            group = [d for d in todo if d.stage == sub.order[0]]
             recorder = StoreRecorder(
                 store, pipeline=sub, params={"redrive_of": run.id}, target=run.target
             )
-            again = sub.run(values, instruments=[recorder])
+            emitted = 0
+            with sub.stream(values, instruments=[recorder]) as again:
+                for result in again:
+                    emitted += 1
+                    if write is not None:
+                        write.write(result)
+            store.mark_redriven(run.id, group, again.id)
             stats = again.statistics()
             dead = sum(st.dead_lettered for st in stats.stages.values())
+            kept = f"written to {output_path}" if write is not None else "not kept (--output FILE)"
             out.print(
                 f"re-drove {len(values)} item(s) through {', '.join(sub.order)}: "
-                f"{stats.items_emitted} result(s), {dead} dead-lettered again "
-                f"(run {again.id})"
+                f"{emitted} result(s) {kept}, {dead} dead-lettered again (run {again.id})"
             )

@@ -22,6 +22,7 @@ import click
 from conveyor import Pipeline, Stage
 from conveyor.errors import ConveyorError, SourceError
 from conveyor.sources import FileSource, read
+from conveyor.store import DigestingSource, ItemDigest, file_fingerprint
 
 TARGET_HELP = "TARGET is module:attr or path/to/file.py:attr, e.g. examples/science.py:pipeline"
 
@@ -169,3 +170,21 @@ def stored_source(path: str) -> str:
     if "://" in path or "::" in path:
         return path
     return os.path.abspath(os.path.expanduser(path))
+
+
+def fingerprinted_source(
+    pipeline: Pipeline, source: Any, stored_path: str | None
+) -> tuple[Any, ItemDigest | None, dict[str, Any] | None]:
+    """The run's source, and what to keep of it for resume: a --source file's
+    fingerprint (path, size, mtime, content hash), or the pipeline's own source read
+    through a running fingerprint of its items."""
+    if stored_path is not None:
+        try:
+            return source, None, file_fingerprint(stored_path)
+        except OSError:  # a name the reader understands but os does not: kept by name
+            return source, None, None
+    own: Any = pipeline.source
+    if callable(own) and not hasattr(own, "__iter__"):
+        own = own()
+    digest = ItemDigest()
+    return DigestingSource(own, digest).runnable(), digest, None

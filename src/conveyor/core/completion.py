@@ -182,7 +182,7 @@ class Completion:
         attempt = self._attempts.get((s.name, key), 1)
         policy = s.stage.retry
         assert isinstance(policy, Retry)
-        retrying = not fatal and policy.retries(error, attempt)
+        retrying = not fatal and policy.retried(error, attempt)
         now = monotonic_ns()
         if self._has_ins:
             self._ins.unit_failed(s.name, key, error, tb, attempt, retrying, now)

@@ -141,6 +141,11 @@ class Instrument:
     def stage_resized(self, stage: str, workers: int, t_ns: int) -> None:
         """``stage``'s pool now has ``workers`` workers (see ``Run.resize``)."""
 
+    def results_dropped(self, keys: Sequence[Key], t_ns: int) -> None:
+        """A failed or cancelled run ended with these results at the output (their
+        roots reported ``done``) but never handed to the consumer; called just before
+        ``run_finished``. Resume runs their roots again."""
+
     def run_finished(self, state: str, error: BaseException | None, t_ns: int) -> None:
         """The run ended: ``state`` is succeeded, failed or cancelled."""
 

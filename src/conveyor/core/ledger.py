@@ -138,6 +138,10 @@ class RootLedger:
         released, self._released = self._released, []
         return released
 
+    def held_keys(self) -> list[Any]:
+        """Keys of ordered results held back or released, not yet in the output."""
+        return [k for k, _, _ in self._heap] + [k for k, _ in self._released]
+
     def take_finished(self) -> dict[str, list[int]] | None:
         """Roots finished since the last call, by terminal state (None if none)."""
         f = self._finished

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import typing
 
 from conveyor.errors import PipelineError, RemoteError
 
 
 @dataclasses.dataclass(frozen=True)
 class Retry:
-    """Retry a failed call: up to ``attempts`` calls per item, the first included.
+    """Retry a failed call: ``retries`` more calls after the first one fails.
+
+    Counts are the same everywhere: ``retry=3`` on a stage, ``Retry()``,
+    ``Retry(retries=3)`` and ``Retry(attempts=4)`` all mean three retries, four calls
+    in all. Give ``retries`` or ``attempts`` (the first call included), not both;
+    either is then readable on the policy.
 
     The wait before call *k + 1* is ``backoff * factor ** (k - 1)`` seconds, capped at
     ``max_backoff`` and scaled by a random factor in ``[1 - jitter, 1 + jitter]`` so
@@ -30,20 +36,35 @@ class Retry:
         @stage(retry=Retry(attempts=5, backoff=0.5, on=(ConnectionError, TimeoutError)))
         def fetch(url): ...
 
-    ``retry=3`` on a stage means ``Retry(attempts=4)``: three retries.
     """
 
-    attempts: int = 3
+    # calls in all, the first included; not given: retries + 1 (default 4)
+    attempts: int = typing.cast(int, None)
     backoff: float = 0.1
     factor: float = 2.0
     max_backoff: float = 30.0
     jitter: float = 0.2
     on: tuple[type[BaseException], ...] = (Exception,)
+    retries: int | None = None  # calls after the first; None: attempts - 1 (default 3)
 
     def __post_init__(self) -> None:
         def fail(rule: str) -> None:
             raise PipelineError(f"Retry: {rule}")
 
+        if self.retries is not None:
+            if isinstance(self.retries, bool) or not isinstance(self.retries, int):
+                fail(f"retries={self.retries!r}; give a whole number (0: no retry)")
+            if self.retries < 0:
+                fail(f"retries={self.retries!r}; give a whole number of at least 0 (0: no retry)")
+            if self.attempts not in (None, self.retries + 1):
+                fail(
+                    f"attempts={self.attempts} and retries={self.retries} disagree; give one "
+                    f"(attempts counts the first call: attempts={self.retries + 1} is "
+                    f"retries={self.retries})"
+                )
+            object.__setattr__(self, "attempts", self.retries + 1)
+        elif self.attempts is None:
+            object.__setattr__(self, "attempts", 4)  # the default: three retries
         if not isinstance(self.attempts, int) or self.attempts < 1:
             fail(f"attempts={self.attempts!r}; give a whole number of at least 1 (1: no retry)")
         if self.backoff < 0 or self.max_backoff < 0 or self.factor < 1:
@@ -57,8 +78,9 @@ class Retry:
         if not all(isinstance(t, type) and issubclass(t, BaseException) for t in on):
             fail(f"on={self.on!r}; give exception classes, e.g. on=(ConnectionError,)")
         object.__setattr__(self, "on", on)
+        object.__setattr__(self, "retries", self.attempts - 1)
 
-    def retries(self, error: BaseException, attempt: int) -> bool:
+    def retried(self, error: BaseException, attempt: int) -> bool:
         """Whether call number ``attempt`` (from 1), which raised ``error``, is retried."""
         return attempt < self.attempts and self.matches(error)
 
@@ -87,4 +109,4 @@ def as_retry(value: Retry | int | None) -> Retry:
         raise PipelineError(
             f"retry={value!r}; give a number of retries (e.g. retry=3) or a Retry(...) policy"
         )
-    return Retry(attempts=value + 1)
+    return Retry(retries=value)

@@ -127,6 +127,12 @@ class Run(Iterator[Any]):
         finally:
             ins = self._scheduler._ins
             if ins:
+                if state != "succeeded" and ins.wants("results_dropped"):
+                    # results at the output, or held for their turn, never handed out
+                    sched = self._scheduler
+                    dropped = [k for k, _ in sched.output.items] + sched.ledger.held_keys()
+                    if dropped:
+                        ins.results_dropped(dropped, self._ended_ns)
                 ins.run_finished(state, error, self._ended_ns)
 
     def wait(self) -> list[Any]:

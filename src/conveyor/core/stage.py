@@ -75,8 +75,9 @@ class Stage:
         capacity: bound of this stage's input queue (items); ``None`` takes the
             pipeline's default.
         concurrency: for ``async def`` functions, calls in flight per worker.
-        retry: retries of a failed call: a number (``retry=3``) or a :class:`Retry`
-            policy (attempts, backoff with jitter, which exceptions).
+        retry: retries of a failed call: a number (``retry=3``: three retries, four
+            calls in all, as ``Retry()``) or a :class:`Retry` policy (retries,
+            backoff with jitter, which exceptions).
         on_error: what happens to an item whose last attempt failed: ``"fail"``
             stops the run (the default); ``"skip"`` moves it to the dead letters
             (an ``Instrument.dead_lettered`` event, a row in the run store) and
@@ -86,7 +87,9 @@ class Stage:
             interrupt a thread); an ``async`` call is cancelled. The call then
             counts as a failure with :class:`TimeoutError`. Not for ``sync``.
         cache: look results up by content before calling the function, and store
-            them after (see ``conveyor.cache``); resumed runs skip cached work.
+            them after (see ``conveyor.cache``); resumed runs skip cached work. An
+            ``async def`` stage looks a task's units up first and runs the misses
+            together on its event loop.
             ``True`` uses ``$CONVEYOR_CACHE`` or ``./.conveyor/cache``; a path
             names another cache folder.
         max_wait: for ``kind="batch"``: seconds the oldest queued item may wait for
@@ -227,7 +230,26 @@ def stage(
     cache_required: bool = True,
     init: Callable[[], Any] | None = None,
 ) -> Stage | Callable[[Callable[..., Any]], Stage]:
-    """Make a :class:`Stage` from a function; usable bare (``@stage``) or with options."""
+    """Make a :class:`Stage` from a function: bare (``@stage``), with options
+    (``@stage(workers=4)``), or called on a function (``stage(parse, workers=4)``).
+
+    Examples::
+
+        @cv.stage
+        def parse(line): return json.loads(line)
+
+        @cv.stage(executor="processes", workers=4, retry=3, on_error="skip")
+        def embed(doc): ...                          # 3 retries, then a dead letter
+
+        @cv.stage(kind="batch", size=64, max_wait=0.05)
+        def infer(batch): return model(batch)        # a list in, a list out
+
+        fetch = cv.stage(fetch_url, workers=32, timeout=10, cache=True)
+
+    The stage is checked when it is made: a bad option, or a function a process
+    worker cannot receive, is a :class:`~conveyor.PipelineError` naming the stage
+    and the fix. The options are :class:`Stage`'s (``fn`` is the function):
+    """
     options: dict[str, Any] = dict(
         name=name,
         kind=kind,
@@ -326,8 +348,6 @@ def _check_policy(s: Stage) -> None:
                 f"timeout needs an executor with workers of its own ('threads', 'processes'), "
                 f"not {s.executor!r}: a call running in the caller cannot be interrupted"
             )
-    if s.cache and s.is_async:
-        fail("cache=True is not supported for async def functions; cache a sync stage instead")
     if (rule := cache_rule(s)) is not None:
         fail(rule)
     if s.kind == "collect" and s.workers != 1:
@@ -426,3 +446,9 @@ def _check_arity(s: Stage) -> None:
             + "(bind the others with functools.partial)",
             stage=s.name,
         )
+
+
+# help(stage) lists every option, in the words of Stage's own docstring
+_args = (Stage.__doc__ or "").split("    Args:\n", 1)
+if stage.__doc__ is not None and len(_args) == 2:
+    stage.__doc__ += "\n    Args:\n" + _args[1]

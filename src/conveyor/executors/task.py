@@ -21,6 +21,7 @@ keys when the outcome comes back. That keeps what crosses a process boundary sma
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import traceback
 from collections.abc import Callable, Iterable
@@ -77,12 +78,15 @@ def run_task(
     raises propagates). ``in_caller``: the task runs in the thread that iterates
     the run, so ``KeyboardInterrupt`` and ``SystemExit`` propagate.
     """
+    if cache is not None:  # the cache's own module: looked up, then computed and stored
+        from conveyor.cache._engine import run_cached, run_cached_async
+
+        if is_async:
+            run = functools.partial(_run_async, concurrency=concurrency, timeout=timeout)
+            return run_cached_async(fn, kind, units, worker, task_id, cache, in_caller, run)
+        return run_cached(fn, kind, units, worker, task_id, on_unit, cache, in_caller)
     if is_async:
         return _run_async(fn, kind, units, worker, task_id, concurrency, timeout, in_caller)
-    if cache is not None:  # the cache's own module: looked up, then computed and stored
-        from conveyor.cache._engine import run_cached
-
-        return run_cached(fn, kind, units, worker, task_id, on_unit, cache, in_caller)
     results: list[Any] = []
     append = results.append
     stamps = [monotonic_ns()]

@@ -1,5 +1,6 @@
 """The run store: run history, stage statistics, item outcomes, dead letters and the
-ledger of source items, in embedded SQLite (``./.conveyor/runs.db``)."""
+ledger of source items, in embedded SQLite (``.conveyor/runs.db``, found upwards from the current
+folder)."""
 
 from conveyor.errors import PipelineChangedError, RunNotFoundError, StoreError
 from conveyor.store._check import StoreCheck
@@ -8,16 +9,20 @@ from conveyor.store._records import DeadLetter, ItemOutcome, Ledger, RunRecord, 
 from conveyor.store._resume import ResumePlan, plan_resume, redrive_plan, resume_report
 from conveyor.store._rows import encode_key
 from conveyor.store._schema import SCHEMA_VERSION
-from conveyor.store._store import DEFAULT_PATH, RunStore
+from conveyor.store._source import DigestingSource, ItemDigest, ResumeSource, file_fingerprint
+from conveyor.store._store import DEFAULT_PATH, RunStore, default_store_path
 
 __all__ = [
     "DEFAULT_PATH",
     "SCHEMA_VERSION",
     "DeadLetter",
+    "DigestingSource",
+    "ItemDigest",
     "ItemOutcome",
     "Ledger",
     "PipelineChangedError",
     "ResumePlan",
+    "ResumeSource",
     "RunNotFoundError",
     "RunRecord",
     "RunStore",
@@ -26,7 +31,9 @@ __all__ = [
     "StoreError",
     "StoreRecorder",
     "WriterStatistics",
+    "default_store_path",
     "encode_key",
+    "file_fingerprint",
     "plan_resume",
     "redrive_plan",
     "resume_report",

@@ -77,7 +77,8 @@ class StoreRecorder(Instrument):
     """Records runs into a :class:`RunStore` (see the module docstring).
 
     Args:
-        store: a RunStore, or a path to one; default ``./.conveyor/runs.db``.
+        store: a RunStore, or a path to one; default ``$CONVEYOR_STORE``, else the
+            nearest ``.conveyor/runs.db`` upwards (:func:`default_store_path`).
         pipeline: the pipeline, to record its code fingerprint (for resume's check
             that the code has not changed); or pass ``fingerprint`` directly.
         params: the run's parameters, recorded as JSON.
@@ -138,6 +139,7 @@ class StoreRecorder(Instrument):
         self._buffered = 0
         self._last_flush_ns = time.monotonic_ns()
         self._unfinished: set[int] = set()
+        self._dropped: set[int] = set()  # roots done at the output, never handed out
         self._items_read = 0  # the engine's own count is used when it can be had
         self._failed: set[tuple[str, Key]] = set()
         self._offset_ns = time.time_ns() - time.monotonic_ns()
@@ -248,6 +250,10 @@ class StoreRecorder(Instrument):
         self._rows.extend((stage, k, "cached", None, None, None, at) for k in keys)
         self._added(len(keys), t_ns)
 
+    def results_dropped(self, keys: Sequence[Key], t_ns: int) -> None:
+        # done at the output, never handed out: kept in params for resume to run again
+        self._dropped.update(k[0] for k in keys if isinstance(k[0], int))
+
     def roots_finished(self, roots: Sequence[int], state: str, t_ns: int) -> None:
         self._unfinished.difference_update(roots)
         self._roots.append((roots, state))
@@ -258,6 +264,12 @@ class StoreRecorder(Instrument):
         if run_id is None or not self._begun:
             return
         self._record_run_error(error, t_ns)
+        if self._dropped:
+            try:  # resume must not skip them: their results never reached the consumer
+                self.store.update_params(run_id, {"undelivered": _ranges(self._dropped)})
+            except StoreError as exc:
+                self.error = self.error or exc
+            self._dropped = set()
         if self._unfinished:
             self._roots.append((sorted(self._unfinished), "pending"))
             self._buffered += len(self._unfinished)  # even when nothing else is buffered
@@ -413,3 +425,14 @@ def _error_text(error: BaseException | None) -> str | None:
     if cause is not None and not isinstance(error, KeyboardInterrupt):
         text += f"\ncaused by {type(cause).__name__}: {cause}"
     return text
+
+
+def _ranges(positions: set[int]) -> list[list[int]]:
+    """Sorted ``positions`` as ``[first, last]`` ranges of consecutive ones."""
+    out: list[list[int]] = []
+    for p in sorted(positions):
+        if out and out[-1][1] + 1 == p:
+            out[-1][1] = p
+        else:
+            out.append([p, p])
+    return out

@@ -76,8 +76,8 @@ def root_ranges(
 
 def dead_letter_rows(c: sqlite3.Connection, run_id: str) -> list[tuple[Any, ...]]:
     return c.execute(
-        "SELECT stage, item_key, value, value_repr, error_type, error, traceback, at "
-        "FROM dead_letters WHERE run_id = ? ORDER BY at, rowid",
+        "SELECT stage, item_key, value, value_repr, error_type, error, traceback, at, "
+        "redriven_by FROM dead_letters WHERE run_id = ? ORDER BY at, rowid",
         (run_id,),
     ).fetchall()
 

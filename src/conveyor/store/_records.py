@@ -99,6 +99,7 @@ class DeadLetter:
     error: str
     traceback: str | None
     at: float
+    redriven_by: str | None = None  # the run that re-drove it, once one has
 
     def load_value(self) -> Any:
         """The item's input value, unpickled; StoreError if it could not be pickled."""

@@ -1,11 +1,12 @@
 """Resume: finish an interrupted run, computing only what is missing.
 
-Resume is decided by content, not by graph position: the run's pipeline runs again
-over the same source, and its cached stages answer every item they finished before
-the interruption from the cache (the key is the stage, its code and the input), so
-only the missing items are computed. What was interrupted (Ctrl-C, an exception, the
-driver killed, the machine rebooted) does not matter; what is in the cache does.
-Stages without ``cache=True`` run again in full, and the report says so.
+The run's pipeline runs again over the same source (checked against the fingerprint
+the run stored: :mod:`conveyor.store._source`), less the source items the run
+finished (done, filtered or dead-lettered, from its ledger), so no sink sees an item
+twice. Of the items left, cached stages answer from the cache those they finished
+before the interruption (the key is the stage, its code and the input), so only the
+missing work is computed. A run is resumed once: its resume is linked to it
+(``resumed_from``), and resuming it again needs ``force``.
 
     plan = plan_resume(store, "7f3a", load_pipeline)     # checks, then what to run
     run = plan.pipeline.stream(plan.source(), ordered=plan.ordered, instruments=[...])
@@ -23,6 +24,15 @@ from conveyor.core.pipeline import Pipeline
 from conveyor.core.statistics import RunStatistics
 from conveyor.errors import StoreError
 from conveyor.store._records import RunRecord
+from conveyor.store._source import (
+    ResumeSource,
+    file_changes,
+    file_fingerprint,
+    merge,
+    skipped_count,
+    subtract,
+    to_source_positions,
+)
 from conveyor.store._store import RunStore
 
 
@@ -38,19 +48,50 @@ class ResumePlan:
     # How --source was read: a format of conveyor.sources, or None for the one its name
     # says. Runs recorded before --source-format existed read it as lines.
     source_format: str | None = "lines"
+    # source positions the run finished (done, filtered, dead-lettered): not read again
+    finished: tuple[tuple[int, int], ...] = ()
+    # the run's running fingerprint of its items ({"items": n, "digest": d}), if kept
+    expect: dict[str, Any] | None = None
+    _reader: list[ResumeSource] = dataclasses.field(default_factory=list, repr=False)
+
+    @property
+    def skipped(self) -> int:
+        """How many source items the run finished, which the resumed run skips."""
+        return skipped_count(self.finished)
 
     def source(self) -> Any:
-        """The same source as the original run, read the same way: its --source file,
-        or the pipeline's own."""
+        """The same source as the original run, read the same way (its --source file,
+        or the pipeline's own), less the items it finished, checked as it is read."""
         if self.source_path is None:
-            return None  # the pipeline's own source=
-        from conveyor.sources import read
+            source: Any = self.pipeline.source
+            if source is None:
+                raise StoreError(
+                    f"pipeline {self.pipeline.name!r} has no source now; run {self.record.id} "
+                    "read the pipeline's own source, so resume needs it back"
+                )
+            if callable(source) and not hasattr(source, "__iter__"):
+                source = source()
+        else:
+            from conveyor.sources import read
 
-        return read(self.source_path, self.source_format)
+            source = read(self.source_path, self.source_format)
+        reader = ResumeSource(source, self.finished, self.expect, self.record.id)
+        reader.check()  # a source that can be read twice is compared before any work
+        self._reader[:] = [reader]
+        return reader.runnable()
+
+    def source_items(self) -> dict[str, Any] | None:
+        """The running fingerprint of what the resumed run read (from position 0,
+        skipped items included): what a resume of the resumed run checks against."""
+        return self._reader[0].digest.state() if self._reader else None
 
     def params(self) -> dict[str, Any]:
-        """The parameters to record for the resumed run."""
-        return {**self.record.params, "resumed_from": self.record.id}
+        """The parameters to record for the resumed run: the original's, the run it
+        resumes, and the source positions it skips."""
+        params = {**self.record.params, "resumed_from": self.record.id}
+        params["skipped"] = [list(r) for r in self.finished]
+        params.pop("source_items", None)  # the resumed run's own is written at its end
+        return params
 
 
 def plan_resume(
@@ -63,15 +104,25 @@ def plan_resume(
     """Check that run ``run`` (an id or a unique prefix) can be resumed, and plan it.
 
     Raises StoreError (RunNotFoundError, PipelineChangedError) with a message that
-    names the run and the fix: unknown run, a run that succeeded, a run not started
-    from ``conveyor run`` (no target to load), or a pipeline whose code changed
-    since the run (``force=True`` resumes anyway: changed stages miss the cache).
+    names the run and the fix: unknown run, a run that succeeded, a run resumed
+    already, a run not started from ``conveyor run`` (no target to load), a
+    ``--source`` file that changed since, or a pipeline whose code changed since the
+    run (``force=True`` resumes anyway: changed stages miss the cache). The plan's
+    :meth:`~ResumePlan.source` skips the items the run finished and compares the
+    pipeline's own source with the run's fingerprint of it (SourceError).
     """
     record = store.get_run(run)
     if record.state == "succeeded" and not force:
         raise StoreError(
             f"run {record.id} succeeded; there is nothing to resume (pass --force to run "
             "it again, cached stages answering from the cache)"
+        )
+    resumed = store.resumes_of(record.id)
+    if resumed and not force:
+        raise StoreError(
+            f"run {record.id} was resumed already, by run {', '.join(resumed)}; resume "
+            f"that run instead (conveyor resume {resumed[-1][:8]}), or pass --force to "
+            f"resume {record.id} again"
         )
     if not record.target:
         raise StoreError(
@@ -90,13 +141,39 @@ def plan_resume(
         if fingerprint is not None:
             store.check_fingerprint(record.id, fingerprint)
     cached = tuple(n for n in pipeline.order if pipeline.stages[n].cache)
+    source_path = record.params.get("source")
+    stored_files = record.params.get("source_fingerprint")
+    if source_path is not None and stored_files and not force:
+        try:
+            now = file_fingerprint(source_path)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot read the source of run {record.id}, {source_path}: "
+                f"{exc.strerror or exc}; put it back, or pass --force"
+            ) from None
+        change = file_changes(stored_files, now)
+        if change is not None:
+            raise StoreError(
+                f"the source of run {record.id} changed since it ran: {change}; resume it "
+                "over the same file, or pass --force to run over this one"
+            )
+    finished: list[tuple[int, int]] = []
+    if record.state != "succeeded":  # --force on a succeeded run runs it again
+        skipped = [(int(a), int(b)) for a, b in record.params.get("skipped") or []]
+        own = [(a, b) for a, b, state in store.root_ranges(record.id) if state != "pending"]
+        # results that reached the output but not the consumer (the run ended first)
+        dropped = [(int(a), int(b)) for a, b in record.params.get("undelivered") or []]
+        own = subtract(own, dropped)
+        finished = merge(skipped + to_source_positions(own, skipped))
     return ResumePlan(
         record=record,
         pipeline=pipeline,
-        source_path=record.params.get("source"),
+        source_path=source_path,
         source_format=record.params.get("source_format", "lines"),
         ordered=bool(record.params.get("ordered", pipeline.ordered)),
         cached_stages=cached,
+        finished=tuple(finished),
+        expect=None if force else record.params.get("source_items"),
     )
 
 
@@ -105,6 +182,8 @@ def resume_report(plan: ResumePlan, stats: RunStatistics) -> list[str]:
     the rest ran again."""
     was = plan.record.id
     lines = []
+    if plan.skipped:
+        lines.append(f"{plan.skipped} source item(s) skipped: finished by run {was}")
     for name in plan.pipeline.order:
         s = stats.stages.get(name)
         if s is None:
@@ -119,11 +198,11 @@ def resume_report(plan: ResumePlan, stats: RunStatistics) -> list[str]:
                     f"the cache: not finished by run {was}, or their input changed)"
                 )
         else:
-            lines.append(f"{name}: {s.items_in} computed again (the stage is not cached)")
+            lines.append(f"{name}: {s.items_in} computed (the stage is not cached)")
     if not plan.cached_stages:
         lines.append(
-            "no stage is cached, so resuming recomputed everything: give the expensive "
-            "stages cache=True"
+            "no stage is cached, so every item the run had not finished was computed from "
+            "the start: give the expensive stages cache=True"
         )
     return lines
 

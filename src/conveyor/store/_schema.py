@@ -113,6 +113,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE runs ADD COLUMN items_emitted INTEGER",
         "CREATE INDEX item_outcomes_run_stage ON item_outcomes (run_id, stage)",
     ),
+    # v2 -> v3: which run re-drove a dead letter (NULL: not re-driven yet).
+    ("ALTER TABLE dead_letters ADD COLUMN redriven_by TEXT",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -41,12 +41,32 @@ T = TypeVar("T")
 DEFAULT_PATH = Path(".conveyor") / "runs.db"
 
 
+def default_store_path(start: str | os.PathLike[str] | None = None) -> Path:
+    """Where the run store is when no path is given, found as git finds its repository.
+
+    ``$CONVEYOR_STORE`` when it is set; else ``.conveyor/runs.db`` in the nearest folder,
+    from ``start`` (the current folder) upwards, that has a ``.conveyor/`` folder, so
+    that the commands see the same runs from any sub-folder of a project; else
+    ``./.conveyor/runs.db`` in ``start`` (made there by the first run).
+    """
+    env = os.environ.get("CONVEYOR_STORE")
+    if env:
+        return Path(env)
+    here = Path(start if start is not None else Path.cwd()).absolute()
+    for folder in (here, *here.parents):
+        if (folder / ".conveyor").is_dir():
+            return folder / DEFAULT_PATH
+    return here / DEFAULT_PATH
+
+
 class RunStore:
     """The run history in one SQLite file, safe to share between processes.
 
     Args:
         path: the database file; default ``$CONVEYOR_STORE``, else
-            ``./.conveyor/runs.db`` (its folder is made).
+            ``.conveyor/runs.db`` in the nearest folder upwards that has a
+            ``.conveyor/``, else ``./.conveyor/runs.db`` (its folder is made); see
+            :func:`default_store_path`.
         create: make the store if it does not exist; readers pass False to get a
             StoreError naming the missing file instead of an empty new store.
         readonly: open it read-only (SQLite's ``mode=ro``): every write is refused,
@@ -68,8 +88,8 @@ class RunStore:
         readonly: bool = False,
         check_on_open: bool = True,
     ) -> None:
-        if path is None:  # $CONVEYOR_STORE, as the CLI, or ./.conveyor/runs.db
-            path = os.environ.get("CONVEYOR_STORE") or Path.cwd() / DEFAULT_PATH
+        if path is None:  # $CONVEYOR_STORE, or the nearest .conveyor/ upwards
+            path = default_store_path()
         self.path = Path(path)
         self.readonly = readonly
         self._lock = threading.Lock()
@@ -364,6 +384,44 @@ class RunStore:
     def dead_letters(self, run_id: str) -> list[DeadLetter]:
         rows = self._read(lambda c: _queries.dead_letter_rows(c, run_id))
         return [DeadLetter(*r) for r in rows]
+
+    def update_params(self, run_id: str, extra: Mapping[str, Any]) -> None:
+        """Add ``extra`` to run ``run_id``'s params (what is known only as it ends)."""
+
+        def update(c: sqlite3.Connection) -> None:
+            row = c.execute("SELECT params FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFoundError(f"no run {run_id} in the run store {self.path}")
+            params = {**json.loads(row[0] or "{}"), **extra}
+            text = json.dumps(params, sort_keys=True, default=repr)
+            c.execute("UPDATE runs SET params = ? WHERE id = ?", (text, run_id))
+
+        self._write(update)
+
+    def resumes_of(self, run_id: str) -> list[str]:
+        """The runs that resumed run ``run_id``, oldest first."""
+
+        def find(c: sqlite3.Connection) -> list[str]:
+            rows = c.execute(
+                "SELECT id, params FROM runs WHERE params LIKE ? ORDER BY created_at, rowid",
+                (f"%{run_id}%",),
+            ).fetchall()
+            return [i for i, p in rows if json.loads(p or "{}").get("resumed_from") == run_id]
+
+        return self._read(find)
+
+    def mark_redriven(self, run_id: str, letters: Iterable[DeadLetter], by: str) -> None:
+        """Mark run ``run_id``'s dead letters ``letters`` as re-driven by run ``by``."""
+        rows = [(by, run_id, d.stage, d.key) for d in letters]
+
+        def mark(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "UPDATE dead_letters SET redriven_by = ? "
+                "WHERE run_id = ? AND stage = ? AND item_key = ?",
+                rows,
+            )
+
+        self._write(mark)
 
     def item_outcomes(
         self, run_id: str, stage: str | None = None, *, outcome: str | None = None

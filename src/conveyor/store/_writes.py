@@ -148,7 +148,11 @@ def insert_batch(c: sqlite3.Connection, rows: tuple[list[tuple[Any, ...]], ...])
         first, last = _coalesce(c, "roots", "state = ?", (state,), run_id, first, last)
         c.execute("INSERT INTO roots VALUES (?, ?, ?, ?)", (run_id, first, last, state))
     if letter_rows:
-        c.executemany("INSERT INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", letter_rows)
+        c.executemany(
+            "INSERT INTO dead_letters (run_id, stage, item_key, value, value_repr, error_type, "
+            "error, traceback, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            letter_rows,
+        )
 
 
 def _coalesce(
