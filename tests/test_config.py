@@ -205,3 +205,14 @@ def test_a_report_with_no_advice_writes_the_runs_own_workers(tmp_path: Path) -> 
     (tmp_path / "same.toml").write_text(text)
     new = pipe.with_config(tmp_path / "same.toml")  # the quoted name reads back as itself
     assert new.stages['a "quoted" stage'].workers == 1
+
+
+def test_a_retry_count_in_a_config_replaces_the_stages_either_way() -> None:
+    stage = cv.Stage(inc, retry=cv.Retry(attempts=5, on=(ConnectionError,)))
+    pipe = cv.Pipeline("p", [stage])
+    by_retries = pipe.with_config({"stages": {"inc": {"retry": {"retries": 1}}}})
+    by_attempts = pipe.with_config({"stages": {"inc": {"retry": {"attempts": 3}}}})
+    r1, r3 = by_retries.stages["inc"].retry, by_attempts.stages["inc"].retry
+    assert isinstance(r1, cv.Retry) and (r1.attempts, r1.retries) == (2, 1)
+    assert isinstance(r3, cv.Retry) and (r3.attempts, r3.retries) == (3, 2)
+    assert r1.on == r3.on == (ConnectionError,)  # the stage's own filter is kept

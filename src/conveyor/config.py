@@ -69,6 +69,7 @@ STAGE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
 }
 RETRY_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "attempts": ((int,), "a whole number of calls, the first included, e.g. attempts = 5"),
+    "retries": ((int,), "a whole number of calls after the first, e.g. retries = 4"),
     "backoff": (_NUMBER, "seconds before the first retry, e.g. backoff = 0.5"),
     "factor": (_NUMBER, "the backoff's growth per retry, e.g. factor = 2.0"),
     "max_backoff": (_NUMBER, "the longest wait in seconds, e.g. max_backoff = 30.0"),
@@ -206,7 +207,13 @@ def _retry(current: Any, table: Mapping[str, Any], key: str, fail: Any) -> Retry
     for k, v in table.items():
         _typed(v, RETRY_KEYS[k], f"{key}.{k}", fail)
     base = current if isinstance(current, Retry) else Retry()
+    changes = dict(table)
+    # attempts and retries say one thing: the one given decides, the other follows it
+    if "attempts" in changes and "retries" not in changes:
+        changes["retries"] = None
+    elif "retries" in changes and "attempts" not in changes:
+        changes["attempts"] = None
     try:
-        return dataclasses.replace(base, **table)
+        return dataclasses.replace(base, **changes)
     except PipelineError as exc:
         raise fail(key, str(exc)) from None
