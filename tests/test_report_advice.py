@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
+import conveyor as cv
+import stagefns as f
 from conveyor.analysis import build_report
 from conveyor.analysis._advice import ENGINE_ADVICE
 from conveyor.observe.recording import Recording
@@ -124,3 +128,23 @@ def test_the_advice_applied_lands_within_15_percent_of_its_prediction() -> None:
     predicted = balanced.prediction.throughput * float(plan.group(2))
     rate = measured_rate(simulate(chain(workers), items=600))
     assert abs(rate - predicted) <= 0.15 * predicted, (workers, rate, predicted)
+
+
+@pytest.mark.parametrize("executor", ["threads", "processes"])
+def test_a_call_past_its_timeout_counts_as_busy_for_its_whole_timeout(executor: str) -> None:
+    # Item 5 hangs past the 0.3 s timeout; the others return at once. The hung call
+    # held its worker at least 0.3 s, so the stage was busy at least that long.
+    pipe = cv.Pipeline(
+        "timeout",
+        [cv.stage(f.hang_on_5, executor=executor, workers=2, timeout=0.3, on_error="skip")],
+    )
+    try:
+        run = pipe.run(range(20))
+    finally:
+        f.RELEASE.set()  # the abandoned thread may end its call now
+    f.RELEASE.clear()
+    assert run.statistics().stages["hang_on_5"].timeouts == 1
+    s = run.report().measure.stages["hang_on_5"]
+    assert s.busy_s >= 0.3, s
+    assert s.units == 20 and s.errors == 1
+    assert s.service.max >= 0.3
