@@ -37,6 +37,7 @@ class SimStage:
     capacity: int = 8
     service: Callable[[int], int] | None = None  # root -> ns
     units_per_task: int = 1
+    executor: str = "threads"  # as recorded: "processes" workers count against the cores
 
     def service_ns(self, root: int) -> int:
         return self.service(root) if self.service is not None else int(self.ms * MS)
@@ -67,7 +68,7 @@ def run_info(stages: list[SimStage], start: int = 0) -> RunInfo:
             StageInfo(
                 name=s.name,
                 kind="map",
-                executor="threads",
+                executor=s.executor,
                 workers=s.workers,
                 capacity=s.capacity,
                 predecessors=tuple(names[i - 1 : i]),

@@ -18,6 +18,7 @@ import json
 import math
 from typing import Any
 
+from conveyor.analysis._advice import ENGINE_ADVICE, allowed, cpu_workers, engine_bound, sync_stages
 from conveyor.analysis._balance import Allocation, balance
 from conveyor.analysis._bottleneck import Bottleneck, WindowVerdict, find_bottleneck
 from conveyor.analysis._measure import RunMeasure, measure
@@ -63,12 +64,16 @@ class Report:
     recommendations: tuple[str, ...]
     # Set when the source, not a stage, set the run's pace: the evidence, in words.
     source_paced: str | None = None
+    # Set when conveyor's own overhead, not a stage, limited the run: the evidence.
+    engine_bound: str | None = None
 
     def limiting_line(self) -> str | None:
         """``"limiting stage: render (busy 97% of its workers' time; ...)"``, or
         ``"limiting: the source (...)"`` when no stage held the run back."""
         if self.source_paced is not None:
             return f"limiting: the source ({self.source_paced})"
+        if self.engine_bound is not None:
+            return f"limiting: conveyor's own overhead ({self.engine_bound})"
         b = self.bottleneck
         if b is None:
             return None
@@ -228,27 +233,50 @@ def build_report(
     pred = predict(model, items=n)
     comparisons = _comparisons(m, pred)
     bn = find_bottleneck(rec, m)
-    total = sum(s.workers for s in model.stages)
+    sync = sync_stages(m)
+    # Sync stages run in the caller: no workers, so no part of the budget.
+    sync_w = sum(s.workers for s in model.stages if s.name in sync)
+    total = sum(s.workers for s in model.stages) - sync_w
     budget = total if budget is None else budget
     alloc = None
     fixed = {s.name: s.workers for s in model.stages if not s.resizable}
     demands = model.demands
     if (
         bn is not None
-        and budget >= len(demands)
-        and budget >= sum(fixed.values()) + sum(1 for s in model.stages if s.resizable)
+        and budget + sync_w >= len(demands)
+        and budget + sync_w >= sum(fixed.values()) + sum(1 for s in model.stages if s.resizable)
     ):
-        alloc = balance(demands, budget, fixed=fixed)
+        alloc = _allowed_balance(m, model, budget + sync_w, fixed)
     lt = little(rec)
     paced = _source_paced(m, pred, source_seconds)
+    engine = None if paced is not None else engine_bound(m, pred)
     if paced is not None:
         recs = [
             "the source sets the pace: more workers or faster stages would not raise "
             "throughput; only a faster source would"
         ]
+    elif engine is not None:
+        recs = [ENGINE_ADVICE]
+        alloc = None  # no worker advice: the stages are not the limit
     else:
         recs = _recommend(m, model, pred, bn, alloc, budget, lt) if bn is not None else []
-    return Report(m, model, pred, tuple(comparisons), lt, bn, budget, alloc, tuple(recs), paced)
+    return Report(
+        m, model, pred, tuple(comparisons), lt, bn, budget, alloc, tuple(recs), paced, engine
+    )
+
+
+def _allowed_balance(
+    m: RunMeasure, model: Model, budget: int, fixed: dict[str, int]
+) -> Allocation | None:
+    """The balanced allocation of ``budget`` workers, or of the largest smaller budget
+    whose allocation keeps the process workers within the machine's cores (see
+    ``_advice``); None when none does."""
+    least = sum(fixed.values()) + sum(1 for s in model.stages if s.resizable)
+    for b in range(budget, max(least, 1) - 1, -1):
+        a = balance(model.demands, b, fixed=fixed)
+        if allowed(m, model.workers, a.workers):
+            return a
+    return None
 
 
 def _source_paced(m: RunMeasure, pred: Prediction, source_s: float | None) -> str | None:
@@ -327,7 +355,10 @@ def _recommend(
     ):
         changed = [n for n in alloc.workers if alloc.workers[n] != current[n]]
         lead = b if b in changed else changed[0]
-        rest = ", ".join(f"{n} {alloc.workers[n]}" for n in alloc.workers if n != lead)
+        sync = sync_stages(m)
+        rest = ", ".join(
+            f"{n} {alloc.workers[n]}" for n in alloc.workers if n != lead and n not in sync
+        )
         out.append(
             f"give `{lead}` {alloc.workers[lead]} workers of the {budget} ({rest}): predicted "
             f"{alloc.throughput / now:.1f}{TIMES} throughput ({now:.1f} → {alloc.throughput:.1f} "
@@ -335,16 +366,27 @@ def _recommend(
         )
     elif alloc is not None:
         fixed = {st.name: st.workers for st in model.stages if not st.resizable}
+        sync = sync_stages(m)
+        sync_w = sum(current[n] for n in sync)
         for extra in range(1, budget + 1):
-            more = balance(model.demands, budget + extra, fixed=fixed)
+            more = balance(model.demands, budget + sync_w + extra, fixed=fixed)
+            if not allowed(m, current, more.workers):
+                continue
             if more.throughput >= now * SPEEDUP_WORTH_SAYING:
-                plan = ", ".join(f"{n} {w}" for n, w in more.workers.items())
+                plan = ", ".join(f"{n} {w}" for n, w in more.workers.items() if n not in sync)
                 out.append(
                     f"the {budget} workers are already balanced; with {extra} more "
                     f"({budget + extra}: {plan}) the model predicts "
                     f"{more.throughput / now:.2f}{TIMES} throughput"
                 )
                 break
+    procs = cpu_workers(m, current)
+    if m.cpus and procs >= m.cpus and m.stages[b].executor == "processes":
+        out.append(
+            f"the cores are the limit: {procs} process workers already use the machine's "
+            f"{m.cpus} CPU cores, so more process workers would only share them; make `{b}` "
+            "faster or run on more cores"
+        )
     fast = predict(model, faster={b: 2.0})
     out.append(
         f"making `{b}` 2{TIMES} faster: predicted {fast.throughput / now:.2f}{TIMES} throughput"

@@ -134,6 +134,12 @@ class Completion:
             keys = [keys[i] for i in calls]
             starts = [starts[i] for i in calls]
             ends = [ends[i] for i in calls]
+        lost, timeout = out.lost, s.stage.timeout
+        if lost and lost.timed_out and timeout and ran <= lost.unit_index < len(task.keys):
+            # A call past its timeout held its worker at least that long: busy time.
+            end = monotonic_ns()
+            keys = [*keys, task.keys[lost.unit_index]]
+            starts, ends = [*starts, end - int(timeout * 1e9)], [*ends, end]
         error = failed[min(failed)].error if failed else None
         self._ins.task_finished(s.name, task.id, out.worker, keys, starts, ends, error)
 

@@ -1,0 +1,90 @@
+"""The limits of the report's worker advice: the machine's cores, sync stages, and
+runs that conveyor's own overhead limits.
+
+- **Cores.** A process worker runs Python on a core of its own; more process
+  workers than the machine has cores (``RunMeasure.cpus``) share them, each runs
+  slower, and the model's prediction (each worker on its own core) fails. So an
+  allocation is *allowed* only if it gives no process stage another worker while
+  the process workers would then outnumber the cores. Thread stages are not
+  counted: a recording cannot tell a thread that holds the GIL from one waiting on
+  I/O (the usual reason to run a stage on threads), and capping those would give
+  wrong advice for I/O-bound stages.
+- **Sync stages** run in the caller's thread: they are no workers, use none of
+  the budget and are never given any.
+- **Engine-bound runs.** Items waited in full queues while every stage's workers
+  were mostly idle, and the stages' measured work allows at least twice the rate
+  the run made: the time went to conveyor dispatching, routing and recording each
+  item, not to any stage. More workers would not help.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from conveyor.analysis._measure import RunMeasure
+from conveyor.analysis._model import Prediction
+
+__all__ = [
+    "ENGINE_ADVICE",
+    "allowed",
+    "cpu_workers",
+    "engine_bound",
+    "sync_stages",
+]
+
+ENGINE_BUSY = 0.5  # no stage busier than this share of its workers' time
+ENGINE_FULL = 0.5  # and some queue full at least this share of the run
+ENGINE_GAP = 2.0  # and the stages alone could go this many times the measured rate
+
+ENGINE_ADVICE = (
+    "conveyor's own overhead (dispatching, routing and recording each item) limits this "
+    "run, not a stage: more workers would not raise throughput; run it with record=False, "
+    "put trivial functions together in one stage rather than in several thread stages, "
+    "and send small items in batches (a list of rows per item, for instance)"
+)
+
+
+def sync_stages(m: RunMeasure) -> set[str]:
+    """The stages that run in the caller's thread: no workers of their own."""
+    return {n for n, s in m.stages.items() if s.executor == "sync"}
+
+
+def cpu_workers(m: RunMeasure, workers: Mapping[str, int]) -> int:
+    """The workers of ``workers`` that each need a core: those of process stages."""
+    return sum(
+        w for n, w in workers.items() if n in m.stages and m.stages[n].executor == "processes"
+    )
+
+
+def allowed(m: RunMeasure, now: Mapping[str, int], workers: Mapping[str, int]) -> bool:
+    """Whether advising ``workers`` (from ``now``) keeps to the machine's cores: no
+    process stage gains a worker while the process workers would outnumber them."""
+    if not m.cpus or cpu_workers(m, workers) <= m.cpus:
+        return True
+    return not any(
+        workers[n] > now.get(n, 0)
+        for n in workers
+        if n in m.stages and m.stages[n].executor == "processes"
+    )
+
+
+def engine_bound(m: RunMeasure, pred: Prediction) -> str | None:
+    """The evidence that conveyor's own overhead limited the run (module doc), or None."""
+    if m.items < 2 or m.makespan_s <= 0 or not m.stages or m.throughput <= 0:
+        return None
+    busiest = max(m.stages.values(), key=lambda s: s.utilisation)
+    fullest = max(m.stages.values(), key=lambda s: s.full_share)
+    if busiest.utilisation >= ENGINE_BUSY or fullest.full_share < ENGINE_FULL:
+        return None
+    if pred.throughput < ENGINE_GAP * m.throughput:
+        return None
+    return (
+        f"items waited in full queues ({fullest.name}'s input full {fullest.full_share:.0%} of "
+        f"the time) while the busiest stage, {busiest.name}, was busy "
+        f"{busiest.utilisation:.0%} of its workers' time; the stages' own work allows "
+        f"{_num(pred.throughput)} items/s, the run made {_num(m.throughput)}"
+    )
+
+
+def _num(x: float) -> str:
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
