@@ -127,6 +127,9 @@ class Feed:
             items = self._items
             k = min(n, len(items))
             taken = [items.popleft() for _ in range(k)]
+            # What was taken now fills the queue's room: the reader's allowance shrinks
+            # with it, so the queue and what the reader holds stay within the bound.
+            self.limit = max(0, self.limit - k)
             self._signalled = bool(items)
             error = self._error if not items else None
             self._cond.notify()
@@ -230,7 +233,7 @@ class Feed:
     def _room(self) -> bool:
         """Block until the reader may read one more item; False once closed."""
         with self._cond:
-            while not self._closed and len(self._items) >= max(1, self.limit):
+            while not self._closed and len(self._items) >= self.limit:
                 self._cond.wait(READER_POLL)
             return not self._closed
 
