@@ -184,3 +184,13 @@ def test_a_service_whose_results_nobody_reads_can_still_be_stopped() -> None:
     assert service.stop(drain=False, timeout=TIMEOUT) == "cancelled"
     assert service.error is None
     assert len(list(service)) <= 4  # what was buffered can still be read
+
+
+def test_a_service_with_progress_writes_its_figures_to_stderr(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    service = cv.Pipeline("shown", [cv.Stage(sf.plus_100)]).start(iter(range(20)), progress=True)
+    assert sorted(service) == list(range(100, 120))
+    assert service.wait(TIMEOUT) == "succeeded"
+    err = capsys.readouterr().err  # not a terminal: plain lines, the last at the end
+    assert "shown: succeeded" in err and "20 read" in err

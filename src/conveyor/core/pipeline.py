@@ -231,6 +231,7 @@ class Pipeline:
         instruments: Sequence[Instrument] = (),
         record: bool = True,
         buffer: int = 1024,
+        progress: bool = False,
     ) -> Service:
         """Run in the background, as a service: return at once with a
         :class:`~conveyor.Service` handle.
@@ -241,6 +242,8 @@ class Pipeline:
         ``service.stop()``. Results of source items go to ``on_result`` (called in the
         service's thread) or wait, up to ``buffer`` of them, for whoever iterates the
         service. ``stop(drain=True)`` stops reading, finishes what was read, and ends.
+        ``progress`` shows each stage's progress on stderr while it runs (see
+        :meth:`stream`).
         """
         from conveyor.core.run import Run
         from conveyor.core.service import Service
@@ -251,7 +254,7 @@ class Pipeline:
             self,
             source,
             ordered=self.ordered if ordered is None else ordered,
-            instruments=instruments,
+            instruments=_with_progress(instruments) if progress else instruments,
             record=record,
             push=True,
         )
