@@ -57,3 +57,33 @@ def test_the_store_is_found_in_the_nearest_conveyor_folder_upwards(
     assert default_store_path(deep) == deep / ".conveyor" / "runs.db"
     monkeypatch.setenv("CONVEYOR_STORE", str(tmp_path / "elsewhere.db"))
     assert default_store_path(deep) == tmp_path / "elsewhere.db"
+
+
+def test_the_cache_is_found_where_the_store_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor.cache import StageCache, default_cache_root
+
+    monkeypatch.delenv("CONVEYOR_CACHE")
+    project = tmp_path / "project"
+    deep = project / "src" / "pkg"
+    deep.mkdir(parents=True)
+    if _has_conveyor_above(tmp_path):
+        pytest.skip("a folder above the test's has a .conveyor/ of its own")
+    assert default_cache_root(deep) == deep / ".conveyor" / "cache"
+    (project / ".conveyor").mkdir()
+    assert default_cache_root(deep) == project / ".conveyor" / "cache"
+
+    # a cached stage run from a sub-folder fills the project's cache, and a run from
+    # the project's top answers from it
+    monkeypatch.chdir(deep)
+    pipe = cv.Pipeline("cached", [cv.stage(f.inc, cache=True)])
+    assert sorted(pipe.run(range(5)).results or []) == [1, 2, 3, 4, 5]
+    monkeypatch.chdir(project)
+    assert StageCache().root == project / ".conveyor" / "cache"
+    assert any((project / ".conveyor" / "cache").rglob("*"))  # the entries are there
+    again = pipe.run(range(5))
+    assert again.statistics().stages["inc"].cache_hits == 5
+
+    monkeypatch.setenv("CONVEYOR_CACHE", str(tmp_path / "elsewhere"))
+    assert default_cache_root(deep) == tmp_path / "elsewhere"

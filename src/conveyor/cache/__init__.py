@@ -8,6 +8,7 @@ from conveyor.cache._cache import (
     CacheStatistics,
     StageCache,
     StoredEntry,
+    default_cache_root,
 )
 from conveyor.cache._fingerprint import (
     CodeFingerprint,
@@ -36,6 +37,7 @@ __all__ = [
     "StoredEntry",
     "VerifyReport",
     "code_fingerprint",
+    "default_cache_root",
     "explain_value",
     "fingerprint_function",
     "fingerprint_pipeline",

@@ -44,6 +44,24 @@ from conveyor.cache._fingerprint import explain_value
 from conveyor.errors import CacheWarning
 
 DEFAULT_ROOT = Path(".conveyor") / "cache"
+
+
+def default_cache_root(start: str | os.PathLike[str] | None = None) -> Path:
+    """Where the cache is when no folder is given, found as the run store is:
+    ``$CONVEYOR_CACHE`` when it is set; else ``.conveyor/cache`` in the nearest folder,
+    from ``start`` (the current folder) upwards, that has a ``.conveyor/`` folder, so
+    that a job run from any sub-folder of a project shares its cache; else
+    ``./.conveyor/cache`` in ``start``."""
+    env = os.environ.get("CONVEYOR_CACHE")
+    if env:
+        return Path(env)
+    here = Path(start if start is not None else Path.cwd()).absolute()
+    for folder in (here, *here.parents):
+        if (folder / ".conveyor").is_dir():
+            return folder / DEFAULT_ROOT
+    return here / DEFAULT_ROOT
+
+
 KEY_FORMAT = b"conveyor-cache-key/1"
 _LAYOUT = "blobs-v2"  # bump when the blob format changes: old blobs are then ignored
 _OLD_LAYOUTS = ("blobs-v1",)  # removed by clear()
@@ -91,13 +109,14 @@ class CacheStatistics:
 
 
 class StageCache:
-    """Cached stage results under ``root`` (default ``./.conveyor/cache``); safe to share
+    """Cached stage results under ``root`` (default: :func:`default_cache_root`, the
+    nearest ``.conveyor/cache`` upwards, else ``./.conveyor/cache``); safe to share
     between threads and processes (blobs are written atomically). ``fsync=False`` trades
     durability of fresh entries for speed (see :class:`BlobStore`); never correctness."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None, *, fsync: bool = True) -> None:
-        if root is None:  # $CONVEYOR_CACHE, as the engine and CLI, or ./.conveyor/cache
-            root = os.environ.get("CONVEYOR_CACHE") or Path.cwd() / DEFAULT_ROOT
+        if root is None:  # as the engine and the CLI find it
+            root = default_cache_root()
         self.root = Path(root)
         self.blobs = BlobStore(self.root / _LAYOUT, fsync=fsync)
         self._lock = threading.Lock()

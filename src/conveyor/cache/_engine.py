@@ -30,7 +30,7 @@ from pathlib import Path
 from time import monotonic_ns
 from typing import TYPE_CHECKING, Any
 
-from conveyor.cache._cache import StageCache
+from conveyor.cache._cache import StageCache, default_cache_root
 from conveyor.cache._fingerprint import CodeFingerprint, code_fingerprint
 from conveyor.errors import CacheError, CacheWarning, FingerprintError
 from conveyor.executors.base import CacheSpec, Outcome
@@ -122,11 +122,8 @@ def stage_code(fn: Any, key_fn: Any, version: str | int | None) -> tuple[str, Co
 
 
 def _root(stage: Stage) -> str:
-    if stage.cache is True:
-        root = os.environ.get("CONVEYOR_CACHE") or os.path.join(".conveyor", "cache")
-    else:
-        root = os.fspath(stage.cache)  # type: ignore[arg-type]
-    return os.path.abspath(root)
+    root = stage.cache if stage.cache is not True else default_cache_root()
+    return os.path.abspath(os.fspath(root))  # type: ignore[arg-type]
 
 
 def _why(exc: OSError, root: str) -> str:

@@ -8,8 +8,9 @@
     $ conveyor cache clear --stage parse
     $ conveyor cache verify --sample 50 # recompute 50 entries; exit 1 if any differs
 
-``--cache PATH`` (before the subcommand) names another cache folder than
-``./.conveyor/cache``. Every cached value can be recomputed, so clearing asks nothing.
+``--cache PATH`` (before the subcommand) names another cache folder than the
+default: ``$CONVEYOR_CACHE``, else ``.conveyor/cache`` in the nearest folder upwards
+that has a ``.conveyor/``, else ``./.conveyor/cache``. Every cached value can be recomputed, so clearing asks nothing.
 """
 
 from __future__ import annotations

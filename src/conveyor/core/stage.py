@@ -90,8 +90,9 @@ class Stage:
             them after (see ``conveyor.cache``); resumed runs skip cached work. An
             ``async def`` stage looks a task's units up first and runs the misses
             together on its event loop.
-            ``True`` uses ``$CONVEYOR_CACHE`` or ``./.conveyor/cache``; a path
-            names another cache folder.
+            ``True`` uses ``$CONVEYOR_CACHE``, else ``.conveyor/cache`` in the
+            nearest folder upwards that has a ``.conveyor/``, else
+            ``./.conveyor/cache``; a path names another cache folder.
         max_wait: for ``kind="batch"``: seconds the oldest queued item may wait for
             its batch to fill; then the partial batch goes (a slow stream never
             holds an item longer).
