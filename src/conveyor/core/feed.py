@@ -118,7 +118,7 @@ class Feed:
 
     def take(self, n: int) -> tuple[list[Any], list[Future[Any] | None] | None]:
         """Up to ``n`` items read or pushed so far, and their futures (None if none has
-        one). Raises StageError if the source raised (after the items before it)."""
+        one). Raises SourceRaised if the source raised (after the items before it)."""
         if self._inline is not None:
             return self._take_inline(n), None
         if not self._items and self._error is None:
@@ -211,10 +211,8 @@ class Feed:
                 raise RunError(
                     "the run is stopping or has ended: it takes no more items", stage="<source>"
                 )
-            self._items.append((value, future))
-            signal = not self._signalled
-            self._signalled = True
-        if signal:
+            wake = self._append(value, future)
+        if wake:
             self._wake()
         return future
 
@@ -223,12 +221,18 @@ class Feed:
         with self._cond:
             if self._closed:
                 return False
-            self._items.append((value, None))
-            signal = not self._signalled
-            self._signalled = True
-        if signal:
+            wake = self._append(value, None)
+        if wake:
             self._wake()
         return True
+
+    def _append(self, value: Any, future: Future[Any] | None) -> bool:
+        """Hold an item for the scheduler (lock held); whether to wake it: only for the
+        first item it has not been told of."""
+        self._items.append((value, future))
+        wake = not self._signalled
+        self._signalled = True
+        return wake
 
     def _room(self) -> bool:
         """Block until the reader may read one more item; False once closed."""
@@ -258,18 +262,23 @@ class Feed:
             error = exc
         self._finish(error)
 
+    def _pump(self, produce: Callable[[], Any], ended: type[BaseException]) -> None:
+        """Hand over what ``produce`` makes, while there is room, until it raises
+        ``ended`` or the feed closes; time spent producing counts in ``busy_ns``."""
+        while self._room():
+            began = monotonic_ns()
+            try:
+                value = produce()
+            except ended:
+                return
+            finally:
+                self.busy_ns += monotonic_ns() - began
+            if not self._put(value):
+                return
+
     def _read_sync(self, it: Iterator[Any]) -> None:
         try:
-            while self._room():
-                began = monotonic_ns()
-                try:
-                    value = next(it)
-                except StopIteration:
-                    return
-                finally:
-                    self.busy_ns += monotonic_ns() - began
-                if not self._put(value):
-                    return
+            self._pump(it.__next__, StopIteration)
         finally:
             close = getattr(it, "close", None)
             if close is not None:
@@ -279,16 +288,7 @@ class Feed:
         loop = asyncio.new_event_loop()
         it = source.__aiter__()
         try:
-            while self._room():
-                began = monotonic_ns()
-                try:
-                    value = loop.run_until_complete(_next(it))
-                except StopAsyncIteration:
-                    return
-                finally:
-                    self.busy_ns += monotonic_ns() - began
-                if not self._put(value):
-                    return
+            self._pump(lambda: loop.run_until_complete(_next(it)), StopAsyncIteration)
         finally:
             aclose = getattr(it, "aclose", None)
             try:

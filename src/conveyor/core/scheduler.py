@@ -150,9 +150,8 @@ class Scheduler:
 
     def start(self) -> None:
         """Start every stage's workers. On failure, ``shutdown`` cleans up what started."""
-        specs = [
-            cache_spec(s.stage, self.pipeline.name) for s in self.stages
-        ]  # may warn: before any worker
+        # Cache specs may warn or raise: before any worker starts.
+        specs = [cache_spec(s.stage, self.pipeline.name) for s in self.stages]
         for s, spec in zip(self.stages, specs, strict=True):
             # Tasks run in the caller finish inside submit(): their outcomes wait locally.
             post = self._local.append if s.traits.runs_in_caller else self._completions.put
