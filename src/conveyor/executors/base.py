@@ -123,8 +123,8 @@ class Outcome:
     its result was lost with its worker, and the scheduler runs it again at no
     cost of an attempt. ``stamps`` holds n + 1 monotonic times for the first n
     units, which ran one after the other: unit i ran from ``stamps[i]`` to
-    ``stamps[i + 1]`` (async units overlap: ``stamps`` are their starts plus the
-    last end). ``lost`` is set when the worker died or timed out mid-task: the unit
+    ``stamps[i + 1]``. Async units overlap: then ``stamps`` are their starts plus
+    the last end, and ``ends[i]`` is when unit i ended. ``lost`` is set when the worker died or timed out mid-task: the unit
     it was running fails with :class:`~conveyor.WorkerLostError` or
     :class:`TimeoutError`.
     """
@@ -137,6 +137,7 @@ class Outcome:
     lost: LostWorker | None = None
     hits: list[int] = dataclasses.field(default_factory=list)  # units answered by the cache
     uncached: str | None = None  # what the cache could not do, and the fix: warned once
+    ends: list[int] | None = None  # units that overlap (async): when each one ended
 
     @property
     def calls(self) -> int:
@@ -174,6 +175,9 @@ class Traits:
     ``shares_memory``: workers see the driver's objects; nothing is pickled.
     ``max_units``: the most units one task may carry when the clock does not decide
     (sync tasks are never sized from the clock, to stay deterministic).
+    ``async_overlap``: a worker of an ``async def`` stage runs several tasks at once,
+    up to the stage's ``concurrency`` calls in flight across them, so the scheduler
+    keeps that many tasks in flight per worker instead of widening each task.
     """
 
     target_task_ns: int
@@ -181,6 +185,7 @@ class Traits:
     runs_in_caller: bool = False
     shares_memory: bool = True
     max_units: int | None = None
+    async_overlap: bool = False
 
 
 class NoInitial:
