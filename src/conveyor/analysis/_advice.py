@@ -11,10 +11,12 @@ runs that conveyor's own overhead limits.
   wrong advice for I/O-bound stages.
 - **Sync stages** run in the caller's thread: they are no workers, use none of
   the budget and are never given any.
-- **Engine-bound runs.** Items waited in full queues while every stage's workers
-  were mostly idle, and the stages' measured work allows at least twice the rate
-  the run made: the time went to conveyor dispatching, routing and recording each
-  item, not to any stage. More workers would not help.
+- **Engine-bound runs.** Every stage's workers were mostly idle and the stages'
+  measured work allows at least twice the rate the run made, while either items
+  waited in full queues or conveyor's scheduler thread (the driver, which
+  dispatches, routes and records every item) was busy most of the run (its time is
+  measured: ``RunStatistics.driver_seconds``, ``Recording.driver_ns``). The time
+  went to conveyor, not to any stage. More workers would not help.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
 ENGINE_BUSY = 0.5  # no stage busier than this share of its workers' time
 ENGINE_FULL = 0.5  # and some queue full at least this share of the run
 ENGINE_GAP = 2.0  # and the stages alone could go this many times the measured rate
+ENGINE_DRIVER = 0.5  # or the driver was busy at least this share of the run
 
 ENGINE_ADVICE = (
     "conveyor's own overhead (dispatching, routing and recording each item) limits this "
@@ -68,19 +71,30 @@ def allowed(m: RunMeasure, now: Mapping[str, int], workers: Mapping[str, int]) -
     )
 
 
-def engine_bound(m: RunMeasure, pred: Prediction) -> str | None:
-    """The evidence that conveyor's own overhead limited the run (module doc), or None."""
+def engine_bound(
+    m: RunMeasure, pred: Prediction, driver_seconds: float | None = None
+) -> str | None:
+    """The evidence that conveyor's own overhead limited the run (module doc), or None.
+    ``driver_seconds``: the time the driver spent moving items, when measured."""
     if m.items < 2 or m.makespan_s <= 0 or not m.stages or m.throughput <= 0:
         return None
     busiest = max(m.stages.values(), key=lambda s: s.utilisation)
     fullest = max(m.stages.values(), key=lambda s: s.full_share)
-    if busiest.utilisation >= ENGINE_BUSY or fullest.full_share < ENGINE_FULL:
+    if busiest.utilisation >= ENGINE_BUSY or pred.throughput < ENGINE_GAP * m.throughput:
         return None
-    if pred.throughput < ENGINE_GAP * m.throughput:
+    driver = None if driver_seconds is None else min(1.0, driver_seconds / m.makespan_s)
+    full = fullest.full_share >= ENGINE_FULL
+    if not full and (driver is None or driver < ENGINE_DRIVER):
         return None
-    return (
+    waits = (
         f"items waited in full queues ({fullest.name}'s input full {fullest.full_share:.0%} of "
-        f"the time) while the busiest stage, {busiest.name}, was busy "
+        "the time) while "
+        if full
+        else ""
+    )
+    busy = f"conveyor's scheduler was busy {driver:.0%} of the run moving items, " if driver else ""
+    return (
+        f"{busy}{waits}the busiest stage, {busiest.name}, was busy "
         f"{busiest.utilisation:.0%} of its workers' time; the stages' own work allows "
         f"{_num(pred.throughput)} items/s, the run made {_num(m.throughput)}"
     )

@@ -235,9 +235,10 @@ class Run(Iterator[Any]):
                 f"run {self.id} was started with record=False, so it has no recording; "
                 "start it with Pipeline.run(..., record=True) (the default)"
             )
-        if self._recorder.finished:
-            return self._recorder.recording
-        return self._recorder.snapshot()
+        rec = self._recorder.recording if self._recorder.finished else self._recorder.snapshot()
+        rec.source_ns = self._scheduler.feed.busy_ns
+        rec.driver_ns = self._scheduler.driver_ns
+        return rec
 
     def report(self, *, budget: int | None = None) -> Report:
         """The run explained: per-stage table, bottleneck and evidence, the model's
@@ -247,9 +248,7 @@ class Run(Iterator[Any]):
         """
         from conveyor.analysis import build_report
 
-        return build_report(
-            self.recording, budget=budget, source_seconds=self._scheduler.feed.busy_ns / 1e9
-        )
+        return build_report(self.recording, budget=budget)
 
     def worker_pids(self) -> list[int]:
         """Process ids of this run's live worker processes."""
@@ -297,6 +296,7 @@ class Run(Iterator[Any]):
             items_emitted=sched.items_emitted,
             stages=sched.stage_statistics(),
             source_seconds=sched.feed.busy_ns / 1e9,
+            driver_seconds=sched.driver_ns / 1e9,
         )
 
     def stage_statistics(self, name: str) -> StageStatistics:

@@ -145,6 +145,7 @@ class Scheduler:
         self.items_read = 0
         self.items_emitted = 0
         self.started_ns = 0
+        self.driver_ns = 0  # time spent moving items, not waiting: the driver's own cost
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -232,7 +233,9 @@ class Scheduler:
             and self._completions.empty()
         ):
             while True:
+                t = monotonic_ns()
                 progressed = self._advance()
+                self.driver_ns += monotonic_ns() - t
                 if out.items:
                     break
                 if self._finished():
@@ -303,7 +306,9 @@ class Scheduler:
                 continue
             if out is not None:  # None: a wake-up (WAKE)
                 self._stalled = set()  # news came: whatever looked stalled was not
+                t = monotonic_ns()
                 self._complete(out)
+                self.driver_ns += monotonic_ns() - t
             return
 
     def _check_stall(self) -> None:
@@ -413,7 +418,7 @@ class Scheduler:
                 task = s.retry_task(self._task_ids, room, monotonic_ns())
             else:
                 # Only a batch or collect waits for its upstream to be done.
-                done = s.kind in ("batch", "collect") and self._upstream_done(s)
+                done = s.kind in ("batch", "collect") and upstream_done(s, self._source_done)
                 task = s.next_task(self._task_ids, room, upstream_done=done)
             if task is None:
                 break
@@ -435,17 +440,13 @@ class Scheduler:
         assert s.executor is not None
         s.executor.submit(task)
 
-    def _upstream_done(self, s: StageState) -> bool:
-        """True once no item can reach ``s`` again (memoised once true)."""
-        return upstream_done(s, self._source_done)
-
     def _end_fold(self, s: StageState) -> bool:
         """Send a fold's state on once no item can reach it any more."""
         fold = s.fold
         assert fold is not None
         if not fold.holding or s.queue.items or s.busy or s.retry:
             return False
-        if not self._upstream_done(s):
+        if not upstream_done(s, self._source_done):  # items may still come
             return False
         self._completion.emit(s, fold.take())
         return True

@@ -73,6 +73,8 @@ class RunStatistics:
     items_emitted: int  # results handed to the consumer
     stages: dict[str, StageStatistics]
     source_seconds: float = 0.0  # time spent inside the source, producing items
+    # time conveyor's scheduler spent moving items (dispatch, routing, recording hooks)
+    driver_seconds: float = 0.0
 
     @property
     def throughput(self) -> float:

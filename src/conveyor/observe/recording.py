@@ -198,6 +198,8 @@ class Recording:
     bucket_ns: int = 1  # width of the series' buckets
     detail_limit: int = 0  # units of per-unit detail the recorder kept at most
     detail_end_ns: int | None = None  # the detail window closed here (None: whole run)
+    source_ns: int | None = None  # time spent inside the source, producing items
+    driver_ns: int | None = None  # time conveyor's scheduler spent moving items
 
     @property
     def end_ns(self) -> int:
@@ -252,10 +254,11 @@ class Recording:
                 f"reads version {VERSION}: record it again with this version"
             )
         try:
-            fields = {
+            fields = {  # a field added since (it has a default) may be missing
                 f.name: data[f.name]
                 for f in dataclasses.fields(cls)
                 if f.name not in ("stages", "latency")
+                and (f.name in data or f.default is dataclasses.MISSING)
             }
             stages = {s["shape"]["name"]: _stage_from_dict(s) for s in data["stages"]}
             return cls(**fields, stages=stages, latency=Histogram.from_dict(data["latency"]))
