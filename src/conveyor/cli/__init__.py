@@ -42,6 +42,7 @@ import click
 import conveyor
 from conveyor.cli.analyze import analyze_command
 from conveyor.cli.cache import cache
+from conveyor.cli.dashboard import dashboard_command
 from conveyor.cli.errors import ConveyorProblem
 from conveyor.cli.run import resume_command, run_command
 from conveyor.cli.store import deadletters, runs, show
@@ -69,7 +70,7 @@ def cli() -> None:
 
 
 _COMMANDS = (run_command, resume_command, analyze_command, runs, show, deadletters, store_group)
-for _command in (*_COMMANDS, cache):
+for _command in (*_COMMANDS, cache, dashboard_command):
     cli.add_command(_command)
 
 # --- conveyor train: registered from the train extra -----------------------------------
