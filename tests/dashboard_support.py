@@ -11,9 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import conveyor as cv
-from conveyor.store import RunStore, SnapshotRecorder, StoreRecorder
-
 from conftest import wait_until
+from conveyor.store import RunStore, SnapshotRecorder, StoreRecorder
 
 XSS = "<script>alert(1)</script>"
 XSS_VALUE = "<img src=x onerror=alert(2)>"

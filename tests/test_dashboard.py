@@ -16,10 +16,9 @@ import pytest
 
 pytest.importorskip("starlette", reason="the dashboard extra is not installed")
 
-from conveyor.errors import StoreError  # noqa: E402
-from conveyor.store import RunStore, find_runs  # noqa: E402
-
-from dashboard_support import XSS, XSS_VALUE, fill, get, serving  # noqa: E402
+from conveyor.errors import StoreError
+from conveyor.store import RunStore, find_runs
+from dashboard_support import XSS, XSS_VALUE, fill, get, serving
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +78,12 @@ def test_a_script_named_stage_and_html_values_render_as_text(
 
 @pytest.mark.parametrize(
     "attack",
-    ["../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "..\\..\\etc\\passwd"],
+    [
+        "../../etc/passwd",
+        "..%2F..%2Fetc%2Fpasswd",
+        "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "..\\..\\etc\\passwd",
+    ],
 )
 def test_paths_never_reach_the_filesystem(base: str, attack: str) -> None:
     for url in (
@@ -90,7 +94,7 @@ def test_paths_never_reach_the_filesystem(base: str, attack: str) -> None:
         f"/api/runs/{attack}/timeline",
         f"/pipeline?name={attack}",
         f"/static/{attack}",
-        f"/static/..%2F__init__.py",
+        "/static/..%2F__init__.py",
         f"/?pipeline={attack}&state=",
     ):
         status, _, text = get(base + url)
@@ -114,7 +118,7 @@ def test_the_runs_page_filters_and_says_what_is_wrong(base: str) -> None:
     assert link("numbers", "numbers") in text and link("broken", "broken") not in text
     today = time.strftime("%Y-%m-%d")
     _, _, text = get(f"{base}/?since={today}&until={today}")
-    assert "<h1>Runs <span class=\"muted\">3</span>" in text
+    assert '<h1>Runs <span class="muted">3</span>' in text
     _, _, text = get(f"{base}/?until=2000-01-01")
     assert "no runs match" in text
     status, _, text = get(f"{base}/?state=exploded")
@@ -125,7 +129,9 @@ def test_the_runs_page_filters_and_says_what_is_wrong(base: str) -> None:
     assert status == 400
 
 
-def test_the_timeline_has_one_lane_per_worker(base: str, filled: tuple[Path, dict[str, str]]) -> None:
+def test_the_timeline_has_one_lane_per_worker(
+    base: str, filled: tuple[Path, dict[str, str]]
+) -> None:
     _, _, text = get(f"{base}/api/runs/{filled[1]['numbers']}/timeline?width=200")
     tl = json.loads(text)
     workers = {(lane["stage"], lane["worker"]) for lane in tl["lanes"]}

@@ -11,10 +11,11 @@ final, when the run ends::
     pipe.run(src, instruments=[StoreRecorder(store), SnapshotRecorder(store)])
 
 A SnapshotRecorder *is* a :class:`~conveyor.Recorder` (``conveyor run`` uses it as
-the recorder its report reads), so the recording costs nothing more. Hooks run on
-the scheduler's thread: a snapshot is taken there (the engine's statistics and, less
-often, the recorder's snapshot, both a few microseconds per stage) and handed to a
-writer thread, which encodes and writes it, so the run never waits for the disk.
+the recorder its report reads), so the recording costs nothing more. A writer thread
+of its own takes the engine's statistics every ``every`` seconds (a run waiting on
+its source, with no event to hook, is still seen) and writes them; the recording's
+snapshot is taken in a hook, on the scheduler's thread that owns the recorder's
+state, and encoded and written by the writer, so the run never waits for the disk.
 
 Two tables hold it, made by the first writer (``CREATE TABLE IF NOT EXISTS``), apart
 from the store's versioned schema, which knows nothing of them:
@@ -116,8 +117,10 @@ class SnapshotRecorder(Recorder):
 
     def run_started(self, run: RunInfo) -> None:
         super().run_started(run)
+        if run.control is None:
+            return  # nothing to read the counters from: a recorder only
         self._s_run_id, self._s_ctl = run.run_id, run.control
-        self._s_next_ns = run.started_ns + self.every_ns
+        self._s_next_ns = time.monotonic_ns() + self.every_ns  # the writer's clock
         self._s_next_rec_ns = run.started_ns + self.recording_every_ns
         self._s_closing = False
         self._s_writer = threading.Thread(
@@ -125,11 +128,6 @@ class SnapshotRecorder(Recorder):
             daemon=True,
         )  # fmt: skip
         self._s_writer.start()
-
-    def items_read(self, keys: Sequence[Key], t_ns: int) -> None:
-        super().items_read(keys, t_ns)
-        if t_ns >= self._s_next_ns:
-            self._tick(t_ns)
 
     def task_finished(
         self,
@@ -142,16 +140,19 @@ class SnapshotRecorder(Recorder):
         error: BaseException | None,
     ) -> None:
         super().task_finished(stage, task, worker, keys, starts_ns, ends_ns, error)
-        t_ns = ends_ns[-1] if ends_ns else self._s_next_ns
-        if t_ns >= self._s_next_ns:
-            self._tick(t_ns)
+        if ends_ns and ends_ns[-1] >= self._s_next_rec_ns:  # the recorder's state is
+            self._s_next_rec_ns = ends_ns[-1] + self.recording_every_ns  # ours to read
+            rec = self.snapshot()
+            with self._s_cond:
+                self._s_rec = (rec, False)
+                self._s_cond.notify_all()
 
     def run_finished(self, state: str, error: BaseException | None, t_ns: int) -> None:
         super().run_finished(state, error, t_ns)
         if self._s_writer is None:
             return
-        self._take(t_ns, state)
         with self._s_cond:
+            self._s_rows.append(self._take(state))
             self._s_rec = (self.recording, True)
             self._s_closing = True
             self._s_cond.notify_all()
@@ -159,21 +160,11 @@ class SnapshotRecorder(Recorder):
         self._s_writer = None
         self._s_ctl = None
 
-    def _tick(self, t_ns: int) -> None:
-        self._s_next_ns = t_ns + self.every_ns
-        self._take(t_ns, "running")
-        if t_ns >= self._s_next_rec_ns:
-            self._s_next_rec_ns = t_ns + self.recording_every_ns
-            rec = self.snapshot()
-            with self._s_cond:
-                self._s_rec = (rec, False)
-                self._s_cond.notify_all()
-
-    def _take(self, t_ns: int, state: str) -> None:
-        """Snapshot the engine's counters and hand them to the writer."""
-        stats = self._s_ctl.statistics() if self._s_ctl is not None else None
-        if stats is None or self._s_writer is None:
-            return
+    def _take(self, state: str) -> tuple[float, dict[str, Any]]:
+        """The engine's counters now: read from the writer's thread while the run goes
+        on, as a progress display reads them (each count is whole; counts of
+        different stages may be a task apart), and from the scheduler's at the end."""
+        stats = self._s_ctl.statistics()
         data = {
             "t": stats.elapsed_seconds,
             "state": state,
@@ -195,9 +186,7 @@ class SnapshotRecorder(Recorder):
                 for s in stats.stages.values()
             ],
         }
-        with self._s_cond:
-            self._s_rows.append((time.time(), data))
-            self._s_cond.notify_all()
+        return time.time(), data
 
     # --- the writer thread --------------------------------------------------------
 
@@ -205,8 +194,11 @@ class SnapshotRecorder(Recorder):
         made = False
         while True:
             with self._s_cond:
-                while not self._s_rows and self._s_rec is None and not self._s_closing:
-                    self._s_cond.wait()
+                if not self._s_rows and self._s_rec is None and not self._s_closing:
+                    self._s_cond.wait(max(0.0, (self._s_next_ns - time.monotonic_ns()) / 1e9))
+                if not self._s_closing and time.monotonic_ns() >= self._s_next_ns:
+                    self._s_next_ns = time.monotonic_ns() + self.every_ns
+                    self._s_rows.append(self._take("running"))
                 rows, self._s_rows = self._s_rows, []
                 rec, self._s_rec = self._s_rec, None
                 closing = self._s_closing
