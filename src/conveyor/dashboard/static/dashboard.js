@@ -10,6 +10,7 @@
     const el = document.getElementById("page-data");
     return el ? JSON.parse(el.textContent) : {};
   };
+  const secs = (u, splits) => splits.map((v) => (v == null ? "" : Number(v.toPrecision(3)) + " s"));
   const widthOf = (el) => Math.max(300, Math.floor(el.getBoundingClientRect().width || 900));
 
   function cell(tr, text, numeric) {
@@ -49,12 +50,12 @@
     const sync = { key: "timeline-" + data.run };
     new uPlot({
       width: widthOf(lanesEl),
-      height: Math.min(700, Math.max(120, 18 * n + 60)),
+      height: Math.min(900, Math.max(160, 32 * n + 80)),
       scales: { x, y: { range: [0, Math.max(1, n)] } },
       cursor: { sync },
       legend: { show: n <= 16 },
       axes: [
-        { label: "seconds since the run started" },
+        { label: "time since the run started", values: secs },
         { size: 170, splits: () => names.map((_, i) => n - 1 - i + 0.4), values: (u, splits) => splits.map((s) => names[n - 1 - Math.round(s - 0.4)] || "") },
       ],
       series: [{ label: "s" }, ...laneSeries],
@@ -68,7 +69,7 @@
       height: 220,
       scales: { x },
       cursor: { sync },
-      axes: [{ label: "seconds since the run started" }, { label: "queued items (mean)" }],
+      axes: [{ label: "time since the run started", values: secs }, { label: "queued items (mean)" }],
       series: [{ label: "s" }, ...dep.stages.map((s, i) => ({
         label: `${s.stage} queue`, stroke: colour(i), width: 1.5,
         paths: uPlot.paths.stepped({ align: 1 }), points: { show: false },
@@ -126,7 +127,7 @@
         const el = document.getElementById("live-rates"), el2 = document.getElementById("live-depths");
         const mk = (el, label, unit) => new uPlot({
           width: widthOf(el), height: 200, scales: { x: { time: false } },
-          axes: [{ label: "seconds since the run started" }, { label: unit }],
+          axes: [{ label: "time since the run started", values: secs }, { label: unit }],
           series: [{ label: "s" }, ...names.map((nm, i) => ({ label: `${nm} ${label}`, stroke: colour(i), width: 1.5, points: { show: false } }))],
         }, [[], ...names.map(() => [])], el);
         rates = mk(el, "out/s", "results per second");
@@ -167,7 +168,6 @@
   const page = document.body.dataset.page;
   const data = pageData();
   if (page === "run") drawTimeline(data).catch((e) => { console.error(e); });
-  else if (page === "live" && data.live) watchLive(data);
-  else if (page === "live") document.body.dataset.ended = "already";
+  else if (page === "live") watchLive(data);  // an ended run: its last snapshots, then "end"
   else if (page === "pipeline") drawPipeline(data);
 })();
