@@ -82,6 +82,7 @@
       : `${tl.units} units, one lane per worker, downsampled to ${tl.x.length} buckets on the server`;
     caption.textContent = detail;
     document.body.dataset.timelineMs = String(Math.round(performance.now() - t0));
+    document.body.dataset.timelineAt = String(Math.round(performance.now()));  // since navigation
     document.body.dataset.timelineDrawn = "1";
   }
 
