@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("starlette", reason="the dashboard extra is not installed")
 
 from conveyor.errors import StoreError
-from conveyor.store import RunStore, find_runs
+from conveyor.store import RunStore, dead_letter_page, find_runs
 from dashboard_support import XSS, XSS_VALUE, fill, get, serving
 
 
@@ -170,6 +170,9 @@ def test_find_runs_pages_and_counts(filled: tuple[Path, dict[str, str]]) -> None
         assert row.items_read == 300 and row.throughput is not None and row.throughput > 0
         with pytest.raises(ValueError, match="state 'nope': give one of"):
             find_runs(store, state="nope")
+        letters, count = dead_letter_page(store, filled[1]["evil"], limit=5)
+        assert count == 1 and letters[0].value_repr == repr(XSS_VALUE)
+        assert letters[0].stage == XSS and letters[0].value_pickle is None
 
 
 def test_the_command_warns_when_exposed_and_names_a_missing_store(tmp_path: Path) -> None:

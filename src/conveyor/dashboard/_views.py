@@ -19,6 +19,7 @@ from conveyor.observe import Recording
 from conveyor.store import (
     RunRecord,
     RunStore,
+    dead_letter_page,
     find_runs,
     latest_recording,
     pipeline_names,
@@ -172,9 +173,9 @@ def run_view(store: RunStore, run: RunRecord, cache: RecordingCache) -> dict[str
         "report_problem": None,
         "stages": [],
     }
-    letters = store.dead_letters(run.id)
-    view["dead_letter_count"] = len(letters)
-    view["dead_letters"] = letters[:DEAD_LETTERS_SHOWN]
+    view["dead_letters"], view["dead_letter_count"] = dead_letter_page(
+        store, run.id, limit=DEAD_LETTERS_SHOWN
+    )
     if rec is not None:
         try:
             report = build_report(rec)

@@ -5,7 +5,13 @@ folder)."""
 from conveyor.errors import PipelineChangedError, RunNotFoundError, StoreError
 from conveyor.store._check import StoreCheck
 from conveyor.store._history import StoreRecorder, WriterStatistics
-from conveyor.store._listing import RunPage, RunRow, find_runs, pipeline_names
+from conveyor.store._listing import (
+    RunPage,
+    RunRow,
+    dead_letter_page,
+    find_runs,
+    pipeline_names,
+)
 from conveyor.store._records import DeadLetter, ItemOutcome, Ledger, RunRecord, StageRecord
 from conveyor.store._resume import ResumePlan, plan_resume, redrive_plan, resume_report
 from conveyor.store._rows import encode_key
@@ -36,6 +42,7 @@ __all__ = [
     "StoreError",
     "StoreRecorder",
     "WriterStatistics",
+    "dead_letter_page",
     "default_store_path",
     "encode_key",
     "file_fingerprint",

@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 
+from conveyor.store._records import DeadLetter
 from conveyor.store._store import RunStore
 
-__all__ = ["RunPage", "RunRow", "find_runs", "pipeline_names"]
+__all__ = ["RunPage", "RunRow", "dead_letter_page", "find_runs", "pipeline_names"]
 
 RUN_STATES = ("pending", "running", "succeeded", "failed", "cancelled")
 
@@ -105,3 +106,21 @@ def pipeline_names(store: RunStore) -> list[str]:
     return store._read(
         lambda c: [r[0] for r in c.execute("SELECT DISTINCT pipeline FROM runs ORDER BY 1")]
     )
+
+
+def dead_letter_page(
+    store: RunStore, run_id: str, *, limit: int = 100
+) -> tuple[list[DeadLetter], int]:
+    """Run ``run_id``'s first ``limit`` dead letters (without their pickled values) and
+    how many it has: a page of a run with a million of them reads a hundred."""
+
+    def read(c: sqlite3.Connection) -> tuple[list[DeadLetter], int]:
+        total = c.execute("SELECT COUNT(*) FROM dead_letters WHERE run_id = ?", (run_id,))
+        rows = c.execute(
+            "SELECT stage, item_key, NULL, value_repr, error_type, error, traceback, at, "
+            "redriven_by FROM dead_letters WHERE run_id = ? ORDER BY rowid LIMIT ?",
+            (run_id, limit),
+        ).fetchall()
+        return [DeadLetter(*r) for r in rows], total.fetchone()[0]
+
+    return store._read(read)
