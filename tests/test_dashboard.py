@@ -198,3 +198,22 @@ def test_the_command_warns_when_exposed_and_names_a_missing_store(tmp_path: Path
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def test_a_damaged_recording_leaves_the_page_without_a_timeline(tmp_path: Path) -> None:
+    import sqlite3
+
+    import conveyor as cv
+    from dashboard_support import record, slow_inc
+
+    path = tmp_path / "runs.db"
+    with RunStore(path) as store:
+        run_id = record(store, cv.Pipeline("p", [cv.stage(slow_inc)]), range(10))
+    with sqlite3.connect(path) as c:
+        c.execute("UPDATE run_recordings SET data = ?", (b"not gzip at all",))
+    with serving(path) as url:
+        status, _, text = get(f"{url}/runs/{run_id}")
+        assert status == 200 and "no readable recording of this run" in text
+        assert "slow_inc" in text  # the stage table, from the stage statistics
+        status, _, _ = get(f"{url}/api/runs/{run_id}/timeline")
+        assert status == 404

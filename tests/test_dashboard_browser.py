@@ -190,3 +190,20 @@ def test_a_live_runs_counts_rise_while_it_runs(
             consumer.join(timeout=30)
             p.close()
         assert len(out) == 40
+
+
+def test_a_run_whose_process_died_is_said_to_have_gone_quiet(
+    browser: Any, site: tuple[str, Path, dict[str, str]]
+) -> None:
+    base, path, _ = site
+    with RunStore(path) as store:  # begun and running, then nothing: a process killed
+        store.begin_run("deadbeef0001", "killed", None)
+        store.set_state("deadbeef0001", "running")
+    p = Page(browser)
+    try:
+        page = p.open(f"{base}/runs/deadbeef0001/live")
+        page.wait_for_selector("#live-note:has-text('no snapshot for')", timeout=20_000)
+        assert page.locator("#live-state").inner_text() == "running"
+        p.shot("live-quiet")
+    finally:
+        p.close()

@@ -134,3 +134,15 @@ def _numbers(folder: Path) -> Path:
     path = folder / "numbers.txt"
     path.write_text("".join(f"{i}\n" for i in range(20)))
     return path
+
+
+def test_a_store_that_cannot_be_written_stops_the_writing_not_the_run(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    pipe = cv.Pipeline("ro", [cv.stage(double, executor="sync")])
+    with RunStore(path) as store, RunStore(path, readonly=True) as readonly:
+        snaps = SnapshotRecorder(readonly, every=1e-9, recording_every=1e-9)
+        run = pipe.run(range(500), instruments=[snaps, StoreRecorder(store)], record=False)
+        assert run.results == [2 * i for i in range(500)]
+        assert snaps.error is not None and "read-only" in str(snaps.error)
+        assert store.get_run(run.id).state == "succeeded"
+        assert read_snapshots(store, run.id) == []

@@ -57,7 +57,7 @@ def timeline_data(rec: Recording, *, width: int = 1000) -> dict[str, Any]:
     return {
         "run": rec.run_id,
         "seconds": span / 1e9,
-        "x": [round(i * step / 1e9, 6) for i in range(width)],
+        "x": [round(i * step / 1e9, 9) for i in range(width)],
         "lanes": lanes,
         "detail_units": rec.detail_units,
         "units": rec.units,
@@ -100,4 +100,4 @@ def _depths(rec: Recording) -> dict[str, Any]:
                 "peak": list(ser.depth_peak) + [None] * (n - len(ser.depth_peak)),
             }
         )
-    return {"x": [round(i * width / 1e9, 6) for i in range(n)], "stages": stages}
+    return {"x": [round(i * width / 1e9, 9) for i in range(n)], "stages": stages}

@@ -94,8 +94,19 @@
     const xs = [], rateCols = [], depthCols = [];
     const source = new EventSource(`/runs/${encodeURIComponent(data.run)}/events`);
     document.body.dataset.updates = "0";
+    // A run writes a snapshot every second while it goes on, even when idle: silence
+    // means its process has ended without saying so (or it records no snapshots).
+    let lastNews = Date.now();
+    const note = document.getElementById("live-note");
+    const silence = setInterval(() => {
+      const quiet = (Date.now() - lastNews) / 1000;
+      note.textContent = quiet > 5
+        ? `no snapshot for ${Math.round(quiet)} s: the run's process may have ended without recording its end, or the run records no snapshots (a SnapshotRecorder writes them)`
+        : "";
+    }, 1000);
     source.addEventListener("snapshot", (ev) => {
       const s = JSON.parse(ev.data);
+      lastNews = Date.now();
       const dt = prev ? s.t - prev.t : 0;
       const before = prev ? new Map(prev.stages.map((st) => [st.name, st])) : new Map();
       s.stages.forEach((st, i) => {
@@ -146,6 +157,8 @@
       badge.textContent = state;
       badge.className = "badge " + state;
       document.body.dataset.ended = state;
+      clearInterval(silence);
+      note.textContent = "";
       source.close();
     });
   }
