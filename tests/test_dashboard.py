@@ -102,6 +102,20 @@ def test_paths_never_reach_the_filesystem(base: str, attack: str) -> None:
         assert "root:" not in text and "import" not in text, url
 
 
+def test_other_host_names_are_refused_on_loopback(base: str) -> None:
+    """A page elsewhere that rebinds its own DNS name to 127.0.0.1 gets nothing."""
+    import http.client
+
+    port = int(base.rsplit(":", 1)[1])
+    for host, status in (("evil.example", 400), (f"localhost:{port}", 200), ("127.0.0.1", 200)):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/", headers={"Host": host})
+            assert conn.getresponse().status == status, host
+        finally:
+            conn.close()
+
+
 def test_it_is_read_only(base: str, filled: tuple[Path, dict[str, str]]) -> None:
     for method in ("POST", "PUT", "DELETE", "PATCH"):
         status, _, text = get(f"{base}/runs/{filled[1]['numbers']}", method)

@@ -57,7 +57,10 @@ def server(
             f"the dashboard needs the dashboard extra ({exc.name} is not installed): "
             "pip install 'conveyor[dashboard]'"
         ) from exc
-    app = create_app(store if isinstance(store, RunStore) or store is None else Path(store))
+    where = store if isinstance(store, RunStore) or store is None else Path(store)
+    # On a loopback address only loopback names are answered (no DNS rebinding);
+    # served to the network, any name the network uses for this machine.
+    app = create_app(where, allowed_hosts=["*"] if exposed(host) else None)
     config = uvicorn.Config(
         app,
         host=host,

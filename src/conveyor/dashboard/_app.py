@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +56,26 @@ HEADERS = {
 SSE_POLL_SECONDS = 0.25
 
 
-def create_app(store: RunStore | str | Path | None = None) -> Any:
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def create_app(
+    store: RunStore | str | Path | None = None, *, allowed_hosts: Sequence[str] | None = None
+) -> Any:
     """The dashboard as an ASGI app over the run store ``store`` (a path, or an open
     RunStore; default: as ``RunStore()`` finds it), opened read-only.
+
+    ``allowed_hosts``: the names a request's ``Host`` header may give (default: the
+    loopback names); any other is refused (400), so a web page elsewhere cannot
+    reach a dashboard on 127.0.0.1 through a DNS name it rebinds. ``["*"]`` allows
+    any, for a dashboard served to the network.
 
     Raises StoreError when there is no store there; ImportError naming the
     ``dashboard`` extra when Starlette or Jinja2 is missing."""
     try:
         from starlette.applications import Starlette
+        from starlette.middleware import Middleware
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
         from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
         from starlette.routing import Route
     except ImportError as exc:
@@ -179,8 +192,10 @@ def create_app(store: RunStore | str | Path | None = None) -> Any:
         Route("/pipeline", pipeline),
         Route("/static/{name}", static),
     ]
+    hosts = list(LOOPBACK_NAMES if allowed_hosts is None else allowed_hosts)
     app = Starlette(
         routes=routes,
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
         exception_handlers={404: not_found, 405: not_found, StoreError: store_failed},
     )
     app.state.store = db
