@@ -54,13 +54,7 @@ from conveyor.cli.target import fingerprinted_source, load_pipeline, source_file
 from conveyor.errors import RecordingError, RunNotFoundError, StoreError
 from conveyor.observe import ProgressDisplay
 from conveyor.sources import FORMATS
-from conveyor.store import (
-    RunStore,
-    SnapshotRecorder,
-    StoreRecorder,
-    plan_resume,
-    resume_report,
-)
+from conveyor.store import RunStore, SnapshotRecorder, StoreRecorder, plan_resume, resume_report
 
 
 @click.command("run")
