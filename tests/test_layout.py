@@ -24,6 +24,7 @@ PUBLIC = (
     "conveyor.cache",
     "conveyor.sources",
     "conveyor.train",
+    "conveyor.dashboard",
 )
 REGISTERED = ("conveyor.train.cli",)
 MAX_LINES = 500

@@ -8,6 +8,7 @@
     $ conveyor analyze run.cvrec --budget 8
     $ conveyor runs; conveyor show 7f3a; conveyor resume 7f3a
     $ conveyor store check
+    $ conveyor dashboard                   # the run store in a browser, 127.0.0.1:8765
     $ conveyor --version
 
 ``TARGET`` is ``module:attr`` or ``path/to/file.py:attr``; ``attr`` names a
@@ -29,8 +30,8 @@ attribute, unknown run); 3 ``show`` of a run whose ledger does not balance (and
 The modules: this one (the group, error handling, registration), ``run`` (run,
 resume), ``signals`` (SIGINT/SIGTERM), ``analyze``, ``outputs`` (files written
 besides the report), ``target`` (loading TARGET), ``store`` (runs, show,
-deadletters), ``storecheck`` (store check), ``cache``, ``errors`` (how errors are
-shown).
+deadletters), ``storecheck`` (store check), ``cache``, ``dashboard`` (the dashboard extra's
+server), ``errors`` (how errors are shown).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import click
 import conveyor
 from conveyor.cli.analyze import analyze_command
 from conveyor.cli.cache import cache
+from conveyor.cli.dashboard import dashboard_command
 from conveyor.cli.errors import ConveyorProblem
 from conveyor.cli.run import resume_command, run_command
 from conveyor.cli.store import deadletters, runs, show
@@ -69,7 +71,7 @@ def cli() -> None:
 
 
 _COMMANDS = (run_command, resume_command, analyze_command, runs, show, deadletters, store_group)
-for _command in (*_COMMANDS, cache):
+for _command in (*_COMMANDS, cache, dashboard_command):
     cli.add_command(_command)
 
 # --- conveyor train: registered from the train extra -----------------------------------

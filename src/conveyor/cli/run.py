@@ -54,7 +54,7 @@ from conveyor.cli.target import fingerprinted_source, load_pipeline, source_file
 from conveyor.errors import RecordingError, RunNotFoundError, StoreError
 from conveyor.observe import ProgressDisplay
 from conveyor.sources import FORMATS
-from conveyor.store import RunStore, StoreRecorder, plan_resume, resume_report
+from conveyor.store import RunStore, SnapshotRecorder, StoreRecorder, plan_resume, resume_report
 
 
 @click.command("run")
@@ -203,7 +203,7 @@ def run_command(
                     at_end=(lambda: {"source_items": digest.state()}) if digest else None,
                 )
             )
-            timeline = Recorder()
+            timeline = Recorder() if store is None else SnapshotRecorder(store)  # live, stored
             run = pipeline.stream(
                 source,
                 ordered=True if ordered else None,
@@ -269,7 +269,7 @@ def resume_command(
                 write,
                 at_end=lambda: {"source_items": plan.source_items()},
             )
-            timeline = Recorder()
+            timeline = SnapshotRecorder(store)  # the dashboard's live view and recording
             run = plan.pipeline.stream(
                 source,
                 ordered=plan.ordered,
