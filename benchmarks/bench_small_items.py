@@ -7,7 +7,8 @@
    fold per country) against a plain loop and ProcessPoolExecutor over chunks;
 2. per-item overhead on processes against ProcessPoolExecutor.map and Pool.imap;
 3. per-item overhead on threads against a loop and pyper;
-4. an async stage calling a flaky local HTTP server against plain asyncio.
+4. an async stage calling a flaky local HTTP server (a process of its own) against
+   plain asyncio.
 
 Needs the bench extra (pyper). Every comparison runs in the same process, one after the
 other, repeated; the table keeps medians and ratios, because the machine is shared.
@@ -178,8 +179,7 @@ BACKOFF = 0.02
 
 
 def flaky(n: int, repeat: int) -> dict[str, tuple[float, Any]]:
-    server = sf.start_flaky_server()
-    port = server.server_address[1]
+    server, port = sf.start_flaky_server()
     calls = {"ok": 0}
 
     async def fetch(x: int) -> str:
@@ -231,7 +231,8 @@ def flaky(n: int, repeat: int) -> dict[str, tuple[float, Any]]:
             ),
         }
     finally:
-        server.shutdown()
+        server.terminate()
+        server.join()
 
 
 # --- the table ------------------------------------------------------------------------------

@@ -91,11 +91,23 @@ class _Flaky(BaseHTTPRequestHandler):
         pass
 
 
-def start_flaky_server() -> ThreadingHTTPServer:
+def _serve(port_out: Any) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    port_out.put(server.server_address[1])
+    server.serve_forever()
+
+
+def start_flaky_server() -> tuple[Any, int]:
+    """The flaky server in a process of its own (so that it does not share the client's
+    interpreter): the process and its port."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    port_out = ctx.Queue()
+    proc = ctx.Process(target=_serve, args=(port_out,), daemon=True)
+    proc.start()
+    return proc, port_out.get(timeout=60)
 
 
 class ServerError(Exception):
