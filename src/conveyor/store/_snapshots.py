@@ -86,7 +86,7 @@ class SnapshotRecorder(Recorder):
         self,
         store: RunStore | str | None = None,
         *,
-        every: float = 1.0,
+        every: float = 0.5,
         recording_every: float = 5.0,
         keep_seconds: float = 600.0,
         detail: int = DETAIL_UNITS,
