@@ -24,6 +24,8 @@ PUBLIC = (
     "conveyor.cache",
     "conveyor.sources",
     "conveyor.train",
+    "conveyor.models",
+    "conveyor.serve",
 )
 REGISTERED = ("conveyor.train.cli",)
 MAX_LINES = 500

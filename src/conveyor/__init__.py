@@ -96,3 +96,12 @@ for _name in __all__:
     # that happens to define it.
     globals()[_name].__module__ = "conveyor"
 del _name
+
+
+def __getattr__(name: str) -> object:
+    # cv.models and cv.serve without importing them (and the serve extra) up front.
+    if name in ("models", "serve"):
+        import importlib
+
+        return importlib.import_module(f"conveyor.{name}")
+    raise AttributeError(f"module 'conveyor' has no attribute {name!r}")

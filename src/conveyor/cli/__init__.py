@@ -43,6 +43,7 @@ import conveyor
 from conveyor.cli.analyze import analyze_command
 from conveyor.cli.cache import cache
 from conveyor.cli.errors import ConveyorProblem
+from conveyor.cli.models import models_group
 from conveyor.cli.run import resume_command, run_command
 from conveyor.cli.store import deadletters, runs, show
 from conveyor.cli.storecheck import store_group
@@ -69,7 +70,7 @@ def cli() -> None:
 
 
 _COMMANDS = (run_command, resume_command, analyze_command, runs, show, deadletters, store_group)
-for _command in (*_COMMANDS, cache):
+for _command in (*_COMMANDS, cache, models_group):
     cli.add_command(_command)
 
 # --- conveyor train: registered from the train extra -----------------------------------
