@@ -36,7 +36,7 @@ class Doubler:
         Doubler.batches.append(len(batch))
         out = []
         for request in batch:
-            x = request["x"] if isinstance(request, dict) else request
+            x = request["x"] if isinstance(request, dict) else getattr(request, "x", request)
             if x == "boom":
                 raise ValueError("the model cannot take 'boom'")
             out.append({"y": x * 2 if not isinstance(x, str) else x + x, "version": self.version})
@@ -66,3 +66,13 @@ class Evil:
 
     def __reduce__(self) -> Any:
         return (Path.touch, (Path(os.environ.get("EVIL_MARK", "evil-ran")),))
+
+
+class Reverse:
+    """A binary handler: each body's bytes reversed (answered as binary)."""
+
+    def __init__(self, model: Any = None) -> None:
+        pass
+
+    def __call__(self, batch: list[bytes]) -> list[bytes]:
+        return [body[::-1] for body in batch]

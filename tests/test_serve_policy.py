@@ -44,7 +44,9 @@ def test_a_latency_target_bounds_the_wait() -> None:
 
 
 def test_a_request_at_its_target_goes_at_once() -> None:
-    d = decide(queued=3, oldest_age=0.015, rate=1000.0, a=0.001, b=0.010, max_batch=64, target=0.020)
+    d = decide(
+        queued=3, oldest_age=0.015, rate=1000.0, a=0.001, b=0.010, max_batch=64, target=0.020
+    )
     assert d.send == 3 and "target" in d.reason
 
 

@@ -45,6 +45,7 @@ from conveyor.cli.cache import cache
 from conveyor.cli.errors import ConveyorProblem
 from conveyor.cli.models import models_group
 from conveyor.cli.run import resume_command, run_command
+from conveyor.cli.serve import serve_command
 from conveyor.cli.store import deadletters, runs, show
 from conveyor.cli.storecheck import store_group
 from conveyor.errors import ConveyorError
@@ -70,7 +71,7 @@ def cli() -> None:
 
 
 _COMMANDS = (run_command, resume_command, analyze_command, runs, show, deadletters, store_group)
-for _command in (*_COMMANDS, cache, models_group):
+for _command in (*_COMMANDS, cache, models_group, serve_command):
     cli.add_command(_command)
 
 # --- conveyor train: registered from the train extra -----------------------------------

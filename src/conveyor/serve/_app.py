@@ -45,6 +45,8 @@ def make_app(server: "Server") -> Any:
     adapter = None if binary else TypeAdapter(endpoint.input_type or Any)
     schema = {"type": "string", "format": "binary"} if binary else adapter.json_schema()  # type: ignore[union-attr]
     media = "application/octet-stream" if binary else "application/json"
+    if endpoint.example is not None and adapter is not None:  # warm up on what requests are
+        server.warm_item = adapter.validate_python(endpoint.example)
     app = FastAPI(
         title=f"conveyor serve {endpoint.model or endpoint.name}", lifespan=server.lifespan
     )
@@ -112,7 +114,10 @@ def make_app(server: "Server") -> Any:
     @app.get("/ready")
     async def ready() -> Response:
         if server.ready:
-            return JSONResponse({"ready": True, "version": server.version})
+            answer = {"ready": True, "version": server.version}
+            if server.swap_error is not None:
+                answer["swap_error"] = server.swap_error
+            return JSONResponse(answer)
         return JSONResponse({"ready": False, "error": server.not_ready_reason()}, status_code=503)
 
     @app.get("/metrics")

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from conveyor.errors import ServeError
@@ -62,11 +62,14 @@ class Server:
                 first = registry.resolve(endpoint.model)  # a missing model fails here
             self.version = first.ref
             endpoint.describe(first.signature)
+        self.warm_item: Any = endpoint.example
         from conveyor.serve._app import make_app
 
         self.app = make_app(self)
         self._uvicorn: Any = None
         self._thread: threading.Thread | None = None
+        self.on_listen: Callable[[str], None] | None = None  # told the URL once it listens
+        self.on_stop: Callable[[], None] | None = None  # called once the last request is answered
 
     # --- state --------------------------------------------------------------------------
 
@@ -91,7 +94,7 @@ class Server:
             probe = service.submit([]).result(WARM_TIMEOUT)
             failures = [r for r in probe if isinstance(r, Failure)]
             fits: list[tuple[int, float]] = []
-            example = self.endpoint.example
+            example = self.warm_item
             n = 1
             while example is not None and not failures and n <= self.endpoint.max_batch:
                 start = time.perf_counter()
@@ -178,6 +181,7 @@ class Server:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
+        asyncio.get_running_loop().call_soon(self._listening)
         tasks = [asyncio.create_task(self._first_deploy())]
         if (
             self.endpoint.model is not None
@@ -198,8 +202,18 @@ class Server:
                 deployment = self.batcher.deployment
                 await asyncio.to_thread(deployment.service.stop, drain=True)
             self.ready = False
+            if self.on_stop is not None:
+                self.on_stop()
 
     # --- running ------------------------------------------------------------------------
+
+    def _listening(self) -> None:
+        if self._uvicorn is None or not self._uvicorn.started:
+            asyncio.get_running_loop().call_later(0.01, self._listening)
+            return
+        self.port = int(self._uvicorn.servers[0].sockets[0].getsockname()[1])
+        if self.on_listen is not None:
+            self.on_listen(self.url)
 
     def _config(self) -> Any:
         try:
