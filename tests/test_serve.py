@@ -196,7 +196,9 @@ def test_sequential_requests_are_never_held_for_a_batch(serving) -> None:  # typ
     with client(server) as c:
         for i in range(30):
             assert c.post("/predict", json={"x": i}).json()["y"] == 2 * i
-    assert list(server.batcher.sizes)[-30:] == [1] * 30
+    # A sequential client cannot come faster than one request per service time
+    # (λ·b ≤ 1 ≤ n): the batcher never chose to wait.
+    assert list(server.batcher.sizes)[-30:] == [1] * 30 and server.batcher.waits == 0
 
 
 def test_metrics_count_requests_batches_and_queue(serving) -> None:  # type: ignore[no-untyped-def]

@@ -92,3 +92,32 @@ def test_the_arrival_rate_counts_the_horizon_and_forgets_the_past() -> None:
 def test_percentile_by_nearest_rank() -> None:
     assert percentile([float(i) for i in range(1, 101)], 0.95) == 95.0
     assert math.isnan(percentile([], 0.5))
+
+
+def test_a_batch_slowed_by_other_work_does_not_move_the_fit() -> None:
+    model = ServiceTimeModel()
+    for n in (1, 2, 4, 8):
+        model.observe(n, 0.002 * n + 0.005)
+    model.observe(2, 0.500)  # the machine was busy elsewhere: the fastest time counts
+    assert model.a == pytest.approx(0.002) and model.b == pytest.approx(0.005)
+
+
+def test_a_burst_of_arrivals_shows_at_once_in_the_rate() -> None:
+    rate = ArrivalRate()
+    for i in range(16):
+        rate.observe(10.0 + i * 0.0005)  # 16 requests in 7.5 ms: closed-loop clients answered
+    assert rate.rate(10.0075) == pytest.approx(2000, rel=0.01)
+
+
+def test_after_a_burst_starts_it_waits_for_the_rest_of_the_batch() -> None:
+    # λ = 3000/s, S(n) = 14 ms·n + 40 ms: gain = 120 − 43 = 77, Δ* = 12.8 ms, but the
+    # 31 more a batch of 32 can take come in 31/3000 s = 10.3 ms.
+    d = decide(queued=1, oldest_age=0.0, rate=3000.0, a=0.014, b=0.040, max_batch=32)
+    assert d.send == 0 and d.wait == pytest.approx(31 / 3000)
+
+
+def test_a_sequential_client_never_makes_it_wait_whatever_the_model() -> None:
+    # One client sends its next request only after its answer: λ ≤ 1/S(1), so λ·b < 1 ≤ n.
+    for a, b in ((0.0, 0.050), (0.014, 0.040), (0.001, 0.0001)):
+        rate = 1.0 / (a + b)
+        assert decide(queued=1, oldest_age=0.0, rate=rate, a=a, b=b, max_batch=32).send == 1

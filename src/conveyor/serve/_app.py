@@ -36,6 +36,12 @@ def _encode(value: Any) -> Any:
 
 
 def make_app(server: "Server") -> Any:
+    try:
+        import fastapi  # noqa: F401
+    except ImportError:
+        from conveyor.errors import ServeError
+
+        raise ServeError("serving needs the serve extra: pip install 'conveyor[serve]'") from None
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
     from pydantic import TypeAdapter, ValidationError

@@ -100,6 +100,7 @@ class Batcher:
         self.measured: deque[float] = deque(maxlen=WINDOW)
         self.sizes: deque[int] = deque(maxlen=WINDOW)
         self.last_reason = ""
+        self.waits = 0  # decisions to wait for more requests
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -178,6 +179,7 @@ class Batcher:
                 self._dispatch(decision.send, now)
                 deadline = math.inf
                 continue
+            self.waits += 1
             deadline = min(deadline, now + decision.wait)
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -242,6 +244,7 @@ class Batcher:
             "service_a_ms": self.model.a * 1e3,
             "service_b_ms": self.model.b * 1e3,
             "rate_per_s": self.arrivals.rate(self.clock()),
+            "waits": self.waits,
             "last_decision": self.last_reason,
         }
 

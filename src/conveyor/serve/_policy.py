@@ -73,11 +73,13 @@ def predicted_latency(*, age: float, size: int, a: float, b: float) -> float:
 
 
 class ServiceTimeModel:
-    """``S(n) = a·n + b`` by least squares over the last ``window`` batches.
+    """``S(n) = a·n + b`` by least squares over the last ``window`` batches, taking for
+    each batch size the fastest time seen: on a shared machine a batch is slowed by
+    whatever else runs, never sped up, so the fastest is the model's own cost.
 
     Until two different batch sizes have been seen the slope is unknown: ``a`` is
-    then the mean time per request and ``b`` is 0, which never makes the batcher wait
-    (it waits only for a fixed cost ``b`` to share)."""
+    then the time per request and ``b`` is 0, which never makes the batcher wait (it
+    waits only for a fixed cost ``b`` to share)."""
 
     def __init__(self, *, window: int = 256) -> None:
         self._batches: deque[tuple[int, float]] = deque(maxlen=window)
@@ -89,15 +91,17 @@ class ServiceTimeModel:
         self._fit()
 
     def _fit(self) -> None:
-        n = len(self._batches)
-        xs = [s for s, _ in self._batches]
-        ys = [t for _, t in self._batches]
+        fastest: dict[int, float] = {}
+        for size, seconds in self._batches:
+            fastest[size] = min(seconds, fastest.get(size, math.inf))
+        xs, ys = list(fastest), list(fastest.values())
+        n = len(xs)
         mx, my = sum(xs) / n, sum(ys) / n
         sxx = sum((x - mx) ** 2 for x in xs)
         if sxx == 0:
             self.a, self.b = my / mx, 0.0
             return
-        a = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=False)) / sxx
+        a = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
         a = max(a, 0.0)  # noise can tilt it below zero; time never falls with size
         self.a, self.b = a, max(my - a * mx, 0.0)
 
@@ -110,11 +114,13 @@ class ServiceTimeModel:
 
 
 class ArrivalRate:
-    """Requests per second over the last ``horizon`` seconds (times given by the caller)."""
+    """Requests per second now: over the last ``recent`` arrivals (so that a burst, such
+    as closed-loop clients answered together, shows at once), measured up to ``now`` (so
+    that the rate falls while none come), and none older than ``horizon`` seconds."""
 
-    def __init__(self, *, horizon: float = 1.0, keep: int = 4096) -> None:
+    def __init__(self, *, horizon: float = 1.0, recent: int = 16) -> None:
         self.horizon = horizon
-        self._times: deque[float] = deque(maxlen=keep)
+        self._times: deque[float] = deque(maxlen=recent)
 
     def observe(self, now: float) -> None:
         self._times.append(now)
@@ -124,7 +130,7 @@ class ArrivalRate:
             self._times.popleft()
         if len(self._times) < 2:
             return 0.0
-        return len(self._times) / max(now - self._times[0], self.horizon / 10)
+        return (len(self._times) - 1) / max(now - self._times[0], 1e-6)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -31,6 +31,7 @@ from conveyor.serve._stages import Failure
 
 log = logging.getLogger("conveyor.serve")
 WARM_TIMEOUT = 600.0
+WARM_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # each twice; the fit keeps the faster
 
 
 class Server:
@@ -95,13 +96,14 @@ class Server:
             failures = [r for r in probe if isinstance(r, Failure)]
             fits: list[tuple[int, float]] = []
             example = self.warm_item
-            n = 1
-            while example is not None and not failures and n <= self.endpoint.max_batch:
+            sizes = [1] + [n for n in WARM_SIZES if n <= self.endpoint.max_batch] * 2
+            for n in sizes if example is not None and not failures else ():
                 start = time.perf_counter()
                 answers = service.submit([example] * n).result(WARM_TIMEOUT)
                 fits.append((n, time.perf_counter() - start))
                 failures = [r for r in answers if isinstance(r, Failure)]
-                n *= 2
+                if failures:
+                    break
             if failures:
                 raise ServeError(f"{failures[0].message} (error id {failures[0].error_id})")
         except BaseException:
