@@ -121,3 +121,13 @@ def test_a_sequential_client_never_makes_it_wait_whatever_the_model() -> None:
     for a, b in ((0.0, 0.050), (0.014, 0.040), (0.001, 0.0001)):
         rate = 1.0 / (a + b)
         assert decide(queued=1, oldest_age=0.0, rate=rate, a=a, b=b, max_batch=32).send == 1
+
+
+def test_a_fit_from_a_busy_warm_up_never_predicts_a_lone_request_slower_than_seen() -> None:
+    model = ServiceTimeModel()
+    for n in (2, 4, 8, 16, 32):
+        model.observe(n, 0.184 + 0.0003 * n)  # warm-up while the machine was overloaded
+    model.observe(1, 0.023)  # then a lone request, served in 23 ms
+    assert model.predict(1) == pytest.approx(0.023)
+    rate = 1 / 0.023  # a sequential client at that pace
+    assert decide(queued=1, oldest_age=0.0, rate=rate, a=model.a, b=model.b, max_batch=32).send == 1

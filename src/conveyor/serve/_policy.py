@@ -103,7 +103,10 @@ class ServiceTimeModel:
             return
         a = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
         a = max(a, 0.0)  # noise can tilt it below zero; time never falls with size
-        self.a, self.b = a, max(my - a * mx, 0.0)
+        b = my - a * mx
+        if 1 in fastest:  # never predict a lone request slower than one was served:
+            b = min(b, fastest[1] - a)  # so a sequential client (λ ≤ 1/S(1)) never waits
+        self.a, self.b = a, max(b, 0.0)
 
     def predict(self, size: int) -> float:
         return self.a * size + self.b
