@@ -57,6 +57,8 @@ def make_app(server: "Server") -> Any:
         title=f"conveyor serve {endpoint.model or endpoint.name}", lifespan=server.lifespan
     )
 
+    answered = server.metrics.requests.labels("200")
+
     def problem(status: int, detail: Any, **headers: str) -> Response:
         server.metrics.requests.labels(str(status)).inc()
         return JSONResponse({"detail": detail}, status_code=status, headers=headers or None)
@@ -102,7 +104,7 @@ def make_app(server: "Server") -> Any:
         if isinstance(result, Failure):
             status = 503 if result.load else 500
             return problem(status, {"error": result.message, "error_id": result.error_id})
-        server.metrics.requests.labels("200").inc()
+        answered.inc()
         if isinstance(result, (bytes, bytearray)):
             return Response(bytes(result), media_type="application/octet-stream")
         try:

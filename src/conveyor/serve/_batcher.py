@@ -124,7 +124,8 @@ class Batcher:
         self._queue.append(request)
         self.arrivals.observe(now)
         self.metrics.queue_depth.set(len(self._queue))
-        self._wake.set()
+        if self._in_flight < self.workers:  # else the next batch's end wakes the loop
+            self._wake.set()
         result = await request.future
         measured = self.clock() - request.arrival
         self.measured.append(measured)
