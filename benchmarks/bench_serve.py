@@ -123,7 +123,15 @@ def wrk(url: str, body: dict[str, Any], *, clients: int, seconds: float) -> dict
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         out = subprocess.run(
-            ["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "-s", f.name, f"{url}/predict"],
+            [
+                "wrk",
+                "-t1",
+                f"-c{clients}",
+                f"-d{max(1, round(seconds))}s",
+                "-s",
+                f.name,
+                f"{url}/predict",
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -149,33 +157,44 @@ def measure(
     return figures
 
 
-def part_overhead(seconds: float) -> list[str]:
+def part_overhead(seconds: float, rounds: int = 3) -> list[str]:
+    """Bare and conveyor in turn, ``rounds`` times: the load of the moment moves both
+    alike within a round, and the rounds show how far it moves the ratio."""
     body = {"x": 1}
-    rows = {}
-    for name, args in (("bare uvicorn + Starlette", ("bare",)), ("conveyor serve", ("noop",))):
-        with Served(*args) as served:
-            rows[name] = (
-                measure(served, body, clients=1, seconds=seconds),
-                measure(served, body, clients=16, seconds=seconds),
-            )
-    (b1, b16), (c1, c16) = rows["bare uvicorn + Starlette"], rows["conveyor serve"]
+    names = {"bare": "bare uvicorn + Starlette", "noop": "conveyor serve"}
+    runs: list[dict[str, tuple[dict[str, Any], dict[str, Any]]]] = []
+    for _ in range(rounds):
+        runs.append({})
+        for kind in names:
+            with Served(kind) as served:
+                runs[-1][kind] = (
+                    measure(served, body, clients=1, seconds=seconds),
+                    measure(served, body, clients=16, seconds=seconds),
+                )
     lines = [
         "## 1. Overhead against bare uvicorn (no-op handler)",
         "",
-        "| server | 1 client p50 | p99 | 16 clients req/s | p50 | p95 | server CPU s | wrk CPU s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| round | server | 1 client p50 | p99 | 16 clients req/s | p50 | p95 | server CPU s | wrk CPU s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, (one, many) in rows.items():
-        lines.append(
-            f"| {name} | {one['p50']:.3f} ms | {one['p99']:.2f} ms | {many['rps']:,.0f} | "
-            f"{many['p50']:.2f} ms | {many['p95']:.2f} ms | {many['server_cpu']:.1f} | "
-            f"{many['client_cpu']:.1f} |"
-        )
+    added, ratio = [], []
+    for i, run in enumerate(runs, 1):
+        for kind, (one, many) in run.items():
+            lines.append(
+                f"| {i} | {names[kind]} | {one['p50']:.3f} ms | {one['p99']:.2f} ms | "
+                f"{many['rps']:,.0f} | {many['p50']:.2f} ms | {many['p95']:.2f} ms | "
+                f"{many['server_cpu']:.1f} | {many['client_cpu']:.1f} |"
+            )
+        added.append(run["noop"][0]["p50"] - run["bare"][0]["p50"])
+        ratio.append(run["noop"][1]["rps"] / run["bare"][1]["rps"])
     lines += [
         "",
-        f"Added at the median, one client: **{c1['p50'] - b1['p50']:+.3f} ms** (goal ≤ 1 ms). "
-        f"Throughput at 16 clients: **{c16['rps'] / b16['rps']:.0%}** of bare uvicorn's "
-        "(goal ≥ 80%).",
+        f"Added at the median, one client: **{statistics.median(added):+.3f} ms** (rounds: "
+        + ", ".join(f"{a:+.3f}" for a in added)
+        + "; goal ≤ 1 ms). Throughput at 16 clients: **"
+        f"{statistics.median(ratio):.0%}** of bare uvicorn's (rounds: "
+        + ", ".join(f"{r:.0%}" for r in ratio)
+        + "; goal ≥ 80%).",
         "",
     ]
     return lines
