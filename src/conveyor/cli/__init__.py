@@ -29,8 +29,8 @@ attribute, unknown run); 3 ``show`` of a run whose ledger does not balance (and
 The modules: this one (the group, error handling, registration), ``run`` (run,
 resume), ``signals`` (SIGINT/SIGTERM), ``analyze``, ``outputs`` (files written
 besides the report), ``target`` (loading TARGET), ``store`` (runs, show,
-deadletters), ``storecheck`` (store check), ``cache``, ``errors`` (how errors are
-shown).
+deadletters), ``storecheck`` (store check), ``cache``, ``models`` (the model
+registry), ``serve`` (HTTP serving), ``errors`` (how errors are shown).
 """
 
 from __future__ import annotations
