@@ -115,6 +115,13 @@ def make_app(server: "Server") -> Any:
             )
         return Response(text, media_type="application/json")
 
+    # Requests reach `predict` through a plain Starlette route, ahead of FastAPI's: the
+    # same function, without FastAPI's per-request dependency solving (it validates
+    # nothing here); FastAPI's route stays for the OpenAPI schema and /docs.
+    from starlette.routing import Route
+
+    app.router.routes.insert(0, Route("/predict", predict, methods=["POST"]))
+
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
