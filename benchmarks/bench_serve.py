@@ -21,7 +21,8 @@ Parts:
 
 The load generator is wrk (C, one thread), on the same cores as the server; its CPU
 time is reported beside each figure, with the load average, since the 2 cores are
-shared. Writes ``benchmarks/RESULTS-serve.md``. Ray Serve and LitServe are not run
+shared. Writes ``benchmarks/RESULTS-serve.md`` when every part ran (``--parts`` with
+fewer only prints). Ray Serve and LitServe are not run
 here (see the results file).
 """
 
@@ -355,7 +356,8 @@ def main() -> None:
         "",
     ]
     text = "\n".join(header + sections + footer)
-    RESULTS.write_text(text)
+    if len(parts) == 4:  # a run of some parts only prints them: the table keeps them all
+        RESULTS.write_text(text)
     print(text)
 
 
