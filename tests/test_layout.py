@@ -25,6 +25,8 @@ PUBLIC = (
     "conveyor.sources",
     "conveyor.train",
     "conveyor.dashboard",
+    "conveyor.models",
+    "conveyor.serve",
 )
 REGISTERED = ("conveyor.train.cli",)
 MAX_LINES = 500

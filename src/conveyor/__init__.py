@@ -26,6 +26,8 @@ from conveyor.errors import (
     InstrumentError,
     InstrumentWarning,
     MissingTorchError,
+    ModelError,
+    ModelNotFoundError,
     OutputError,
     PipelineChangedError,
     PipelineError,
@@ -34,11 +36,13 @@ from conveyor.errors import (
     RemoteTraceback,
     RunError,
     RunNotFoundError,
+    ServeError,
     SourceError,
     StageError,
     StallError,
     StoreError,
     TrainError,
+    UnsafeModelError,
     WorkerLostError,
 )
 from conveyor.observe.metrics import Metrics
@@ -59,6 +63,8 @@ __all__ = [
     "InstrumentWarning",
     "Metrics",
     "MissingTorchError",
+    "ModelError",
+    "ModelNotFoundError",
     "OutputError",
     "Pipeline",
     "PipelineChangedError",
@@ -77,6 +83,7 @@ __all__ = [
     "RunInfo",
     "RunNotFoundError",
     "RunStatistics",
+    "ServeError",
     "Service",
     "SourceError",
     "Stage",
@@ -86,6 +93,7 @@ __all__ = [
     "StallError",
     "StoreError",
     "TrainError",
+    "UnsafeModelError",
     "WorkerLostError",
     "stage",
     "write_results",
@@ -96,3 +104,12 @@ for _name in __all__:
     # that happens to define it.
     globals()[_name].__module__ = "conveyor"
 del _name
+
+
+def __getattr__(name: str) -> object:
+    # cv.models and cv.serve without importing them (and the serve extra) up front.
+    if name in ("models", "serve"):
+        import importlib
+
+        return importlib.import_module(f"conveyor.{name}")
+    raise AttributeError(f"module 'conveyor' has no attribute {name!r}")

@@ -18,8 +18,12 @@
     ├── RecordingError             no recording: not recorded, or not a recording file
     ├── SourceError                a file or table source cannot be read as asked
     ├── OutputError                results cannot be written or converted as asked
-    └── TrainError                 the train extra was given something it cannot use
-        └── MissingTorchError      a torch-backed part was used without PyTorch
+    ├── TrainError                 the train extra was given something it cannot use
+    │   └── MissingTorchError      a torch-backed part was used without PyTorch
+    ├── ModelError                 the model registry cannot do what was asked
+    │   ├── ModelNotFoundError     no model, version or alias of that name
+    │   └── UnsafeModelError       loading would run code (a pickle) and was not trusted
+    └── ServeError                 a model server cannot start or be configured as asked
 
     CacheWarning                   a value could not be cached; the stage runs uncached
     InstrumentWarning              an instrument raised in a hook and was detached
@@ -52,6 +56,8 @@ __all__ = [
     "InstrumentError",
     "InstrumentWarning",
     "MissingTorchError",
+    "ModelError",
+    "ModelNotFoundError",
     "OutputError",
     "PipelineChangedError",
     "PipelineError",
@@ -60,11 +66,13 @@ __all__ = [
     "RemoteTraceback",
     "RunError",
     "RunNotFoundError",
+    "ServeError",
     "SourceError",
     "StageError",
     "StallError",
     "StoreError",
     "TrainError",
+    "UnsafeModelError",
     "WorkerLostError",
 ]
 
@@ -325,6 +333,28 @@ class MissingTorchError(TrainError, ImportError):
 
     def __init__(self) -> None:
         super().__init__(TORCH_HINT)
+
+
+class ModelError(ConveyorError):
+    """The model registry cannot do what was asked: an artifact whose checksum does not
+    match, a format it cannot write or read, an extra that is not installed (the
+    message says what to install)."""
+
+
+class ModelNotFoundError(ModelError):
+    """No registered model, version or alias answers the reference asked for
+    (``name``, ``name:3``, ``name@champion``); the message lists what there is."""
+
+
+class UnsafeModelError(ModelError):
+    """Loading the artifact would run code of the artifact's choosing (a pickle), and
+    the caller did not say it trusts it (``trust_pickle=True``)."""
+
+
+class ServeError(ConveyorError):
+    """A model server cannot start or be configured as asked (a port in use, a limit
+    that makes no sense, a handler that is not a class). Errors of single requests are
+    HTTP answers, never this."""
 
 
 class CacheWarning(UserWarning):

@@ -31,7 +31,8 @@ The modules: this one (the group, error handling, registration), ``run`` (run,
 resume), ``signals`` (SIGINT/SIGTERM), ``analyze``, ``outputs`` (files written
 besides the report), ``target`` (loading TARGET), ``store`` (runs, show,
 deadletters), ``storecheck`` (store check), ``cache``, ``dashboard`` (the dashboard extra's
-server), ``errors`` (how errors are shown).
+server), ``models`` (the model registry), ``serve`` (HTTP serving), ``errors`` (how errors
+are shown).
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ from conveyor.cli.analyze import analyze_command
 from conveyor.cli.cache import cache
 from conveyor.cli.dashboard import dashboard_command
 from conveyor.cli.errors import ConveyorProblem
+from conveyor.cli.models import models_group
 from conveyor.cli.run import resume_command, run_command
+from conveyor.cli.serve import serve_command
 from conveyor.cli.store import deadletters, runs, show
 from conveyor.cli.storecheck import store_group
 from conveyor.errors import ConveyorError
@@ -71,7 +74,7 @@ def cli() -> None:
 
 
 _COMMANDS = (run_command, resume_command, analyze_command, runs, show, deadletters, store_group)
-for _command in (*_COMMANDS, cache, dashboard_command):
+for _command in (*_COMMANDS, cache, dashboard_command, models_group, serve_command):
     cli.add_command(_command)
 
 # --- conveyor train: registered from the train extra -----------------------------------
