@@ -207,3 +207,28 @@ def test_a_run_whose_process_died_is_said_to_have_gone_quiet(
         p.shot("live-quiet")
     finally:
         p.close()
+
+
+def test_the_models_pages_load_without_console_errors(
+    browser: Any, site: tuple[str, Path, dict[str, str]]
+) -> None:
+    pytest.importorskip("torch", reason="the model here is a torch module")
+    from conveyor.models import ModelRegistry
+    from modelfns import Tiny
+
+    base, path, ids = site
+    with ModelRegistry(path) as reg:
+        reg.register("tiny", Tiny(), metrics={"loss": 0.5}, alias="champion")
+        reg.register("tiny", Tiny(), metrics={"loss": 0.25}, run_id=ids["numbers"])
+        reg.alias("tiny", "champion", 2, reason=f"lower loss {XSS}")
+    p = Page(browser)
+    try:
+        page = p.open(base + "/models")
+        assert page.locator("table.models tbody tr").count() == 1
+        page = p.open(base + "/models/tiny")
+        assert page.locator("table.versions tbody tr").count() == 2
+        assert page.locator("table.moves td", has_text=XSS).count() == 1  # as text
+        assert page.evaluate("typeof window.alerted") == "undefined"
+        p.shot("model")
+    finally:
+        p.close()

@@ -10,6 +10,8 @@ Routes (every one a GET; anything else is 405)::
     /runs/{id}/events              the server-sent events behind it
     /api/runs/{id}/timeline        the timeline's data (lanes per worker, queue depths)
     /pipeline?name=NAME            a pipeline over time: throughput, latency, bottleneck
+    /models                        the model registry: each model, its versions, aliases
+    /models/{name}                 a model: versions with metrics and runs, alias history
     /static/{name}                 the five files of ASSETS, from memory
 
 A run id in a URL must look like one (letters, digits, ``-``, ``_``, at most 64);
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.dashboard._assets import load_assets, templates
+from conveyor.dashboard._models import model_view, models_view
 from conveyor.dashboard._timeline import timeline_data
 from conveyor.dashboard._views import (
     TERMINAL,
@@ -166,6 +169,16 @@ def create_app(
             return problem(404, f"no runs of a pipeline named {name!r} in this store")
         return page("pipeline.html", **view)
 
+    def models(request: Any) -> Any:
+        return page("models.html", **models_view(db))
+
+    def model(request: Any) -> Any:
+        name = request.path_params["name"]
+        view = model_view(db, name)
+        if view is None:
+            return problem(404, f"no model named {name!r} in this store")
+        return page("model.html", **view)
+
     def static(request: Any) -> Any:
         asset = assets.get(request.path_params["name"])
         if asset is None:
@@ -190,6 +203,8 @@ def create_app(
         Route("/runs/{run_id}/events", events),
         Route("/api/runs/{run_id}/timeline", timeline),
         Route("/pipeline", pipeline),
+        Route("/models", models),
+        Route("/models/{name}", model),
         Route("/static/{name}", static),
     ]
     hosts = list(LOOPBACK_NAMES if allowed_hosts is None else allowed_hosts)
