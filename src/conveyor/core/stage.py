@@ -33,11 +33,12 @@ import dataclasses
 import functools
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar, overload
 
 from conveyor.core.cacheopts import cache_rule
 from conveyor.core.policy import Retry, as_retry
+from conveyor.core.resources import Resources, resources_of
 from conveyor.errors import PipelineError
 from conveyor.executors.base import (
     NO_INITIAL,
@@ -114,6 +115,11 @@ class Stage:
             the unit): set up what a plain function needs per worker (a seed, a
             client in a global, logging). For state the function carries, write the
             stage as a class: its ``__init__`` runs once per worker.
+        resources: what one worker needs, ``{"cpus": 1, "gpus": 0.5, "memory": "2GB"}``
+            and named resources a cluster's nodes advertise (``{"node2": 1}``); or
+            the same as ``cpus=``, ``gpus=``, ``memory=``. Process workers get their
+            GPUs through ``CUDA_VISIBLE_DEVICES``; Ray places each worker where they
+            are free (:mod:`conveyor.core.resources`).
     """
 
     fn: Callable[..., Any]
@@ -139,9 +145,15 @@ class Stage:
     cache_check: float = 0.0
     cache_required: bool = True
     init: Callable[[], Any] | None = None
+    resources: Mapping[str, Any] | Resources | None = None
     is_async: bool = dataclasses.field(init=False, repr=False, compare=False, default=False)
+    cpus: dataclasses.InitVar[float | None] = None
+    gpus: dataclasses.InitVar[float | None] = None
+    memory: dataclasses.InitVar[int | str | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(
+        self, cpus: float | None, gpus: float | None, memory: int | str | None
+    ) -> None:
         if not callable(self.fn):
             raise PipelineError(
                 f"stage {self.name or '?'!r}: {self.fn!r} is not callable; "
@@ -157,9 +169,17 @@ class Stage:
             object.__setattr__(self, "retry", as_retry(self.retry))
         except PipelineError as exc:
             raise PipelineError(f"stage {self.name!r}: {exc}", stage=self.name) from None
+        need = resources_of(self.name, self.resources, cpus=cpus, gpus=gpus, memory=memory)
+        object.__setattr__(self, "resources", need)
         _check_policy(self)
         _check_arity(self)
         executor_class(self.executor).check(self, pipeline_built=False)
+
+    @property
+    def needs(self) -> Resources:
+        """What one worker needs (``resources``, checked)."""
+        assert isinstance(self.resources, Resources)
+        return self.resources
 
     def with_options(self, **changes: Any) -> Stage:
         """A copy of this stage with some options changed (validated again)."""
@@ -201,6 +221,10 @@ def stage(
     cache_check: float = 0.0,
     cache_required: bool = True,
     init: Callable[[], Any] | None = None,
+    resources: Mapping[str, Any] | None = None,
+    cpus: float | None = None,
+    gpus: float | None = None,
+    memory: int | str | None = None,
 ) -> Callable[[F], Stage]: ...
 
 
@@ -230,6 +254,10 @@ def stage(
     cache_check: float = 0.0,
     cache_required: bool = True,
     init: Callable[[], Any] | None = None,
+    resources: Mapping[str, Any] | None = None,
+    cpus: float | None = None,
+    gpus: float | None = None,
+    memory: int | str | None = None,
 ) -> Stage | Callable[[Callable[..., Any]], Stage]:
     """Make a :class:`Stage` from a function: bare (``@stage``), with options
     (``@stage(workers=4)``), or called on a function (``stage(parse, workers=4)``).
@@ -274,6 +302,10 @@ def stage(
         cache_check=cache_check,
         cache_required=cache_required,
         init=init,
+        resources=resources,
+        cpus=cpus,
+        gpus=gpus,
+        memory=memory,
     )
     if fn is not None:
         return Stage(fn, **options)
