@@ -182,7 +182,12 @@ class Stage:
         return self.resources
 
     def with_options(self, **changes: Any) -> Stage:
-        """A copy of this stage with some options changed (validated again)."""
+        """A copy of this stage with some options changed (validated again); ``cpus``,
+        ``gpus`` and ``memory`` change those of its resources."""
+        given = {k: changes.pop(k) for k in ("cpus", "gpus", "memory") if k in changes}
+        if given:
+            base = changes.get("resources", self.needs)
+            changes["resources"] = {**resources_of(self.name, base).as_dict(), **given}
         return dataclasses.replace(self, **changes)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -1,0 +1,72 @@
+"""The ray executor beyond the shared suites: class stages, placement, its extra.
+
+The conformance and contract suites run on Ray too (one local instance per module);
+the two-node cluster with a node killed is ``test_ray_cluster.py``.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+
+import pytest
+
+import conveyor as cv
+import stagefns as f
+from raycluster import have_ray
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not have_ray(), reason="needs Ray: pip install -e '.[ray]'"),
+]
+
+
+@pytest.fixture(autouse=True)
+def ray(ray_instance):  # type: ignore[no-untyped-def]
+    return ray_instance
+
+
+def test_a_class_stage_is_one_instance_per_actor() -> None:
+    stage = cv.stage(f.Counted, executor="ray", workers=2)
+    run = cv.Pipeline("classes", [stage]).run(range(200))
+    instances = collections.defaultdict(set)
+    calls: collections.Counter[int] = collections.Counter()
+    for pid, instance, n in run.results:
+        instances[pid].add(instance)
+        calls[pid] = max(calls[pid], n)
+    assert all(len(v) == 1 for v in instances.values())  # one instance per actor process
+    assert 1 <= len(instances) <= 2 and sum(calls.values()) == 200  # state kept across calls
+
+
+def test_threads_processes_and_ray_give_the_same_results() -> None:
+    def pipe(executor: str) -> cv.Pipeline:
+        return cv.Pipeline(
+            "same",
+            [
+                cv.stage(f.inc, executor=executor, workers=2),
+                cv.stage(f.explode, kind="flat_map", executor=executor),
+                cv.stage(f.batch_square, kind="batch", size=7, split=True, executor=executor),
+            ],
+        )
+
+    results = {e: sorted(pipe(e).run(range(50)).results) for e in ("threads", "ray")}
+    assert results["ray"] == results["threads"]
+
+
+def test_stamps_are_on_the_drivers_clock() -> None:
+    # The actor's monotonic clock is not the driver's: durations come from the actor,
+    # placed to end when the reply arrived, so the recording stays inside the run.
+    stage = cv.stage(f.slow, executor="ray", workers=2)
+    run = cv.Pipeline("clock", [stage]).run(range(20))
+    rec = run.recording
+    assert rec is not None
+    stats = run.statistics().stages["slow"]
+    assert stats.calls == 20
+    m = run.report().measure
+    assert 0 < m.stages["slow"].busy_s <= m.makespan_s * 2 + 1  # two workers at most
+
+
+def test_without_ray_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(cv.PipelineError, match=r"pip install 'conveyor\[ray\]'"):
+        cv.Pipeline("noray", [cv.stage(f.inc, executor="ray")])
