@@ -246,3 +246,15 @@ class Counted:
     def __call__(self, _x: Any) -> tuple[int, int, int]:
         self.calls += 1
         return os.getpid(), id(self), self.calls
+
+
+def on_node(x: int) -> tuple[int, str]:
+    """(x * 10, the Ray node it ran on), a moment later: the pinned middle stage."""
+    import ray
+
+    time.sleep(0.02)
+    return x * 10, ray.get_runtime_context().get_node_id()
+
+
+def negate_pair(pair: tuple[int, str]) -> tuple[int, str]:
+    return -pair[0], pair[1]
