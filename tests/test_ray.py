@@ -7,7 +7,9 @@ the two-node cluster with a node killed is ``test_ray_cluster.py``.
 from __future__ import annotations
 
 import collections
+import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +72,57 @@ def test_without_ray_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(cv.PipelineError, match=r"pip install 'conveyor\[ray\]'"):
         cv.Pipeline("noray", [cv.stage(f.inc, executor="ray")])
+
+
+def test_the_same_example_file_runs_on_threads_processes_and_ray(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from conveyor.cli import cli
+
+    root = Path(__file__).resolve().parent.parent
+    target = f"{root / 'examples' / 'scale.py'}:pipeline"
+    config = str(root / "examples" / "scale-processes.toml")
+    # --ray sets $CONVEYOR_RAY_ADDRESS: unset after the test (and during it until then)
+    monkeypatch.setenv("CONVEYOR_RAY_ADDRESS", "auto")
+    monkeypatch.delenv("CONVEYOR_RAY_ADDRESS")
+    # the test's own Ray instance is this process's: --ray uses the session it finds
+    outputs = {}
+    for name, extra in (
+        ("threads", []),
+        ("processes", ["--config", config]),
+        ("ray", ["--ray", "auto"]),
+    ):
+        out, stats = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.json"
+        args = ["run", target, "--no-progress", "--no-store", "--output", str(out)]
+        result = CliRunner().invoke(cli, [*args, "--json", str(stats), *extra])
+        assert result.exit_code == 0, result.output
+        executors = {s["executor"] for s in json.loads(stats.read_text())["stages"].values()}
+        assert executors == {name}  # every stage went where it was sent
+        outputs[name] = sorted(out.read_text().splitlines())
+    assert outputs["threads"] == outputs["processes"] == outputs["ray"]
+    assert len(outputs["ray"]) == 25
+
+
+def test_ray_moves_every_stage_but_those_pinned_to_the_driver(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from conveyor.cli.cluster import on_ray
+
+    monkeypatch.setenv("CONVEYOR_RAY_ADDRESS", "auto")  # on_ray sets it: restored after
+
+    pipe = cv.Pipeline(
+        "pins",
+        [
+            cv.stage(f.inc),
+            cv.stage(f.double, executor="processes"),
+            cv.stage(f.square, executor="sync"),
+        ],
+    )
+    moved = on_ray(pipe, "auto")
+    assert {n: s.executor for n, s in moved.stages.items()} == {
+        "inc": "ray",
+        "double": "ray",
+        "square": "sync",
+    }

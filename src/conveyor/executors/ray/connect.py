@@ -33,11 +33,7 @@ def connect() -> Any:
     with _lock:
         if ray.is_initialized():
             return ray
-        address = os.environ.get(ADDRESS_VARIABLE) or None
-        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-        if address is None:
-            options["address"] = "local"  # never join a stale cluster by accident
-        else:
-            options["address"] = address
-        ray.init(**options)
+        # "local" when unset: never join a stale cluster by accident
+        address = os.environ.get(ADDRESS_VARIABLE) or "local"
+        ray.init(address=address, include_dashboard=False)
     return ray
