@@ -20,7 +20,22 @@ import hashlib
 
 import conveyor as cv
 
-WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge".split()
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "seven",
+    "wizards",
+    "quietly",
+    "judge",
+]
 
 
 def sentences(n: int = 400):  # type: ignore[no-untyped-def]
