@@ -133,7 +133,8 @@ def start_local_ray() -> Any:
         num_cpus=2,
         include_dashboard=False,
         _temp_dir=tempfile.mkdtemp(prefix="cvb", dir="/tmp"),
-        runtime_env={"env_vars": ENV},
+        # Ray Data's workers import this module by name when it is not __main__
+        runtime_env={"env_vars": {**ENV, "PYTHONPATH": f"{Path(__file__).parent}:{ROOT / 'src'}"}},
         logging_level="WARNING",
         log_to_driver=False,
     )
