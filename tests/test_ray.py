@@ -126,3 +126,13 @@ def test_ray_moves_every_stage_but_those_pinned_to_the_driver(
         "double": "ray",
         "square": "sync",
     }
+
+
+def test_a_call_past_its_timeout_kills_its_actor_and_fails_only_its_item() -> None:
+    # item 5 hangs (a thread event nobody sets in the actor): its actor is asked which
+    # unit it runs, killed past the timeout, replaced; the other items complete.
+    stage = cv.stage(f.hang_on_5, executor="ray", workers=2, timeout=1.0, on_error="skip")
+    run = cv.Pipeline("timeouts", [stage]).run(range(40))
+    assert sorted(run.results) == [i for i in range(40) if i != 5]
+    stats = run.statistics().stages["hang_on_5"]
+    assert stats.timeouts == 1 and stats.dead_lettered == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from time import monotonic_ns
 from typing import Any
 
 from conveyor.executors.base import CacheSpec
@@ -60,6 +61,7 @@ class StageWorker:
         self.cache, self.stage = cache, stage
         self.registry = plain_registry()
         self.error: tuple[Packed, str] | None = None
+        self.unit, self.unit_started = -1, 0  # the unit running now (for current())
         self.close: Any = None
         try:
             init = load_function(init_bytes) if init_bytes else None
@@ -91,10 +93,22 @@ class StageWorker:
             concurrency=self.concurrency,
             timeout=self.timeout if self.is_async else None,
             cache=self.cache,
+            on_unit=None if self.is_async else self._on_unit,
         )
+        self.unit = -1
         if bad is not None:
             out.failures.append(bad)
         return encode_reply(out, self.registry)
+
+    def _on_unit(self, i: int) -> None:
+        self.unit_started = monotonic_ns()
+        self.unit = i
+
+    def current(self) -> tuple[int, int]:
+        """``(unit index, ns it has run)`` of the unit running now, ``(-1, 0)`` if none;
+        answered while ``run`` goes on (its own concurrency group)."""
+        unit = self.unit
+        return (unit, monotonic_ns() - self.unit_started) if unit >= 0 else (-1, 0)
 
     def stop(self) -> None:
         """Close a class stage's instance before the actor goes."""
@@ -112,5 +126,14 @@ def actor_class() -> Any:
     if _actor is None:
         import ray
 
-        _actor = ray.remote(max_restarts=0, max_task_retries=0)(StageWorker)
+        method: Any = ray.method
+        remote: Any = ray.remote
+
+        class Probed(StageWorker):
+            @method(concurrency_group="probe")
+            def current(self) -> tuple[int, int]:
+                return StageWorker.current(self)
+
+        Probed.__name__ = Probed.__qualname__ = "StageWorker"
+        _actor = remote(max_restarts=0, max_task_retries=0, concurrency_groups={"probe": 1})(Probed)
     return _actor

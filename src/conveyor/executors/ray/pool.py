@@ -21,6 +21,12 @@ Faults keep the contract of :mod:`conveyor.executors.base`:
   task fails with a fatal :class:`~conveyor.WorkerLostError` (an import failing
   on the nodes, usually).
 
+A stage ``timeout`` for plain functions: while an actor is busy the collector asks it
+(``current()``, in a concurrency group of its own, so it answers mid-task) which
+unit it runs and for how long; one past the timeout has its actor killed and
+replaced, and that unit fails with :class:`TimeoutError` (``async def`` stages time
+each call out in the actor).
+
 Durations come from the actor's clock and are placed on the driver's: a task's
 stamps are shifted to end when its reply arrived, so a node whose monotonic clock
 differs is still measured right.
@@ -28,6 +34,7 @@ differs is still measured right.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from collections import deque
@@ -58,6 +65,7 @@ if TYPE_CHECKING:
     from conveyor.core.stage import Stage
 
 MAX_START_FAILURES = 3
+_PROBE: Any = object()  # in _refs: the answer of an actor's current()
 WAIT_SECONDS = 0.05  # the collector's longest wait: how soon it sees new work or a stop
 
 
@@ -74,6 +82,8 @@ class _Actor:
         self.pid: int | None = None
         self.node = ""
         self.held: deque[tuple[Task, Any]] = deque()  # sent, unanswered, in order
+        self.probing = False  # a current() call is out
+        self.timed_out = -1  # the unit that ran past the stage's timeout (-1: none)
 
 
 class RayExecutor(Executor):
@@ -261,6 +271,31 @@ class RayExecutor(Executor):
                 done += more
             for ref in done:
                 self._answer(ref)
+            if self.stage.timeout is not None and not self.stage.is_async:
+                self._probe()
+
+    def _probe(self) -> None:
+        """Ask each busy actor which unit it runs and for how long (answered in
+        :meth:`_answer`): one question out per actor at a time."""
+        with self._lock:
+            for a in self._actors:
+                if a.held and a.ready and not a.dead and not a.probing:
+                    a.probing = True
+                    self._refs[a.handle.current.remote()] = (a, _PROBE)
+
+    def _probed(self, a: _Actor, value: tuple[int, int]) -> None:
+        """Kill ``a`` if its unit has run past the timeout: Ray then reports it dead,
+        and :meth:`_died` posts its task as timed out, blaming that unit."""
+        unit, ran_ns = value
+        assert self.stage.timeout is not None
+        with self._lock:
+            a.probing = False
+            late = unit >= 0 and ran_ns > self.stage.timeout * 1e9 and not a.dead
+            if late:
+                a.timed_out = unit
+        if late:
+            with contextlib.suppress(Exception):
+                self._ray.kill(a.handle, no_restart=True)
 
     def _answer(self, ref: Any) -> None:
         """The reply ``ref`` has come: post its outcome (collector thread)."""
@@ -276,6 +311,9 @@ class RayExecutor(Executor):
             self._died(a)
             return
         except Exception as exc:  # Ray lost the reply (its object, its owner): run again
+            if task is _PROBE:
+                a.probing = False
+                return
             if task is None:
                 self._died(a)
                 return
@@ -283,6 +321,9 @@ class RayExecutor(Executor):
             return
         if task is None:
             self._became_ready(a, value)
+            return
+        if task is _PROBE:
+            self._probed(a, value)
             return
         received = monotonic_ns()
         out = decode_reply(value, task.id, a.index, self._registry)
@@ -294,6 +335,7 @@ class RayExecutor(Executor):
                 a.held.popleft()
             else:
                 a.held = deque(h for h in a.held if h[0] is not task)
+
             if a.serving and sum(1 for b in self._actors if b.serving) > self.target:
                 a.serving = False
             if not a.serving and not a.held:
@@ -363,7 +405,8 @@ class RayExecutor(Executor):
         if at_start:
             self.post(not_run(first, a.index))
         else:
-            lost = LostWorker(a.pid, None, -1)
+            unit = a.timed_out  # known when it timed out; else unknown (-1)
+            lost = LostWorker(a.pid, None, unit, timed_out=unit >= 0)
             self.post(Outcome(first.id, a.index, [], [], lost=lost))
         for task in rest:
             self.post(not_run(task, a.index))
