@@ -49,7 +49,7 @@ from conveyor.executors.base import (
 )
 
 Kind = Literal["map", "flat_map", "filter", "batch", "collect", "fold"]
-ExecutorName = str  # a registered executor: "sync", "threads", "processes", or a plug-in
+ExecutorName = str  # a registered executor: "sync", "threads", "processes", "ray", a plug-in
 OnError = Literal["fail", "skip"]
 
 KINDS: tuple[str, ...] = ("map", "flat_map", "filter", "batch", "collect", "fold")
@@ -68,7 +68,8 @@ class Stage:
         kind: ``"map"``, ``"flat_map"``, ``"filter"``, ``"batch"``, ``"collect"`` or
             ``"fold"`` (module docstring).
         executor: ``"sync"`` (in the caller: deterministic, for tests and debugging),
-            ``"threads"`` or ``"processes"`` (spawned; the function must be picklable).
+            ``"threads"``, ``"processes"`` (spawned; the function must be picklable)
+            or ``"ray"`` (actors on a Ray cluster), or one a package registers.
         workers: how many calls of this stage run at the same time.
         size: items per micro-batch; required for ``kind="batch"``.
         split: for ``kind="batch"``: the function returns one result per input item,
