@@ -15,6 +15,7 @@ import pytest
 
 import conveyor as cv
 import stagefns as f
+from conftest import wait_until
 from raycluster import have_ray
 
 pytestmark = [
@@ -136,3 +137,18 @@ def test_a_call_past_its_timeout_kills_its_actor_and_fails_only_its_item() -> No
     assert sorted(run.results) == [i for i in range(40) if i != 5]
     stats = run.statistics().stages["hang_on_5"]
     assert stats.timeouts == 1 and stats.dead_lettered == 1
+
+
+def test_a_stage_no_node_can_place_says_so_and_can_be_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from conveyor.executors.ray import pool
+
+    monkeypatch.setattr(pool, "UNPLACED_SECONDS", 0.5)
+    stage = cv.stage(f.inc, executor="ray", resources={"nowhere": 1})
+    expected = r"'inc': 1 Ray worker\(s\) have waited .*nowhere"
+    with pytest.warns(RuntimeWarning, match=expected) as seen:
+        run = cv.Pipeline("unplaced", [stage]).stream(range(3))
+        assert wait_until(lambda: len(seen) > 0, timeout=20)
+        run.close()
+    assert run.state == "cancelled"

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+import warnings
 from collections import deque
 from time import monotonic_ns
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
 
 MAX_START_FAILURES = 3
 _PROBE: Any = object()  # in _refs: the answer of an actor's current()
+UNPLACED_SECONDS = 30  # an actor not placed by then: say why the stage waits
 WAIT_SECONDS = 0.05  # the collector's longest wait: how soon it sees new work or a stop
 
 
@@ -83,6 +85,7 @@ class _Actor:
         self.node = ""
         self.held: deque[tuple[Task, Any]] = deque()  # sent, unanswered, in order
         self.probing = False  # a current() call is out
+        self.born = monotonic_ns()
         self.timed_out = -1  # the unit that ran past the stage's timeout (-1: none)
 
 
@@ -113,6 +116,7 @@ class RayExecutor(Executor):
         self._closing = False
         self._start_failures = 0
         self._broken: BaseException | None = None
+        self._warned = False
 
     @classmethod
     def check(cls, stage: Stage, *, pipeline_built: bool) -> None:
@@ -208,8 +212,15 @@ class RayExecutor(Executor):
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
-        for a in actors:
-            self._kill(a, graceful=not cancel)
+        with self._lock:
+            held = [task for a in self._actors for task, _ in a.held]
+            for a in self._actors:
+                a.held.clear()
+            self._refs.clear()
+            for a in actors:
+                self._kill(a, graceful=not cancel)
+        for task in held:  # the run is ending (cancelled): every task still gets its answer
+            self.post(not_run(task))
 
     # --- actors (lock held unless said otherwise) ----------------------------------------
 
@@ -273,6 +284,36 @@ class RayExecutor(Executor):
                 self._answer(ref)
             if self.stage.timeout is not None and not self.stage.is_async:
                 self._probe()
+            self._warn_if_unplaced()
+
+    def _warn_if_unplaced(self) -> None:
+        """Say once when an actor has waited ``UNPLACED_SECONDS`` for a node: its
+        resources are nowhere free (the run waits for a node that has them)."""
+        if self._warned:
+            return
+        now = monotonic_ns()
+        with self._lock:
+            waiting = [
+                a
+                for a in self._actors
+                if not a.ready and not a.dead and now - a.born > UNPLACED_SECONDS * 1e9
+            ]
+        if waiting:
+            self._warned = True
+            # -W error must not end this thread: the warning is advice, not a failure
+            with contextlib.suppress(Warning):
+                self._warn_unplaced(len(waiting))
+
+    def _warn_unplaced(self, waiting: int) -> None:
+        need = self.stage.needs.as_dict() or {"cpus": 0}
+        warnings.warn(
+            f"stage {self.stage.name!r}: {waiting} Ray worker(s) have waited "
+            f"{UNPLACED_SECONDS} s for a node with {need} free; the run waits until "
+            "one joins (an autoscaler's, or `ray start --address=...`), or lower the "
+            "stage's resources",
+            RuntimeWarning,
+            stacklevel=1,
+        )
 
     def _probe(self) -> None:
         """Ask each busy actor which unit it runs and for how long (answered in
