@@ -148,7 +148,6 @@ def test_a_stage_no_node_can_place_says_so_and_can_be_closed(
     stage = cv.stage(f.inc, executor="ray", resources={"nowhere": 1})
     expected = r"'inc': 1 Ray worker\(s\) have waited .*nowhere"
     with pytest.warns(RuntimeWarning, match=expected) as seen:
-        run = cv.Pipeline("unplaced", [stage]).stream(range(3))
+        service = cv.Pipeline("unplaced", [stage]).start(range(3))  # a thread drives it
         assert wait_until(lambda: len(seen) > 0, timeout=20)
-        run.close()
-    assert run.state == "cancelled"
+        assert service.stop(drain=False, timeout=30) == "cancelled"
