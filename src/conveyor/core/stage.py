@@ -121,6 +121,7 @@ class Stage:
             the same as ``cpus=``, ``gpus=``, ``memory=``. Process workers get their
             GPUs through ``CUDA_VISIBLE_DEVICES``; Ray places each worker where they
             are free (:mod:`conveyor.core.resources`).
+        cpus, gpus, memory: the same as ``resources``' keys, one by one (``gpus=0.5``).
     """
 
     fn: Callable[..., Any]
