@@ -38,6 +38,7 @@ class SimStage:
     service: Callable[[int], int] | None = None  # root -> ns
     units_per_task: int = 1
     executor: str = "threads"  # as recorded: "processes" workers count against the cores
+    concurrency: int = 1  # an async stage's calls in flight per worker
 
     def service_ns(self, root: int) -> int:
         return self.service(root) if self.service is not None else int(self.ms * MS)
@@ -73,6 +74,7 @@ def run_info(stages: list[SimStage], start: int = 0) -> RunInfo:
                 capacity=s.capacity,
                 predecessors=tuple(names[i - 1 : i]),
                 successors=tuple(names[i + 1 : i + 2]),
+                concurrency=s.concurrency,
             )
             for i, s in enumerate(stages)
         ),
@@ -110,7 +112,8 @@ def simulate(
     n = len(stages)
     queues: list[deque[tuple[int, int]]] = [deque() for _ in stages]  # (root, enqueued)
     reserved = [0] * n
-    free = [list(range(s.workers)) for s in stages]
+    # Places for a call: an async stage's worker has `concurrency` of them.
+    free = [list(range(s.workers * s.concurrency)) for s in stages]
     inflight = [0] * n
     running: list[tuple[int, int, int, int, list[int], list[int], list[int], int, int]] = []
     task_ids = 0
@@ -194,7 +197,8 @@ def simulate(
         end, task, i, worker, roots, starts, ends, k, _ = heapq.heappop(running)
         now = end
         s = stages[i]
-        ins.task_finished(s.name, task, worker, [(r,) for r in roots], starts, ends, None)
+        keys = [(r,) for r in roots]
+        ins.task_finished(s.name, task, worker // s.concurrency, keys, starts, ends, None)
         inflight[i] -= 1
         note_inflight(i, now)
         free[i].append(worker)

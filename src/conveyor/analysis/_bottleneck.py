@@ -128,7 +128,8 @@ def windows_of(rec: Recording, m: RunMeasure, count: int = 4) -> tuple[WindowVer
                 continue
             per_unit = busy / units / 1e9
             units_per_item = s.units / m.items
-            load[name] = per_unit * units_per_item / s.workers_at(int((a + z) / 2))
+            places = s.workers_at(int((a + z) / 2)) * s.shape.concurrency
+            load[name] = per_unit * units_per_item / places
         best = max(load, key=lambda n: load[n]) if load else None
         out.append(WindowVerdict((a - t0) / 1e9, (z - t0) / 1e9, best, load))
     return tuple(out)

@@ -7,11 +7,13 @@ shutdown counts; start-up, from the run's start to t0, is reported on its own)::
 
     service            a unit's finished - started (a unit: an item, or a batch)
     service per item   busy / items_in, busy = Σ service of the stage's units
-    demand             busy / N: the stage's work per source item (N items read)
+    demand             busy / c / N: the stage's work per source item (N items read;
+                       c the calls a worker has in flight: an ``async def`` stage's
+                       concurrency, else 1)
     queue wait         a unit's started - enqueued (its first item's enqueue)
     worker-seconds     ∫ workers(t) dt over [t0, t1] (resizes applied)
-    utilisation        busy / worker-seconds
-    capacity           mean workers / service per item (items per second)
+    utilisation        busy / c / worker-seconds
+    capacity           mean workers × c / service per item (items per second)
     starved share      share of [t0, t1] with the input queue empty and a worker idle
     full share         share with the input queue full: depth >= bound - max(1, ⌈bound/10⌉)
     blocked share      share with some successor's input queue full
@@ -19,7 +21,7 @@ shutdown counts; start-up, from the run's start to t0, is reported on its own)::
     throughput         items finished / makespan
     latency            an item's finish (its last result reached the output) - its read
     first latency      the first item to finish: its finish - max(its read, t0)
-    bubble             1 - Σ busy / Σ worker-seconds
+    bubble             1 - Σ busy / c / Σ worker-seconds
 """
 
 from __future__ import annotations
@@ -158,8 +160,11 @@ def measure(rec: Recording) -> RunMeasure:
     total_busy = total_ws = 0.0
     for s in rec.stages.values():
         busy = s.busy_ns / 1e9
+        # An async stage's worker has `concurrency` places for calls: its busy time
+        # per place is what a worker of a plain stage would have.
+        places = s.shape.concurrency
         ws = s.window_worker_ns / 1e9
-        total_busy += busy
+        total_busy += busy / places
         total_ws += ws
         items_in = s.items_in if s.items_in is not None else _items_in(s)
         per_item = busy / items_in if items_in else None
@@ -182,10 +187,10 @@ def measure(rec: Recording) -> RunMeasure:
             service=Distribution.of_histogram(s.service),
             first_service_s=None if first is None else first / 1e9,
             service_per_item_s=per_item,
-            demand_s=busy / n_items if n_items else None,
+            demand_s=busy / places / n_items if n_items else None,
             queue_wait=Distribution.of_histogram(s.wait),
-            utilisation=busy / ws if ws > 0 else 0.0,
-            capacity=mean_w / per_item if per_item else None,
+            utilisation=busy / places / ws if ws > 0 else 0.0,
+            capacity=mean_w * places / per_item if per_item else None,
             starved_share=_share(s.window_starved_ns, t0, t1),
             full_share=_share(s.window_full_ns, t0, t1),
             blocked_share=blocked,

@@ -25,7 +25,7 @@ import random
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from time import monotonic_ns
 from typing import TYPE_CHECKING, Any
@@ -241,25 +241,24 @@ def run_cached(
     return Outcome(task_id, worker, results, stamps, hits=hits, uncached=_sentence(notes))
 
 
-def run_cached_async(
-    fn: Callable[[Any], Any],
-    kind: str,
+async def run_cached_async(
     units: list[Any],
     worker: int,
     task_id: int,
     spec: CacheSpec,
     in_caller: bool,
-    run_async: Callable[..., Outcome],
+    run_async: Callable[[list[Any]], Awaitable[Outcome]],
 ) -> Outcome:
-    """``run_task`` for a cached ``async def`` stage: every unit is looked up first;
-    the misses then run together on the event loop (``run_async``, up to the stage's
-    concurrency), and their results are stored."""
+    """A task of a cached ``async def`` stage: every unit is looked up first; the
+    misses then run together on the event loop (``run_async``, up to the worker's
+    calls in flight), and their results are stored."""
     from conveyor.executors.task import failure
 
     cache = cache_at(spec.root)
     n = len(units)
     results: list[Any] = [None] * n
     starts = [0] * n
+    ends = [0] * n
     hits: list[int] = []
     failures = []
     notes: dict[str, str] = {}
@@ -274,19 +273,20 @@ def run_cached_async(
             if in_caller and isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
             failures.append(failure(i, exc))
+            ends[i] = monotonic_ns()
             continue
+        ends[i] = monotonic_ns()
         if hit and not (spec.check and _rng.random() < spec.check):
             results[i] = value
             hits.append(i)
         else:
             todo.append((i, key, hit, value))
     if todo:
-        out = run_async(
-            fn, kind, [units[i] for i, *_ in todo], worker, task_id, in_caller=in_caller
-        )
+        out = await run_async([units[i] for i, *_ in todo])
         failed = {f.unit: f for f in out.failures}
         for j, (i, key, hit, value) in enumerate(todo):
             starts[i] = out.stamps[j]
+            ends[i] = out.ends[j] if out.ends is not None else out.stamps[-1]
             if j in failed:
                 failures.append(dataclasses.replace(failed[j], unit=i))
                 continue
@@ -298,8 +298,8 @@ def run_cached_async(
                 _store(cache, spec, key, r, units[i], notes)
     failures.sort(key=lambda f: f.unit)
     return Outcome(
-        task_id, worker, results, [*starts, monotonic_ns()], failures,
-        hits=hits, uncached=_sentence(notes),
+        task_id, worker, results, [*starts, max(ends, default=monotonic_ns())], failures,
+        hits=hits, uncached=_sentence(notes), ends=ends,
     )  # fmt: skip
 
 

@@ -70,19 +70,23 @@ class Completion:
         stamps = out.stamps
         ran = min(n, max(0, len(stamps) - 1))  # units that ran, failing ones included
         if ran:
+            if out.ends is None:  # units ran one after the other
+                busy = stamps[ran] - stamps[0]
+            else:  # they overlapped: the busy time is each call's own
+                busy = sum(map(operator.sub, out.ends[:ran], stamps[:ran]))
             if task.batch_keys is None:
-                s.measured(ran, stamps[ran] - stamps[0])
+                s.measured(ran, busy)
                 s.items_in += ran
             else:
                 items = sum(len(b) for b in task.batch_keys[:ran])
                 # A fold's unit is a chunk of any size: its cost is per item.
-                s.measured(items if s.fold is not None else ran, stamps[ran] - stamps[0])
+                s.measured(items if s.fold is not None else ran, busy)
                 s.items_in += items
         s.calls += out.calls
         if not (out.failures or out.lost or out.hits or out.uncached) and len(out.results) == n:
             # The common case: every unit succeeded (and ran whole: no slicing of keys).
             if self._finish_hook:
-                if ran == n == len(stamps) - 1:
+                if ran == n == len(stamps) - 1 and out.ends is None:
                     fin = self._ins.task_finished
                     fin(s.name, task.id, out.worker, task.keys, stamps[:-1], stamps[1:], None)
                 else:
@@ -124,7 +128,9 @@ class Completion:
     ) -> None:
         stamps = out.stamps
         keys = task.keys if ran == len(task.keys) else task.keys[:ran]
-        if ran == len(stamps) - 1:
+        if out.ends is not None:
+            starts, ends = stamps[:ran], out.ends[:ran]
+        elif ran == len(stamps) - 1:
             starts, ends = stamps[:-1], stamps[1:]
         else:
             starts, ends = stamps[:ran], stamps[1 : ran + 1]
@@ -140,6 +146,11 @@ class Completion:
             end = monotonic_ns()
             keys = [*keys, task.keys[lost.unit_index]]
             starts, ends = [*starts, end - int(timeout * 1e9)], [*ends, end]
+        if out.ends is not None and len(ends) > 1:
+            # Overlapping units, in the order they ended: the last one ends the task.
+            order = sorted(range(len(ends)), key=ends.__getitem__)
+            keys = [keys[i] for i in order]
+            starts, ends = [starts[i] for i in order], [ends[i] for i in order]
         error = failed[min(failed)].error if failed else None
         self._ins.task_finished(s.name, task.id, out.worker, keys, starts, ends, error)
 

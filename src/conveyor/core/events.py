@@ -37,6 +37,7 @@ class StageInfo:
     capacity: int | None  # bound of its input queue; None for collect
     predecessors: tuple[str, ...]
     successors: tuple[str, ...]
+    concurrency: int = 1  # calls in flight per worker (async def stages)
 
 
 class RunControl(Protocol):

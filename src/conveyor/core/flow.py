@@ -155,6 +155,10 @@ class StageState:
         # Tasks dispatched beyond the running ones wait at the executor, so that a
         # worker starts its next task at once instead of waiting for our round trip.
         self.prefetch = traits.in_flight_per_worker
+        # An async worker that overlaps tasks keeps `concurrency` of them in flight.
+        self.overlap = stage.is_async and traits.async_overlap
+        if self.overlap:
+            self.prefetch = max(self.prefetch, stage.concurrency)
         self.busy = 0  # tasks in flight
         self.unit_ns = 0.0  # moving average of one unit's service time; 0: unknown
         self.drained = False  # no item will ever reach this stage again, and it is idle
@@ -185,8 +189,8 @@ class StageState:
         if self.unit_ns <= 0:
             return 1  # measure one unit before sending more
         cap = int(self.traits.target_task_ns / self.unit_ns) or 1
-        if self.stage.is_async:
-            cap *= self.stage.concurrency
+        if self.stage.is_async and not self.overlap:
+            cap *= self.stage.concurrency  # the task's units run together
         return min(cap, MAX_UNITS)
 
     def measured(self, units: int, busy_ns: int) -> None:
@@ -285,7 +289,14 @@ class StageState:
         """The stage as instruments see it when the run starts."""
         s = self.stage
         return StageInfo(
-            self.name, self.kind, s.executor, s.workers, self.queue.bound, predecessors, successors
+            self.name,
+            self.kind,
+            s.executor,
+            s.workers,
+            self.queue.bound,
+            predecessors,
+            successors,
+            s.concurrency if s.is_async else 1,
         )
 
     def statistics(self) -> StageStatistics:
@@ -309,6 +320,7 @@ class StageState:
             cache_hits=self.cache_hits,
             calls=self.calls,
             live_workers=self.executor.alive() if self.executor is not None else 0,
+            concurrency=s.concurrency if s.is_async else 1,
         )
 
 

@@ -25,9 +25,10 @@ class QueueStatistics:
 class StageStatistics:
     """One stage's counters.
 
-    ``busy_seconds`` sums the workers' time inside the function, so
-    ``busy_seconds / (workers * elapsed)`` is the busy share of its workers and
-    ``busy_seconds / items_in`` the mean service time per item.
+    ``busy_seconds`` sums the time of every call, so ``busy_seconds / (workers *
+    concurrency * elapsed)`` is the busy share of its workers (an ``async def``
+    stage's worker has ``concurrency`` places for calls) and ``busy_seconds /
+    items_in`` the mean service time per item.
     """
 
     name: str
@@ -48,6 +49,7 @@ class StageStatistics:
     cache_hits: int = 0  # calls answered from the stage's cache
     calls: int = 0  # times the function was called, retries and repeats included
     live_workers: int = 0  # workers that can take a task now (converges on ``workers``)
+    concurrency: int = 1  # calls in flight per worker (async def stages)
 
     @property
     def mean_service_seconds(self) -> float | None:
@@ -57,7 +59,7 @@ class StageStatistics:
         """Share of the workers' time spent inside the function over ``elapsed_seconds``."""
         if elapsed_seconds <= 0:
             return 0.0
-        return min(1.0, self.busy_seconds / (self.workers * elapsed_seconds))
+        return min(1.0, self.busy_seconds / (self.workers * self.concurrency * elapsed_seconds))
 
 
 @dataclasses.dataclass(frozen=True)

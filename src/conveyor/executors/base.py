@@ -127,8 +127,8 @@ class Outcome:
     its result was lost with its worker, and the scheduler runs it again at no
     cost of an attempt. ``stamps`` holds n + 1 monotonic times for the first n
     units, which ran one after the other: unit i ran from ``stamps[i]`` to
-    ``stamps[i + 1]`` (async units overlap: ``stamps`` are their starts plus the
-    last end). ``lost`` is set when the worker died or timed out mid-task: the unit
+    ``stamps[i + 1]``. Async units overlap: then ``stamps`` are their starts plus
+    the last end, and ``ends[i]`` is when unit i ended. ``lost`` is set when the worker died or timed out mid-task: the unit
     it was running fails with :class:`~conveyor.WorkerLostError` or
     :class:`TimeoutError`.
     """
@@ -141,6 +141,7 @@ class Outcome:
     lost: LostWorker | None = None
     hits: list[int] = dataclasses.field(default_factory=list)  # units answered by the cache
     uncached: str | None = None  # what the cache could not do, and the fix: warned once
+    ends: list[int] | None = None  # units that overlap (async): when each one ended
 
     @property
     def calls(self) -> int:
@@ -181,6 +182,9 @@ class Traits:
     ``host_cores``: each worker is a process of this machine that needs one of its
     cores (the report weighs such workers against the machine's CPUs; a cluster's
     workers do not count against them).
+    ``async_overlap``: a worker of an ``async def`` stage runs several tasks at once,
+    up to the stage's ``concurrency`` calls in flight across them, so the scheduler
+    keeps that many tasks in flight per worker instead of widening each task.
     """
 
     target_task_ns: int
@@ -189,6 +193,7 @@ class Traits:
     shares_memory: bool = True
     max_units: int | None = None
     host_cores: bool = False
+    async_overlap: bool = False
 
 
 class NoInitial:

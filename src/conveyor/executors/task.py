@@ -7,8 +7,9 @@ task with :func:`run_task`, so the semantics of a stage are written once:
 - units run in order and the task stops at the first unit that raises; the
   units after it did not run (the scheduler sends them again, free);
 - ``async def`` functions run every unit on the thread's event loop, up to
-  ``concurrency`` at once; a failing unit does not discard the others' results,
-  so a call that succeeded is never repeated;
+  ``concurrency`` at once (:func:`run_async_task`; a threads worker runs several
+  tasks so at once); a failing unit does not discard the others' results, so a
+  call that succeeded is never repeated;
 - whatever a unit raises is reported as a :class:`~conveyor.executors.base.Failure`,
   any ``BaseException`` included (fatal when it is not an ``Exception``), except
   that a task running in the caller's own thread lets ``KeyboardInterrupt`` and
@@ -21,7 +22,6 @@ keys when the outcome comes back. That keeps what crosses a process boundary sma
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 import traceback
 from collections.abc import Callable, Iterable
@@ -78,15 +78,19 @@ def run_task(
     raises propagates). ``in_caller``: the task runs in the thread that iterates
     the run, so ``KeyboardInterrupt`` and ``SystemExit`` propagate.
     """
-    if cache is not None:  # the cache's own module: looked up, then computed and stored
-        from conveyor.cache._engine import run_cached, run_cached_async
-
-        if is_async:
-            run = functools.partial(_run_async, concurrency=concurrency, timeout=timeout)
-            return run_cached_async(fn, kind, units, worker, task_id, cache, in_caller, run)
-        return run_cached(fn, kind, units, worker, task_id, on_unit, cache, in_caller)
     if is_async:
-        return _run_async(fn, kind, units, worker, task_id, concurrency, timeout, in_caller)
+
+        async def whole_task() -> Outcome:
+            sem = asyncio.Semaphore(concurrency)
+            return await run_async_task(
+                fn, kind, units, worker, task_id, sem, timeout, cache, in_caller
+            )
+
+        return thread_loop().run_until_complete(whole_task())
+    if cache is not None:  # the cache's own module: looked up, then computed and stored
+        from conveyor.cache._engine import run_cached
+
+        return run_cached(fn, kind, units, worker, task_id, on_unit, cache, in_caller)
     results: list[Any] = []
     append = results.append
     stamps = [monotonic_ns()]
@@ -118,26 +122,37 @@ def _materialise(r: Any) -> list[Any]:
     return list(r)
 
 
-def _run_async(
+async def run_async_task(
     fn: Callable[[Any], Any],
     kind: str,
     units: list[Any],
     worker: int,
     task_id: int,
-    concurrency: int,
-    timeout: float | None,
-    in_caller: bool,
+    sem: asyncio.Semaphore,
+    timeout: float | None = None,
+    cache: CacheSpec | None = None,
+    in_caller: bool = False,
 ) -> Outcome:
-    # Units overlap here, so each has its own start; stamps are the starts in unit
-    # order plus the last end, which keeps the Outcome contract (busy time is then
-    # the task's wall time, not the sum over overlapping units). Every unit runs to
-    # its end: a failing unit never costs the others their results.
+    """Run a task of an ``async def`` stage on the running event loop, each unit under
+    ``sem`` (the worker's calls in flight) and every unit to its end: a failing unit
+    never costs the others their results. Units overlap, so the outcome has each
+    one's start and end. A cached stage looks every unit up first."""
+    if cache is not None:
+        from conveyor.cache._engine import run_cached_async
+
+        async def misses(todo: list[Any]) -> Outcome:
+            return await run_async_task(
+                fn, kind, todo, worker, task_id, sem, timeout, None, in_caller
+            )
+
+        return await run_cached_async(units, worker, task_id, cache, in_caller, misses)
     n = len(units)
     results: list[Any] = [None] * n
     starts = [0] * n
+    ends = [0] * n
     failures: list[Failure] = []
 
-    async def one(i: int, sem: asyncio.Semaphore) -> None:
+    async def one(i: int) -> None:
         async with sem:
             starts[i] = monotonic_ns()
             try:
@@ -147,11 +162,11 @@ def _run_async(
                 if in_caller and isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
                 failures.append(failure(i, exc))
+            ends[i] = monotonic_ns()
 
-    async def all_units() -> None:
-        sem = asyncio.Semaphore(concurrency)
-        await asyncio.gather(*(one(i, sem) for i in range(n)))
-
-    thread_loop().run_until_complete(all_units())
+    if n == 1:
+        await one(0)
+    else:
+        await asyncio.gather(*(one(i) for i in range(n)))
     failures.sort(key=lambda f: f.unit)
-    return Outcome(task_id, worker, results, [*starts, monotonic_ns()], failures)
+    return Outcome(task_id, worker, results, [*starts, max(ends)], failures, ends=ends)

@@ -2,7 +2,8 @@
 
 Threads suit I/O-bound functions and functions that release the GIL (NumPy, most
 C extensions). ``async def`` functions run on a per-thread event loop, up to
-``concurrency`` calls at once within a task.
+``concurrency`` calls at once across the tasks a thread holds
+(:mod:`conveyor.executors.asyncthreads`).
 
 Every task a thread takes gets exactly one outcome: whatever the function raises
 (``SystemExit`` and ``asyncio.CancelledError`` included) is reported as that unit's
@@ -24,6 +25,8 @@ from collections.abc import Callable
 from time import monotonic, monotonic_ns
 from typing import TYPE_CHECKING, Any
 
+from conveyor.executors import asyncthreads
+from conveyor.executors.asyncthreads import Backlog
 from conveyor.executors.base import (
     CacheSpec,
     Executor,
@@ -36,7 +39,7 @@ from conveyor.executors.base import (
     not_run,
 )
 from conveyor.executors.calls import close_quietly, worker_function
-from conveyor.executors.task import close_thread_loop, failure, run_task
+from conveyor.executors.task import close_thread_loop, failure, run_task, thread_loop
 
 if TYPE_CHECKING:
     from conveyor.core.stage import Stage
@@ -49,7 +52,7 @@ class _Cancelled(Exception):
 
 
 class ThreadExecutor(Executor):
-    traits = Traits(target_task_ns=2_000_000, in_flight_per_worker=1)
+    traits = Traits(target_task_ns=2_000_000, in_flight_per_worker=1, async_overlap=True)
 
     def __init__(
         self,
@@ -61,6 +64,8 @@ class ThreadExecutor(Executor):
     ) -> None:
         super().__init__(stage, post, cache=cache, context=context)
         self._inbox: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
+        # an async stage's tasks wait here instead, for a worker with room
+        self._backlog = Backlog() if stage.is_async else None
         self._lock = threading.Lock()
         self._cancelled = threading.Event()  # stop before the next unit
         self._stop = threading.Event()  # the run is ending: the watchdog stops
@@ -84,7 +89,10 @@ class ThreadExecutor(Executor):
             self._watchdog.start()
 
     def submit(self, task: Task) -> None:
-        self._inbox.put(task)
+        if self._backlog is not None:
+            self._backlog.put(task)
+        else:
+            self._inbox.put(task)
 
     def resize(self, workers: int) -> None:
         with self._lock:
@@ -112,7 +120,10 @@ class ThreadExecutor(Executor):
             self.stage.fn, self.stage.kind, self.stage.initial, self.stage.init
         )
         try:
-            self._serve(worker, fn)
+            if self._backlog is not None:
+                self._serve_async(worker, fn, self._backlog)
+            else:
+                self._serve(worker, fn)
         finally:
             close_quietly(close, self.stage.name)
             close_thread_loop()
@@ -135,6 +146,30 @@ class ThreadExecutor(Executor):
             self.post(outcome)
             if retire:
                 return
+
+    def _serve_async(self, worker: int, fn: Callable[[Any], Any], backlog: Backlog) -> None:
+        s = self.stage
+        serving = asyncthreads.serve(
+            worker,
+            fn,
+            kind=s.kind,
+            concurrency=s.concurrency,
+            timeout=s.timeout,
+            cache=self.cache,
+            backlog=backlog,
+            post=self.post,
+            retire=self._retire,
+            cancelled=self._cancelled,
+        )
+        thread_loop().run_until_complete(serving)
+
+    def _retire(self, worker: int) -> bool:
+        """Whether ``worker`` is one too many for the target: then it no longer serves."""
+        with self._lock:
+            if len(self._serving) > self.target:
+                self._serving.discard(worker)
+                return True
+            return False
 
     def _run(self, worker: int, fn: Callable[[Any], Any], task: Task) -> Outcome:
         """Run ``task``; every path ends in its outcome."""
@@ -196,6 +231,8 @@ class ThreadExecutor(Executor):
             abandoned = set(self._abandoned)
         if cancel:
             self._cancelled.set()
+        if self._backlog is not None:
+            self._backlog.close()
         for _ in threads:
             self._inbox.put(None)
         # A thread inside a long call cannot be interrupted; it is a daemon and exits at

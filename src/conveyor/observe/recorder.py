@@ -190,6 +190,7 @@ class Recorder(Instrument):
                     s.capacity,
                     tuple(s.predecessors),
                     tuple(s.successors),
+                    s.concurrency,
                 ),
                 timeline,
             )
@@ -304,7 +305,10 @@ class Recorder(Instrument):
         if start >= timeline.end:
             timeline.coarsen(start)
         b = (start - timeline.origin) // timeline.width
-        s.u_busy[b] += end - start
+        if n > 1 and ends_ns[0] > starts_ns[1]:  # async units overlapped: each its own time
+            s.u_busy[b] += sum(map(sub, ends_ns, starts_ns))
+        else:
+            s.u_busy[b] += end - start
         s.u_units[b] += n
         if self._detail_left:
             self._keep_detail(s, worker, keys, starts_ns, ends_ns, error)

@@ -69,6 +69,7 @@ class StageShape:
     capacity: int | None
     predecessors: tuple[str, ...]
     successors: tuple[str, ...]
+    concurrency: int = 1  # calls in flight per worker (async def stages)
 
 
 @dataclasses.dataclass
@@ -323,6 +324,7 @@ def _stage_from_dict(d: dict[str, Any]) -> StageRecording:
         capacity=sh["capacity"],
         predecessors=tuple(sh["predecessors"]),
         successors=tuple(sh["successors"]),
+        concurrency=sh.get("concurrency", 1),
     )
     det = d["detail"]
     return StageRecording(

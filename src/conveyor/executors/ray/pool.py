@@ -371,6 +371,8 @@ class RayExecutor(Executor):
         if out.stamps:  # the actor's clock, placed on ours: it ended as the reply came
             shift = received - out.stamps[-1]
             out.stamps = [t + shift for t in out.stamps]
+            if out.ends is not None:
+                out.ends = [t + shift for t in out.ends]
         with self._lock:
             if a.held and a.held[0][0] is task:
                 a.held.popleft()
