@@ -13,13 +13,11 @@ from typing import TYPE_CHECKING
 
 import click
 
-from conveyor.config import apply_config
-from conveyor.executors.base import executor_traits
-
 if TYPE_CHECKING:
-    from conveyor.core.pipeline import Pipeline
+    from conveyor import Pipeline
 
 ADDRESS_VARIABLE = "CONVEYOR_RAY_ADDRESS"  # read by the ray executor too
+PINNED = "sync"  # the executor that keeps a stage in the driver, on the caller's thread
 
 RAY_OPTION = click.option(
     "--ray",
@@ -36,9 +34,9 @@ RAY_OPTION = click.option(
 def on_ray(pipeline: Pipeline, address: str) -> Pipeline:
     """``pipeline`` with its stages on the Ray cluster at ``address``."""
     os.environ[ADDRESS_VARIABLE] = address
-    moved = {}
-    for name, stage in pipeline.stages.items():
-        traits = executor_traits(stage.executor)
-        if stage.executor != "ray" and not (traits is not None and traits.runs_in_caller):
-            moved[name] = {"executor": "ray"}
-    return apply_config(pipeline, {"stages": moved}) if moved else pipeline
+    moved = {
+        name: {"executor": "ray"}
+        for name, stage in pipeline.stages.items()
+        if stage.executor not in ("ray", PINNED)
+    }
+    return pipeline.with_config({"stages": moved}) if moved else pipeline

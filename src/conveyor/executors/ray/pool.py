@@ -35,6 +35,7 @@ differs is still measured right.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 import warnings
@@ -61,6 +62,7 @@ from conveyor.executors.processes.remote import rebuild
 from conveyor.executors.processes.shm import dumps
 from conveyor.executors.ray.actor import actor_class, plain_registry
 from conveyor.executors.ray.connect import connect, import_ray
+from conveyor.executors.ray.options import ray_options, unplaced
 
 if TYPE_CHECKING:
     from conveyor.core.stage import Stage
@@ -69,6 +71,7 @@ MAX_START_FAILURES = 3
 _PROBE: Any = object()  # in _refs: the answer of an actor's current()
 UNPLACED_SECONDS = 30  # an actor not placed by then: say why the stage waits
 WAIT_SECONDS = 0.05  # the collector's longest wait: how soon it sees new work or a stop
+JOIN_SECONDS = 10.0  # how long shutdown waits for actors to close their instances
 
 
 class _Actor:
@@ -131,7 +134,10 @@ class RayExecutor(Executor):
         s = self.stage
         fn_bytes = dump_function(s.fn)
         init_bytes = b"" if s.init is None else dump_function(s.init)
-        env = {"CONVEYOR_WORKER": "ray"}
+        # Ray's workers do not inherit the driver's environment: conveyor's own
+        # settings (CONVEYOR_*) follow the run; others go through Ray's runtime_env.
+        env = {k: v for k, v in os.environ.items() if k.startswith("CONVEYOR_")}
+        env["CONVEYOR_WORKER"] = "ray"
         self._args = (
             list(sys.path),
             fn_bytes,
@@ -217,10 +223,15 @@ class RayExecutor(Executor):
             for a in self._actors:
                 a.held.clear()
             self._refs.clear()
-            for a in actors:
-                self._kill(a, graceful=not cancel)
+            closing = [self._kill(a, graceful=not cancel) for a in actors]
         for task in held:  # the run is ending (cancelled): every task still gets its answer
             self.post(not_run(task))
+        # As process workers are joined: a class stage's instance is closed by the time
+        # the run returns (close() runs in the actor).
+        stops = [ref for ref in closing if ref is not None]
+        if stops:
+            with contextlib.suppress(Exception):
+                self._ray.wait(stops, num_returns=len(stops), timeout=JOIN_SECONDS)
 
     # --- actors (lock held unless said otherwise) ----------------------------------------
 
@@ -237,20 +248,24 @@ class RayExecutor(Executor):
         if not a.held:
             self._kill(a, graceful=True)
 
-    def _kill(self, a: _Actor, *, graceful: bool) -> None:
+    def _kill(self, a: _Actor, *, graceful: bool) -> Any:
+        """Stop ``a``: gracefully (close its instance, then exit; the ref of the
+        close is returned) or at once."""
         a.serving = False
         if a.dead:
-            return
+            return None
         a.dead = True
         self._refs.pop(a.ready_ref, None)
+        stopped = None
         try:
             if graceful:
-                a.handle.stop.remote()
+                stopped = a.handle.stop.remote()
                 a.handle.__ray_terminate__.remote()
             else:
                 self._ray.kill(a.handle, no_restart=True)
         except Exception:
             pass
+        return stopped
 
     def _dispatch(self) -> None:
         """Send pending tasks to the least loaded serving actors, up to their depth."""
@@ -305,15 +320,7 @@ class RayExecutor(Executor):
                 self._warn_unplaced(len(waiting))
 
     def _warn_unplaced(self, waiting: int) -> None:
-        need = self.stage.needs.as_dict() or {"cpus": 0}
-        warnings.warn(
-            f"stage {self.stage.name!r}: {waiting} Ray worker(s) have waited "
-            f"{UNPLACED_SECONDS} s for a node with {need} free; the run waits until "
-            "one joins (an autoscaler's, or `ray start --address=...`), or lower the "
-            "stage's resources",
-            RuntimeWarning,
-            stacklevel=1,
-        )
+        warnings.warn(unplaced(self.stage, waiting, UNPLACED_SECONDS), RuntimeWarning, stacklevel=1)
 
     def _probe(self) -> None:
         """Ask each busy actor which unit it runs and for how long (answered in
@@ -463,21 +470,6 @@ class RayExecutor(Executor):
             stage=self.stage.name,
             pid=a.pid,
         )
-
-
-def ray_options(stage: Stage) -> dict[str, Any]:
-    """The actor options for ``stage``'s resources: CPUs (0 unless given, so that a
-    stage's workers never wait for cores Ray has promised elsewhere), GPUs, memory and
-    named resources."""
-    need = stage.needs
-    options: dict[str, Any] = {"num_cpus": need.cpus or 0, "max_concurrency": 1}
-    if need.gpus:
-        options["num_gpus"] = need.gpus
-    if need.memory is not None:
-        options["memory"] = need.memory
-    if need.custom:
-        options["resources"] = dict(need.custom)
-    return options
 
 
 def _broken_outcome(task: Task, error: BaseException) -> Outcome:
