@@ -2,7 +2,7 @@
 
     tokenize   map, 2 workers     split a sentence into words
     score      map, class stage   a "model" made once per worker (a word-weight table)
-    top        batch of 16        the best-scored sentence of each batch
+    top        fold               the best-scored sentence of all
 
 Run it on threads (the file's own choice), then on processes or on Ray, unchanged::
 
@@ -61,9 +61,12 @@ class Scorer:
 score = cv.stage(Scorer, name="score", workers=2, cpus=1)
 
 
-@cv.stage(kind="batch", size=16)
-def top(batch: list[tuple[int, str]]) -> tuple[int, str]:
-    return max(batch)
+def keep_best(best: tuple[int, str], scored: tuple[int, str]) -> tuple[int, str]:
+    return max(best, scored)
+
+
+# A fold: chunks are folded in parallel and merged with `combine`, in any order.
+top = cv.stage(keep_best, name="top", kind="fold", initial=(0, ""), combine=max)
 
 
 pipeline = cv.Pipeline("scale", [tokenize, score, top], source=sentences)
