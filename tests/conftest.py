@@ -9,13 +9,34 @@ import time
 
 import pytest
 
-EXECUTORS = ("sync", "threads", "processes")
+from conveyor.executors import executor_names
+
+EXECUTORS = executor_names()  # every registered executor: sync, threads, processes, ray
 
 
 @pytest.fixture(params=EXECUTORS)
 def executor(request: pytest.FixtureRequest) -> str:
     """Run the test once per executor, with identical assertions."""
     return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def ray_instance():  # type: ignore[no-untyped-def]
+    """One local Ray instance for a module's tests on the ray executor."""
+    from raycluster import have_ray, local_ray
+
+    if not have_ray():
+        pytest.skip("the ray executor's tests need Ray: pip install -e '.[ray]'")
+    with local_ray() as ray:
+        yield ray
+
+
+@pytest.fixture(autouse=True)
+def ray_when_asked(request: pytest.FixtureRequest) -> None:
+    """A test run on ``executor="ray"`` gets its module's Ray instance."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("executor") == "ray":
+        request.getfixturevalue("ray_instance")
 
 
 def alive(pid: int) -> bool:

@@ -40,7 +40,8 @@ def calls(log: str) -> list[int]:
 
 
 def in_worker_process() -> bool:
-    return multiprocessing.parent_process() is not None
+    """A process worker, or a Ray actor (conveyor sets CONVEYOR_WORKER in those)."""
+    return multiprocessing.parent_process() is not None or bool(os.environ.get("CONVEYOR_WORKER"))
 
 
 def slow_echo(x: Any) -> Any:

@@ -229,3 +229,32 @@ def row_total(row: dict[str, Any]) -> int:
 def batch_ids(batch: Any) -> list[int]:
     """A ``pyarrow.RecordBatch`` to its ``id`` column, as a list."""
     return [int(i) for i in batch.column("id").to_pylist()]
+
+
+def visible_devices(_x: Any) -> tuple[int, str | None]:
+    """(the worker's pid, the GPUs it sees): what Stage(gpus=...) gave it."""
+    time.sleep(0.005)
+    return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+class Counted:
+    """A class stage: one instance per worker, which says who it is."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, _x: Any) -> tuple[int, int, int]:
+        self.calls += 1
+        return os.getpid(), id(self), self.calls
+
+
+def on_node(x: int) -> tuple[int, str]:
+    """(x * 10, the Ray node it ran on), a moment later: the pinned middle stage."""
+    import ray
+
+    time.sleep(0.02)
+    return x * 10, ray.get_runtime_context().get_node_id()
+
+
+def negate_pair(pair: tuple[int, str]) -> tuple[int, str]:
+    return -pair[0], pair[1]

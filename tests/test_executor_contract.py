@@ -256,7 +256,7 @@ def test_workers_that_die_before_they_start_fail_the_run_clearly(
     mod = tmp_path / "exits_in_workers.py"
     mod.write_text(
         "import multiprocessing, os\n"
-        "if multiprocessing.parent_process() is not None:\n"
+        "if multiprocessing.parent_process() or os.environ.get('CONVEYOR_WORKER'):\n"
         "    os._exit(7)\n"
         "def ident(x):\n"
         "    return x\n"
@@ -268,7 +268,9 @@ def test_workers_that_die_before_they_start_fail_the_run_clearly(
         stage = cv.stage(exits_in_workers.ident, executor=executor, workers=2, **policy)
         with pytest.raises(cv.WorkerLostError, match="exit before they can start") as info:
             cv.Pipeline("start", [stage]).run(range(10))
-        assert info.value.exitcode == 7 and info.value.stage == "ident"
+        # Ray does not tell the exit status of a worker process it lost.
+        assert info.value.exitcode == (None if executor == "ray" else 7)
+        assert info.value.stage == "ident"
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("exits_in_workers", None)

@@ -66,6 +66,9 @@ STAGE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "on_error": ((str,), 'on_error = "fail" or on_error = "skip"'),
     "timeout": (_NUMBER, "seconds, e.g. timeout = 30.0"),
     "cache": ((bool, str), 'cache = true, or a cache folder, e.g. cache = "/data/cache"'),
+    "cpus": (_NUMBER, "CPUs per worker, e.g. cpus = 1"),
+    "gpus": (_NUMBER, "GPUs per worker, a share (gpus = 0.5) or a whole number (gpus = 2)"),
+    "memory": ((int, str), 'memory per worker, bytes or a size, e.g. memory = "2GB"'),
 }
 RETRY_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "attempts": ((int,), "a whole number of calls, the first included, e.g. attempts = 5"),

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 
 from conveyor.analysis._measure import RunMeasure
 from conveyor.analysis._model import Prediction
+from conveyor.executors.base import executor_traits
 
 __all__ = [
     "ENGINE_ADVICE",
@@ -49,14 +50,12 @@ ENGINE_ADVICE = (
 
 def sync_stages(m: RunMeasure) -> set[str]:
     """The stages that run in the caller's thread: no workers of their own."""
-    return {n for n, s in m.stages.items() if s.executor == "sync"}
+    return {n for n, s in m.stages.items() if _runs_in_caller(s.executor)}
 
 
 def cpu_workers(m: RunMeasure, workers: Mapping[str, int]) -> int:
     """The workers of ``workers`` that each need a core: those of process stages."""
-    return sum(
-        w for n, w in workers.items() if n in m.stages and m.stages[n].executor == "processes"
-    )
+    return sum(w for n, w in workers.items() if n in m.stages and needs_core(m.stages[n].executor))
 
 
 def allowed(m: RunMeasure, now: Mapping[str, int], workers: Mapping[str, int]) -> bool:
@@ -67,8 +66,19 @@ def allowed(m: RunMeasure, now: Mapping[str, int], workers: Mapping[str, int]) -
     return not any(
         workers[n] > now.get(n, 0)
         for n in workers
-        if n in m.stages and m.stages[n].executor == "processes"
+        if n in m.stages and needs_core(m.stages[n].executor)
     )
+
+
+def needs_core(executor: str) -> bool:
+    """Whether each worker of ``executor`` is a process of this machine (its traits)."""
+    traits = executor_traits(executor)
+    return traits is not None and traits.host_cores
+
+
+def _runs_in_caller(executor: str) -> bool:
+    traits = executor_traits(executor)
+    return traits is not None and traits.runs_in_caller
 
 
 def engine_bound(

@@ -30,6 +30,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
+from conveyor.executors.base import executor_traits
 from conveyor.observe.histogram import Histogram
 from conveyor.observe.recording import Recording, StageRecording, full_depth
 
@@ -196,7 +197,7 @@ def measure(rec: Recording) -> RunMeasure:
             mean_queue_depth=s.window_depth_ns / (t1 - t0) if t1 > t0 else 0.0,
             peak_queue_depth=s.peak_depth,
             bound=s.shape.capacity,
-            resizable=s.shape.kind != "collect" and s.shape.executor != "sync",
+            resizable=s.shape.kind != "collect" and not _runs_in_caller(s.shape.executor),
             predecessors=s.shape.predecessors,
         )
     first_latency = None
@@ -227,3 +228,8 @@ def _items_in(s: StageRecording) -> int:
     if s.shape.kind in ("batch", "collect"):
         return s.items_enqueued
     return s.units
+
+
+def _runs_in_caller(executor: str) -> bool:
+    traits = executor_traits(executor)
+    return traits is not None and traits.runs_in_caller

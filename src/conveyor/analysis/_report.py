@@ -18,7 +18,14 @@ import json
 import math
 from typing import Any
 
-from conveyor.analysis._advice import ENGINE_ADVICE, allowed, cpu_workers, engine_bound, sync_stages
+from conveyor.analysis._advice import (
+    ENGINE_ADVICE,
+    allowed,
+    cpu_workers,
+    engine_bound,
+    needs_core,
+    sync_stages,
+)
 from conveyor.analysis._balance import Allocation, balance
 from conveyor.analysis._bottleneck import Bottleneck, WindowVerdict, find_bottleneck
 from conveyor.analysis._measure import RunMeasure, measure
@@ -385,7 +392,7 @@ def _recommend(
                 )
                 break
     procs = cpu_workers(m, current)
-    if m.cpus and procs >= m.cpus and m.stages[b].executor == "processes":
+    if m.cpus and procs >= m.cpus and needs_core(m.stages[b].executor):
         out.append(
             f"the cores are the limit: {procs} process workers already use the machine's "
             f"{m.cpus} CPU cores, so more process workers would only share them; make `{b}` "
@@ -450,7 +457,7 @@ def _caveats(m: RunMeasure) -> list[str]:
             + ", ".join(cold)
             + "; the first item's latency includes it"
         )
-    procs = sum(s.mean_workers for s in m.stages.values() if s.executor == "processes")
+    procs = sum(s.mean_workers for s in m.stages.values() if needs_core(s.executor))
     if m.cpus and procs > m.cpus:
         out.append(
             f"{procs:.0f} process workers shared {m.cpus} CPU cores: busy time includes waiting "

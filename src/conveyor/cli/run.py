@@ -34,6 +34,7 @@ from conveyor import (
     Recording,
     Run,
 )
+from conveyor.cli.cluster import RAY_OPTION, on_ray
 from conveyor.cli.errors import describe_error
 from conveyor.cli.outputs import (
     BUDGET_OPTION,
@@ -125,6 +126,7 @@ from conveyor.store import RunStore, SnapshotRecorder, StoreRecorder, plan_resum
     help="Override stages' policies (workers, executor, size, capacity, retry...) by "
     "name from this TOML file, e.g. one written by `conveyor analyze --write-config`.",
 )
+@RAY_OPTION
 def run_command(
     target: str,
     source_path: str | None,
@@ -143,6 +145,7 @@ def run_command(
     no_store: bool,
     output_path: Path | None,
     config_path: Path | None,
+    ray_address: str | None,
 ) -> None:
     """Run the pipeline TARGET to the end and print a per-stage report.
 
@@ -162,6 +165,8 @@ def run_command(
             pipeline = load_pipeline(target)
             if config_path is not None:
                 pipeline = pipeline.with_config(config_path)
+            if ray_address:
+                pipeline = on_ray(pipeline, ray_address)
             if source_path is None and pipeline.source is None:
                 raise click.UsageError(
                     f"pipeline {pipeline.name!r} has no source; pass --source FILE (a file of "

@@ -33,11 +33,12 @@ import dataclasses
 import functools
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar, overload
 
 from conveyor.core.cacheopts import cache_rule
 from conveyor.core.policy import Retry, as_retry
+from conveyor.core.resources import Resources, resources_of
 from conveyor.errors import PipelineError
 from conveyor.executors.base import (
     NO_INITIAL,
@@ -48,7 +49,7 @@ from conveyor.executors.base import (
 )
 
 Kind = Literal["map", "flat_map", "filter", "batch", "collect", "fold"]
-ExecutorName = str  # a registered executor: "sync", "threads", "processes", or a plug-in
+ExecutorName = str  # a registered executor: "sync", "threads", "processes", "ray", a plug-in
 OnError = Literal["fail", "skip"]
 
 KINDS: tuple[str, ...] = ("map", "flat_map", "filter", "batch", "collect", "fold")
@@ -67,7 +68,8 @@ class Stage:
         kind: ``"map"``, ``"flat_map"``, ``"filter"``, ``"batch"``, ``"collect"`` or
             ``"fold"`` (module docstring).
         executor: ``"sync"`` (in the caller: deterministic, for tests and debugging),
-            ``"threads"`` or ``"processes"`` (spawned; the function must be picklable).
+            ``"threads"``, ``"processes"`` (spawned; the function must be picklable)
+            or ``"ray"`` (actors on a Ray cluster), or one a package registers.
         workers: how many calls of this stage run at the same time.
         size: items per micro-batch; required for ``kind="batch"``.
         split: for ``kind="batch"``: the function returns one result per input item,
@@ -114,6 +116,12 @@ class Stage:
             the unit): set up what a plain function needs per worker (a seed, a
             client in a global, logging). For state the function carries, write the
             stage as a class: its ``__init__`` runs once per worker.
+        resources: what one worker needs, ``{"cpus": 1, "gpus": 0.5, "memory": "2GB"}``
+            and named resources a cluster's nodes advertise (``{"node2": 1}``); or
+            the same as ``cpus=``, ``gpus=``, ``memory=``. Process workers get their
+            GPUs through ``CUDA_VISIBLE_DEVICES``; Ray places each worker where they
+            are free (:mod:`conveyor.core.resources`).
+        cpus, gpus, memory: the same as ``resources``' keys, one by one (``gpus=0.5``).
     """
 
     fn: Callable[..., Any]
@@ -139,9 +147,15 @@ class Stage:
     cache_check: float = 0.0
     cache_required: bool = True
     init: Callable[[], Any] | None = None
+    resources: Mapping[str, Any] | Resources | None = None
     is_async: bool = dataclasses.field(init=False, repr=False, compare=False, default=False)
+    cpus: dataclasses.InitVar[float | None] = None
+    gpus: dataclasses.InitVar[float | None] = None
+    memory: dataclasses.InitVar[int | str | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(
+        self, cpus: float | None, gpus: float | None, memory: int | str | None
+    ) -> None:
         if not callable(self.fn):
             raise PipelineError(
                 f"stage {self.name or '?'!r}: {self.fn!r} is not callable; "
@@ -157,12 +171,25 @@ class Stage:
             object.__setattr__(self, "retry", as_retry(self.retry))
         except PipelineError as exc:
             raise PipelineError(f"stage {self.name!r}: {exc}", stage=self.name) from None
+        need = resources_of(self.name, self.resources, cpus=cpus, gpus=gpus, memory=memory)
+        object.__setattr__(self, "resources", need)
         _check_policy(self)
         _check_arity(self)
         executor_class(self.executor).check(self, pipeline_built=False)
 
+    @property
+    def needs(self) -> Resources:
+        """What one worker needs (``resources``, checked)."""
+        assert isinstance(self.resources, Resources)
+        return self.resources
+
     def with_options(self, **changes: Any) -> Stage:
-        """A copy of this stage with some options changed (validated again)."""
+        """A copy of this stage with some options changed (validated again); ``cpus``,
+        ``gpus`` and ``memory`` change those of its resources."""
+        given = {k: changes.pop(k) for k in ("cpus", "gpus", "memory") if k in changes}
+        if given:
+            base = changes.get("resources", self.needs)
+            changes["resources"] = {**resources_of(self.name, base).as_dict(), **given}
         return dataclasses.replace(self, **changes)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -201,6 +228,10 @@ def stage(
     cache_check: float = 0.0,
     cache_required: bool = True,
     init: Callable[[], Any] | None = None,
+    resources: Mapping[str, Any] | None = None,
+    cpus: float | None = None,
+    gpus: float | None = None,
+    memory: int | str | None = None,
 ) -> Callable[[F], Stage]: ...
 
 
@@ -230,6 +261,10 @@ def stage(
     cache_check: float = 0.0,
     cache_required: bool = True,
     init: Callable[[], Any] | None = None,
+    resources: Mapping[str, Any] | None = None,
+    cpus: float | None = None,
+    gpus: float | None = None,
+    memory: int | str | None = None,
 ) -> Stage | Callable[[Callable[..., Any]], Stage]:
     """Make a :class:`Stage` from a function: bare (``@stage``), with options
     (``@stage(workers=4)``), or called on a function (``stage(parse, workers=4)``).
@@ -274,6 +309,10 @@ def stage(
         cache_check=cache_check,
         cache_required=cache_required,
         init=init,
+        resources=resources,
+        cpus=cpus,
+        gpus=gpus,
+        memory=memory,
     )
     if fn is not None:
         return Stage(fn, **options)

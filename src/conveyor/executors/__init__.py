@@ -1,4 +1,5 @@
-"""Executors: where a stage's workers run. Built in: ``sync``, ``threads``, ``processes``.
+"""Executors: where a stage's workers run. Built in: ``sync``, ``threads``, ``processes``,
+``ray`` (the ``ray`` extra).
 
 One scheduler drives them all through the contract in :mod:`conveyor.executors.base`
 (every task answered exactly once, ``submit`` never blocks, a target count for
@@ -12,6 +13,12 @@ One scheduler drives them all through the contract in :mod:`conveyor.executors.b
         def submit(self, task): ...
 
     register("mine", MyExecutor)       # then Stage(fn, executor="mine")
+
+or, from a package of its own, declares it as an entry point, found when conveyor
+first looks an executor up::
+
+    [project.entry-points."conveyor.executors"]
+    mine = "mypackage.executor:MyExecutor"
 
 ``tests/test_executor_contract.py`` is the suite every executor must pass unchanged.
 """

@@ -34,8 +34,10 @@ scheduler. The contract, which every executor must keep and
 6. **start and shutdown are safe.** All state is made in ``__init__``;
    ``shutdown`` may be called before ``start``, twice, or after a failed start.
 
-Executors register under a name (``Stage(executor=NAME)``) with
-:func:`register`; the scheduler knows none by name, only their :class:`Traits`.
+Executors register under a name (``Stage(executor=NAME)``): a package declares
+them as entry points in the ``conveyor.executors`` group (conveyor's own three and
+``ray`` are declared so too), or a program calls :func:`register`. The scheduler
+and the report know none by name, only their :class:`Traits`.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import importlib
 import inspect
 import threading
 from collections.abc import Callable
+from importlib import metadata
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 if TYPE_CHECKING:
@@ -64,6 +67,7 @@ __all__ = [
     "Traits",
     "executor_class",
     "executor_names",
+    "executor_traits",
     "is_stateful",
     "not_run",
     "register",
@@ -175,6 +179,9 @@ class Traits:
     ``shares_memory``: workers see the driver's objects; nothing is pickled.
     ``max_units``: the most units one task may carry when the clock does not decide
     (sync tasks are never sized from the clock, to stay deterministic).
+    ``host_cores``: each worker is a process of this machine that needs one of its
+    cores (the report weighs such workers against the machine's CPUs; a cluster's
+    workers do not count against them).
     ``async_overlap``: a worker of an ``async def`` stage runs several tasks at once,
     up to the stage's ``concurrency`` calls in flight across them, so the scheduler
     keeps that many tasks in flight per worker instead of widening each task.
@@ -185,6 +192,7 @@ class Traits:
     runs_in_caller: bool = False
     shares_memory: bool = True
     max_units: int | None = None
+    host_cores: bool = False
     async_overlap: bool = False
 
 
@@ -299,31 +307,52 @@ class Executor:
 
 # --- the registry -------------------------------------------------------------------
 
+ENTRY_POINTS = "conveyor.executors"  # the entry-point group executors register in
+# conveyor's own, also declared as entry points; listed here so that a source tree
+# that was never installed still has them.
 _registry: dict[str, type[Executor] | str] = {
     "sync": "conveyor.executors.sync:SyncExecutor",
     "threads": "conveyor.executors.threads:ThreadExecutor",
     "processes": "conveyor.executors.processes.pool:ProcessExecutor",
+    "ray": "conveyor.executors.ray:RayExecutor",
 }
 _registry_lock = threading.RLock()  # importing an executor may register others
+_discovered = False
+
+
+def _discover() -> None:
+    """Add the executors installed packages declare (once; lock held). A name given to
+    :func:`register` first wins over an entry point of the same name."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for ep in metadata.entry_points(group=ENTRY_POINTS):
+        _registry.setdefault(ep.name, ep.value)
 
 
 def register(name: str, executor: type[Executor] | str) -> None:
     """Make ``Stage(executor=name)`` run on ``executor``: a subclass of :class:`Executor`,
-    or ``"module:Class"`` imported when first used."""
+    or ``"module:Class"`` imported when first used. A package does the same with an
+    entry point: ``[project.entry-points."conveyor.executors"] name = "module:Class"``."""
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"executor name {name!r}: give an identifier, e.g. 'ray'")
     with _registry_lock:
+        _discover()
         _registry[name] = executor
 
 
 def executor_names() -> tuple[str, ...]:
     """The names stages may give as ``executor=``."""
-    return tuple(_registry)
+    with _registry_lock:
+        _discover()
+        return tuple(_registry)
 
 
 def executor_class(name: str) -> type[Executor]:
     """The executor registered under ``name``; KeyError naming the known ones."""
     with _registry_lock:
+        _discover()
         entry = _registry.get(name)
         if entry is None:
             raise KeyError(f"no executor named {name!r} (known: {', '.join(_registry)})")
@@ -331,5 +360,15 @@ def executor_class(name: str) -> type[Executor]:
             module, _, attr = entry.partition(":")
             entry = getattr(importlib.import_module(module), attr)
             _registry[name] = entry
-    assert isinstance(entry, type) and issubclass(entry, Executor)
+    if not (isinstance(entry, type) and issubclass(entry, Executor)):
+        raise TypeError(f"executor {name!r} is {entry!r}, not a subclass of Executor")
     return entry
+
+
+def executor_traits(name: str) -> Traits | None:
+    """The traits of the executor registered under ``name``, or None when none is (a
+    recorded run of an executor this installation lacks)."""
+    try:
+        return executor_class(name).traits
+    except (KeyError, ImportError):
+        return None

@@ -37,6 +37,7 @@ from typing import Any
 
 from conveyor.analysis._balance import balance, throughput_of
 from conveyor.core.events import Instrument, Key, RunInfo
+from conveyor.executors.base import executor_traits
 
 __all__ = ["DECISIONS_KEPT", "Decision", "Rebalancer"]
 
@@ -107,7 +108,10 @@ class Rebalancer(Instrument):
     def run_started(self, run: RunInfo) -> None:
         self._stages = {
             s.name: _Stage(
-                s.workers, s.kind == "collect" or s.executor == "sync", self.window, s.predecessors
+                s.workers,
+                s.kind == "collect" or _runs_in_caller(s.executor),
+                self.window,
+                s.predecessors,
             )
             for s in run.stages
         }
@@ -211,3 +215,8 @@ class Rebalancer(Instrument):
 
     def run_finished(self, state: str, error: BaseException | None, t_ns: int) -> None:
         self._control = None
+
+
+def _runs_in_caller(executor: str) -> bool:
+    traits = executor_traits(executor)
+    return traits is not None and traits.runs_in_caller

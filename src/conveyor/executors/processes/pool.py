@@ -57,6 +57,7 @@ from conveyor.executors.base import (
     Traits,
     not_run,
 )
+from conveyor.executors.gpus import check_gpus, gpu_devices, visible_gpus
 from conveyor.executors.processes.functions import (
     check_picklable,
     dump_function,
@@ -99,7 +100,9 @@ class _Worker:
 
 
 class ProcessExecutor(Executor):
-    traits = Traits(target_task_ns=10_000_000, in_flight_per_worker=1, shares_memory=False)
+    traits = Traits(
+        target_task_ns=10_000_000, in_flight_per_worker=1, shares_memory=False, host_cores=True
+    )
 
     def __init__(
         self,
@@ -130,6 +133,8 @@ class ProcessExecutor(Executor):
     @classmethod
     def check(cls, stage: Stage, *, pipeline_built: bool) -> None:
         check_picklable(stage, pipeline_built=pipeline_built)
+        if pipeline_built:
+            check_gpus(stage.name, "processes", stage.needs.gpus, stage.workers)
 
     # --- the scheduler's side ---------------------------------------------------------
 
@@ -246,6 +251,7 @@ class ProcessExecutor(Executor):
                 0 if self._output is None else self._output.level,
                 s.name,
                 self._init_bytes,
+                _gpu_env(s.needs.gpus, i),
             ),
             name=f"conveyor-{s.name}-{i}",
             daemon=True,
@@ -452,6 +458,13 @@ class ProcessExecutor(Executor):
         w.inbox.put(None)
         with contextlib.suppress(Exception):
             w.proc.kill()
+
+
+def _gpu_env(gpus: float, worker: int) -> dict[str, str] | None:
+    """The environment worker ``worker`` starts with: its GPUs (None: the driver's)."""
+    if not gpus:
+        return None
+    return {"CUDA_VISIBLE_DEVICES": ",".join(gpu_devices(gpus, worker, visible_gpus()))}
 
 
 def _new_registry() -> SegmentRegistry:

@@ -51,9 +51,12 @@ def worker_main(
     log_level: int = 0,
     stage: str = "",
     init_bytes: bytes = b"",
+    env: dict[str, str] | None = None,
 ) -> None:
     """The body of worker process ``worker``: until told to stop, run tasks."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if env:  # its GPUs: set before the stage's code can initialise CUDA
+        os.environ.update(env)
     if output is not None:  # prints and log records go to the driver (see .output)
         send_output(output, log_level, stage, worker)
     registry = SegmentRegistry(prefix, owner=False, threshold=threshold)

@@ -1,0 +1,139 @@
+"""A Ray worker's side: one actor per stage worker, running tasks as process workers do.
+
+The actor receives the stage's function pickled as for a process worker, makes it
+once (a class stage's instance lives as long as the actor), and answers each task
+with the same reply a process worker writes to its pipe (:mod:`..processes.messages`):
+a value that cannot cross fails only its own unit. Ray is imported by the driver
+that defines the actor class (:func:`actor_class`), never at import time here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from time import monotonic_ns
+from typing import Any
+
+from conveyor.executors.base import CacheSpec
+from conveyor.executors.calls import close_quietly, worker_function
+from conveyor.executors.processes.functions import load_function
+from conveyor.executors.processes.messages import decode_task, encode_reply
+from conveyor.executors.processes.remote import Packed, pack
+from conveyor.executors.processes.shm import SegmentRegistry
+from conveyor.executors.task import run_task
+
+# Values travel inside Ray's own messages and object store, never through conveyor's
+# shared-memory segments: a threshold no array reaches.
+NEVER = 1 << 62
+
+
+def plain_registry() -> SegmentRegistry:
+    """A registry that never puts an array in shared memory (Ray moves the bytes)."""
+    return SegmentRegistry("cvray", owner=False, threshold=NEVER)
+
+
+class StageWorker:
+    """The body of one Ray actor (wrapped by ``ray.remote`` in :func:`actor_class`)."""
+
+    def __init__(
+        self,
+        paths: list[str],
+        fn_bytes: bytes,
+        init_bytes: bytes,
+        kind: str,
+        initial: Any,
+        is_async: bool,
+        concurrency: int,
+        timeout: float | None,
+        cache: CacheSpec | None,
+        stage: str,
+        env: dict[str, str],
+    ) -> None:
+        os.environ.update(env)
+        # The driver's import path, where it exists here: the stage's module is found
+        # as a spawned process finds it.
+        for p in reversed(paths):
+            if p not in sys.path and os.path.isdir(p):
+                sys.path.insert(0, p)
+        self.kind, self.initial = kind, initial
+        self.is_async, self.concurrency, self.timeout = is_async, concurrency, timeout
+        self.cache, self.stage = cache, stage
+        self.registry = plain_registry()
+        self.error: tuple[Packed, str] | None = None
+        self.unit, self.unit_started = -1, 0  # the unit running now (for current())
+        self.close: Any = None
+        try:
+            init = load_function(init_bytes) if init_bytes else None
+            self.fn, self.close = worker_function(load_function(fn_bytes), kind, initial, init)
+        except BaseException as exc:
+            self.error = (pack(exc), traceback.format_exc())
+
+    def ready(self) -> tuple[int, str, tuple[Packed, str] | None]:
+        """``(pid, node id, error loading the function or None)``."""
+        node = ""
+        try:
+            import ray
+
+            node = ray.get_runtime_context().get_node_id()
+        except Exception:
+            pass
+        return os.getpid(), node, self.error
+
+    def run(self, data: bytes) -> bytes:
+        """Run one task (``(task_id, units)`` pickled); the reply a process worker sends."""
+        task_id, units, bad = decode_task(data, self.registry)
+        out = run_task(
+            self.fn,
+            self.kind,
+            units,
+            worker=0,
+            task_id=-1 if task_id is None else task_id,
+            is_async=self.is_async,
+            concurrency=self.concurrency,
+            timeout=self.timeout if self.is_async else None,
+            cache=self.cache,
+            on_unit=None if self.is_async else self._on_unit,
+        )
+        self.unit = -1
+        if bad is not None:
+            out.failures.append(bad)
+        return encode_reply(out, self.registry)
+
+    def _on_unit(self, i: int) -> None:
+        self.unit_started = monotonic_ns()
+        self.unit = i
+
+    def current(self) -> tuple[int, int]:
+        """``(unit index, ns it has run)`` of the unit running now, ``(-1, 0)`` if none;
+        answered while ``run`` goes on (its own concurrency group)."""
+        unit = self.unit
+        return (unit, monotonic_ns() - self.unit_started) if unit >= 0 else (-1, 0)
+
+    def stop(self) -> None:
+        """Close a class stage's instance before the actor goes."""
+        if self.close is not None:
+            close_quietly(self.close, self.stage)
+            self.close = None
+
+
+_actor: Any = None
+
+
+def actor_class() -> Any:
+    """:class:`StageWorker` as a Ray actor class (made once, on first use)."""
+    global _actor
+    if _actor is None:
+        import ray
+
+        method: Any = ray.method
+        remote: Any = ray.remote
+
+        class Probed(StageWorker):
+            @method(concurrency_group="probe")
+            def current(self) -> tuple[int, int]:
+                return StageWorker.current(self)
+
+        Probed.__name__ = Probed.__qualname__ = "StageWorker"
+        _actor = remote(max_restarts=0, max_task_retries=0, concurrency_groups={"probe": 1})(Probed)
+    return _actor

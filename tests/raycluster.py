@@ -1,0 +1,190 @@
+"""Ray for the tests: a local instance per module, and a two-node cluster on loopback.
+
+Both keep to themselves on a shared machine: their own temp dir (short, for Ray's
+socket paths), token auth off on every node and the driver, no usage stats, and
+teardown that ends only the processes they started, by pid (never ``ray stop``,
+which kills every Ray process of the machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+
+
+def have_ray() -> bool:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def tests_path() -> str:
+    """PYTHONPATH for Ray's workers: the tests' helper modules and the source."""
+    here = Path(__file__).resolve().parent
+    return os.pathsep.join([str(here), str(here.parent / "src")])
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int = 4) -> Iterator[Any]:
+    """A fresh local Ray instance for this process; shut down (its own children only)."""
+    import ray
+
+    os.environ.update(ENV)
+    temp = tempfile.mkdtemp(prefix="cvr", dir="/tmp")
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        _temp_dir=temp,
+        runtime_env={"env_vars": {"PYTHONPATH": tests_path(), **ENV}},
+        logging_level="WARNING",
+        log_to_driver=False,
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid``'s children, grandchildren... (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL ``proc`` and every process under it, then reap it."""
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        proc.wait(timeout=10)
+
+
+class Node:
+    """One ``ray start --block`` node of a loopback cluster."""
+
+    def __init__(self, args: list[str], temp: str, env: dict[str, str]) -> None:
+        ray_cli = str(Path(sys.executable).with_name("ray"))
+        self.proc = subprocess.Popen(
+            [ray_cli, "start", "--block", f"--temp-dir={temp}", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        kill_tree(self.proc)
+
+
+class LoopbackCluster:
+    """A head on 127.0.0.2 and a worker node on 127.0.0.3 (with resource ``node2``),
+    fast failure detection, every port its own."""
+
+    HEAD, WORKER = "127.0.0.2", "127.0.0.3"
+
+    def __init__(self) -> None:
+        self.temp = tempfile.mkdtemp(prefix="cvr2", dir="/tmp")
+        self.env = {**os.environ, **ENV, "PYTHONPATH": tests_path()}
+        self.port = free_port(self.HEAD)
+        self.address = f"{self.HEAD}:{self.port}"
+        self.nodes: list[Node] = []
+
+    def _ports(self, host: str) -> list[str]:
+        low = free_port(host)
+        return [
+            f"--node-manager-port={free_port(host)}",
+            f"--object-manager-port={free_port(host)}",
+            f"--runtime-env-agent-port={free_port(host)}",
+            f"--dashboard-agent-grpc-port={free_port(host)}",
+            f"--dashboard-agent-listen-port={free_port(host)}",
+            f"--metrics-export-port={free_port(host)}",
+            f"--min-worker-port={low}",
+            f"--max-worker-port={low + 40}",
+        ]
+
+    def start_head(self) -> None:
+        config = '{"health_check_period_ms": 500, "health_check_failure_threshold": 2}'
+        self.nodes.append(
+            Node(
+                [
+                    "--head",
+                    f"--node-ip-address={self.HEAD}",
+                    f"--port={self.port}",
+                    "--num-cpus=4",
+                    "--include-dashboard=false",
+                    f"--ray-client-server-port={free_port(self.HEAD)}",
+                    f"--system-config={config}",
+                    *self._ports(self.HEAD),
+                ],
+                self.temp,
+                self.env,
+            )
+        )
+
+    def add_worker(self) -> Node:
+        node = Node(
+            [
+                f"--address={self.address}",
+                f"--node-ip-address={self.WORKER}",
+                "--num-cpus=2",
+                '--resources={"node2": 4}',
+                *self._ports(self.WORKER),
+            ],
+            self.temp,
+            self.env,
+        )
+        self.nodes.append(node)
+        return node
+
+    def alive_nodes(self, ray: Any) -> list[dict[str, Any]]:
+        return [n for n in ray.nodes() if n["Alive"]]
+
+    def wait_nodes(self, ray: Any, n: int, timeout: float = 60) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.alive_nodes(ray)) == n:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def shutdown(self) -> None:
+        for node in reversed(self.nodes):
+            node.kill()
+        shutil.rmtree(self.temp, ignore_errors=True)

@@ -1,0 +1,109 @@
+"""Two Ray nodes on loopback; the node running the middle stage is SIGKILLed mid-run.
+
+One module-scoped fixture starts the cluster (a head on 127.0.0.2, a worker node on
+127.0.0.3 advertising the resource ``node2``; about 10 s and 2 GB) and ends only the
+processes it started. The run must complete with every item exactly once: the lost
+node's units go back under the retry policy, its actors are replaced on the node that
+takes its place, and the ledger balances.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import conveyor as cv
+import stagefns as f
+from raycluster import ENV, LoopbackCluster, have_ray
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(not have_ray(), reason="needs Ray: pip install -e '.[ray]'"),
+]
+
+
+class Ledger(cv.Instrument):
+    """Each source item's terminal state, as the run's events report them."""
+
+    def __init__(self) -> None:
+        self.read = 0
+        self.states: collections.Counter[str] = collections.Counter()
+
+    def items_read(self, keys: Any, t_ns: int) -> None:
+        self.read += len(keys)
+
+    def roots_finished(self, roots: Any, state: str, t_ns: int) -> None:
+        self.states[state] += len(roots)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[Any, LoopbackCluster]]:
+    import ray
+
+    os.environ.update(ENV)
+    c = LoopbackCluster()
+    try:
+        c.start_head()
+        deadline = time.monotonic() + 60
+        while True:  # the head's GCS takes a few seconds to listen
+            try:
+                ray.init(
+                    address=c.address,
+                    _node_ip_address=c.HEAD,
+                    logging_level="WARNING",
+                    log_to_driver=False,
+                )
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.25)
+        c.add_worker()
+        assert c.wait_nodes(ray, 2), "the worker node did not join"
+        yield ray, c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+def test_a_node_killed_mid_run_loses_and_duplicates_nothing(
+    cluster: tuple[Any, LoopbackCluster],
+) -> None:
+    ray, c = cluster
+    worker_node = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "node2" in n["Resources"])
+    n = 300
+    pipe = cv.Pipeline(
+        "two-nodes",
+        [
+            cv.stage(f.inc, executor="ray", workers=2, retry=3),
+            cv.stage(f.on_node, executor="ray", workers=2, resources={"node2": 1}, retry=3),
+            cv.stage(f.negate_pair, executor="ray", workers=2, retry=3),
+        ],
+    )
+    results: list[tuple[int, str]] = []
+    killed_at = None
+    ledger = Ledger()
+    with pipe.stream(range(n), instruments=[ledger]) as run:
+        for r in run:
+            results.append(r)
+            if len(results) == n // 4 and killed_at is None:
+                c.nodes[1].kill()  # SIGKILL the worker node's every process
+                killed_at = time.monotonic()
+                c.add_worker()  # what an autoscaler does: a node takes its place
+    ended = time.monotonic()
+    assert killed_at is not None
+    values = sorted(v for v, _ in results)
+    assert values == sorted(-(i + 1) * 10 for i in range(n))  # none lost, none twice
+    nodes = {node for _, node in results}
+    assert worker_node in nodes and len(nodes) == 2  # the first node, then its successor
+    stats = run.statistics().stages["on_node"]
+    assert stats.lost_workers >= 1
+    assert run.state == "succeeded"
+    assert ledger.read == n and ledger.states == {"done": n}  # the ledger balances
+    print(f"kill to end: {ended - killed_at:.1f} s")
