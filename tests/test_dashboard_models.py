@@ -66,8 +66,8 @@ def test_a_model_page_shows_versions_metrics_runs_and_alias_history(
     # newest move first: challenger → 1 by ana, then champion 1 → 2 by ci, then the first
     moves = flat[flat.index("Alias history") :]
     assert moves.index("kept for shadowing") < moves.index("beat v1 on holdout")
-    assert "<td>champion</td><td class=\"n\">1</td><td class=\"n\">2</td><td>ci</td>" in moves
-    assert "<td>champion</td><td class=\"n\">-</td><td class=\"n\">1</td>" in moves
+    assert '<td>champion</td><td class="n">1</td><td class="n">2</td><td>ci</td>' in moves
+    assert '<td>champion</td><td class="n">-</td><td class="n">1</td>' in moves
 
 
 def test_what_users_wrote_is_text(base: str) -> None:
@@ -78,7 +78,12 @@ def test_what_users_wrote_is_text(base: str) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/models/nope", "/models/..%2F..%2Fetc%2Fpasswd", "/models/%2E%2E", "/models/../../etc/passwd"],
+    [
+        "/models/nope",
+        "/models/..%2F..%2Fetc%2Fpasswd",
+        "/models/%2E%2E",
+        "/models/../../etc/passwd",
+    ],
 )
 def test_unknown_and_escaping_names_find_nothing(base: str, path: str) -> None:
     status, _, text = get(base + path)

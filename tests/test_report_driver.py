@@ -25,7 +25,7 @@ def paced() -> Recording:
 
 def verdict(rec: Recording, driver_share: float | None) -> str | None:
     m = measure(rec)
-    driver = None if driver_share is None else driver_share * m.makespan_s
+    driver = None if driver_share is None else int(driver_share * m.makespan_s * 1e9)
     return engine_bound(m, predict(model_of(m), items=m.items), driver)
 
 

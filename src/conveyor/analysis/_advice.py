@@ -81,18 +81,16 @@ def _runs_in_caller(executor: str) -> bool:
     return traits is not None and traits.runs_in_caller
 
 
-def engine_bound(
-    m: RunMeasure, pred: Prediction, driver_seconds: float | None = None
-) -> str | None:
+def engine_bound(m: RunMeasure, pred: Prediction, driver_ns: int | None = None) -> str | None:
     """The evidence that conveyor's own overhead limited the run (module doc), or None.
-    ``driver_seconds``: the time the driver spent moving items, when measured."""
+    ``driver_ns``: the time the driver spent moving items, when measured."""
     if m.items < 2 or m.makespan_s <= 0 or not m.stages or m.throughput <= 0:
         return None
     busiest = max(m.stages.values(), key=lambda s: s.utilisation)
     fullest = max(m.stages.values(), key=lambda s: s.full_share)
     if busiest.utilisation >= ENGINE_BUSY or pred.throughput < ENGINE_GAP * m.throughput:
         return None
-    driver = None if driver_seconds is None else min(1.0, driver_seconds / m.makespan_s)
+    driver = None if driver_ns is None else min(1.0, driver_ns / 1e9 / m.makespan_s)
     full = fullest.full_share >= ENGINE_FULL
     if not full and (driver is None or driver < ENGINE_DRIVER):
         return None

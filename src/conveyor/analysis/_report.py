@@ -232,12 +232,9 @@ def build_report(
 ) -> Report:
     """Explain the run in ``rec``. ``budget``: workers to balance over (default: the
     run's own total, so the advice moves workers rather than adding them).
-    ``source_seconds``: the time the run spent inside its source producing items
-    (``RunStatistics.source_seconds``; default: the recording's), which tells a run
-    its source paced."""
+    ``source_seconds``: the time spent inside the run's source producing items
+    (default: the recording's ``source_ns``), which tells a run its source paced."""
     m = measure(rec)
-    if source_seconds is None and rec.source_ns is not None:
-        source_seconds = rec.source_ns / 1e9
     model = model_of(m)
     n = m.items
     pred = predict(model, items=n)
@@ -258,9 +255,8 @@ def build_report(
     ):
         alloc = _allowed_balance(m, model, budget + sync_w, fixed)
     lt = little(rec)
-    paced = _source_paced(m, pred, source_seconds)
-    driver_s = None if rec.driver_ns is None else rec.driver_ns / 1e9
-    engine = None if paced is not None else engine_bound(m, pred, driver_s)
+    paced = _source_paced(m, pred, rec.source_seconds if source_seconds is None else source_seconds)
+    engine = None if paced is not None else engine_bound(m, pred, rec.driver_ns)
     if paced is not None:
         recs = [
             "the source sets the pace: more workers or faster stages would not raise "

@@ -209,6 +209,11 @@ class Recording:
         return max(self.started_ns, self.last_event_ns or self.started_ns)
 
     @property
+    def source_seconds(self) -> float | None:
+        """Time spent inside the source producing items, when it was measured."""
+        return None if self.source_ns is None else self.source_ns / 1e9
+
+    @property
     def units(self) -> int:
         return sum(s.units for s in self.stages.values())
 
