@@ -182,6 +182,12 @@ class StageState:
         """Tasks the executor may still be sent."""
         return self.slots * (1 + self.prefetch) - self.busy
 
+    def can_take(self) -> bool:
+        """Whether a task could be sent now: a free slot, no overflow, room downstream.
+        A retry or a partial batch falling due matters only then (otherwise the
+        outcome that frees a slot or room wakes the scheduler)."""
+        return self.free > 0 and not self.overflow and min(t.room() for t in self.targets) > 0
+
     def unit_cap(self) -> int:
         """Units per task so that a task lasts about the executor's target time."""
         if self.traits.max_units is not None:

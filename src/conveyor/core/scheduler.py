@@ -260,9 +260,11 @@ class Scheduler:
         )
 
     def _next_due_ns(self) -> int | None:
-        """The soonest retry, or partial batch whose ``max_wait`` runs out."""
-        due = [s.retry[0][0] for s in self.stages if s.retry]
-        due += [d for s in self._timed if (d := s.deadline_ns())]
+        """The soonest retry, or partial batch whose ``max_wait`` runs out, of a stage
+        that could take it (a full one waits for an outcome instead: no spinning)."""
+        idle = not self._inflight  # then no outcome will wake us: every due time counts
+        due = [s.retry[0][0] for s in self.stages if s.retry and (idle or s.can_take())]
+        due += [d for s in self._timed if (d := s.deadline_ns()) and (idle or s.can_take())]
         return min(due, default=None)
 
     # --- control from other threads -------------------------------------------------------
