@@ -308,20 +308,7 @@ def phase_two_nodes(n: int) -> dict[str, Any]:
     try:
         t = time.perf_counter()
         c.start_head()
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                ray.init(
-                    address=c.address,
-                    _node_ip_address=c.HEAD,
-                    logging_level="WARNING",
-                    log_to_driver=False,
-                )
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.25)
+        c.connect(ray)
         c.add_worker()
         assert c.wait_nodes(ray, 2)
         up = time.perf_counter() - t

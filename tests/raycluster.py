@@ -173,6 +173,23 @@ class LoopbackCluster:
         self.nodes.append(node)
         return node
 
+    def connect(self, ray: Any, timeout: float = 60) -> None:
+        """Connect this process's driver to the head, once its GCS listens (seconds)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                ray.init(
+                    address=self.address,
+                    _node_ip_address=self.HEAD,
+                    logging_level="WARNING",
+                    log_to_driver=False,
+                )
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.25)
+
     def alive_nodes(self, ray: Any) -> list[dict[str, Any]]:
         return [n for n in ray.nodes() if n["Alive"]]
 

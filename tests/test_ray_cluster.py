@@ -50,20 +50,7 @@ def cluster() -> Iterator[tuple[Any, LoopbackCluster]]:
     c = LoopbackCluster()
     try:
         c.start_head()
-        deadline = time.monotonic() + 60
-        while True:  # the head's GCS takes a few seconds to listen
-            try:
-                ray.init(
-                    address=c.address,
-                    _node_ip_address=c.HEAD,
-                    logging_level="WARNING",
-                    log_to_driver=False,
-                )
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.25)
+        c.connect(ray)  # the head's GCS takes a few seconds to listen
         c.add_worker()
         assert c.wait_nodes(ray, 2), "the worker node did not join"
         yield ray, c

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from conveyor.dashboard._app import create_app
+from conveyor.dashboard._app import create_app, missing_extra
 from conveyor.store import RunStore
 
 __all__ = ["DEFAULT_PORT", "create_app", "exposed", "serve", "server"]
@@ -53,10 +53,7 @@ def server(
     try:
         import uvicorn
     except ImportError as exc:
-        raise ImportError(
-            f"the dashboard needs the dashboard extra ({exc.name} is not installed): "
-            "pip install 'conveyor[dashboard]'"
-        ) from exc
+        raise missing_extra(exc) from exc
     where = store if isinstance(store, RunStore) or store is None else Path(store)
     # On a loopback address only loopback names are answered (no DNS rebinding);
     # served to the network, any name the network uses for this machine.

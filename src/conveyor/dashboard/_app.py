@@ -62,6 +62,14 @@ SSE_POLL_SECONDS = 0.25
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
+def missing_extra(exc: ImportError) -> ImportError:
+    """The one-line error for a dashboard extra's package that is not installed."""
+    return ImportError(
+        f"the dashboard needs the dashboard extra ({exc.name} is not installed): "
+        "pip install 'conveyor[dashboard]'"
+    )
+
+
 def create_app(
     store: RunStore | str | Path | None = None, *, allowed_hosts: Sequence[str] | None = None
 ) -> Any:
@@ -82,10 +90,7 @@ def create_app(
         from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
         from starlette.routing import Route
     except ImportError as exc:
-        raise ImportError(
-            f"the dashboard needs the dashboard extra ({exc.name} is not installed): "
-            "pip install 'conveyor[dashboard]'"
-        ) from exc
+        raise missing_extra(exc) from exc
     if not isinstance(store, RunStore):
         store = RunStore(store, create=False, readonly=True)
     db = store
