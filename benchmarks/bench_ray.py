@@ -307,10 +307,7 @@ def phase_two_nodes(n: int) -> dict[str, Any]:
     c = LoopbackCluster()
     try:
         t = time.perf_counter()
-        c.start_head()
-        c.connect(ray)
-        c.add_worker()
-        assert c.wait_nodes(ray, 2)
+        c.start(ray)
         up = time.perf_counter() - t
         pipe = cv.Pipeline(
             "two-nodes",

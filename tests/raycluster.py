@@ -97,20 +97,27 @@ def kill_tree(proc: subprocess.Popen[bytes]) -> None:
 
 
 class Node:
-    """One ``ray start --block`` node of a loopback cluster."""
+    """One ``ray start --block`` node of a loopback cluster, its output in ``log``."""
 
     def __init__(self, args: list[str], temp: str, env: dict[str, str]) -> None:
         ray_cli = str(Path(sys.executable).with_name("ray"))
-        self.proc = subprocess.Popen(
-            [ray_cli, "start", "--block", f"--temp-dir={temp}", *args],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        fd, self.log = tempfile.mkstemp(prefix="node-", suffix=".log", dir=temp)
+        with os.fdopen(fd, "wb") as out:
+            self.proc = subprocess.Popen(
+                [ray_cli, "start", "--block", f"--temp-dir={temp}", *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def kill(self) -> None:
         kill_tree(self.proc)
+
+    def tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError), open(self.log, errors="replace") as fh:
+            return "".join(fh.readlines()[-lines:])
+        return ""
 
 
 class LoopbackCluster:
@@ -126,15 +133,44 @@ class LoopbackCluster:
         self.address = f"{self.HEAD}:{self.port}"
         self.nodes: list[Node] = []
 
+    def start(self, ray: Any, attempts: int = 3) -> None:
+        """Head, driver connected, worker node joined. A head that dies or never
+        listens (a port taken between choosing and binding it, on a shared machine)
+        is killed and started again on fresh ports."""
+        for attempt in range(1, attempts + 1):
+            self.start_head()
+            try:
+                self.connect(ray)
+                break
+            except Exception as e:
+                head = self.nodes.pop()
+                head.kill()
+                if attempt == attempts:
+                    raise RuntimeError(f"the Ray head never listened:\n{head.tail()}") from e
+                self.port = free_port(self.HEAD)
+                self.address = f"{self.HEAD}:{self.port}"
+        worker = self.add_worker()
+        if not self.wait_nodes(ray, 2):
+            raise RuntimeError(f"the worker node did not join:\n{worker.tail()}")
+
     def _ports(self, host: str) -> list[str]:
         low = free_port(host)
+        workers = range(low, low + 41)
+        taken = {self.port}
+
+        def port() -> int:  # free, distinct, and outside the workers' range
+            while (p := free_port(host)) in workers or p in taken:
+                pass
+            taken.add(p)
+            return p
+
         return [
-            f"--node-manager-port={free_port(host)}",
-            f"--object-manager-port={free_port(host)}",
-            f"--runtime-env-agent-port={free_port(host)}",
-            f"--dashboard-agent-grpc-port={free_port(host)}",
-            f"--dashboard-agent-listen-port={free_port(host)}",
-            f"--metrics-export-port={free_port(host)}",
+            f"--node-manager-port={port()}",
+            f"--object-manager-port={port()}",
+            f"--runtime-env-agent-port={port()}",
+            f"--dashboard-agent-grpc-port={port()}",
+            f"--dashboard-agent-listen-port={port()}",
+            f"--metrics-export-port={port()}",
             f"--min-worker-port={low}",
             f"--max-worker-port={low + 40}",
         ]
@@ -173,10 +209,13 @@ class LoopbackCluster:
         self.nodes.append(node)
         return node
 
-    def connect(self, ray: Any, timeout: float = 60) -> None:
-        """Connect this process's driver to the head, once its GCS listens (seconds)."""
+    def connect(self, ray: Any, timeout: float = 90) -> None:
+        """Connect this process's driver to the head, once its GCS listens (seconds);
+        give up at once if the head has exited."""
         deadline = time.monotonic() + timeout
         while True:
+            if self.nodes[0].proc.poll() is not None:
+                raise RuntimeError(f"the Ray head exited:\n{self.nodes[0].tail()}")
             try:
                 ray.init(
                     address=self.address,
@@ -186,6 +225,8 @@ class LoopbackCluster:
                 )
                 return
             except Exception:
+                with contextlib.suppress(Exception):
+                    ray.shutdown()
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.25)

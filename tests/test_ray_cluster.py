@@ -23,7 +23,7 @@ from raycluster import ENV, LoopbackCluster, have_ray
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.timeout(180),
+    pytest.mark.timeout(360),
     pytest.mark.skipif(not have_ray(), reason="needs Ray: pip install -e '.[ray]'"),
 ]
 
@@ -49,10 +49,7 @@ def cluster() -> Iterator[tuple[Any, LoopbackCluster]]:
     os.environ.update(ENV)
     c = LoopbackCluster()
     try:
-        c.start_head()
-        c.connect(ray)  # the head's GCS takes a few seconds to listen
-        c.add_worker()
-        assert c.wait_nodes(ray, 2), "the worker node did not join"
+        c.start(ray)
         yield ray, c
     finally:
         ray.shutdown()
