@@ -210,7 +210,11 @@ class Completion:
             return
         self._attempts.pop((s.name, key), None)
         if s.stage.on_error == "skip" and not fatal:
-            for item_key, value in unit_items(task, i):
+            items = unit_items(task, i)
+            if s.executor is not None:  # a handle left in a store becomes its value
+                values = s.executor.resolve(list(map(_value, items)))
+                items = list(zip(map(_key, items), values, strict=True))
+            for item_key, value in items:
                 s.dead_lettered += 1
                 if self._has_ins:
                     self._ins.dead_lettered(s.name, item_key, value, error, tb, now)
@@ -336,3 +340,4 @@ class Completion:
 
 
 _key = operator.itemgetter(0)
+_value = operator.itemgetter(1)

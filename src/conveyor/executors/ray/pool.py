@@ -40,14 +40,13 @@ import sys
 import threading
 import warnings
 from collections import deque
+from collections.abc import Sequence
 from time import monotonic_ns
 from typing import TYPE_CHECKING, Any
 
-from conveyor.errors import StageError, WorkerLostError
 from conveyor.executors.base import (
     CacheSpec,
     Executor,
-    Failure,
     LostWorker,
     Outcome,
     Post,
@@ -58,10 +57,11 @@ from conveyor.executors.base import (
 )
 from conveyor.executors.processes.functions import check_picklable, dump_function
 from conveyor.executors.processes.messages import decode_reply, unpicklable_task
-from conveyor.executors.processes.remote import rebuild
-from conveyor.executors.processes.shm import dumps
 from conveyor.executors.ray.actor import actor_class, plain_registry
+from conveyor.executors.ray.budget import KeptBytes, KeptStatistics, default_cap
 from conveyor.executors.ray.connect import connect, import_ray
+from conveyor.executors.ray.faults import broken_outcome, load_failed, start_failed
+from conveyor.executors.ray.handles import encode_task, handles, keeps_results, resolve, total_bytes
 from conveyor.executors.ray.options import ray_options, unplaced
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ class RayExecutor(Executor):
         super().__init__(stage, post, cache=cache, context=context)
         self._registry = plain_registry()
         self._actors: list[_Actor] = []
-        self._pending: deque[tuple[Task, bytes]] = deque()
+        self._pending: deque[tuple[Task, bytes, list[Any]]] = deque()
         self._refs: dict[Any, tuple[_Actor, Task | None]] = {}  # None: the ready() call
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -120,6 +120,10 @@ class RayExecutor(Executor):
         self._start_failures = 0
         self._broken: BaseException | None = None
         self._warned = False
+        self._keep = False  # results stay in the object store (hand_on decides)
+        self._bytes_bound: int | None = None
+        self._budget: KeptBytes | None = None
+        self._kept: dict[Any, Any] = {}  # a kept task's reply ref -> its outputs ref
 
     @classmethod
     def check(cls, stage: Stage, *, pipeline_built: bool) -> None:
@@ -128,6 +132,17 @@ class RayExecutor(Executor):
             import_ray()
 
     # --- the scheduler's side ---------------------------------------------------------
+
+    def hand_on(self, consumers: Sequence[Executor], *, bytes_bound: int | None) -> None:
+        self._keep = keeps_results(self.stage.kind, consumers, RayExecutor)
+        self._bytes_bound = bytes_bound
+
+    def resolve(self, values: list[Any]) -> list[Any]:
+        return resolve(self._ray or connect(), values)
+
+    def kept_statistics(self) -> KeptStatistics | None:
+        """The bytes this stage keeps in the object store (None: it returns values)."""
+        return None if self._budget is None else self._budget.statistics()
 
     def start(self) -> None:
         self._ray = connect()
@@ -150,8 +165,12 @@ class RayExecutor(Executor):
             self.cache,
             s.name,
             env,
+            s.split,
         )
         self._options = ray_options(s)
+        if self._keep:
+            cap = self._bytes_bound or default_cap(self._ray)
+            self._budget = KeptBytes(cap, self._wake.set)
         with self._lock:
             self._started = True
             for _ in range(self.target):
@@ -165,18 +184,18 @@ class RayExecutor(Executor):
         with self._lock:
             broken, closing = self._broken, self._closing
         if broken is not None:
-            self.post(_broken_outcome(task, broken))
+            self.post(broken_outcome(task, broken))
             return
         if closing:
             self.post(not_run(task))
             return
         try:
-            data, _ = dumps((task.id, task.units), self._registry)
+            data, refs = encode_task(task.id, task.units)
         except Exception as exc:
             self.post(unpicklable_task(task, exc, -1, self._registry))
             return
         with self._lock:
-            self._pending.append((task, data))
+            self._pending.append((task, data, refs))
             self._dispatch()
         self._wake.set()
 
@@ -210,7 +229,7 @@ class RayExecutor(Executor):
                 return
             self._closing = True
             actors = [a for a in self._actors if not a.dead]
-            pending = [task for task, _ in self._pending]
+            pending = [p[0] for p in self._pending]
             self._pending.clear()
         for task in pending:
             self.post(not_run(task))
@@ -223,6 +242,7 @@ class RayExecutor(Executor):
             for a in self._actors:
                 a.held.clear()
             self._refs.clear()
+            self._kept.clear()
             closing = [self._kill(a, graceful=not cancel) for a in actors]
         for task in held:  # the run is ending (cancelled): every task still gets its answer
             self.post(not_run(task))
@@ -270,13 +290,20 @@ class RayExecutor(Executor):
     def _dispatch(self) -> None:
         """Send pending tasks to the least loaded serving actors, up to their depth."""
         depth = 1 + self.traits.in_flight_per_worker
+        budget = self._budget
         while self._pending:
             room = [a for a in self._actors if a.serving and not a.dead and len(a.held) < depth]
             if not room:
                 return
+            if budget is not None and not budget.admits(len(self._pending[0][0].units)):
+                return  # past the bytes cap: wait until consumers free some
             a = min(room, key=lambda a: (len(a.held), not a.ready))
-            task, data = self._pending.popleft()
-            ref = a.handle.run.remote(data)
+            task, data, refs = self._pending.popleft()
+            if budget is not None:
+                ref, self._kept[ref] = a.handle.run_kept.remote(data, refs)
+                budget.sent(len(task.units))
+            else:
+                ref = a.handle.run.remote(data, refs)
             a.held.append((task, ref))
             self._refs[ref] = (a, task)
 
@@ -287,6 +314,8 @@ class RayExecutor(Executor):
         while not self._stop.is_set():
             with self._lock:
                 refs = list(self._refs)
+                if self._pending and self._budget is not None:
+                    self._dispatch()  # bytes may have been freed
             if not refs:
                 self._wake.wait(WAIT_SECONDS)
                 self._wake.clear()
@@ -350,6 +379,7 @@ class RayExecutor(Executor):
         ray = self._ray
         with self._lock:
             entry = self._refs.pop(ref, None)
+            kept = self._forget(ref, entry)
         if entry is None:
             return
         a, task = entry
@@ -375,6 +405,10 @@ class RayExecutor(Executor):
             return
         received = monotonic_ns()
         out = decode_reply(value, task.id, a.index, self._registry)
+        if kept is not None and self._budget is not None:  # sizes came: make handles
+            n = sum(1 for r in out.results if r is not None)
+            outputs = self._budget.keep(kept, total_bytes(out.results), n, self.stage.name)
+            out.results = handles(outputs, out.results)
         if out.stamps:  # the actor's clock, placed on ours: it ended as the reply came
             shift = received - out.stamps[-1]
             out.stamps = [t + shift for t in out.stamps]
@@ -399,16 +433,7 @@ class RayExecutor(Executor):
             a.ready, a.pid, a.node = True, pid, node
             self._start_failures = 0
         if error is not None:
-            packed, tb = error
-            cause = rebuild(packed, tb)
-            exc = StageError(
-                f"stage {self.stage.name!r} cannot run on Ray workers: loading its function "
-                f"in an actor raised {packed.describe}; make the function importable on every "
-                "node (defined at the top level of a module that imports cleanly there), or "
-                "use executor='threads'",
-                stage=self.stage.name,
-            )
-            exc.__cause__ = cause
+            exc = load_failed(self.stage.name, *error)
             with self._lock:
                 self._broken = self._broken or exc
             self._died(a)
@@ -429,25 +454,25 @@ class RayExecutor(Executor):
             self._kill(a, graceful=False)
             held = [task for task, _ in a.held]
             for _, r in a.held:
-                self._refs.pop(r, None)
+                self._forget(r, self._refs.pop(r, None))
             a.held.clear()
             if at_start and not self._closing:
                 self._start_failures += 1
                 if self._start_failures >= MAX_START_FAILURES and self._broken is None:
-                    self._broken = self._start_error(a)
+                    self._broken = start_failed(self.stage.name, MAX_START_FAILURES, a.pid)
             broken = self._broken
             if was_serving and not self._closing and broken is None:
                 self._start_actor()
             pending: list[Task] = []
             if broken is not None:
-                pending = [task for task, _ in self._pending]
+                pending = [p[0] for p in self._pending]
                 self._pending.clear()
             else:
                 self._dispatch()
         self._wake.set()
         if broken is not None:
             for task in [*held, *pending]:
-                self.post(_broken_outcome(task, broken))
+                self.post(broken_outcome(task, broken))
             return
         if not held:
             return
@@ -461,19 +486,14 @@ class RayExecutor(Executor):
         for task in rest:
             self.post(not_run(task, a.index))
 
-    def _start_error(self, a: _Actor) -> WorkerLostError:
-        return WorkerLostError(
-            f"stage {self.stage.name!r}: its Ray workers exit before they can start "
-            f"({MAX_START_FAILURES} in a row); see the actor's error above. Usually the "
-            "stage's module cannot be imported on the nodes: keep the function at the top "
-            "level of a module every node can import (ship it with a runtime_env)",
-            stage=self.stage.name,
-            pid=a.pid,
-        )
-
-
-def _broken_outcome(task: Task, error: BaseException) -> Outcome:
-    return Outcome(task.id, -1, [], [], [Failure(0, error, None, fatal=True)])
+    def _forget(self, ref: Any, entry: tuple[_Actor, Task | None] | None) -> Any:
+        """``ref``'s task is answered or lost: the outputs ref of a kept one (lock held)."""
+        task = None if entry is None else entry[1]
+        if not isinstance(task, Task):
+            return None
+        if self._budget is not None:
+            self._budget.returned(len(task.units))
+        return self._kept.pop(ref, None)
 
 
 __all__ = ["RayExecutor", "ray_options"]
