@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -157,7 +158,34 @@ class _Unpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         k, at = pid
-        return _at(self.fetched[k], at)
+        return writable(_at(self.fetched[k], at))
+
+
+def writable(value: Any) -> Any:
+    """``value`` with its NumPy arrays (top level, or in a list, tuple or dict) made
+    writable: Ray hands out read-only views of the store, a stage may change its
+    input in place (as it may on every other executor). Copies those arrays once."""
+    np = sys.modules.get("numpy")
+    if np is None:
+        return value
+
+    def one(v: Any) -> Any:
+        if isinstance(v, np.ndarray) and not v.flags.writeable:
+            return v.copy()
+        return v
+
+    if type(value) in (list, tuple):
+        return type(value)(map(one, value)) if any(map(_readonly, value)) else value
+    if isinstance(value, dict):
+        return (
+            {k: one(v) for k, v in value.items()} if any(map(_readonly, value.values())) else value
+        )
+    return one(value)
+
+
+def _readonly(v: Any) -> bool:
+    flags = getattr(v, "flags", None)
+    return flags is not None and not getattr(flags, "writeable", True)
 
 
 def decode_kept_task(
