@@ -8,8 +8,10 @@ instance for the module (``ray_instance``).
 from __future__ import annotations
 
 import collections
+import functools
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -242,3 +244,25 @@ def test_a_fast_producer_of_large_payloads_waits_for_a_slow_consumer(
     assert stats.waits > 0 and stats.held == 0  # the producer waited; all was freed
     # Ray's view: never much more than the cap (the consumer's task in flight aside)
     assert max(store) <= cap + 8 * MiB
+
+
+def test_a_cached_stage_between_ray_stages_fingerprints_values_in_its_actors(
+    tmp_path: Path, sent: list[tuple[list[str], int]]
+) -> None:
+    # the cached middle stage gets handles, and its actors fingerprint the values
+    log = tmp_path / "calls.log"
+    square = functools.partial(f.logged_square, str(log))
+    pipe = cv.Pipeline(
+        "cached",
+        [
+            cv.stage(f.inc, executor="ray"),
+            cv.stage(square, name="square", executor="ray", cache=str(tmp_path / "c")),
+            cv.stage(f.negate, executor="ray"),
+        ],
+    )
+    first = pipe.run(range(20), ordered=True)
+    second = pipe.run(range(20), ordered=True)
+    assert first.results == second.results == [-((x + 1) ** 2) for x in range(20)]
+    assert sorted(f.calls(str(log))) == [x + 1 for x in range(20)]  # each value once
+    assert second.statistics().stages["square"].cache_hits == 20
+    assert any("Kept" in types for types, _ in sent)
