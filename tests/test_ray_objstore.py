@@ -266,3 +266,18 @@ def test_a_cached_stage_between_ray_stages_fingerprints_values_in_its_actors(
     assert sorted(f.calls(str(log))) == [x + 1 for x in range(20)]  # each value once
     assert second.statistics().stages["square"].cache_hits == 20
     assert any("Kept" in types for types, _ in sent)
+
+
+def test_ray_workers_are_recorded_on_their_node(ray: Any) -> None:
+    # one local node: every actor of the stage on it, the report and the chart say so
+    from conveyor.observe.gantt import gantt_svg
+
+    run = cv.Pipeline("placed", [cv.stage(f.inc, executor="ray", workers=2)]).run(range(50))
+    rec = run.recording
+    assert rec is not None
+    node = f"{ray.util.get_node_ip_address()} {ray.get_runtime_context().get_node_id()[:8]}"
+    places = rec.places["inc"]
+    assert places and set(places.values()) == {node}
+    assert set(rec.stages["inc"].detail.worker) <= set(places)
+    assert f"nodes of inc: {node}: actor" in run.report().render(width=300)
+    assert f"{node} · actor" in gantt_svg(rec)

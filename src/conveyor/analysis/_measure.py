@@ -32,6 +32,7 @@ from collections.abc import Sequence
 
 from conveyor.executors.base import executor_traits
 from conveyor.observe.histogram import Histogram
+from conveyor.observe.places import NodeGroup, node_groups
 from conveyor.observe.recording import Recording, StageRecording, full_depth
 
 __all__ = ["Distribution", "RunMeasure", "StageMeasure", "is_full", "measure", "quantile"]
@@ -110,6 +111,7 @@ class StageMeasure:
     bound: int | None
     resizable: bool  # collect stages keep one worker; sync stages run in the caller
     predecessors: tuple[str, ...] = ()
+    nodes: tuple[NodeGroup, ...] = ()  # a cluster's workers by node (none: this machine)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +201,7 @@ def measure(rec: Recording) -> RunMeasure:
             bound=s.shape.capacity,
             resizable=s.shape.kind != "collect" and not _runs_in_caller(s.shape.executor),
             predecessors=s.shape.predecessors,
+            nodes=node_groups(s, rec.places.get(s.name, {})),
         )
     first_latency = None
     if rec.first_done_ns is not None and rec.first_read_ns is not None:

@@ -142,6 +142,7 @@ class Outcome:
     hits: list[int] = dataclasses.field(default_factory=list)  # units answered by the cache
     uncached: str | None = None  # what the cache could not do, and the fix: warned once
     ends: list[int] | None = None  # units that overlap (async): when each one ended
+    place: str | None = None  # the node the worker ran on (a cluster's); None: this machine
 
     @property
     def calls(self) -> int:

@@ -42,6 +42,7 @@ from typing import Any
 
 from conveyor.core.events import Instrument, Key, RunInfo
 from conveyor.observe.histogram import EXACT_KEPT, HistogramCounter, count_elements
+from conveyor.observe.places import PlacesNoted
 from conveyor.observe.recording import (
     Recording,
     RecordingError,
@@ -123,7 +124,7 @@ class _Stage(StageTimeline):
             self.service.settle()
 
 
-class Recorder(Instrument):
+class Recorder(PlacesNoted, Instrument):
     """Records a run's events into bounded aggregates (see the module docstring).
 
     Pass it in a run's ``instruments`` (``Pipeline.run`` adds one unless
@@ -459,6 +460,7 @@ class Recorder(Instrument):
             bucket_ns=self._timeline.width,
             detail_limit=self.detail,
             detail_end_ns=self._detail_end,
+            places=self.places(),
         )
 
 

@@ -72,12 +72,12 @@ class StageWorker:
             self.error = (pack(exc), traceback.format_exc())
 
     def ready(self) -> tuple[int, str, tuple[Packed, str] | None]:
-        """``(pid, node id, error loading the function or None)``."""
+        """``(pid, node: its IP and the start of its id, error loading the function or None)``."""
         node = ""
         try:
             import ray
 
-            node = ray.get_runtime_context().get_node_id()
+            node = f"{ray.util.get_node_ip_address()} {ray.get_runtime_context().get_node_id()[:8]}"
         except Exception:
             pass
         return os.getpid(), node, self.error

@@ -405,6 +405,7 @@ class RayExecutor(Executor):
             return
         received = monotonic_ns()
         out = decode_reply(value, task.id, a.index, self._registry)
+        out.place = a.node or None
         if kept is not None and self._budget is not None:  # sizes came: make handles
             n = sum(1 for r in out.results if r is not None)
             outputs = self._budget.keep(kept, total_bytes(out.results), n, self.stage.name)
