@@ -301,3 +301,17 @@ class RefOwner:
         import ray
 
         return [ray.put(value)]
+
+
+def lock_or_array(x: int) -> Any:
+    """A 4 MiB array, but an unpicklable lock for 5."""
+    import threading
+
+    return threading.Lock() if x == 5 else big_array(x)
+
+
+def logged_array_first(log: str, a: Any) -> float:
+    """a[0], logging each call (a cached stage's calls)."""
+    with open(log, "a") as fh:
+        fh.write(f"{int(a[0])}\n")
+    return float(a[0])

@@ -21,7 +21,7 @@ from conveyor.executors.processes.functions import load_function
 from conveyor.executors.processes.messages import decode_task, encode_reply
 from conveyor.executors.processes.remote import Packed, pack
 from conveyor.executors.processes.shm import SegmentRegistry
-from conveyor.executors.ray.handles import decode_kept_task, keep_results
+from conveyor.executors.ray.handles import decode_kept_task, keep_results, worth_little
 from conveyor.executors.task import run_task
 
 # Values travel inside Ray's own messages and object store, never through conveyor's
@@ -87,16 +87,21 @@ class StageWorker:
         objects ``refs``: :mod:`.handles`); the reply a process worker sends."""
         return encode_reply(self._run(data, refs), self.registry)
 
-    def run_kept(self, data: bytes, refs: list[Any] | None = None) -> tuple[bytes, list[Any]]:
-        """Run one task and keep its results in the object store: ``(reply, outputs)``,
-        the reply carrying each result's size instead of its value (two returns: the
-        caller owns both objects, so they outlive this actor)."""
+    def run_kept(
+        self, data: bytes, refs: list[Any] | None = None
+    ) -> tuple[tuple[bool, bytes], list[Any] | None]:
+        """Run one task and keep its results in the object store: ``((True, reply),
+        outputs)``, the reply carrying each result's size instead of its value (two
+        returns: the caller owns both objects, so they outlive this actor). Results
+        too small to be worth it come back as values: ``((False, reply), None)``."""
         out = self._run(data, refs)
+        if worth_little(out.results):
+            return (False, encode_reply(out, self.registry)), None
         failed = {f.unit for f in out.failures}
         outputs, shapes, bad = keep_results(out.results, self.kind, failed, split=self.split)
         out.results = shapes
         out.failures.extend(bad)
-        return encode_reply(out, self.registry), outputs
+        return (True, encode_reply(out, self.registry)), outputs
 
     def _run(self, data: bytes, refs: list[Any] | None) -> Outcome:
         task_id: int | None
@@ -156,7 +161,7 @@ def actor_class() -> Any:
             @method(num_returns=2)
             def run_kept(
                 self, data: bytes, refs: list[Any] | None = None
-            ) -> tuple[bytes, list[Any]]:
+            ) -> tuple[tuple[bool, bytes], list[Any] | None]:
                 return StageWorker.run_kept(self, data, refs)
 
             @method(concurrency_group="probe")

@@ -268,6 +268,23 @@ def keep_results(
     return outputs, shapes, failures
 
 
+KEEP_FROM_BYTES = 100 * 1024  # Ray returns smaller objects inline, to the driver's memory
+
+
+def worth_little(results: list[Any]) -> bool:
+    """Whether a task's results are too small to keep in the object store (about
+    :data:`KEEP_FROM_BYTES` in all, measured roughly): Ray would return them inline to
+    the driver anyway, so they come back as values, as the cheaper way."""
+    from conveyor.core.flow import sizeof
+
+    total = 0
+    for r in results:
+        total += sizeof(r)
+        if total >= KEEP_FROM_BYTES:
+            return False
+    return True
+
+
 def handles(outputs: Outputs, shapes: Sequence[Any]) -> list[Any]:
     """The results the driver routes for a kept task: a :class:`Kept` per result (a list
     of them for a flat_map's children or a split batch's items; None: a failed unit)."""

@@ -57,12 +57,14 @@ from conveyor.executors.base import (
 )
 from conveyor.executors.processes.functions import check_picklable, dump_function
 from conveyor.executors.processes.messages import decode_reply, unpicklable_task
+from conveyor.executors.processes.shm import dumps
 from conveyor.executors.ray.actor import actor_class, plain_registry
 from conveyor.executors.ray.budget import KeptBytes, KeptStatistics, default_cap
 from conveyor.executors.ray.connect import connect, import_ray
 from conveyor.executors.ray.faults import broken_outcome, load_failed, start_failed
 from conveyor.executors.ray.handles import encode_task, handles, keeps_results, resolve, total_bytes
 from conveyor.executors.ray.options import ray_options, unplaced
+from conveyor.executors.ray.roster import Actor
 
 if TYPE_CHECKING:
     from conveyor.core.stage import Stage
@@ -72,24 +74,6 @@ _PROBE: Any = object()  # in _refs: the answer of an actor's current()
 UNPLACED_SECONDS = 30  # an actor not placed by then: say why the stage waits
 WAIT_SECONDS = 0.05  # the collector's longest wait: how soon it sees new work or a stop
 JOIN_SECONDS = 10.0  # how long shutdown waits for actors to close their instances
-
-
-class _Actor:
-    """One actor and what the driver knows of it."""
-
-    def __init__(self, index: int, handle: Any, ready_ref: Any) -> None:
-        self.index = index
-        self.handle = handle
-        self.ready_ref = ready_ref
-        self.ready = False
-        self.serving = True  # takes new tasks (alive() counts it)
-        self.dead = False
-        self.pid: int | None = None
-        self.node = ""
-        self.held: deque[tuple[Task, Any]] = deque()  # sent, unanswered, in order
-        self.probing = False  # a current() call is out
-        self.born = monotonic_ns()
-        self.timed_out = -1  # the unit that ran past the stage's timeout (-1: none)
 
 
 class RayExecutor(Executor):
@@ -105,9 +89,9 @@ class RayExecutor(Executor):
     ) -> None:
         super().__init__(stage, post, cache=cache, context=context)
         self._registry = plain_registry()
-        self._actors: list[_Actor] = []
+        self._actors: list[Actor] = []
         self._pending: deque[tuple[Task, bytes, list[Any]]] = deque()
-        self._refs: dict[Any, tuple[_Actor, Task | None]] = {}  # None: the ready() call
+        self._refs: dict[Any, tuple[Actor, Task | None]] = {}  # None: the ready() call
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -124,6 +108,7 @@ class RayExecutor(Executor):
         self._bytes_bound: int | None = None
         self._budget: KeptBytes | None = None
         self._kept: dict[Any, Any] = {}  # a kept task's reply ref -> its outputs ref
+        self._reads_handles = False  # a producer hands this stage handles (hand_on)
 
     @classmethod
     def check(cls, stage: Stage, *, pipeline_built: bool) -> None:
@@ -136,6 +121,8 @@ class RayExecutor(Executor):
     def hand_on(self, consumers: Sequence[Executor], *, bytes_bound: int | None) -> None:
         self._keep = keeps_results(self.stage.kind, consumers, RayExecutor)
         self._bytes_bound = bytes_bound
+        for c in consumers if self._keep else ():
+            c._reads_handles = True  # type: ignore[attr-defined]  # a RayExecutor
 
     def resolve(self, values: list[Any]) -> list[Any]:
         return resolve(self._ray or connect(), values)
@@ -190,7 +177,10 @@ class RayExecutor(Executor):
             self.post(not_run(task))
             return
         try:
-            data, refs = encode_task(task.id, task.units)
+            if self._reads_handles:
+                data, refs = encode_task(task.id, task.units)
+            else:  # no handle can be among the units: the plain pickle
+                data, refs = dumps((task.id, task.units), self._registry)[0], []
         except Exception as exc:
             self.post(unpicklable_task(task, exc, -1, self._registry))
             return
@@ -258,17 +248,17 @@ class RayExecutor(Executor):
     def _start_actor(self) -> None:
         i = len(self._actors)
         handle = actor_class().options(name=None, **self._options).remote(*self._args)
-        a = _Actor(i, handle, handle.ready.remote())
+        a = Actor(i, handle, handle.ready.remote())
         self._actors.append(a)
         self._refs[a.ready_ref] = (a, None)
 
-    def _retire(self, a: _Actor) -> None:
+    def _retire(self, a: Actor) -> None:
         """``a`` takes no new task; it goes once it has answered those it holds."""
         a.serving = False
         if not a.held:
             self._kill(a, graceful=True)
 
-    def _kill(self, a: _Actor, *, graceful: bool) -> Any:
+    def _kill(self, a: Actor, *, graceful: bool) -> Any:
         """Stop ``a``: gracefully (close its instance, then exit; the ref of the
         close is returned) or at once."""
         a.serving = False
@@ -360,7 +350,7 @@ class RayExecutor(Executor):
                     a.probing = True
                     self._refs[a.handle.current.remote()] = (a, _PROBE)
 
-    def _probed(self, a: _Actor, value: tuple[int, int]) -> None:
+    def _probed(self, a: Actor, value: tuple[int, int]) -> None:
         """Kill ``a`` if its unit has run past the timeout: Ray then reports it dead,
         and :meth:`_died` posts its task as timed out, blaming that unit."""
         unit, ran_ns = value
@@ -404,6 +394,9 @@ class RayExecutor(Executor):
             self._probed(a, value)
             return
         received = monotonic_ns()
+        if kept is not None:  # a kept task's reply: (whether it kept its results, reply)
+            kept_them, value = value
+            kept = kept if kept_them else None
         out = decode_reply(value, task.id, a.index, self._registry)
         out.place = a.node or None
         if kept is not None and self._budget is not None:  # sizes came: make handles
@@ -428,7 +421,7 @@ class RayExecutor(Executor):
             self._dispatch()
         self.post(out)
 
-    def _became_ready(self, a: _Actor, value: Any) -> None:
+    def _became_ready(self, a: Actor, value: Any) -> None:
         pid, node, error = value
         with self._lock:
             a.ready, a.pid, a.node = True, pid, node
@@ -439,13 +432,13 @@ class RayExecutor(Executor):
                 self._broken = self._broken or exc
             self._died(a)
 
-    def _lost(self, a: _Actor, task: Task, exc: BaseException) -> None:
+    def _lost(self, a: Actor, task: Task, exc: BaseException) -> None:
         with self._lock:
             a.held = deque(h for h in a.held if h[0] is not task)
             self._dispatch()
         self.post(not_run(task, a.index))
 
-    def _died(self, a: _Actor) -> None:
+    def _died(self, a: Actor) -> None:
         """``a`` is gone: account for every task it held, and replace it."""
         with self._lock:
             if a.dead and not a.held:
@@ -487,7 +480,7 @@ class RayExecutor(Executor):
         for task in rest:
             self.post(not_run(task, a.index))
 
-    def _forget(self, ref: Any, entry: tuple[_Actor, Task | None] | None) -> Any:
+    def _forget(self, ref: Any, entry: tuple[Actor, Task | None] | None) -> Any:
         """``ref``'s task is answered or lost: the outputs ref of a kept one (lock held)."""
         task = None if entry is None else entry[1]
         if not isinstance(task, Task):
