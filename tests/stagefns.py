@@ -315,3 +315,12 @@ def logged_array_first(log: str, a: Any) -> float:
     with open(log, "a") as fh:
         fh.write(f"{int(a[0])}\n")
     return float(a[0])
+
+
+def array_negate(a: Any) -> Any:
+    return -a
+
+
+def joined_first(parts: dict[str, Any]) -> tuple[float, ...]:
+    """Each branch's a[0], by branch name (a join stage's input)."""
+    return tuple(float(parts[k][0]) for k in sorted(parts))

@@ -300,3 +300,23 @@ def test_ray_workers_are_recorded_on_their_node(ray: Any) -> None:
     assert set(rec.stages["inc"].detail.worker) <= set(places)
     assert f"nodes of inc: {node}: actor" in run.report().render(width=300)
     assert f"{node} · actor" in gantt_svg(rec)
+
+
+def test_a_fan_out_and_a_join_of_ray_stages_pass_handles(
+    sent: list[tuple[list[str], int]],
+) -> None:
+    # the split's arrays go to both branches as handles; the join's dicts hold handles
+    split = cv.stage(f.big_array, name="split", executor="ray")
+    left = cv.stage(f.array_plus_one, name="left", executor="ray")
+    right = cv.stage(f.array_negate, name="right", executor="ray")
+    both = cv.Stage(f.joined_first, name="both", join=True, executor="ray")
+    pipe = cv.Pipeline(
+        "diamond",
+        [split, left, right, both],
+        edges=[(split, left), (split, right), ("left", "both"), ("right", "both")],
+    )
+    run = pipe.run(range(8))
+    assert sorted(run.results) == [(x + 1.0, -float(x)) for x in range(8)]
+    kinds = {t for types, _ in sent for t in types}
+    assert {"Kept", "dict"} <= kinds  # handles to the branches, dicts of them to the join
+    assert max(n for types, n in sent if "int" not in types) < 4096
