@@ -42,7 +42,9 @@ class KeptBytes:
     def __init__(self, cap: int | None, wake: Callable[[], None]) -> None:
         self.cap = cap
         self._wake = wake
-        self._lock = threading.Lock()
+        # re-entrant: a finaliser (_free) may run in a thread that holds it, if the last
+        # handle to an object is dropped there
+        self._lock = threading.RLock()
         self.held = 0
         self.peak = 0
         self.objects = 0
