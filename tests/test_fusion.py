@@ -283,3 +283,36 @@ def test_resizing_any_stage_of_a_chain_resizes_the_chain() -> None:
         stats = run.statistics().stages
     assert len(results) == 50
     assert {stats[n].workers for n in ("inc", "even", "pair", "double")} == {3}
+
+
+# --- the report knows fused stages share their workers ---------------------------------------
+
+
+def test_the_recording_keeps_which_stages_ran_fused(tmp_path: Path) -> None:
+    run = chain("threads").run(range(50))
+    path = tmp_path / "run.cvrec"
+    run.recording.save(path)
+    loaded = type(run.recording).load(path)
+    group = ("inc", "even", "pair", "double")
+    assert {s.name: s.shape.fused for s in loaded.stages.values()} == dict.fromkeys(group, group)
+    assert run.report().measure.stages["pair"].fused == group
+
+
+def test_the_model_gives_a_fused_chain_one_pool_and_resizes_it_whole() -> None:
+    from conveyor.analysis import Model, StageModel, predict
+
+    ab = ("a", "b")
+    model = Model(
+        (
+            StageModel("a", demand_s=0.010, unit_s=0.010, workers=2, fused=ab),
+            StageModel("b", demand_s=0.030, unit_s=0.030, workers=2, predecessors=("a",), fused=ab),
+            StageModel("c", demand_s=0.015, unit_s=0.015, workers=1, predecessors=("b",)),
+        )
+    )
+    now = predict(model)
+    # a and b share two workers: 0.040 s per item over 2 = 0.020 s, slower than c's 0.015;
+    # unfused, b alone (0.030 / 2) would have looked as fast as c.
+    assert now.bottleneck == "b" and now.period_s == pytest.approx(0.020)
+    more = predict(model, workers={"a": 4})  # resizing either one resizes the pool
+    assert more.workers == {"a": 4, "b": 4, "c": 1}
+    assert more.bottleneck == "c" and more.period_s == pytest.approx(0.015)

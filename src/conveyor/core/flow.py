@@ -157,6 +157,7 @@ class StageState:
         self.head: StageState | None = None
         self.last: StageState = self
         self.chain_index = 0
+        self.fused: tuple[str, ...] = ()  # the names of its fused chain
         self.run_stage = stage  # what the executor runs: a fused head's is its chain
         self.slots = stage.workers
         # Tasks dispatched beyond the running ones wait at the executor, so that a
@@ -314,6 +315,7 @@ class StageState:
             predecessors,
             successors,
             s.concurrency if s.is_async else 1,
+            self.fused,
         )
 
     def statistics(self) -> StageStatistics:

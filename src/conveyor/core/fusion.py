@@ -99,6 +99,8 @@ def fuse(stages: Sequence[StageState], groups: Iterable[tuple[str, ...]]) -> Non
             nxt.head = head
             nxt.chain_index = j
         head.last = tail
+        for s in chain:
+            s.fused = group
         head.targets = tail.targets  # room and reservations: where the results land
         traits = head.traits
         fn = Chain(
