@@ -316,3 +316,30 @@ def test_the_model_gives_a_fused_chain_one_pool_and_resizes_it_whole() -> None:
     more = predict(model, workers={"a": 4})  # resizing either one resizes the pool
     assert more.workers == {"a": 4, "b": 4, "c": 1}
     assert more.bottleneck == "c" and more.period_s == pytest.approx(0.015)
+
+
+def test_balancing_gives_a_fused_chain_one_pool_counted_once() -> None:
+    from conveyor.analysis import balance
+    from conveyor.analysis._balance import throughput_of
+
+    demands = {"a": 0.010, "b": 0.030, "c": 0.015}
+    # a and b share a pool: 0.040 s per item; 5 workers: the pool 3 (75/s), c 2 (133/s).
+    alloc = balance(demands, 5, fused=[("a", "b")])
+    assert alloc.workers == {"a": 3, "b": 3, "c": 2}
+    assert alloc.throughput == pytest.approx(75.0) and alloc.bottleneck == "b"
+    assert throughput_of(demands, {"a": 2, "b": 2, "c": 2}, [("a", "b")]) == pytest.approx(50.0)
+
+
+def test_a_fused_run_s_report_advises_one_size_for_the_whole_chain() -> None:
+    pipe = cv.Pipeline(
+        "advice",
+        [cv.stage(f.slow, workers=2), cv.stage(f.inc, workers=2), cv.stage(f.double, workers=1)],
+    )
+    assert pipe.fused == (("slow", "inc"),)
+    report = pipe.run(range(60)).report()
+    model = report.model
+    assert model.fused == (("slow", "inc"),)
+    assert model.pools(model.workers) == 3  # the chain's pool of 2, and double's 1
+    assert report.allocation is not None  # the sleeping chain limits the run
+    assert report.allocation.workers["slow"] == report.allocation.workers["inc"]
+    assert model.pools(report.allocation.workers) <= 3

@@ -65,6 +65,16 @@ class Model:
     def demands(self) -> dict[str, float]:
         return {s.name: s.demand_s for s in self.stages}
 
+    @property
+    def fused(self) -> tuple[tuple[str, ...], ...]:
+        """The fused chains: each shares one pool of workers."""
+        return tuple(dict.fromkeys(s.fused for s in self.stages if s.fused))
+
+    def pools(self, workers: Mapping[str, int]) -> int:
+        """Workers in all, a fused chain's pool counted once."""
+        heads = {s.name: s.fused[0] if s.fused else s.name for s in self.stages}
+        return sum({heads[n]: w for n, w in workers.items()}.values())
+
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
