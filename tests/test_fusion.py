@@ -51,7 +51,7 @@ SHAPES = {
 
 def chain(executor: str, shape: str = "map-filter-flat_map-map", **options: Any) -> cv.Pipeline:
     stages = [cv.stage(fn, kind=kind, executor=executor, workers=2) for fn, kind in SHAPES[shape]]
-    return cv.Pipeline("chain", stages, **options)
+    return cv.Pipeline("chain", stages, **{"fuse": True, **options})
 
 
 class Ledger(cv.Instrument):
@@ -96,23 +96,35 @@ def test_a_chain_of_map_filter_and_flat_map_on_one_executor_fuses_whole() -> Non
 )
 def test_stages_that_differ_in_how_they_run_stay_apart(second: dict[str, Any], why: str) -> None:
     fn = f.batch_len if second.get("kind") == "batch" else f.double
-    pipe = cv.Pipeline("apart", [cv.stage(f.inc), cv.stage(fn, **second)])
+    pipe = cv.Pipeline("apart", [cv.stage(f.inc), cv.stage(fn, **second)], fuse=True)
     assert pipe.fused == (), why
 
 
 def test_a_retry_on_the_first_stage_still_fuses() -> None:
-    pipe = cv.Pipeline("head-retry", [cv.stage(f.inc, retry=3), cv.stage(f.double)])
+    pipe = cv.Pipeline("head-retry", [cv.stage(f.inc, retry=3), cv.stage(f.double)], fuse=True)
     assert pipe.fused == (("inc", "double"),)
 
 
 def test_fan_out_fan_in_async_and_class_stages_break_the_chain() -> None:
     a, b, c, d = (cv.stage(f.inc, name=n) for n in "abcd")
-    diamond = cv.Pipeline("diamond", [a, b, c, d], edges=[(a, b), (a, c), (b, d), (c, d)])
+    diamond = cv.Pipeline(
+        "diamond", [a, b, c, d], edges=[(a, b), (a, c), (b, d), (c, d)], fuse=True
+    )
     assert diamond.fused == ()
-    asynchronous = cv.Pipeline("async", [cv.stage(f.inc), cv.stage(f.async_double)])
+    asynchronous = cv.Pipeline("async", [cv.stage(f.inc), cv.stage(f.async_double)], fuse=True)
     assert asynchronous.fused == ()
-    stateful = cv.Pipeline("class", [cv.stage(f.inc), cv.stage(f.ConcurrencyProbe)])
+    stateful = cv.Pipeline("class", [cv.stage(f.inc), cv.stage(f.ConcurrencyProbe)], fuse=True)
     assert stateful.fused == ()
+
+
+def test_by_default_only_stages_on_processes_fuse() -> None:
+    # Between threads a hand-off is cheap: fusing costs about what it saves there.
+    assert chain("threads", fuse="auto").fused == ()
+    assert chain("sync", fuse="auto").fused == ()
+    assert chain("processes", fuse="auto").fused == (("inc", "even", "pair", "double"),)
+    assert cv.Pipeline("p", [cv.stage(f.inc, executor="processes")]).fuse == "auto"
+    with pytest.raises(cv.PipelineError, match="fuse='sometimes'"):
+        cv.Pipeline("p", [f.inc], fuse="sometimes")
 
 
 def test_fuse_false_and_the_config_key_keep_every_stage_apart() -> None:
@@ -163,6 +175,7 @@ def test_each_item_runs_the_whole_chain_in_one_worker(executor: str) -> None:
             cv.stage(where, executor=executor, workers=2),
             cv.stage(same_worker, executor=executor, workers=2),
         ],
+        fuse=True,
     )
     assert pipe.fused
     assert pipe.run(range(200)).results == [True] * 200
@@ -184,6 +197,7 @@ def test_a_later_stage_s_failure_is_dead_lettered_there_with_the_value_it_got(
             cv.stage(f.bad_on_multiples_of_10, executor=executor, on_error="skip"),
             cv.stage(f.double, executor=executor),
         ],
+        fuse=True,
     )
     assert pipe.fused
     letters: list[tuple[str, Any, Any]] = []
@@ -208,7 +222,9 @@ def test_a_later_stage_s_failure_is_dead_lettered_there_with_the_value_it_got(
 
 def test_a_later_stage_s_failure_fails_the_run_naming_it(executor: str) -> None:
     pipe = cv.Pipeline(
-        "fail", [cv.stage(f.inc, executor=executor), cv.stage(f.fail_on_13, executor=executor)]
+        "fail",
+        [cv.stage(f.inc, executor=executor), cv.stage(f.fail_on_13, executor=executor)],
+        fuse=True,
     )
     assert pipe.fused
     with pytest.raises(cv.StageError) as info:
@@ -223,6 +239,7 @@ def test_an_unpicklable_exception_of_a_later_process_stage_still_names_it() -> N
             cv.stage(f.inc, executor="processes"),
             cv.stage(f.raise_unpicklable, executor="processes"),
         ],
+        fuse=True,
     )
     assert pipe.fused
     with pytest.raises(cv.StageError, match="Unpicklable") as info:
@@ -238,6 +255,7 @@ def test_a_retried_first_stage_never_repeats_the_later_stages_calls(tmp_path: Pa
             cv.stage(f.flaky, retry=cv.Retry(attempts=50, backoff=0.0)),
             cv.stage(functools.partial(f.logged_square, log)),
         ],
+        fuse=True,
     )
     assert pipe.fused
     assert sorted(pipe.run(range(200)).results) == [x * x for x in range(200)]
@@ -252,6 +270,7 @@ def test_a_worker_killed_mid_chain_loses_and_repeats_nothing_downstream(tmp_path
             cv.stage(f.inc, executor="processes", workers=2, retry=2),
             cv.stage(functools.partial(f.kill_once, marker), executor="processes", workers=2),
         ],
+        fuse=True,
     )
     assert pipe.fused
     ledger = Ledger()
@@ -268,7 +287,7 @@ def test_ctrl_c_in_a_later_sync_stage_reaches_the_caller() -> None:
         return x
 
     pipe = cv.Pipeline(
-        "sync", [cv.stage(f.inc, executor="sync"), cv.stage(interrupt, executor="sync")]
+        "sync", [cv.stage(f.inc, executor="sync"), cv.stage(interrupt, executor="sync")], fuse=True
     )
     assert pipe.fused
     with pytest.raises(KeyboardInterrupt):
@@ -334,6 +353,7 @@ def test_a_fused_run_s_report_advises_one_size_for_the_whole_chain() -> None:
     pipe = cv.Pipeline(
         "advice",
         [cv.stage(f.slow, workers=2), cv.stage(f.inc, workers=2), cv.stage(f.double, workers=1)],
+        fuse=True,
     )
     assert pipe.fused == (("slow", "inc"),)
     report = pipe.run(range(60)).report()

@@ -82,7 +82,7 @@ PIPELINE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "capacity": ((int,), "a whole number of items, e.g. capacity = 128"),
     "capacity_bytes": ((int,), "a whole number of bytes, e.g. capacity_bytes = 67108864"),
     "ordered": ((bool,), "ordered = true or ordered = false"),
-    "fuse": ((bool,), "fuse = true or fuse = false (keep every stage in its own workers)"),
+    "fuse": ((bool, str), 'fuse = "auto" (processes and Ray), true (everywhere) or false'),
 }
 SECTIONS = ("pipeline", "stages")
 

@@ -61,6 +61,7 @@ class Completion:
         self._rng = random.Random()
         self._cache_warned: set[tuple[str, str]] = set()
         self._calls: list[list[Any]] = []  # a fused task's later calls, by chain index
+        self._failed: set[int] = set()  # and the indices of those that failed
         self._worker = -1
 
     def complete(self, s: StageState, task: Task, out: Outcome) -> None:
@@ -75,7 +76,9 @@ class Completion:
         # on what reached it (``_succeeded`` hands them on), as if each had run its own.
         ran = min(len(task.keys), max(0, len(out.stamps) - 1))
         unit_ns = s.unit_ns
-        head, self._calls = fusion.head_outcome(out, len(task.keys), s.kind)
+        head, self._calls, self._failed = fusion.head_outcome(
+            out, len(task.keys), s.kind, len(fusion.members(s))
+        )
         self._worker = out.worker
         self._settle(s, task, head)
         if ran:  # tasks are sized by the whole chain's time per unit
@@ -186,8 +189,10 @@ class Completion:
             nxt = s.then
             nxt.queue.items_in += len(paired)  # they pass its queue at once, in the worker
             nxt.queue.items_out += len(paired)
-            calls = self._calls[nxt.chain_index] if nxt.chain_index < len(self._calls) else []
-            sub, out = fusion.sub_task(nxt, task, self._worker, paired, calls)
+            j = nxt.chain_index
+            sub, out = fusion.sub_task(
+                nxt, task, self._worker, paired, self._calls[j], j in self._failed
+            )
             if self._has_ins and sub.keys:  # its queue is passed at once: no wait, depth 0
                 t = out.stamps[0]
                 self._ins.items_enqueued(nxt.name, sub.keys, 0, t)

@@ -10,7 +10,14 @@ it once. The recording does not change: the worker times every call of every
 stage, and the driver settles the task stage by stage as if each had run its own
 (``Completion`` replays ``b``'s and ``c``'s calls on the items ``a`` and ``b``
 produced), so keys, the ledger, statistics, events, dead letters and the report
-are those of the unfused pipeline. ``Pipeline(fuse=False)`` keeps every stage apart.
+are those of the unfused pipeline.
+
+Where: by default (``Pipeline(fuse="auto")``) only on executors whose workers do not
+share the driver's memory (processes, Ray), where each hand-off pickles the item
+both ways; there fusing halved the driver's CPU per item. Between threads a hand-off
+is cheap and the chain's per-call bookkeeping cost about as much as it saved
+(benchmarks/RESULTS-small-items.md), so threads and sync fuse only with
+``fuse=True``; ``fuse=False`` keeps every stage apart.
 
 What breaks a chain, and why:
 
@@ -31,13 +38,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import operator
 import traceback
 import typing
 from collections.abc import Callable, Iterable, Sequence
 from time import monotonic_ns
 from typing import TYPE_CHECKING, Any
 
-from conveyor.executors.base import Failure, Outcome, Task, is_stateful
+from conveyor.executors.base import Failure, Outcome, Task, executor_traits, is_stateful
 
 if TYPE_CHECKING:
     from conveyor.core.flow import StageState
@@ -47,9 +55,14 @@ if TYPE_CHECKING:
 FUSABLE_KINDS = ("map", "filter", "flat_map")
 
 
-def fusable(a: Stage, b: Stage) -> bool:
+def fusable(a: Stage, b: Stage, *, everywhere: bool = False) -> bool:
     """Whether ``b`` may run in ``a``'s worker, right after it, on ``a``'s results
-    (the edge ``a -> b`` being the only one out of ``a`` and into ``b``)."""
+    (the edge ``a -> b`` being the only one out of ``a`` and into ``b``). Unless
+    ``everywhere``, only where items cross processes (see the module docstring)."""
+    if not everywhere:
+        traits = executor_traits(a.executor)
+        if traits is None or traits.shares_memory:
+            return False
     for s in (a, b):
         if s.kind not in FUSABLE_KINDS or s.is_async or is_stateful(s.fn) or s.init:
             return False
@@ -65,8 +78,9 @@ def fusable(a: Stage, b: Stage) -> bool:
 
 def fusion_groups(pipeline: Pipeline) -> tuple[tuple[str, ...], ...]:
     """The chains of two or more stages that run fused, in topological order."""
-    if not pipeline.fuse:
+    if pipeline.fuse is False:
         return ()
+    everywhere = pipeline.fuse is True
     groups: list[tuple[str, ...]] = []
     taken: set[str] = set()
     for name in pipeline.order:
@@ -78,7 +92,7 @@ def fusion_groups(pipeline: Pipeline) -> tuple[tuple[str, ...], ...]:
             if len(out) != 1 or len(pipeline.predecessors[out[0]]) != 1:
                 break
             a, b = pipeline.stages[chain[-1]], pipeline.stages[out[0]]
-            if not fusable(a, b):
+            if not fusable(a, b, everywhere=everywhere):
                 break
             chain.append(out[0])
         if len(chain) > 1:
@@ -148,7 +162,7 @@ class Chain:
     there, as an unfused stage's would); a later stage's is recorded and the item
     stops there.
 
-    Returns ``(head_result, head_end_ns, calls)``; ``calls`` lists, in call order,
+    Returns ``(head_result, head_end_ns, calls, failed)``; ``calls`` lists, in call order,
     ``(stage index, start_ns, end_ns, result)`` for each later call; times count from
     the unit's start (a worker on another host has another clock); a result is a
     :class:`SubFailure` when the call raised. A result nobody downstream reads (a map's
@@ -179,34 +193,71 @@ class Chain:
         blobs = [dump_function(fn) for fn in self.fns]
         return (_load_chain, (blobs, self.kinds, self.portable, self.in_caller))
 
-    def __call__(self, unit: Any) -> tuple[Any, int, list[tuple[int, int, int, Any]]]:
+    def __call__(self, unit: Any) -> tuple[Any, int, list[tuple[int, int, int, Any]], bool]:
+        if "flat_map" not in self.kinds:
+            return self._linear(unit)
         t0 = monotonic_ns()
         r = self.fns[0](unit)
         if self.kinds[0] == "flat_map":
             r = materialise(r)
         head_end = monotonic_ns()
         calls: list[tuple[int, int, int, Any]] = []
-        self._after(0, unit, r, calls, head_end)
-        # Times from the unit's start: the executor places that on the driver's clock.
-        calls = [(j, start - t0, end - t0, r) for j, start, end, r in calls]
-        return self._shrink(0, r), head_end - t0, calls
+        failed = self._after(0, unit, r, calls, head_end, t0)[1]
+        return self._shrink(0, r), head_end - t0, calls, failed
+
+    def _linear(self, unit: Any) -> tuple[Any, int, list[tuple[int, int, int, Any]], bool]:
+        """A chain of maps and filters: one item in, at most one out, no recursion."""
+        clock, fns, kinds, keep = monotonic_ns, self.fns, self.kinds, self.keep
+        t0 = clock()
+        head = fns[0](unit)
+        t = clock()
+        calls: list[tuple[int, int, int, Any]] = []
+        failed = False
+        first = kinds[0]
+        value = unit if first == "filter" else head
+        if first != "filter" or head:
+            for j in range(1, len(fns)):
+                try:
+                    r = fns[j](value)
+                except BaseException as exc:
+                    if self.in_caller and isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                        raise
+                    end = clock()
+                    calls.append((j, t - t0, end - t0, self._failed(exc, value)))
+                    failed = True
+                    break
+                end = clock()
+                if kinds[j] == "filter":
+                    calls.append((j, t - t0, end - t0, r))
+                    if not r:
+                        break
+                else:
+                    calls.append((j, t - t0, end - t0, r if keep[j] else None))
+                    value = r
+                t = end
+        return (head if keep[0] or first == "filter" else None), t - t0, calls, failed
 
     def _after(
-        self, j: int, value: Any, r: Any, calls: list[tuple[int, int, int, Any]], t: int
-    ) -> int:
-        """Send stage ``j``'s result on to stage ``j + 1``; the time at the end."""
+        self, j: int, value: Any, r: Any, calls: list[tuple[int, int, int, Any]], t: int, t0: int
+    ) -> tuple[int, bool]:
+        """Send stage ``j``'s result on to stage ``j + 1``: the time at the end, and
+        whether a call failed."""
         if j + 1 == len(self.fns):
-            return t
+            return t, False
         kind = self.kinds[j]
         if kind == "map":
-            return self._call(j + 1, r, calls, t)
+            return self._call(j + 1, r, calls, t, t0)
         if kind == "filter":
-            return self._call(j + 1, value, calls, t) if r else t
+            return self._call(j + 1, value, calls, t, t0) if r else (t, False)
+        failed = False
         for child in r:
-            t = self._call(j + 1, child, calls, t)
-        return t
+            t, bad = self._call(j + 1, child, calls, t, t0)
+            failed |= bad
+        return t, failed
 
-    def _call(self, j: int, value: Any, calls: list[tuple[int, int, int, Any]], t: int) -> int:
+    def _call(
+        self, j: int, value: Any, calls: list[tuple[int, int, int, Any]], t: int, t0: int
+    ) -> tuple[int, bool]:
         try:
             r = self.fns[j](value)
             if self.kinds[j] == "flat_map":
@@ -215,14 +266,14 @@ class Chain:
             if self.in_caller and isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             end = monotonic_ns()
-            calls.append((j, t, end, self._failed(exc, value)))
-            return end
+            calls.append((j, t - t0, end - t0, self._failed(exc, value)))
+            return end, True
         end = monotonic_ns()
         index = len(calls)
-        calls.append((j, t, end, None))
-        end = self._after(j, value, r, calls, end)
-        calls[index] = (j, t, calls[index][2], self._shrink(j, r))
-        return end
+        calls.append((j, t - t0, end - t0, None))
+        after, failed = self._after(j, value, r, calls, end, t0)
+        calls[index] = (j, t - t0, end - t0, self._shrink(j, r))
+        return after, failed
 
     def _shrink(self, j: int, r: Any) -> Any:
         if self.keep[j] or self.kinds[j] == "filter":
@@ -258,9 +309,12 @@ def materialise(r: Any) -> list[Any]:
 # --- the driver's side --------------------------------------------------------------
 
 
-def head_outcome(out: Outcome, n: int, kind: str) -> tuple[Outcome, list[list[Any]]]:
-    """The head stage's own outcome (its results, its calls' times) and the later
-    stages' calls per stage index, from a fused task's outcome of ``n`` units."""
+def head_outcome(
+    out: Outcome, n: int, kind: str, stages: int
+) -> tuple[Outcome, list[list[tuple[int, int, Any]]], set[int]]:
+    """From a fused task's outcome of ``n`` units: the head stage's own outcome (its
+    results, its calls' times), each later stage's calls ``(start, end, result)`` by
+    its index in the chain of ``stages``, and the indices where a call failed."""
     traces = out.results
     ran = min(len(traces), max(0, len(out.stamps) - 1))
     starts = out.stamps[:ran]
@@ -271,26 +325,31 @@ def head_outcome(out: Outcome, n: int, kind: str) -> tuple[Outcome, list[list[An
     if ran < len(out.stamps) - 1:  # the unit that failed at the head: its whole time
         starts.append(out.stamps[ran])
         ends.append(out.stamps[ran + 1])
-    calls: list[list[Any]] = []
+    calls: list[list[tuple[int, int, Any]]] = [[] for _ in range(stages)]
+    failed: set[int] = set()
     for trace, start in zip(traces[:ran], starts, strict=False):
         if trace is None:
             continue
         for j, begin, end, r in trace[2]:
-            while len(calls) <= j:
-                calls.append([])
-            calls[j].append((j, start + begin, start + end, r))
+            calls[j].append((start + begin, start + end, r))
+        if trace[3]:
+            failed.update(j for j, *_, r in trace[2] if isinstance(r, SubFailure))
     results = [t[0] if t is not None else None for t in traces]
     if kind == "flat_map":  # values nobody reads came as their count
         results = [[None] * r if isinstance(r, int) else r for r in results]
-    stamps = [*starts, max(ends, default=starts[0] if starts else 0)]
-    head = dataclasses.replace(out, results=results, stamps=stamps, ends=ends)
     if not starts:
-        head = dataclasses.replace(out, results=results)
-    return head, calls
+        return dataclasses.replace(out, results=results), calls, failed
+    stamps = [*starts, max(ends)]
+    return dataclasses.replace(out, results=results, stamps=stamps, ends=ends), calls, failed
 
 
 def sub_task(
-    s: StageState, task: Task, worker: int, items: Sequence[tuple[Any, Any]], calls: Sequence[Any]
+    s: StageState,
+    task: Task,
+    worker: int,
+    items: Sequence[tuple[Any, Any]],
+    calls: Sequence[tuple[int, int, Any]],
+    failed: bool,
 ) -> tuple[Task, Outcome]:
     """Stage ``s``'s share of a fused task, as if it had run its own: its items, and
     its calls on them (the same number, in the same order)."""
@@ -299,19 +358,23 @@ def sub_task(
             f"fused stage {s.name!r}: {len(calls)} calls for {len(items)} items; "
             "please report this, and run with Pipeline(fuse=False) meanwhile"
         )
-    units = [v for _, v in items]
-    results: list[Any] = []
+    units = list(map(_second, items))
+    results = list(map(_third, calls))
     failures: list[Failure] = []
-    for i, (_, _, _, r) in enumerate(calls):
-        if isinstance(r, SubFailure):
-            units[i] = r.value
-            failures.append(Failure(i, r.exception(), r.traceback, r.fatal))
-            r = None
-        elif s.kind == "flat_map" and isinstance(r, int):
-            r = [None] * r
-        results.append(r)
-    starts = [c[1] for c in calls]
-    ends = [c[2] for c in calls]
-    vtask = Task(task.id, s.name, units, [k for k, _ in items])
-    stamps = [*starts, max(ends, default=0)]
+    if failed:
+        for i, r in enumerate(results):
+            if isinstance(r, SubFailure):
+                units[i] = r.value
+                failures.append(Failure(i, r.exception(), r.traceback, r.fatal))
+                results[i] = None
+    if s.kind == "flat_map":  # values nobody reads came as their count
+        results = [[None] * r if isinstance(r, int) else r for r in results]
+    ends = list(map(_second, calls))
+    stamps = [*map(_first, calls), max(ends, default=0)]
+    vtask = Task(task.id, s.name, units, list(map(_first, items)))
     return vtask, Outcome(task.id, worker, results, stamps, failures, ends=ends)
+
+
+_first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
+_third = operator.itemgetter(2)

@@ -48,7 +48,8 @@ class Pipeline:
         fuse: run consecutive map, filter and flat_map stages that share an
             executor and workers as one task per item in one worker (:attr:`fused`,
             :meth:`plan`); each stage is still timed and reported on its own.
-            ``False`` keeps every stage in its own workers.
+            ``"auto"`` (the default) fuses where items would cross processes
+            (processes, Ray), ``True`` on every executor, ``False`` never.
     """
 
     def __init__(
@@ -61,7 +62,7 @@ class Pipeline:
         capacity: int = DEFAULT_CAPACITY,
         capacity_bytes: int | None = None,
         source: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
-        fuse: bool = True,
+        fuse: bool | str = "auto",
     ) -> None:
         if not isinstance(name, str) or not name:
             raise PipelineError(f"pipeline name must be a non-empty string, got {name!r}")
@@ -83,7 +84,12 @@ class Pipeline:
         self.capacity = capacity
         self.capacity_bytes = capacity_bytes
         self.source = source
-        self.fuse = bool(fuse)
+        if fuse not in (True, False, "auto"):
+            raise PipelineError(
+                f"pipeline {name!r}: fuse={fuse!r}; give 'auto' (processes and Ray), "
+                "True (every executor) or False (never)"
+            )
+        self.fuse = fuse
         self.stages: dict[str, Stage] = {}
         for s in stages:
             if not isinstance(s, Stage):
