@@ -315,6 +315,9 @@ def test_the_recording_keeps_which_stages_ran_fused(tmp_path: Path) -> None:
     group = ("inc", "even", "pair", "double")
     assert {s.name: s.shape.fused for s in loaded.stages.values()} == dict.fromkeys(group, group)
     assert run.report().measure.stages["pair"].fused == group
+    table = run.report().render()
+    row = next(line for line in table.splitlines() if line.split()[:1] == ["pair"])
+    assert "threads×2 fused" in row
 
 
 def test_the_model_gives_a_fused_chain_one_pool_and_resizes_it_whole() -> None:

@@ -159,7 +159,7 @@ class Report:
             )
             t.add_row(
                 f"[bold]{s.name}[/bold]" if s.name == limiting else s.name,
-                f"{s.executor}{TIMES}{workers}",
+                f"{s.executor}{TIMES}{workers}{' fused' if s.fused else ''}",
                 str(s.items_in),
                 "-" if s.items_out is None else str(s.items_out),
                 f"{(s.items_out or s.items_in) / m.makespan_s:.1f}" if m.makespan_s > 0 else "-",
