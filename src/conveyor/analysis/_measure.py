@@ -111,6 +111,7 @@ class StageMeasure:
     bound: int | None
     resizable: bool  # collect stages keep one worker; sync stages run in the caller
     predecessors: tuple[str, ...] = ()
+    fused: tuple[str, ...] = ()  # the fused chain it ran in, sharing its workers
     nodes: tuple[NodeGroup, ...] = ()  # a cluster's workers by node (none: this machine)
 
 
@@ -201,6 +202,7 @@ def measure(rec: Recording) -> RunMeasure:
             bound=s.shape.capacity,
             resizable=s.shape.kind != "collect" and not _runs_in_caller(s.shape.executor),
             predecessors=s.shape.predecessors,
+            fused=s.shape.fused,
             nodes=node_groups(s, rec.places.get(s.name, {})),
         )
     first_latency = None

@@ -16,11 +16,15 @@ if TYPE_CHECKING:
 
 
 def hand_off(stages: Sequence[StageState]) -> None:
-    """Tell each stage's executor its consumers' executors (none: the run's output) and
-    the tightest bytes bound of their queues (None when one is unbounded in bytes)."""
+    """Tell each stage's executor its consumers' executors and the tightest bytes bound
+    of their queues (None when one is unbounded in bytes). No consumers means values:
+    results that go to the run's output, and those of or to a fused chain (the driver
+    settles a chain's results stage by stage, and its filters pass their items on)."""
     for s in stages:
-        assert s.executor is not None
-        consumers = [t.executor for t in s.successors if t.executor is not None]
+        if s.executor is None:
+            continue  # fused: it runs in its head's workers
+        fused = s.then is not None or any(t.then is not None for t in s.successors)
+        consumers = [] if fused else [t.executor for t in s.successors if t.executor]
         bounds = [t.queue.bytes_bound for t in s.successors]
         known = [b for b in bounds if b is not None]
         bound = min(known) if known and len(known) == len(bounds) else None

@@ -307,8 +307,8 @@ class Executor:
 
     def hand_on(self, consumers: Sequence[Executor], *, bytes_bound: int | None) -> None:
         """Told once, before :meth:`start`, the executors this stage's results go to
-        (none: the run's output) and the bytes bound of their queues (None: unbounded in
-        bytes). An executor whose workers can leave results where they were made, as
+        (none: they must come back as values, to the run's output or a fused chain) and
+        the bytes bound of their queues (None: unbounded in bytes). An executor whose workers can leave results where they were made, as
         handles that every consumer's workers read, may do so; by default results come
         back as values."""
 

@@ -130,8 +130,7 @@ class Recorder(PlacesNoted, Instrument):
     Pass it in a run's ``instruments`` (``Pipeline.run`` adds one unless
     ``record=False``), then read :attr:`recording` (final once the run has ended)
     or call :meth:`snapshot` while the run goes on. One recorder records one run.
-    ``detail`` is the number of units, across the run, whose own key, worker and
-    times are kept for the trace and the Gantt chart (the run's first units).
+    The run's first ``detail`` units keep their own key, worker and times (for the Gantt).
     """
 
     def __init__(self, *, detail: int = DETAIL_UNITS) -> None:
@@ -192,6 +191,7 @@ class Recorder(PlacesNoted, Instrument):
                     tuple(s.predecessors),
                     tuple(s.successors),
                     s.concurrency,
+                    s.fused,
                 ),
                 timeline,
             )

@@ -275,14 +275,33 @@ def worth_little(results: list[Any]) -> bool:
     """Whether a task's results are too small to keep in the object store (about
     :data:`KEEP_FROM_BYTES` in all, measured roughly): Ray would return them inline to
     the driver anyway, so they come back as values, as the cheaper way."""
-    from conveyor.core.flow import sizeof
-
     total = 0
     for r in results:
-        total += sizeof(r)
+        total += _rough_size(r)
         if total >= KEEP_FROM_BYTES:
             return False
     return True
+
+
+def _rough_size(value: Any) -> int:
+    """About how many bytes ``value`` holds: arrays, bytes and strings exactly, lists,
+    tuples and dicts one level deep, anything else its own size."""
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    if isinstance(value, (bytes, bytearray, str)):
+        return len(value)
+    if isinstance(value, (list, tuple, dict)):
+        items = value.values() if isinstance(value, dict) else value
+        return sys.getsizeof(value) + sum(_leaf_size(v) for v in items)
+    return sys.getsizeof(value)
+
+
+def _leaf_size(value: Any) -> int:
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    return len(value) if isinstance(value, (bytes, bytearray, str)) else sys.getsizeof(value)
 
 
 def handles(outputs: Outputs, shapes: Sequence[Any]) -> list[Any]:
