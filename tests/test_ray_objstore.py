@@ -1,8 +1,9 @@
 """Results kept in Ray's object store between consecutive Ray stages.
 
 The driver routes handles (:class:`Kept`), not values, when a Ray stage feeds another
-Ray stage; values come to the driver only where they leave Ray. One local Ray
-instance for the module (``ray_instance``).
+Ray stage that fusion keeps apart (here: a different worker count); values come to the
+driver only where they leave Ray. One local Ray instance for the module
+(``ray_instance``).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def test_large_payloads_go_from_ray_stage_to_ray_stage_as_handles(
         "handles",
         [
             cv.stage(f.big_array, executor="ray", workers=2),
-            cv.stage(f.array_first, executor="ray", workers=2),
+            cv.stage(f.array_first, executor="ray"),  # another pool: not fused
         ],
     )
     run = pipe.run(range(24))
@@ -131,7 +132,7 @@ def test_results_come_back_as_values_when_switched_off(
     monkeypatch.setenv("CONVEYOR_RAY_OBJECT_STORE", "0")
     pipe = cv.Pipeline(
         "off",
-        [cv.stage(f.big_array, executor="ray"), cv.stage(f.array_first, executor="ray")],
+        [cv.stage(f.big_array, executor="ray", workers=2), cv.stage(f.array_first, executor="ray")],
     )
     assert sorted(pipe.run(range(4)).results) == [0.0, 1.0, 2.0, 3.0]
     assert not any("Kept" in types for types, _ in sent)
@@ -150,7 +151,7 @@ def test_a_dead_lettered_item_is_recorded_with_its_value_not_a_handle() -> None:
     pipe = cv.Pipeline(
         "dead",
         [
-            cv.stage(f.big_array, executor="ray"),
+            cv.stage(f.big_array, executor="ray", workers=2),
             cv.stage(f.array_first_fail_on_3, executor="ray", on_error="skip"),
         ],
     )
@@ -166,7 +167,7 @@ def test_a_result_that_cannot_be_kept_fails_only_its_item(fn: Any) -> None:
     pipe = cv.Pipeline(
         "unpicklable",
         [
-            cv.stage(fn, executor="ray", on_error="skip"),
+            cv.stage(fn, executor="ray", workers=2, on_error="skip"),
             cv.stage(f.type_name, executor="ray"),
         ],
     )
@@ -179,9 +180,8 @@ def test_small_results_come_back_as_values_between_ray_stages(
     sent: list[tuple[list[str], int]],
 ) -> None:
     # under 100 KB a task's results would be inlined to the driver by Ray anyway
-    pipe = cv.Pipeline(
-        "small", [cv.stage(f.inc, executor="ray"), cv.stage(f.double, executor="ray")]
-    )
+    stages = [cv.stage(f.inc, executor="ray", workers=2), cv.stage(f.double, executor="ray")]
+    pipe = cv.Pipeline("small", stages)
     assert sorted(pipe.run(range(100)).results) == [2 * (x + 1) for x in range(100)]
     assert not any("Kept" in types for types, _ in sent)
 
@@ -215,7 +215,7 @@ def test_a_lost_object_fails_its_items_under_the_retry_policy_never_silently(
     pipe = cv.Pipeline(
         "lost",
         [
-            cv.stage(f.big_array, executor="ray"),
+            cv.stage(f.big_array, executor="ray", workers=2),
             cv.stage(f.array_first, executor="ray", retry=2, on_error="skip"),
         ],
     )
@@ -320,3 +320,14 @@ def test_a_fan_out_and_a_join_of_ray_stages_pass_handles(
     kinds = {t for types, _ in sent for t in types}
     assert {"Kept", "dict"} <= kinds  # handles to the branches, dicts of them to the join
     assert max(n for types, n in sent if "int" not in types) < 4096
+
+
+def test_fused_ray_stages_hand_nothing_off(sent: list[tuple[list[str], int]]) -> None:
+    # the same pool: fusion runs both in one actor, results come back as values
+    pipe = cv.Pipeline(
+        "fused",
+        [cv.stage(f.big_array, executor="ray"), cv.stage(f.array_first, executor="ray")],
+    )
+    assert pipe.fused == (("big_array", "array_first"),)
+    assert sorted(pipe.run(range(4)).results) == [0.0, 1.0, 2.0, 3.0]
+    assert not any("Kept" in types for types, _ in sent)
