@@ -403,7 +403,8 @@ def conveyor_payloads(n: int, keep: bool) -> dict[str, Any]:
         t0, cpu0 = time.perf_counter(), time.process_time()
         out = []
         stamps = []
-        for r in cv.Pipeline("payloads", stages).stream(range(n), record=False):
+        pipe = cv.Pipeline("payloads", stages, fuse=False)  # two hand-offs, not one
+        for r in pipe.stream(range(n), record=False):
             out.append(r)
             stamps.append(time.perf_counter())
         cpu = time.process_time() - cpu0
@@ -437,7 +438,8 @@ def payload_lines(p: dict[str, Any]) -> list[str]:
         "",
         f"{p['n']} NumPy arrays of 1 MiB through three Ray stages (make, 2 workers; scale, 2 "
         "workers, returns a new 1 MiB array; checksum, 1 worker, returns a float): two "
-        "hand-offs from a Ray stage to the next. Driver-routed is the old path "
+        "hand-offs from a Ray stage to the next (`fuse=False`: fusion would run make and "
+        "scale in one actor). Driver-routed is the old path "
         "(`CONVEYOR_RAY_OBJECT_STORE=0`: every result comes back to the driver and is sent "
         "again); object store keeps the arrays in Ray's object store and routes handles. "
         "Bytes through the driver are those it pickled (tasks) and unpickled (replies); "
