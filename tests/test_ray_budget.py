@@ -76,3 +76,14 @@ def test_a_task_with_handles_names_each_object_once() -> None:
     plain, none = encode_task(8, [1, 2])
     assert none == [] and pickle.loads(plain) == (8, [1, 2])
     assert all(isinstance(k, Kept) for k in ka)
+
+
+def test_small_results_stop_the_offer_to_keep_but_one_task_in_sixteen() -> None:
+    b = KeptBytes(None, lambda: None)
+    for _ in range(8):
+        assert b.probe()
+        b.answered(kept=False)
+    offers = [b.probe() for _ in range(32)]
+    assert offers.count(True) == 2  # one in sixteen notices results that grow
+    b.answered(kept=True)
+    assert all(b.probe() for _ in range(5))  # they grew: offer every task again

@@ -23,6 +23,8 @@ from typing import Any
 from conveyor.executors.ray.handles import Outputs
 
 STORE_SHARE = 0.25  # the default cap: this share of the cluster's object store
+SMALL_STREAK = 8  # tasks in a row with small results: stop offering to keep them
+PROBE_EVERY = 16  # then offer one task in this many
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +51,8 @@ class KeptBytes:
         self.peak = 0
         self.objects = 0
         self.waits = 0
+        self._small = 0  # tasks in a row whose results were too small to keep
+        self._skipped = 0
         self._in_flight = 0  # units sent whose results have not come back
         self._unit_bytes = 0.0  # moving average of a unit's result size (0: unmeasured)
 
@@ -67,6 +71,24 @@ class KeptBytes:
             if not ok:
                 self.waits += 1
             return ok
+
+    def probe(self) -> bool:
+        """Whether the next task should offer to keep its results (``run_kept``): always,
+        until :data:`SMALL_STREAK` tasks in a row answered with values (their results
+        were small); then one task in :data:`PROBE_EVERY`, to notice when they grow.
+        Small results then cost nothing more than on the plain path."""
+        with self._lock:
+            if self._small < SMALL_STREAK:
+                return True
+            self._skipped = (self._skipped + 1) % PROBE_EVERY
+            return self._skipped == 0
+
+    def answered(self, *, kept: bool) -> None:
+        """A task offered to keep its results did (``kept``), or answered with values."""
+        with self._lock:
+            self._small = 0 if kept else self._small + 1
+            if not kept and self._unit_bytes <= 0:
+                self._unit_bytes = 1.0  # measured: small (keep() moves it when they grow)
 
     def sent(self, units: int) -> None:
         with self._lock:

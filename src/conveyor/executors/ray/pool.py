@@ -177,10 +177,13 @@ class RayExecutor(Executor):
             self.post(not_run(task))
             return
         try:
-            if self._reads_handles:
-                data, refs = encode_task(task.id, task.units)
-            else:  # no handle can be among the units: the plain pickle
+            refs: list[Any]
+            try:  # the plain pickle, in C; a handle refuses it: then the handles' own
                 data, refs = dumps((task.id, task.units), self._registry)[0], []
+            except TypeError:
+                if not self._reads_handles:
+                    raise
+                data, refs = encode_task(task.id, task.units)
         except Exception as exc:
             self.post(unpicklable_task(task, exc, -1, self._registry))
             return
@@ -289,7 +292,7 @@ class RayExecutor(Executor):
                 return  # past the bytes cap: wait until consumers free some
             a = min(room, key=lambda a: (len(a.held), not a.ready))
             task, data, refs = self._pending.popleft()
-            if budget is not None:
+            if budget is not None and budget.probe():
                 ref, self._kept[ref] = a.handle.run_kept.remote(data, refs)
                 budget.sent(len(task.units))
             else:
@@ -397,6 +400,7 @@ class RayExecutor(Executor):
         if kept is not None:  # a kept task's reply: (whether it kept its results, reply)
             kept_them, value = value
             kept = kept if kept_them else None
+            self._budget.answered(kept=kept_them)  # type: ignore[union-attr]
         out = decode_reply(value, task.id, a.index, self._registry)
         out.place = a.node or None
         if kept is not None and self._budget is not None:  # sizes came: make handles
@@ -483,11 +487,10 @@ class RayExecutor(Executor):
     def _forget(self, ref: Any, entry: tuple[Actor, Task | None] | None) -> Any:
         """``ref``'s task is answered or lost: the outputs ref of a kept one (lock held)."""
         task = None if entry is None else entry[1]
-        if not isinstance(task, Task):
-            return None
-        if self._budget is not None:
-            self._budget.returned(len(task.units))
-        return self._kept.pop(ref, None)
+        kept = self._kept.pop(ref, None) if isinstance(task, Task) else None
+        if kept is not None and self._budget is not None:
+            self._budget.returned(len(task.units))  # type: ignore[union-attr]
+        return kept
 
 
 __all__ = ["RayExecutor", "ray_options"]
