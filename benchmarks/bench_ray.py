@@ -413,8 +413,11 @@ def conveyor_payloads(n: int, keep: bool) -> dict[str, Any]:
             setattr(pool, name, fn)
         os.environ.pop("CONVEYOR_RAY_OBJECT_STORE", None)
     assert sorted(out) == [2.0 * i for i in range(n)]
-    end_to_end, steady = rates(n, t0, stamps)
-    return {"end_to_end": end_to_end, "steady": steady, "mib": through[0] / 2**20, "cpu_s": cpu}
+    end_to_end = n / (stamps[-1] - t0)
+    # from the first result on: the actors have started (results come in bursts, a
+    # task's at once, so a percentile window would be noisy)
+    flowing = (n - 1) / (stamps[-1] - stamps[0]) if stamps[-1] > stamps[0] else float("nan")
+    return {"end_to_end": end_to_end, "flowing": flowing, "mib": through[0] / 2**20, "cpu_s": cpu}
 
 
 def phase_payloads(n: int) -> dict[str, Any]:
@@ -443,8 +446,9 @@ def payload_lines(p: dict[str, Any]) -> list[str]:
         "(`CONVEYOR_RAY_OBJECT_STORE=0`: every result comes back to the driver and is sent "
         "again); object store keeps the arrays in Ray's object store and routes handles. "
         "Bytes through the driver are those it pickled (tasks) and unpickled (replies); "
-        "CPU is the driver process's. Each way ran twice, alternating; the faster run is "
-        "shown.",
+        "CPU is the driver process's. End to end includes starting the five actors; "
+        "from the first result on, they have started. Each way ran twice, alternating; "
+        "the faster run is shown.",
         "",
         "| | driver-routed | object store | ratio |",
         "|---|---:|---:|---:|",
@@ -454,8 +458,8 @@ def payload_lines(p: dict[str, Any]) -> list[str]:
         f"{d['cpu_s'] / max(s['cpu_s'], 1e-9):.2f} |",
         f"| end to end, arrays/s | {d['end_to_end']:.0f} | {s['end_to_end']:.0f} | "
         f"{s['end_to_end'] / d['end_to_end']:.2f} |",
-        f"| steady, arrays/s | {d['steady']:.0f} | {s['steady']:.0f} | "
-        f"{s['steady'] / d['steady']:.2f} |",
+        f"| from the first result on, arrays/s | {d['flowing']:.0f} | {s['flowing']:.0f} | "
+        f"{s['flowing'] / d['flowing']:.2f} |",
         "",
     ]
 
