@@ -38,6 +38,7 @@ class StageInfo:
     predecessors: tuple[str, ...]
     successors: tuple[str, ...]
     concurrency: int = 1  # calls in flight per worker (async def stages)
+    gpus: float = 0.0  # GPUs per worker (resources)
 
 
 class RunControl(Protocol):

@@ -303,6 +303,7 @@ class StageState:
             predecessors,
             successors,
             s.concurrency if s.is_async else 1,
+            s.needs.gpus,
         )
 
     def statistics(self) -> StageStatistics:
