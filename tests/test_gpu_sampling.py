@@ -311,3 +311,15 @@ def test_process_workers_sampled_on_the_devices_they_were_given(two_gpus: FakeNv
     rec = pipe.run(range(10)).recording
     # two workers at half a GPU each share device 0 (CUDA_VISIBLE_DEVICES=0 for both)
     assert [(g.device, g.stages) for g in rec.gpus] == [("0", ["embed"])]
+
+
+def test_the_dashboards_timeline_carries_the_gpu_series() -> None:
+    from conveyor.dashboard._timeline import timeline_data
+
+    rec = simulate([SimStage("parse", 10), SimStage("embed", 4)], items=50)
+    rec = dataclasses.replace(rec, gpus=[gpu_series(rec, "0", ["embed"], 0.5)])
+    (g,) = timeline_data(rec, width=100)["gpus"]
+    assert g["device"] == "0" and g["stages"] == ["embed"] and g["name"] == "Fake H200"
+    assert len(g["x"]) == len(g["utilisation"]) == len(g["memory_gib"]) == len(rec.gpus[0].t_ns)
+    assert set(g["utilisation"]) == {0.0, 90.0} and set(g["memory_gib"]) == {1.0}
+    assert g["x"][0] == (rec.gpus[0].t_ns[0] - rec.started_ns) / 1e9
