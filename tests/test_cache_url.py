@@ -192,3 +192,21 @@ def test_conveyor_cache_may_name_a_url(memory_url: str, monkeypatch: pytest.Monk
     monkeypatch.setenv("CONVEYOR_CACHE", memory_url)
     assert default_cache_root() == memory_url
     assert StageCache().root == memory_url
+
+
+def test_a_file_url_write_is_synced_and_renamed_as_in_a_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    cache = StageCache(f"file://{tmp_path / 'c'}")
+    cache.put(_key(cache, 1), "one")
+    assert len(synced) == 1
+    fast = StageCache(f"file://{tmp_path / 'd'}", fsync=False)
+    fast.put(_key(fast, 1), "one")
+    assert len(synced) == 1  # fsync=False skips it, as for a folder
+    assert fast.get(_key(fast, 1)) == (True, "one")
+    assert not list(tmp_path.rglob(".tmp-*"))

@@ -8,8 +8,8 @@ use it; :func:`open_storage` picks the implementation from the root it is given:
   folder, is fsync'ed, then renamed over the final name (atomic on POSIX).
 - a URL (``file://``, ``memory://``, ``s3://``, ``gs://``...): :class:`UrlStorage`,
   through fsspec (the ``files`` extra; the protocol's own package, such as ``s3fs``,
-  too). On a file system that renames (``file://``) a write goes to a temporary name
-  and is renamed over the final one; on object stores (and ``memory://``) the whole
+  too). On a file system that renames (``file://``) a write goes to a temporary name,
+  is fsync'ed and renamed over the final one, as in a folder; on object stores (and ``memory://``) the whole
   object is put at once, which they make atomic. Where neither holds (an FTP
   server, say) a reader may meet a torn blob: the blob's checksum catches it, so it
   costs a recompute, never a wrong value.
@@ -46,7 +46,7 @@ def open_storage(root: str | os.PathLike[str], *, fsync: bool = True) -> Storage
     Raises :class:`CacheError` when a URL's protocol needs a package that is missing,
     is unknown, or its server cannot be reached."""
     if is_url(root):
-        return UrlStorage(str(root))
+        return UrlStorage(str(root), fsync=fsync)
     return FolderStorage(Path(root), fsync=fsync)
 
 
@@ -183,19 +183,24 @@ class FolderStorage(Storage):
 class UrlStorage(Storage):
     """Files behind an fsspec URL: a bucket, a shared file system, memory."""
 
-    def __init__(self, url: str, *, _fs: Any = None, _path: str | None = None) -> None:
+    def __init__(
+        self, url: str, *, fsync: bool = True, _fs: Any = None, _path: str | None = None
+    ) -> None:
         self.root = self.url = url.rstrip("/")
         if _fs is None:
             _fs, _path = _filesystem(self.url)
         assert _path is not None
         self.fs = _fs
+        self.fsync = fsync
         self.path = _path.rstrip("/")
         protocol = _fs.protocol if isinstance(_fs.protocol, str) else _fs.protocol[0]
         # A local file system renames atomically; object stores put whole objects.
         self._renames = protocol in ("file", "local")
 
     def child(self, name: str) -> UrlStorage:
-        return UrlStorage(f"{self.url}/{name}", _fs=self.fs, _path=f"{self.path}/{name}")
+        return UrlStorage(
+            f"{self.url}/{name}", fsync=self.fsync, _fs=self.fs, _path=f"{self.path}/{name}"
+        )
 
     def locate(self, name: str) -> str:
         return f"{self.url}/{name}"
@@ -222,7 +227,11 @@ class UrlStorage(Storage):
             tmp = f"{folder}/{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
             self.fs.makedirs(folder, exist_ok=True)
             try:
-                self.fs.pipe_file(tmp, data)
+                with self.fs.open(tmp, "wb") as f:  # synced as a folder's blob is
+                    f.write(data)
+                    if self.fsync:
+                        f.flush()
+                        os.fsync(f.fileno())
                 self.fs.mv(tmp, path)
             except BaseException:
                 with contextlib.suppress(Exception):
