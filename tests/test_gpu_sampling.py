@@ -19,7 +19,8 @@ from conveyor.analysis import build_report
 from conveyor.analysis._gpu import gpu_idle_lines
 from conveyor.analysis._measure import measure
 from conveyor.core.events import StageInfo
-from conveyor.observe.gpu import IDLE_PERCENT, POINTS, GpuSampler, GpuSeries, stage_devices
+from conveyor.observe import GpuSeries
+from conveyor.observe.gpu import IDLE_PERCENT, POINTS, GpuSampler, stage_devices
 from conveyor.observe.recording import Recording
 from pipesim import MS, SimStage, simulate
 
