@@ -10,11 +10,13 @@ fails: one debug line on the ``conveyor.gpu`` logger says why.
 
 Which devices a stage uses (:func:`stage_devices`):
 
-- ``processes``: the devices each worker gets through ``CUDA_VISIBLE_DEVICES``
-  (:func:`conveyor.executors.gpus.gpu_devices`, the same packing);
-- ``threads``, ``sync`` and other executors in the driver's process: the first
+- process workers of this machine (``processes``): the devices each worker gets
+  through ``CUDA_VISIBLE_DEVICES`` (:func:`conveyor.executors.gpus.gpu_devices`, the
+  same packing);
+- workers in the driver's process (``threads``, ``sync``...): the first
   ``ceil(gpus × workers)`` devices the driver sees (CUDA's default device first);
-- ``ray``: not sampled; its actors' devices are on the nodes Ray placed them.
+- workers elsewhere (``ray``'s actors): not sampled; their devices are on the nodes
+  Ray placed them.
 
 Each device becomes a :class:`GpuSeries` in the recording: at most ``POINTS``
 points, each the mean utilisation, the peak memory and how many of its samples
@@ -34,6 +36,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from conveyor.executors.base import executor_traits
 from conveyor.executors.gpus import gpu_devices, visible_gpus
 
 if TYPE_CHECKING:
@@ -131,12 +134,15 @@ def stage_devices(stages: Sequence[StageInfo], visible: Sequence[str]) -> dict[s
     used: dict[str, list[str]] = {}
     for s in stages:
         gpus = getattr(s, "gpus", 0.0) or 0.0
-        if not gpus or not visible or s.executor == "ray":
+        traits = executor_traits(s.executor)
+        if not gpus or not visible or traits is None:
             continue
-        if s.executor == "processes":
-            devices = [d for w in range(s.workers) for d in gpu_devices(gpus, w, visible)]
-        else:
+        if traits.shares_memory:  # workers in the driver's process
             devices = list(visible[: max(1, math.ceil(gpus * max(1, s.workers) - 1e-9))])
+        elif traits.host_cores:  # process workers of this machine: CUDA_VISIBLE_DEVICES
+            devices = [d for w in range(s.workers) for d in gpu_devices(gpus, w, visible)]
+        else:  # workers elsewhere (Ray's actors): their devices are on their nodes
+            continue
         for d in devices:
             names = used.setdefault(d, [])
             if s.name not in names:
