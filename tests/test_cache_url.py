@@ -210,3 +210,16 @@ def test_a_file_url_write_is_synced_and_renamed_as_in_a_folder(
     assert len(synced) == 1  # fsync=False skips it, as for a folder
     assert fast.get(_key(fast, 1)) == (True, "one")
     assert not list(tmp_path.rglob(".tmp-*"))
+
+
+def test_a_worker_that_cannot_open_the_url_computes_and_says_so() -> None:
+    """The driver reached the URL; a node without the route or the package does not:
+    its items are computed, never failed, and the outcome carries one sentence."""
+    from conveyor.cache._engine import run_cached
+    from conveyor.executors.base import CacheSpec
+
+    spec = CacheSpec("nosuchproto://bucket/cache", "p/square", "code")
+    out = run_cached(f.square, "map", [1, 2, 3], 0, 7, None, spec, False)
+    assert out.results == [1, 4, 9] and not out.failures and out.hits == []
+    assert out.uncached is not None
+    assert out.uncached.startswith("the cache cannot be opened on this worker (cannot use")
