@@ -324,3 +324,8 @@ def array_negate(a: Any) -> Any:
 def joined_first(parts: dict[str, Any]) -> tuple[float, ...]:
     """Each branch's a[0], by branch name (a join stage's input)."""
     return tuple(float(parts[k][0]) for k in sorted(parts))
+
+
+def lock_on_3(x: int) -> Any:
+    """A result that cannot be pickled, for item value 3 only."""
+    return threading.Lock() if x == 3 else x

@@ -238,3 +238,23 @@ def _items_in(s: StageRecording) -> int:
 def _runs_in_caller(executor: str) -> bool:
     traits = executor_traits(executor)
     return traits is not None and traits.runs_in_caller
+
+
+def node_lines(m: RunMeasure) -> list[str]:
+    """The report's words on a cluster run: one line per stage whose workers ran on a
+    cluster's nodes, its workers grouped by node, e.g.::
+
+    nodes of on_node: 127.0.0.3 1f2e3d4c: actors 0, 1 (150 units, busy 3.10 s);
+        127.0.0.2 9a8b7c6d: actors 2, 3 (150 units, busy 3.02 s)
+    """
+    out = []
+    for s in m.stages.values():
+        if not s.nodes:
+            continue
+        groups = "; ".join(
+            f"{g.node}: actor{'s' if len(g.workers) > 1 else ''} "
+            f"{', '.join(map(str, g.workers))} ({g.units} units, busy {g.busy_s:.2f} s)"
+            for g in s.nodes
+        )
+        out.append(f"nodes of {s.name}: {groups}")
+    return out

@@ -141,8 +141,9 @@ def predict(
     u = {s.name: s.unit_s / faster.get(s.name, 1.0) for s in model.stages}
     load = {s.name: sum(d[m] for m in s.fused if m in d) or d[s.name] for s in model.stages}
     per = {n: load[n] / w[n] for n in d}
-    # The busiest stage of the slowest pool: ties (a fused chain) go to the most demand.
-    bottleneck = max(per, key=lambda n: (per[n], d[n])) if per else ""
+    # The slowest pool; within a fused chain (one pool), the stage of most demand.
+    pooled = {s.name: d[s.name] if s.fused else 0.0 for s in model.stages}
+    bottleneck = max(per, key=lambda n: (per[n], pooled[n])) if per else ""
     period = per[bottleneck] if per else 0.0
     # Longest path of unit times: stages are in topological order.
     reach: dict[str, float] = {}

@@ -31,6 +31,7 @@ from typing import Any
 
 from conveyor.core.events import Key
 from conveyor.errors import RecordingError
+from conveyor.observe.gpu import GpuSeries
 from conveyor.observe.histogram import Histogram
 
 __all__ = [
@@ -202,6 +203,7 @@ class Recording:
     source_ns: int | None = None  # time spent inside the source, producing items
     driver_ns: int | None = None  # time conveyor's scheduler spent moving items
     places: dict[str, dict[int, str]] = dataclasses.field(default_factory=dict)  # cluster nodes
+    gpus: list[GpuSeries] = dataclasses.field(default_factory=list)  # sampled devices
 
     @property
     def end_ns(self) -> int:
@@ -235,8 +237,9 @@ class Recording:
         """A JSON-ready dict (keys become lists); :meth:`from_dict` inverts it."""
         out: dict[str, Any] = {"format": FORMAT, "version": VERSION}
         for f in dataclasses.fields(self):
-            if f.name not in ("stages", "latency"):
+            if f.name not in ("stages", "latency", "gpus"):
                 out[f.name] = getattr(self, f.name)
+        out["gpus"] = [dataclasses.asdict(g) for g in self.gpus]
         out["latency"] = self.latency.to_dict()
         out["stages"] = [_stage_to_dict(s) for s in self.stages.values()]
         return out
@@ -264,14 +267,17 @@ class Recording:
             fields = {  # a field added since (it has a default) may be missing
                 f.name: data[f.name]
                 for f in dataclasses.fields(cls)
-                if f.name not in ("stages", "latency")
+                if f.name not in ("stages", "latency", "gpus")
                 and (f.name in data or f.default is dataclasses.MISSING)
             }
             stages = {s["shape"]["name"]: _stage_from_dict(s) for s in data["stages"]}
             if "places" in fields:  # stage -> worker -> node (JSON made the workers strings)
                 places = fields["places"].items()
                 fields["places"] = {st: {int(w): n for w, n in m.items()} for st, m in places}
-            return cls(**fields, stages=stages, latency=Histogram.from_dict(data["latency"]))
+            gpus = [GpuSeries(**g) for g in data.get("gpus", [])]  # absent before sampling
+            return cls(
+                **fields, stages=stages, latency=Histogram.from_dict(data["latency"]), gpus=gpus
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise RecordingError(
                 f"{where} is a damaged conveyor recording ({type(exc).__name__}: {exc}); "
