@@ -20,6 +20,11 @@ model package, psutil)::
 4. Two nodes on loopback (head 127.0.0.2, worker 127.0.0.3): the node running the
    pinned middle stage is SIGKILLed a quarter into the run and a new node joins;
    items lost, items duplicated, seconds from the kill to the run's end.
+5. Large payloads: 1 MiB NumPy arrays through three Ray stages (two hand-offs from a
+   Ray stage to the next), results routed through the driver
+   (``CONVEYOR_RAY_OBJECT_STORE=0``, the old path) against kept in Ray's object store:
+   bytes the driver pickled and unpickled, its CPU time, and throughput.
+   ``--only payloads`` runs this phase alone and rewrites its section of the table.
 
 Every Ray instance here has its own temp dir and ports and is ended by the pids it
 started: the script never runs ``ray stop``.
@@ -345,6 +350,131 @@ def phase_two_nodes(n: int) -> dict[str, Any]:
         c.shutdown()
 
 
+# --- 5: large payloads between Ray stages ------------------------------------------------
+
+PAYLOAD = 1 << 17  # float64 elements: 1 MiB
+
+
+def make_array(i: int) -> Any:
+    import numpy as np
+
+    return np.full(PAYLOAD, float(i))
+
+
+def scale_array(a: Any) -> Any:
+    return a * 2.0
+
+
+def checksum(a: Any) -> float:
+    return float(a[0])
+
+
+def conveyor_payloads(n: int, keep: bool) -> dict[str, Any]:
+    """One run of the payload pipeline; what went through the driver, counted where the
+    ray executor pickles a task and unpickles a reply."""
+    import conveyor as cv
+    from conveyor.executors.ray import pool
+
+    through = [0]
+    saved = {name: getattr(pool, name) for name in ("encode_task", "dumps", "decode_reply")}
+
+    def encode_task(task_id: int, units: list[Any]) -> Any:
+        data, refs = saved["encode_task"](task_id, units)
+        through[0] += len(data)
+        return data, refs
+
+    def dumps(obj: Any, registry: Any) -> Any:
+        data, pinned = saved["dumps"](obj, registry)
+        through[0] += len(data)
+        return data, pinned
+
+    def decode_reply(reply: bytes, *args: Any) -> Any:
+        through[0] += len(reply)
+        return saved["decode_reply"](reply, *args)
+
+    os.environ["CONVEYOR_RAY_OBJECT_STORE"] = "1" if keep else "0"
+    pool.encode_task, pool.dumps, pool.decode_reply = encode_task, dumps, decode_reply
+    try:
+        stages = [
+            cv.stage(make_array, executor="ray", workers=2),
+            cv.stage(scale_array, executor="ray", workers=2),
+            cv.stage(checksum, executor="ray", workers=1),
+        ]
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        out = []
+        stamps = []
+        pipe = cv.Pipeline("payloads", stages, fuse=False)  # two hand-offs, not one
+        for r in pipe.stream(range(n), record=False):
+            out.append(r)
+            stamps.append(time.perf_counter())
+        cpu = time.process_time() - cpu0
+    finally:
+        for name, fn in saved.items():
+            setattr(pool, name, fn)
+        os.environ.pop("CONVEYOR_RAY_OBJECT_STORE", None)
+    assert sorted(out) == [2.0 * i for i in range(n)]
+    end_to_end = n / (stamps[-1] - t0)
+    # from the first result on: the actors have started (results come in bursts, a
+    # task's at once, so a percentile window would be noisy)
+    flowing = (n - 1) / (stamps[-1] - stamps[0]) if stamps[-1] > stamps[0] else float("nan")
+    return {"end_to_end": end_to_end, "flowing": flowing, "mib": through[0] / 2**20, "cpu_s": cpu}
+
+
+def phase_payloads(n: int) -> dict[str, Any]:
+    """Each way twice, alternating; the faster run of each is kept."""
+    ray = start_local_ray()
+    try:
+        runs: dict[str, list[dict[str, Any]]] = {"driver": [], "store": []}
+        for _ in range(2):
+            runs["driver"].append(conveyor_payloads(n, keep=False))
+            runs["store"].append(conveyor_payloads(n, keep=True))
+    finally:
+        ray.shutdown()
+    best = {k: max(v, key=lambda r: r["end_to_end"]) for k, v in runs.items()}
+    return {"n": n, **best}
+
+
+def payload_lines(p: dict[str, Any]) -> list[str]:
+    d, s = p["driver"], p["store"]
+    return [
+        "## 5. Large payloads between Ray stages",
+        "",
+        f"{p['n']} NumPy arrays of 1 MiB through three Ray stages (make, 2 workers; scale, 2 "
+        "workers, returns a new 1 MiB array; checksum, 1 worker, returns a float): two "
+        "hand-offs from a Ray stage to the next (`fuse=False`: fusion would run make and "
+        "scale in one actor). Driver-routed is the old path "
+        "(`CONVEYOR_RAY_OBJECT_STORE=0`: every result comes back to the driver and is sent "
+        "again); object store keeps the arrays in Ray's object store and routes handles. "
+        "Bytes through the driver are those it pickled (tasks) and unpickled (replies); "
+        "CPU is the driver process's. End to end includes starting the five actors; "
+        "from the first result on, they have started. Each way ran twice, alternating; "
+        "the faster run is shown.",
+        "",
+        "| | driver-routed | object store | ratio |",
+        "|---|---:|---:|---:|",
+        f"| bytes through the driver (MiB) | {d['mib']:.1f} | {s['mib']:.2f} | "
+        f"{d['mib'] / max(s['mib'], 1e-9):.0f}× less |",
+        f"| driver CPU (s) | {d['cpu_s']:.2f} | {s['cpu_s']:.2f} | "
+        f"{d['cpu_s'] / max(s['cpu_s'], 1e-9):.2f} |",
+        f"| end to end, arrays/s | {d['end_to_end']:.0f} | {s['end_to_end']:.0f} | "
+        f"{s['end_to_end'] / d['end_to_end']:.2f} |",
+        f"| from the first result on, arrays/s | {d['flowing']:.0f} | {s['flowing']:.0f} | "
+        f"{s['flowing'] / d['flowing']:.2f} |",
+        "",
+    ]
+
+
+def rewrite_payloads(p: dict[str, Any], load: Any) -> None:
+    """Replace section 5 of the table (``--only payloads``), keeping sections 1 to 4."""
+    head = OUT.read_text().split("## 5.", 1)[0].rstrip("\n")
+    note = (
+        f"Section 5 alone rerun on {datetime.date.today()} (`--only payloads`): load average "
+        f"{load[0]:.1f} at its start and {load[1]:.1f} at its end."
+    )
+    OUT.write_text("\n".join([head, "", *payload_lines(p)[:2], note, "", *payload_lines(p)[2:]]))
+    print(OUT.read_text())
+
+
 # --- the table --------------------------------------------------------------------------
 
 
@@ -363,8 +493,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=3000)
     parser.add_argument("--sentences", type=int, default=2000)
+    parser.add_argument("--payloads", type=int, default=300)
     parser.add_argument("--phase", default=None)
+    parser.add_argument("--only", choices=["payloads"], default=None)
     args = parser.parse_args()
+    if args.phase == "payloads":
+        print(json.dumps(phase_payloads(args.payloads)))
+        return
+    if args.only == "payloads":
+        load0 = os.getloadavg()[0]
+        payloads = run_phase(["--phase", "payloads", "--payloads", str(args.payloads)])
+        rewrite_payloads(payloads, (load0, os.getloadavg()[0]))
+        return
     if args.phase == "shared":
         print(json.dumps(phase_shared(args.items, args.sentences)))
         return
@@ -381,11 +521,18 @@ def main() -> None:
     systems = ("conveyor-threads", "conveyor-processes", "conveyor-ray", "raydata")
     startup = {s: run_phase(["--phase", f"startup:{s}"]) for s in systems}
     two = run_phase(["--phase", "two", "--items", str(args.items)])
+    payloads = run_phase(["--phase", "payloads", "--payloads", str(args.payloads)])
     load1 = os.getloadavg()[0]
-    write(shared, startup, two, (load0, load1))
+    write(shared, startup, two, payloads, (load0, load1))
 
 
-def write(shared: dict[str, Any], startup: dict[str, Any], two: dict[str, Any], load: Any) -> None:
+def write(
+    shared: dict[str, Any],
+    startup: dict[str, Any],
+    two: dict[str, Any],
+    payloads: dict[str, Any],
+    load: Any,
+) -> None:
     import ray
 
     cpu, free, embed = shared["cpu"], shared["noop"], shared["embed"]
@@ -465,6 +612,7 @@ def write(shared: dict[str, Any], startup: dict[str, Any], two: dict[str, Any], 
         f"| {two['up_s']:.1f} | {two['lost']} | {two['duplicated']} | {two['lost_workers']} | "
         f"{two['kill_to_end_s']:.1f} |",
         "",
+        *payload_lines(payloads),
     ]
     OUT.write_text("\n".join(lines))
     print(OUT.read_text())

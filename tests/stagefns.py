@@ -260,6 +260,72 @@ def negate_pair(pair: tuple[int, str]) -> tuple[int, str]:
     return -pair[0], pair[1]
 
 
+def big_array(i: int) -> Any:
+    """A 4 MiB array filled with ``i``: a large payload."""
+    import numpy as np
+
+    return np.full(1 << 19, float(i))
+
+
+def array_first(a: Any) -> float:
+    return float(a[0])
+
+
+def slow_array_first(a: Any) -> float:
+    """A slow consumer of large payloads."""
+    time.sleep(0.05)
+    return float(a[0])
+
+
+def array_first_fail_on_3(a: Any) -> float:
+    if a[0] == 3:
+        raise ValueError("3 is bad")
+    return float(a[0])
+
+
+def type_name(x: Any) -> str:
+    return type(x).__name__
+
+
+def lock_on_5(x: int) -> Any:
+    """x, but an unpicklable lock for 5."""
+    import threading
+
+    return threading.Lock() if x == 5 else x
+
+
+class RefOwner:
+    """A Ray actor's body that owns objects it puts: they are lost when it dies."""
+
+    def put(self, value: Any) -> list[Any]:
+        import ray
+
+        return [ray.put(value)]
+
+
+def lock_or_array(x: int) -> Any:
+    """A 4 MiB array, but an unpicklable lock for 5."""
+    import threading
+
+    return threading.Lock() if x == 5 else big_array(x)
+
+
+def logged_array_first(log: str, a: Any) -> float:
+    """a[0], logging each call (a cached stage's calls)."""
+    with open(log, "a") as fh:
+        fh.write(f"{int(a[0])}\n")
+    return float(a[0])
+
+
+def array_negate(a: Any) -> Any:
+    return -a
+
+
+def joined_first(parts: dict[str, Any]) -> tuple[float, ...]:
+    """Each branch's a[0], by branch name (a join stage's input)."""
+    return tuple(float(parts[k][0]) for k in sorted(parts))
+
+
 def lock_on_3(x: int) -> Any:
     """A result that cannot be pickled, for item value 3 only."""
     return threading.Lock() if x == 3 else x

@@ -77,7 +77,7 @@ def test_ctrl_c_cancels_cleanly_with_no_orphans(tmp_path: Path) -> None:
                 pipe = cv.Pipeline("long", [
                     cv.stage(f.slow, executor="processes", workers=2),
                     cv.stage(f.pid_of, executor="processes", workers=2),
-                ])
+                ], fuse=False)  # two pools of two: four worker processes
                 pids = set()
                 try:
                     # Ctrl-C may land inside the run or in this loop's body: leaving

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 
 from conveyor.executors.base import executor_traits
 from conveyor.observe.histogram import Histogram
+from conveyor.observe.places import NodeGroup, node_groups
 from conveyor.observe.recording import Recording, StageRecording, full_depth
 
 __all__ = ["Distribution", "RunMeasure", "StageMeasure", "is_full", "measure", "quantile"]
@@ -111,6 +112,7 @@ class StageMeasure:
     resizable: bool  # collect stages keep one worker; sync stages run in the caller
     predecessors: tuple[str, ...] = ()
     fused: tuple[str, ...] = ()  # the fused chain it ran in, sharing its workers
+    nodes: tuple[NodeGroup, ...] = ()  # a cluster's workers by node (none: this machine)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +203,7 @@ def measure(rec: Recording) -> RunMeasure:
             resizable=s.shape.kind != "collect" and not _runs_in_caller(s.shape.executor),
             predecessors=s.shape.predecessors,
             fused=s.shape.fused,
+            nodes=node_groups(s, rec.places.get(s.name, {})),
         )
     first_latency = None
     if rec.first_done_ns is not None and rec.first_read_ns is not None:
@@ -235,3 +238,23 @@ def _items_in(s: StageRecording) -> int:
 def _runs_in_caller(executor: str) -> bool:
     traits = executor_traits(executor)
     return traits is not None and traits.runs_in_caller
+
+
+def node_lines(m: RunMeasure) -> list[str]:
+    """The report's words on a cluster run: one line per stage whose workers ran on a
+    cluster's nodes, its workers grouped by node, e.g.::
+
+    nodes of on_node: 127.0.0.3 1f2e3d4c: actors 0, 1 (150 units, busy 3.10 s);
+        127.0.0.2 9a8b7c6d: actors 2, 3 (150 units, busy 3.02 s)
+    """
+    out = []
+    for s in m.stages.values():
+        if not s.nodes:
+            continue
+        groups = "; ".join(
+            f"{g.node}: actor{'s' if len(g.workers) > 1 else ''} "
+            f"{', '.join(map(str, g.workers))} ({g.units} units, busy {g.busy_s:.2f} s)"
+            for g in s.nodes
+        )
+        out.append(f"nodes of {s.name}: {groups}")
+    return out

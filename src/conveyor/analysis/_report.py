@@ -28,7 +28,7 @@ from conveyor.analysis._advice import (
 from conveyor.analysis._balance import Allocation, balance
 from conveyor.analysis._bottleneck import Bottleneck, WindowVerdict, find_bottleneck
 from conveyor.analysis._gpu import gpu_idle_lines
-from conveyor.analysis._measure import RunMeasure, measure
+from conveyor.analysis._measure import RunMeasure, measure, node_lines
 from conveyor.analysis._model import Little, Model, Prediction, little, model_of, predict
 from conveyor.observe.recording import Recording
 
@@ -196,7 +196,7 @@ class Report:
         failed = [f"{s.name} {s.errors}" for s in m.stages.values() if s.errors]
         if failed:
             out.append(f"errors (units that raised): {', '.join(failed)}")
-        out.extend(_caveats(m))
+        out.extend([*node_lines(m), *_caveats(m)])
         out.append("model against measurement:")
         for c in self.comparisons:
             err = "" if math.isnan(c.error) else f" ({c.error:+.0%})"

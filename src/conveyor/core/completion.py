@@ -50,6 +50,8 @@ class Completion:
         self._ins = instruments
         self._has_ins = instruments.active
         self._finish_hook = instruments.wants("task_finished")
+        self._place_hook = instruments.wants("worker_placed")
+        self._placed: dict[tuple[str, int], str] = {}  # (stage, worker) -> its node
         self._enqueue_hook = instruments.wants("items_enqueued")
         self.output = output
         self.ordered = ordered
@@ -103,6 +105,8 @@ class Completion:
                 s.measured(items if s.fold is not None else ran, busy)
                 s.items_in += items
         s.calls += out.calls
+        if out.place is not None and self._place_hook:
+            self._place(s.name, out.worker, out.place)
         if not (out.failures or out.lost or out.hits or out.uncached) and len(out.results) == n:
             # The common case: every unit succeeded (and ran whole: no slicing of keys).
             if self._finish_hook:
@@ -142,6 +146,11 @@ class Completion:
         for unit in sorted(failed):
             f = failed[unit]
             self._unit_failed(s, task, unit, f.error, f.traceback, fatal=f.fatal)
+
+    def _place(self, stage: str, worker: int, place: str) -> None:
+        if self._placed.get((stage, worker)) != place:
+            self._placed[(stage, worker)] = place
+            self._ins.worker_placed(stage, worker, place, monotonic_ns())
 
     def _task_finished(
         self, s: StageState, task: Task, out: Outcome, ran: int, failed: dict[int, Failure]
@@ -244,7 +253,11 @@ class Completion:
             return
         self._attempts.pop((s.name, key), None)
         if s.stage.on_error == "skip" and not fatal:
-            for item_key, value in unit_items(task, i):
+            items = unit_items(task, i)
+            if s.executor is not None:  # a handle left in a store becomes its value
+                values = s.executor.resolve(list(map(_value, items)))
+                items = list(zip(map(_key, items), values, strict=True))
+            for item_key, value in items:
                 s.dead_lettered += 1
                 if self._has_ins:
                     self._ins.dead_lettered(s.name, item_key, value, error, tb, now)
@@ -370,3 +383,4 @@ class Completion:
 
 
 _key = operator.itemgetter(0)
+_value = operator.itemgetter(1)

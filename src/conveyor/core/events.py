@@ -141,6 +141,11 @@ class Instrument:
         the output), ``filtered`` (no result: a flat_map dropped them) or
         ``dead_lettered``. Items never finished are still pending."""
 
+    def worker_placed(self, stage: str, worker: int, place: str, t_ns: int) -> None:
+        """Worker ``worker`` of ``stage`` runs on ``place``, a node of a cluster (an IP
+        and a node id): said once per worker, before its first ``task_finished``.
+        Workers on the driver's machine (threads, processes) are never placed."""
+
     def stage_resized(self, stage: str, workers: int, t_ns: int) -> None:
         """``stage``'s pool now has ``workers`` workers (see ``Run.resize``)."""
 

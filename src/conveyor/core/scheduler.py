@@ -47,17 +47,13 @@ from conveyor.core.events import Instrument, Instruments, RunControl, RunInfo
 from conveyor.core.feed import Controls, Feed, Replies, SourceRaised
 from conveyor.core.flow import StageQueue, StageState, upstream_done
 from conveyor.core.fusion import fuse, fusion_groups, members
+from conveyor.core.handoff import hand_off
 from conveyor.core.ledger import RootLedger
 from conveyor.core.merge import merge_points, parked_by_root
 from conveyor.core.stage import cache_spec
 from conveyor.core.statistics import StageStatistics
 from conveyor.errors import RunError, StageError
-from conveyor.executors.base import (
-    Outcome,
-    RunContext,
-    Task,
-    executor_class,
-)
+from conveyor.executors.base import Outcome, RunContext, Task, executor_class
 
 if TYPE_CHECKING:
     from conveyor.core.pipeline import Pipeline
@@ -162,6 +158,7 @@ class Scheduler:
             post = self._local.append if s.traits.runs_in_caller else self._completions.put
             cls = executor_class(s.stage.executor)
             s.executor = cls(s.run_stage, post, cache=spec, context=self._context)
+        hand_off(self.stages)  # where each stage's results go: values, or handles
         for s in self.stages:
             if s.executor is not None:
                 s.executor.start()

@@ -48,11 +48,13 @@ def timeline_data(rec: Recording, *, width: int = 1000) -> dict[str, Any]:
                 counts[w] = 0
             counts[w] += 1
             _spread(busy, a - start, b - start, step, width)
-        for w in sorted(per_worker):
+        places = rec.places.get(s.name, {})
+        for w in sorted(per_worker, key=lambda w: (places.get(w, ""), w)):
             lanes.append(
                 {
                     "stage": s.name,
                     "worker": w,
+                    "node": places.get(w),  # a cluster's node (None: this machine)
                     "units": counts[w],
                     "busy": [round(min(1.0, v / step), 3) for v in per_worker[w]],
                 }

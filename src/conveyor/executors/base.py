@@ -47,7 +47,7 @@ import functools
 import importlib
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -142,6 +142,7 @@ class Outcome:
     hits: list[int] = dataclasses.field(default_factory=list)  # units answered by the cache
     uncached: str | None = None  # what the cache could not do, and the fix: warned once
     ends: list[int] | None = None  # units that overlap (async): when each one ended
+    place: str | None = None  # the node the worker ran on (a cluster's); None: this machine
 
     @property
     def calls(self) -> int:
@@ -303,6 +304,19 @@ class Executor:
     def pids(self) -> list[int]:
         """Process ids of live worker processes (none for in-process executors)."""
         return []
+
+    def hand_on(self, consumers: Sequence[Executor], *, bytes_bound: int | None) -> None:
+        """Told once, before :meth:`start`, the executors this stage's results go to
+        (none: they must come back as values, to the run's output or a fused chain) and
+        the bytes bound of their queues (None: unbounded in bytes). An executor whose workers can leave results where they were made, as
+        handles that every consumer's workers read, may do so; by default results come
+        back as values."""
+
+    def resolve(self, values: list[Any]) -> list[Any]:
+        """``values`` (units of this stage's tasks) as plain values the driver can keep:
+        called where they leave the executors (a dead-lettered item). Handles another
+        executor left in place are fetched; by default values are already plain."""
+        return values
 
 
 # --- the registry -------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """A run's timeline as a picture: an SVG Gantt chart, with queue depths below it.
 
-One lane per worker, grouped by stage (topological order, top to bottom); one
+One lane per worker, grouped by stage (topological order, top to bottom), and on a
+cluster by node within a stage (lanes labelled "node · actor"); one
 box per unit of the recording's detail window (its first ``detail_limit`` units),
 from its start to its end; then one small chart per stage of its input queue's
 depth over the whole run (the peak of each of the recording's time buckets). Gaps
@@ -20,6 +21,7 @@ import math
 from html import escape
 from pathlib import Path
 
+from conveyor.observe.places import lane_label, lanes
 from conveyor.observe.recording import Recording
 
 __all__ = ["gantt_svg", "write_gantt"]
@@ -31,6 +33,7 @@ LANE_GAP = 3
 GROUP_GAP = 10
 QUEUE_H = 44
 LEFT = 150
+PLACED_EXTRA = 110  # more room on the left for lanes labelled by node and actor
 RIGHT = 24
 TOP = 40
 TOOLTIPS_UP_TO = 3000  # units; above, boxes carry no <title> to keep the file small
@@ -58,10 +61,11 @@ def gantt_svg(rec: Recording, *, width: int = 1200, startup: bool = False) -> st
     startup_s = (t0 - rec.started_ns) / 1e9
     t1 = max(rec.t1_ns if rec.t1_ns is not None else rec.end_ns, t0 + 1)
     span = t1 - t0
-    plot_w = width - LEFT - RIGHT
+    left = LEFT + (PLACED_EXTRA if rec.places else 0)  # room for "node · actor" labels
+    plot_w = width - left - RIGHT
 
     def x(t: int) -> float:
-        return LEFT + (t - t0) / span * plot_w
+        return left + (t - t0) / span * plot_w
 
     body: list[str] = []
     y = TOP
@@ -69,13 +73,14 @@ def gantt_svg(rec: Recording, *, width: int = 1200, startup: bool = False) -> st
     for i, s in enumerate(rec.stages.values()):
         colour = PALETTE[i % len(PALETTE)]
         det = s.detail
-        lanes = sorted(set(det.worker)) or [0]
+        places = rec.places.get(s.name, {})
         top = y
         failed = set(det.failed)
-        for w in lanes:
+        for w in lanes(s, places):  # by node, then worker: "node · actor 3" on a cluster
+            label = escape(lane_label(w, places))
             body.append(
-                f'<text x="{LEFT - 6}" y="{y + LANE - 3}" class="lane">worker {w}</text>'
-                f'<rect x="{LEFT}" y="{y}" width="{plot_w}" height="{LANE}" class="bg"/>'
+                f'<text x="{left - 6}" y="{y + LANE - 3}" class="lane">{label}</text>'
+                f'<rect x="{left}" y="{y}" width="{plot_w}" height="{LANE}" class="bg"/>'
             )
             run_a = run_b = None
             for k, (wk, a, b) in enumerate(zip(det.worker, det.started, det.finished, strict=True)):
@@ -113,7 +118,7 @@ def gantt_svg(rec: Recording, *, width: int = 1200, startup: bool = False) -> st
         peak = s.peak_depth
         scale = max(peak, 1)  # each chart to its own peak; the bound is in the label
         base = y + QUEUE_H
-        pts = [f"{LEFT:.1f},{base}"]
+        pts = [f"{left:.1f},{base}"]
         last_d = depth = 0
         col_max: dict[int, int] = {}
         for b, d in enumerate(s.series.depth_peak):
@@ -129,17 +134,17 @@ def gantt_svg(rec: Recording, *, width: int = 1200, startup: bool = False) -> st
             pts.append(f"{px:.1f},{base - last_d / scale * QUEUE_H:.1f}")
             pts.append(f"{px:.1f},{base - d / scale * QUEUE_H:.1f}")
             last_d = depth = d
-        pts.append(f"{LEFT + plot_w:.1f},{base - depth / scale * QUEUE_H:.1f}")
-        pts.append(f"{LEFT + plot_w:.1f},{base}")
+        pts.append(f"{left + plot_w:.1f},{base - depth / scale * QUEUE_H:.1f}")
+        pts.append(f"{left + plot_w:.1f},{base}")
         body.append(
-            f'<rect x="{LEFT}" y="{y}" width="{plot_w}" height="{QUEUE_H}" class="bg"/>'
+            f'<rect x="{left}" y="{y}" width="{plot_w}" height="{QUEUE_H}" class="bg"/>'
             f'<polygon points="{" ".join(pts)}" fill="{colour}" fill-opacity="0.55" '
             f'stroke="{colour}"/>'
             f'<text x="8" y="{y + QUEUE_H / 2 + 4:.1f}" class="stage" fill="{colour}">'
             f"{escape(s.name)}</text>"
-            f'<text x="{LEFT - 6}" y="{y + 10}" class="lane">{scale}</text>'
-            f'<text x="{LEFT - 6}" y="{base}" class="lane">0</text>'
-            f'<text x="{LEFT + 4}" y="{y + 11}" class="note">peak {peak}'
+            f'<text x="{left - 6}" y="{y + 10}" class="lane">{scale}</text>'
+            f'<text x="{left - 6}" y="{base}" class="lane">0</text>'
+            f'<text x="{left + 4}" y="{y + 11}" class="note">peak {peak}'
             f"{'' if s.shape.capacity is None else f' of {s.shape.capacity}'}</text>"
         )
         y += QUEUE_H + 8
@@ -148,7 +153,7 @@ def gantt_svg(rec: Recording, *, width: int = 1200, startup: bool = False) -> st
     axis: list[str] = []
     k = 0
     while k * step <= span / 1e9 + 1e-12:
-        gx = LEFT + k * step * 1e9 / span * plot_w
+        gx = left + k * step * 1e9 / span * plot_w
         axis.append(
             f'<line x1="{gx:.1f}" y1="{TOP - 4}" x2="{gx:.1f}" y2="{y}" class="grid"/>'
             f'<text x="{gx:.1f}" y="{y + 14}" class="tick">{_label(k * step, step)}</text>'
@@ -190,7 +195,7 @@ def gantt_svg(rec: Recording, *, width: int = 1200, startup: bool = False) -> st
         f'<text x="8" y="22" class="title">{title}</text>'
         + "".join(axis)
         + "".join(body)
-        + f'<text x="{LEFT + plot_w / 2:.1f}" y="{y + 30}" class="tick">time since the '
+        + f'<text x="{left + plot_w / 2:.1f}" y="{y + 30}" class="tick">time since the '
         f"{'run started' if startup else 'first unit started'}</text>"
         f"<!-- lanes end at y={lanes_bottom} -->"
         "</svg>\n"

@@ -45,13 +45,9 @@ from typing import Any
 from conveyor.core.events import Instrument, Key, RunInfo
 from conveyor.observe.gpu import NoSampling, sampler_for
 from conveyor.observe.histogram import EXACT_KEPT, HistogramCounter, count_elements
-from conveyor.observe.recording import (
-    Recording,
-    RecordingError,
-    StageRecording,
-    StageShape,
-    UnitDetail,
-)
+from conveyor.observe.places import PlacesNoted
+from conveyor.observe.recording import Recording, RecordingError, StageRecording, StageShape
+from conveyor.observe.recording import UnitDetail as UnitDetail
 from conveyor.observe.timeline import BUCKETS, NEVER, StageTimeline, Timeline
 
 __all__ = ["BUCKETS", "DETAIL_UNITS", "Recorder", "Recording", "RecordingError", "StageRecording"]
@@ -119,14 +115,13 @@ class _Stage(StageTimeline):
             self.service.settle()
 
 
-class Recorder(Instrument):
+class Recorder(PlacesNoted, Instrument):
     """Records a run's events into bounded aggregates (see the module docstring).
 
     Pass it in a run's ``instruments`` (``Pipeline.run`` adds one unless
     ``record=False``), then read :attr:`recording` (final once the run has ended)
     or call :meth:`snapshot` while the run goes on. One recorder records one run.
-    ``detail`` is the number of units, across the run, whose own key, worker and
-    times are kept for the trace and the Gantt chart (the run's first units).
+    The run's first ``detail`` units keep their own key, worker and times (for the Gantt).
     """
 
     _gpus: NoSampling = NoSampling()  # the run's GPU sampler, if it has one
@@ -460,6 +455,7 @@ class Recorder(Instrument):
             bucket_ns=self._timeline.width,
             detail_limit=self.detail,
             detail_end_ns=self._detail_end,
+            places=self.places(),
             gpus=self._gpus.series(),
         )
 

@@ -202,6 +202,7 @@ class Recording:
     detail_end_ns: int | None = None  # the detail window closed here (None: whole run)
     source_ns: int | None = None  # time spent inside the source, producing items
     driver_ns: int | None = None  # time conveyor's scheduler spent moving items
+    places: dict[str, dict[int, str]] = dataclasses.field(default_factory=dict)  # cluster nodes
     gpus: list[GpuSeries] = dataclasses.field(default_factory=list)  # sampled devices
 
     @property
@@ -270,6 +271,9 @@ class Recording:
                 and (f.name in data or f.default is dataclasses.MISSING)
             }
             stages = {s["shape"]["name"]: _stage_from_dict(s) for s in data["stages"]}
+            if "places" in fields:  # stage -> worker -> node (JSON made the workers strings)
+                places = fields["places"].items()
+                fields["places"] = {st: {int(w): n for w, n in m.items()} for st, m in places}
             gpus = [GpuSeries(**g) for g in data.get("gpus", [])]  # absent before sampling
             return cls(
                 **fields, stages=stages, latency=Histogram.from_dict(data["latency"]), gpus=gpus

@@ -31,7 +31,8 @@
     const tl = await resp.json();
     const stages = [...new Set(tl.lanes.map((l) => l.stage))];
     const n = tl.lanes.length;
-    const names = tl.lanes.map((l) => `${l.stage} · worker ${l.worker}`);
+    const names = tl.lanes.map((l) =>
+      l.node ? `${l.stage} · ${l.node} · actor ${l.worker}` : `${l.stage} · worker ${l.worker}`);
     const laneSeries = tl.lanes.map((l, i) => {
       const base = n - 1 - i;
       return {

@@ -15,12 +15,13 @@ import traceback
 from time import monotonic_ns
 from typing import Any
 
-from conveyor.executors.base import CacheSpec
+from conveyor.executors.base import CacheSpec, Outcome
 from conveyor.executors.calls import close_quietly, worker_function
 from conveyor.executors.processes.functions import load_function
 from conveyor.executors.processes.messages import decode_task, encode_reply
 from conveyor.executors.processes.remote import Packed, pack
 from conveyor.executors.processes.shm import SegmentRegistry
+from conveyor.executors.ray.handles import decode_kept_task, keep_results, worth_little
 from conveyor.executors.task import run_task
 
 # Values travel inside Ray's own messages and object store, never through conveyor's
@@ -49,6 +50,7 @@ class StageWorker:
         cache: CacheSpec | None,
         stage: str,
         env: dict[str, str],
+        split: bool = False,
     ) -> None:
         os.environ.update(env)
         # The driver's import path, where it exists here: the stage's module is found
@@ -58,7 +60,7 @@ class StageWorker:
                 sys.path.insert(0, p)
         self.kind, self.initial = kind, initial
         self.is_async, self.concurrency, self.timeout = is_async, concurrency, timeout
-        self.cache, self.stage = cache, stage
+        self.cache, self.stage, self.split = cache, stage, split
         self.registry = plain_registry()
         self.error: tuple[Packed, str] | None = None
         self.unit, self.unit_started = -1, 0  # the unit running now (for current())
@@ -70,19 +72,45 @@ class StageWorker:
             self.error = (pack(exc), traceback.format_exc())
 
     def ready(self) -> tuple[int, str, tuple[Packed, str] | None]:
-        """``(pid, node id, error loading the function or None)``."""
+        """``(pid, node: its IP and the start of its id, error loading the function or None)``."""
         node = ""
         try:
             import ray
 
-            node = ray.get_runtime_context().get_node_id()
+            node = f"{ray.util.get_node_ip_address()} {ray.get_runtime_context().get_node_id()[:8]}"
         except Exception:
             pass
         return os.getpid(), node, self.error
 
-    def run(self, data: bytes) -> bytes:
-        """Run one task (``(task_id, units)`` pickled); the reply a process worker sends."""
-        task_id, units, bad = decode_task(data, self.registry)
+    def run(self, data: bytes, refs: list[Any] | None = None) -> bytes:
+        """Run one task (``(task_id, units)`` pickled, or units over handles to the
+        objects ``refs``: :mod:`.handles`); the reply a process worker sends."""
+        return encode_reply(self._run(data, refs), self.registry)
+
+    def run_kept(
+        self, data: bytes, refs: list[Any] | None = None
+    ) -> tuple[tuple[bool, bytes], list[Any] | None]:
+        """Run one task and keep its results in the object store: ``((True, reply),
+        outputs)``, the reply carrying each result's size instead of its value (two
+        returns: the caller owns both objects, so they outlive this actor). Results
+        too small to be worth it come back as values: ``((False, reply), None)``."""
+        out = self._run(data, refs)
+        if worth_little(out.results):
+            return (False, encode_reply(out, self.registry)), None
+        failed = {f.unit for f in out.failures}
+        outputs, shapes, bad = keep_results(out.results, self.kind, failed, split=self.split)
+        out.results = shapes
+        out.failures.extend(bad)
+        return (True, encode_reply(out, self.registry)), outputs
+
+    def _run(self, data: bytes, refs: list[Any] | None) -> Outcome:
+        task_id: int | None
+        if refs:
+            import ray
+
+            task_id, units, bad = decode_kept_task(ray, data, refs, self.stage)
+        else:
+            task_id, units, bad = decode_task(data, self.registry)
         out = run_task(
             self.fn,
             self.kind,
@@ -98,7 +126,7 @@ class StageWorker:
         self.unit = -1
         if bad is not None:
             out.failures.append(bad)
-        return encode_reply(out, self.registry)
+        return out
 
     def _on_unit(self, i: int) -> None:
         self.unit_started = monotonic_ns()
@@ -130,6 +158,12 @@ def actor_class() -> Any:
         remote: Any = ray.remote
 
         class Probed(StageWorker):
+            @method(num_returns=2)
+            def run_kept(
+                self, data: bytes, refs: list[Any] | None = None
+            ) -> tuple[tuple[bool, bytes], list[Any] | None]:
+                return StageWorker.run_kept(self, data, refs)
+
             @method(concurrency_group="probe")
             def current(self) -> tuple[int, int]:
                 return StageWorker.current(self)

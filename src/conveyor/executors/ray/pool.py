@@ -40,14 +40,13 @@ import sys
 import threading
 import warnings
 from collections import deque
+from collections.abc import Sequence
 from time import monotonic_ns
 from typing import TYPE_CHECKING, Any
 
-from conveyor.errors import StageError, WorkerLostError
 from conveyor.executors.base import (
     CacheSpec,
     Executor,
-    Failure,
     LostWorker,
     Outcome,
     Post,
@@ -58,11 +57,14 @@ from conveyor.executors.base import (
 )
 from conveyor.executors.processes.functions import check_picklable, dump_function
 from conveyor.executors.processes.messages import decode_reply, unpicklable_task
-from conveyor.executors.processes.remote import rebuild
 from conveyor.executors.processes.shm import dumps
 from conveyor.executors.ray.actor import actor_class, plain_registry
+from conveyor.executors.ray.budget import KeptBytes, KeptStatistics, default_cap
 from conveyor.executors.ray.connect import connect, import_ray
+from conveyor.executors.ray.faults import broken_outcome, load_failed, start_failed
+from conveyor.executors.ray.handles import encode_task, handles, keeps_results, resolve, total_bytes
 from conveyor.executors.ray.options import ray_options, unplaced
+from conveyor.executors.ray.roster import Actor
 
 if TYPE_CHECKING:
     from conveyor.core.stage import Stage
@@ -72,24 +74,6 @@ _PROBE: Any = object()  # in _refs: the answer of an actor's current()
 UNPLACED_SECONDS = 30  # an actor not placed by then: say why the stage waits
 WAIT_SECONDS = 0.05  # the collector's longest wait: how soon it sees new work or a stop
 JOIN_SECONDS = 10.0  # how long shutdown waits for actors to close their instances
-
-
-class _Actor:
-    """One actor and what the driver knows of it."""
-
-    def __init__(self, index: int, handle: Any, ready_ref: Any) -> None:
-        self.index = index
-        self.handle = handle
-        self.ready_ref = ready_ref
-        self.ready = False
-        self.serving = True  # takes new tasks (alive() counts it)
-        self.dead = False
-        self.pid: int | None = None
-        self.node = ""
-        self.held: deque[tuple[Task, Any]] = deque()  # sent, unanswered, in order
-        self.probing = False  # a current() call is out
-        self.born = monotonic_ns()
-        self.timed_out = -1  # the unit that ran past the stage's timeout (-1: none)
 
 
 class RayExecutor(Executor):
@@ -105,9 +89,9 @@ class RayExecutor(Executor):
     ) -> None:
         super().__init__(stage, post, cache=cache, context=context)
         self._registry = plain_registry()
-        self._actors: list[_Actor] = []
-        self._pending: deque[tuple[Task, bytes]] = deque()
-        self._refs: dict[Any, tuple[_Actor, Task | None]] = {}  # None: the ready() call
+        self._actors: list[Actor] = []
+        self._pending: deque[tuple[Task, bytes, list[Any]]] = deque()
+        self._refs: dict[Any, tuple[Actor, Task | None]] = {}  # None: the ready() call
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -120,6 +104,11 @@ class RayExecutor(Executor):
         self._start_failures = 0
         self._broken: BaseException | None = None
         self._warned = False
+        self._keep = False  # results stay in the object store (hand_on decides)
+        self._bytes_bound: int | None = None
+        self._budget: KeptBytes | None = None
+        self._kept: dict[Any, Any] = {}  # a kept task's reply ref -> its outputs ref
+        self._reads_handles = False  # a producer hands this stage handles (hand_on)
 
     @classmethod
     def check(cls, stage: Stage, *, pipeline_built: bool) -> None:
@@ -128,6 +117,19 @@ class RayExecutor(Executor):
             import_ray()
 
     # --- the scheduler's side ---------------------------------------------------------
+
+    def hand_on(self, consumers: Sequence[Executor], *, bytes_bound: int | None) -> None:
+        self._keep = keeps_results(self.stage.kind, consumers, RayExecutor)
+        self._bytes_bound = bytes_bound
+        for c in consumers if self._keep else ():
+            c._reads_handles = True  # type: ignore[attr-defined]  # a RayExecutor
+
+    def resolve(self, values: list[Any]) -> list[Any]:
+        return resolve(self._ray or connect(), values)
+
+    def kept_statistics(self) -> KeptStatistics | None:
+        """The bytes this stage keeps in the object store (None: it returns values)."""
+        return None if self._budget is None else self._budget.statistics()
 
     def start(self) -> None:
         self._ray = connect()
@@ -150,8 +152,12 @@ class RayExecutor(Executor):
             self.cache,
             s.name,
             env,
+            s.split,
         )
         self._options = ray_options(s)
+        if self._keep:
+            cap = self._bytes_bound or default_cap(self._ray)
+            self._budget = KeptBytes(cap, self._wake.set)
         with self._lock:
             self._started = True
             for _ in range(self.target):
@@ -165,18 +171,24 @@ class RayExecutor(Executor):
         with self._lock:
             broken, closing = self._broken, self._closing
         if broken is not None:
-            self.post(_broken_outcome(task, broken))
+            self.post(broken_outcome(task, broken))
             return
         if closing:
             self.post(not_run(task))
             return
         try:
-            data, _ = dumps((task.id, task.units), self._registry)
+            refs: list[Any]
+            try:  # the plain pickle, in C; a handle refuses it: then the handles' own
+                data, refs = dumps((task.id, task.units), self._registry)[0], []
+            except TypeError:
+                if not self._reads_handles:
+                    raise
+                data, refs = encode_task(task.id, task.units)
         except Exception as exc:
             self.post(unpicklable_task(task, exc, -1, self._registry))
             return
         with self._lock:
-            self._pending.append((task, data))
+            self._pending.append((task, data, refs))
             self._dispatch()
         self._wake.set()
 
@@ -210,7 +222,7 @@ class RayExecutor(Executor):
                 return
             self._closing = True
             actors = [a for a in self._actors if not a.dead]
-            pending = [task for task, _ in self._pending]
+            pending = [p[0] for p in self._pending]
             self._pending.clear()
         for task in pending:
             self.post(not_run(task))
@@ -223,6 +235,7 @@ class RayExecutor(Executor):
             for a in self._actors:
                 a.held.clear()
             self._refs.clear()
+            self._kept.clear()
             closing = [self._kill(a, graceful=not cancel) for a in actors]
         for task in held:  # the run is ending (cancelled): every task still gets its answer
             self.post(not_run(task))
@@ -238,17 +251,17 @@ class RayExecutor(Executor):
     def _start_actor(self) -> None:
         i = len(self._actors)
         handle = actor_class().options(name=None, **self._options).remote(*self._args)
-        a = _Actor(i, handle, handle.ready.remote())
+        a = Actor(i, handle, handle.ready.remote())
         self._actors.append(a)
         self._refs[a.ready_ref] = (a, None)
 
-    def _retire(self, a: _Actor) -> None:
+    def _retire(self, a: Actor) -> None:
         """``a`` takes no new task; it goes once it has answered those it holds."""
         a.serving = False
         if not a.held:
             self._kill(a, graceful=True)
 
-    def _kill(self, a: _Actor, *, graceful: bool) -> Any:
+    def _kill(self, a: Actor, *, graceful: bool) -> Any:
         """Stop ``a``: gracefully (close its instance, then exit; the ref of the
         close is returned) or at once."""
         a.serving = False
@@ -270,13 +283,20 @@ class RayExecutor(Executor):
     def _dispatch(self) -> None:
         """Send pending tasks to the least loaded serving actors, up to their depth."""
         depth = 1 + self.traits.in_flight_per_worker
+        budget = self._budget
         while self._pending:
             room = [a for a in self._actors if a.serving and not a.dead and len(a.held) < depth]
             if not room:
                 return
+            if budget is not None and not budget.admits(len(self._pending[0][0].units)):
+                return  # past the bytes cap: wait until consumers free some
             a = min(room, key=lambda a: (len(a.held), not a.ready))
-            task, data = self._pending.popleft()
-            ref = a.handle.run.remote(data)
+            task, data, refs = self._pending.popleft()
+            if budget is not None and budget.probe():
+                ref, self._kept[ref] = a.handle.run_kept.remote(data, refs)
+                budget.sent(len(task.units))
+            else:
+                ref = a.handle.run.remote(data, refs)
             a.held.append((task, ref))
             self._refs[ref] = (a, task)
 
@@ -287,6 +307,8 @@ class RayExecutor(Executor):
         while not self._stop.is_set():
             with self._lock:
                 refs = list(self._refs)
+                if self._pending and self._budget is not None:
+                    self._dispatch()  # bytes may have been freed
             if not refs:
                 self._wake.wait(WAIT_SECONDS)
                 self._wake.clear()
@@ -331,7 +353,7 @@ class RayExecutor(Executor):
                     a.probing = True
                     self._refs[a.handle.current.remote()] = (a, _PROBE)
 
-    def _probed(self, a: _Actor, value: tuple[int, int]) -> None:
+    def _probed(self, a: Actor, value: tuple[int, int]) -> None:
         """Kill ``a`` if its unit has run past the timeout: Ray then reports it dead,
         and :meth:`_died` posts its task as timed out, blaming that unit."""
         unit, ran_ns = value
@@ -350,6 +372,7 @@ class RayExecutor(Executor):
         ray = self._ray
         with self._lock:
             entry = self._refs.pop(ref, None)
+            kept = self._forget(ref, entry)
         if entry is None:
             return
         a, task = entry
@@ -374,7 +397,16 @@ class RayExecutor(Executor):
             self._probed(a, value)
             return
         received = monotonic_ns()
+        if kept is not None:  # a kept task's reply: (whether it kept its results, reply)
+            kept_them, value = value
+            kept = kept if kept_them else None
+            self._budget.answered(kept=kept_them)  # type: ignore[union-attr]
         out = decode_reply(value, task.id, a.index, self._registry)
+        out.place = a.node or None
+        if kept is not None and self._budget is not None:  # sizes came: make handles
+            n = sum(1 for r in out.results if r is not None)
+            outputs = self._budget.keep(kept, total_bytes(out.results), n, self.stage.name)
+            out.results = handles(outputs, out.results)
         if out.stamps:  # the actor's clock, placed on ours: it ended as the reply came
             shift = received - out.stamps[-1]
             out.stamps = [t + shift for t in out.stamps]
@@ -393,33 +425,24 @@ class RayExecutor(Executor):
             self._dispatch()
         self.post(out)
 
-    def _became_ready(self, a: _Actor, value: Any) -> None:
+    def _became_ready(self, a: Actor, value: Any) -> None:
         pid, node, error = value
         with self._lock:
             a.ready, a.pid, a.node = True, pid, node
             self._start_failures = 0
         if error is not None:
-            packed, tb = error
-            cause = rebuild(packed, tb)
-            exc = StageError(
-                f"stage {self.stage.name!r} cannot run on Ray workers: loading its function "
-                f"in an actor raised {packed.describe}; make the function importable on every "
-                "node (defined at the top level of a module that imports cleanly there), or "
-                "use executor='threads'",
-                stage=self.stage.name,
-            )
-            exc.__cause__ = cause
+            exc = load_failed(self.stage.name, *error)
             with self._lock:
                 self._broken = self._broken or exc
             self._died(a)
 
-    def _lost(self, a: _Actor, task: Task, exc: BaseException) -> None:
+    def _lost(self, a: Actor, task: Task, exc: BaseException) -> None:
         with self._lock:
             a.held = deque(h for h in a.held if h[0] is not task)
             self._dispatch()
         self.post(not_run(task, a.index))
 
-    def _died(self, a: _Actor) -> None:
+    def _died(self, a: Actor) -> None:
         """``a`` is gone: account for every task it held, and replace it."""
         with self._lock:
             if a.dead and not a.held:
@@ -429,25 +452,25 @@ class RayExecutor(Executor):
             self._kill(a, graceful=False)
             held = [task for task, _ in a.held]
             for _, r in a.held:
-                self._refs.pop(r, None)
+                self._forget(r, self._refs.pop(r, None))
             a.held.clear()
             if at_start and not self._closing:
                 self._start_failures += 1
                 if self._start_failures >= MAX_START_FAILURES and self._broken is None:
-                    self._broken = self._start_error(a)
+                    self._broken = start_failed(self.stage.name, MAX_START_FAILURES, a.pid)
             broken = self._broken
             if was_serving and not self._closing and broken is None:
                 self._start_actor()
             pending: list[Task] = []
             if broken is not None:
-                pending = [task for task, _ in self._pending]
+                pending = [p[0] for p in self._pending]
                 self._pending.clear()
             else:
                 self._dispatch()
         self._wake.set()
         if broken is not None:
             for task in [*held, *pending]:
-                self.post(_broken_outcome(task, broken))
+                self.post(broken_outcome(task, broken))
             return
         if not held:
             return
@@ -461,19 +484,13 @@ class RayExecutor(Executor):
         for task in rest:
             self.post(not_run(task, a.index))
 
-    def _start_error(self, a: _Actor) -> WorkerLostError:
-        return WorkerLostError(
-            f"stage {self.stage.name!r}: its Ray workers exit before they can start "
-            f"({MAX_START_FAILURES} in a row); see the actor's error above. Usually the "
-            "stage's module cannot be imported on the nodes: keep the function at the top "
-            "level of a module every node can import (ship it with a runtime_env)",
-            stage=self.stage.name,
-            pid=a.pid,
-        )
-
-
-def _broken_outcome(task: Task, error: BaseException) -> Outcome:
-    return Outcome(task.id, -1, [], [], [Failure(0, error, None, fatal=True)])
+    def _forget(self, ref: Any, entry: tuple[Actor, Task | None] | None) -> Any:
+        """``ref``'s task is answered or lost: the outputs ref of a kept one (lock held)."""
+        task = None if entry is None else entry[1]
+        kept = self._kept.pop(ref, None) if isinstance(task, Task) else None
+        if kept is not None and self._budget is not None:
+            self._budget.returned(len(task.units))  # type: ignore[union-attr]
+        return kept
 
 
 __all__ = ["RayExecutor", "ray_options"]
