@@ -214,9 +214,9 @@ def decode_kept_task(
                 raise LostResultError(
                     f"stage {stage!r}: the upstream result this item needs was kept in "
                     f"Ray's object store and is lost ({type(cause).__name__}: its node "
-                    "died, or Ray evicted it); retry the stage (retry=...) or skip the "
-                    "item (on_error='skip'), or keep results on the driver "
-                    "(CONVEYOR_RAY_OBJECT_STORE=0)"
+                    "died, or Ray evicted it), and a retry would fetch the same object; "
+                    "skip such items (on_error='skip') and re-drive them from the dead "
+                    "letters, or keep results on the driver (CONVEYOR_RAY_OBJECT_STORE=0)"
                 ) from cause
             units.append(_Unpickler(piece, fetched).load())
         except Exception as exc:
