@@ -16,7 +16,9 @@ and ``conveyor analyze`` read. Its size does not grow with the number of items:
   ``detail_limit`` units of the run) for the trace and the Gantt chart.
 
 Times are monotonic nanoseconds; subtract ``started_ns`` for times since the run's
-start. ``save``/``load`` write and read gzipped JSON with a format and a version.
+start. ``save``/``load`` write and read gzipped JSON with a format and a version
+(3: the detail window in compact columns, :mod:`conveyor.observe.columns`; files of
+version 2 still load, to the same values).
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import dataclasses
 import gzip
 import json
 import math
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from conveyor.core.events import Key
 from conveyor.errors import RecordingError
+from conveyor.observe.columns import decode_detail, encode_detail
 from conveyor.observe.histogram import Histogram
 
 __all__ = [
@@ -46,7 +50,9 @@ __all__ = [
 ]
 
 FORMAT = "conveyor-recording"
-VERSION = 2
+VERSION = 3
+READS = (2, 3)  # versions this conveyor loads
+COMPRESSLEVEL = 3  # gzip: level 9 took four times as long for a file 10% smaller
 
 
 def full_depth(capacity: int | None) -> int | None:
@@ -236,7 +242,7 @@ class Recording:
             if f.name not in ("stages", "latency"):
                 out[f.name] = getattr(self, f.name)
         out["latency"] = self.latency.to_dict()
-        out["stages"] = [_stage_to_dict(s) for s in self.stages.values()]
+        out["stages"] = [_stage_to_dict(s, self.started_ns) for s in self.stages.values()]
         return out
 
     @classmethod
@@ -253,10 +259,11 @@ class Recording:
                 f"conveyor reads version {VERSION} (bounded aggregates): record the run again "
                 "with `conveyor run TARGET --record PATH`"
             )
-        if version != VERSION:
+        if version not in READS:
             raise RecordingError(
                 f"{where} is a recording of version {version!r}; this conveyor "
-                f"reads version {VERSION}: record it again with this version"
+                f"reads versions {' and '.join(map(str, READS))}: record it again with "
+                "this version"
             )
         try:
             fields = {  # a field added since (it has a default) may be missing
@@ -265,7 +272,8 @@ class Recording:
                 if f.name not in ("stages", "latency")
                 and (f.name in data or f.default is dataclasses.MISSING)
             }
-            stages = {s["shape"]["name"]: _stage_from_dict(s) for s in data["stages"]}
+            base = data["started_ns"] if version >= 3 else None
+            stages = {s["shape"]["name"]: _stage_from_dict(s, base) for s in data["stages"]}
             return cls(**fields, stages=stages, latency=Histogram.from_dict(data["latency"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise RecordingError(
@@ -273,11 +281,27 @@ class Recording:
                 "record the run again"
             ) from exc
 
+    def to_bytes(self) -> bytes:
+        """The recording as gzipped JSON: what :meth:`save` writes and the run store keeps."""
+        text = json.dumps(self.to_dict(), separators=(",", ":"))  # in one go, in C
+        return gzip.compress(text.encode("utf-8"), compresslevel=COMPRESSLEVEL)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, where: str = "the data") -> Recording:
+        """Read :meth:`to_bytes`' output (any version this conveyor reads)."""
+        try:
+            parsed = json.loads(gzip.decompress(data))
+        except (OSError, EOFError, ValueError, zlib.error) as exc:  # JSON, Unicode errors too
+            raise RecordingError(
+                f"{where} is not a conveyor recording (gzipped JSON): {exc}; "
+                "record one with `conveyor run TARGET --record PATH`"
+            ) from exc
+        return cls.from_dict(parsed, where=where)
+
     def save(self, path: str | Path) -> Path:
         """Write the recording as gzipped JSON (format ``conveyor-recording``, versioned)."""
         path = Path(path)
-        with gzip.open(path, "wt", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, separators=(",", ":"))
+        path.write_bytes(self.to_bytes())
         return path
 
     @classmethod
@@ -285,16 +309,12 @@ class Recording:
         """Read a recording written by :meth:`save`; :class:`RecordingError` if it is not one."""
         path = Path(path)
         try:
-            with gzip.open(path, "rt", encoding="utf-8") as f:
-                data = json.load(f)
+            data = path.read_bytes()
         except FileNotFoundError:
             raise RecordingError(f"recording {str(path)!r} not found; check the path") from None
-        except (OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RecordingError(
-                f"{str(path)!r} is not a conveyor recording (gzipped JSON): {exc}; "
-                "record one with `conveyor run TARGET --record PATH`"
-            ) from exc
-        return cls.from_dict(data, where=repr(str(path)))
+        except OSError as exc:
+            raise RecordingError(f"cannot read the recording {str(path)!r}: {exc}") from exc
+        return cls.from_bytes(data, where=repr(str(path)))
 
 
 _STAGE_PLAIN = tuple(
@@ -304,7 +324,7 @@ _STAGE_PLAIN = tuple(
 )
 
 
-def _stage_to_dict(s: StageRecording) -> dict[str, Any]:
+def _stage_to_dict(s: StageRecording, base: int) -> dict[str, Any]:
     out: dict[str, Any] = {name: getattr(s, name) for name in _STAGE_PLAIN}
     out["shape"] = dataclasses.asdict(s.shape)
     out["service"] = s.service.to_dict()
@@ -312,17 +332,12 @@ def _stage_to_dict(s: StageRecording) -> dict[str, Any]:
     out["resizes"] = [list(r) for r in s.resizes]
     out["series"] = dataclasses.asdict(s.series)
     d = s.detail
-    out["detail"] = {
-        "keys": [list(k) for k in d.keys],
-        "worker": d.worker,
-        "started": d.started,
-        "finished": d.finished,
-        "failed": d.failed,
-    }
+    out["detail"] = encode_detail(d.keys, d.worker, d.started, d.finished, d.failed, base=base)
     return out
 
 
-def _stage_from_dict(d: dict[str, Any]) -> StageRecording:
+def _stage_from_dict(d: dict[str, Any], base: int | None) -> StageRecording:
+    """A stage of a recording of version 3 (``base``: its ``started_ns``) or 2 (None)."""
     sh = d["shape"]
     shape = StageShape(
         name=sh["name"],
@@ -335,6 +350,11 @@ def _stage_from_dict(d: dict[str, Any]) -> StageRecording:
         concurrency=sh.get("concurrency", 1),
     )
     det = d["detail"]
+    if base is None:  # version 2: a list per column, absolute stamps
+        keys = [_key(k) for k in det["keys"]]
+        columns = (keys, det["worker"], det["started"], det["finished"], det["failed"])
+    else:
+        columns = decode_detail(det, base=base)
     return StageRecording(
         shape=shape,
         **{name: d[name] for name in _STAGE_PLAIN},
@@ -342,13 +362,7 @@ def _stage_from_dict(d: dict[str, Any]) -> StageRecording:
         wait=Histogram.from_dict(d["wait"]),
         resizes=[(int(t), int(w)) for t, w in d["resizes"]],
         series=Series(**{f.name: list(d["series"][f.name]) for f in dataclasses.fields(Series)}),
-        detail=UnitDetail(
-            keys=[_key(k) for k in det["keys"]],
-            worker=list(det["worker"]),
-            started=list(det["started"]),
-            finished=list(det["finished"]),
-            failed=list(det["failed"]),
-        ),
+        detail=UnitDetail(*(list(c) for c in columns)),
     )
 
 

@@ -27,7 +27,6 @@ from the store's versioned schema, which knows nothing of them:
 
 from __future__ import annotations
 
-import gzip
 import json
 import sqlite3
 import threading
@@ -205,8 +204,7 @@ class SnapshotRecorder(Recorder):
             if self.error is None and (rows or rec is not None):
                 blob = None
                 if rec is not None:
-                    text = json.dumps(rec[0].to_dict(), separators=(",", ":"))
-                    blob = (gzip.compress(text.encode(), compresslevel=5), rec[1])
+                    blob = (rec[0].to_bytes(), rec[1])
                 try:
                     if not made:
                         self.store._write(_make_tables)
@@ -292,5 +290,4 @@ def latest_recording(store: RunStore, run_id: str) -> tuple[Recording, bool] | N
     found = store._read(read)
     if found is None:
         return None
-    data = json.loads(gzip.decompress(found[0]))
-    return Recording.from_dict(data, where=f"the recording of run {run_id}"), bool(found[1])
+    return Recording.from_bytes(found[0], where=f"the recording of run {run_id}"), bool(found[1])

@@ -1,0 +1,131 @@
+"""A recording's file: version 3 (compact detail columns) and version 2, which still loads.
+
+``tests/data/recording-v2.cvrec`` was saved by the conveyor of version 2 (a flat_map
+stage of 2 workers and a stage of 3 that raises on some items, a detail window of 300
+of its 1,200 units), with the report it printed then beside it
+(``recording-v2.report.txt``): the known answer every encoding must give.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+import conveyor as cv
+from conveyor.analysis import build_report
+from conveyor.observe import Recorder
+from conveyor.observe.columns import decode_detail, encode_detail
+from conveyor.observe.gantt import gantt_svg
+from conveyor.observe.recording import VERSION, Recording, RecordingError
+from conveyor.observe.trace import chrome_trace
+from conveyor.store import RunStore, SnapshotRecorder, StoreRecorder, latest_recording
+
+DATA = Path(__file__).with_name("data")
+
+
+@pytest.fixture
+def old() -> Recording:
+    return Recording.load(DATA / "recording-v2.cvrec")
+
+
+def test_a_version_2_file_loads_and_reports_what_it_reported_then(old: Recording) -> None:
+    with gzip.open(DATA / "recording-v2.cvrec", "rt") as f:
+        assert json.load(f)["version"] == 2
+    assert old.units == 1200 and old.detail_units == 300
+    assert old.stages["picky"].detail.failed  # a unit that raised, in the window
+    known = (DATA / "recording-v2.report.txt").read_text()
+    assert build_report(old).render(width=120) == known
+
+
+def test_the_same_recording_saved_in_version_3_reports_the_same(
+    old: Recording, tmp_path: Path
+) -> None:
+    path = old.save(tmp_path / "again.cvrec")
+    with gzip.open(path, "rt") as f:
+        data = json.load(f)
+    assert data["version"] == VERSION == 3
+    assert "duration" in data["stages"][0]["detail"]  # the compact columns
+    new = Recording.load(path)
+    assert new == old  # every field, the detail's keys as tuples again
+    assert build_report(new).render(width=120) == build_report(old).render(width=120)
+    assert build_report(new).to_dict() == build_report(old).to_dict()
+    assert chrome_trace(new) == chrome_trace(old)
+    assert gantt_svg(new) == gantt_svg(old)
+    # Smaller than version 2's file, for the same values.
+    assert path.stat().st_size < (DATA / "recording-v2.cvrec").stat().st_size
+
+
+def test_columns_give_back_every_kind_of_key_and_stamp() -> None:
+    keys = [(1,), (2, 0), (2, (3, 1)), ("a",), (True,), (), (1 << 62,)]
+    worker = [0, 1, 0, 2, 1, 0, 3]
+    started = [100, 90, 5_000_000_000, 0, 7, 7, 8]  # out of order, 0 (never started)
+    finished = [150, 90, 5_000_000_001, 0, 9, 8, 10]
+    cols = encode_detail(keys, worker, started, finished, [3], base=50)
+    back = decode_detail(json.loads(json.dumps(cols)), base=50)
+    assert back == (keys, worker, started, finished, [3])
+    assert type(back[0][4][0]) is bool  # (True,) is not (1,)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"keys": [1, 2]},  # a column shorter than the others
+        {"started": ["x", "y", "z"]},
+        {"keys": [1, 2, {"a": 1}]},
+        {"duration": None},
+    ],
+)
+def test_damaged_columns_are_a_clear_error(damage: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    rec = cv.Pipeline("d", [cv.Stage(lambda x: x, name="f")]).run(range(3)).recording
+    data = rec.to_dict()
+    data["stages"][0]["detail"].update(damage)
+    path = tmp_path / "d.cvrec"
+    path.write_bytes(gzip.compress(json.dumps(data).encode()))
+    with pytest.raises(RecordingError, match=r"damaged conveyor recording.*record the run again"):
+        Recording.load(path)
+
+
+def test_garbage_is_not_a_recording(tmp_path: Path) -> None:
+    (tmp_path / "z.cvrec").write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 40)  # a broken gzip
+    with pytest.raises(RecordingError, match="is not a conveyor recording"):
+        Recording.load(tmp_path / "z.cvrec")
+    with pytest.raises(RecordingError, match="not a conveyor recording"):
+        Recording.from_bytes(b"not gzip", where="the blob")
+
+
+def test_a_large_detail_window_round_trips(tmp_path: Path) -> None:
+    recorder = Recorder(detail=30_000)
+    pipe = cv.Pipeline(
+        "big", [cv.Stage(lambda x: x, name="a", workers=2), cv.Stage(lambda x: -x, name="b")]
+    )
+    pipe.run(range(15_000), instruments=[recorder], record=False).wait()
+    rec = recorder.recording
+    assert rec.detail_complete and rec.detail_units == 30_000
+    path = rec.save(tmp_path / "big.cvrec")
+    assert Recording.load(path) == rec
+    assert path.stat().st_size < 30_000 * 8  # under 8 bytes a unit, stamps and keys
+
+
+def test_the_run_store_reads_a_recording_stored_in_version_2(
+    tmp_path: Path, old: Recording
+) -> None:
+    store = RunStore(tmp_path / "store")
+    pipe = cv.Pipeline("st", [cv.Stage(lambda x: x + 1, name="inc")])
+    snap = SnapshotRecorder(store)
+    pipe.run(
+        range(50), instruments=[StoreRecorder(store, pipeline=pipe), snap], record=False
+    ).wait()
+    run_id = snap.recording.run_id
+    found = latest_recording(store, run_id)
+    assert found is not None and found[0] == snap.recording and found[1]
+    # A row written by the conveyor of version 2 (gzipped JSON of version 2) still loads.
+    v2 = (DATA / "recording-v2.cvrec").read_bytes()
+    store._write(
+        lambda c: c.execute("UPDATE run_recordings SET data = ? WHERE run_id = ?", (v2, run_id))
+    )
+    found = latest_recording(store, run_id)
+    assert found is not None and found[0] == old
+    store.close()
