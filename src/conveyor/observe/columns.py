@@ -1,32 +1,68 @@
-"""The per-unit detail of a recording as compact columns, for its file (version 3).
+"""The per-unit detail of a recording as compact binary columns (file version 3).
 
 A recording's detail window (:class:`~conveyor.observe.recording.UnitDetail`) is the
-only part of it that grows with the units it covers, and it was written as one JSON
-list per unit key and four absolute nanosecond stamps per unit. Version 3 writes it
-column by column, each in the smallest form that gives the same values back::
+only part of it that grows with the units it covers (``conveyor run --detail all``
+keeps every unit). Version 2 wrote it as one JSON list per unit key and absolute
+nanosecond stamps, so that reading a recording made millions of Python objects even
+for a report that never looks at them. Version 3 writes each column as one string::
 
-    keys      a key (n,) of one int as n; any other key as a list (nested: lists)
+    keys      when every key holds L ints (a source item's index, then a flat_map's
+              index...): L columns, ``{"ints": [...]}``, each as ``started`` below;
+              any other keys: a JSON list of lists, as in version 2
     worker    the worker index of each unit
     started   each unit's start minus the previous unit's (the first's minus the
-              recording's ``started_ns``): a few digits instead of nineteen
+              recording's ``started_ns``): small numbers, which compress well
     duration  each unit's end minus its start
-    failed    the indices of the units that raised
+    failed    the indices of the units that raised (a JSON list)
 
-Encoding and decoding run at C speed (``map``, ``itertools.accumulate``), with no
-Python code per unit but the keys' one comprehension. The columns decode to exactly
-the lists version 2 held, so every figure read from a recording is unchanged.
+A column is ``base64(zlib(int64 little-endian))`` of its numbers (the keys' and
+``started`` as differences from the previous value): encoded and decoded at C speed
+(``array``, ``zlib``, ``itertools.accumulate``), with no Python code per unit.
+:class:`LazyDetail` decodes a column only when something reads it (the trace, the
+Gantt chart), so ``conveyor analyze`` of a recording that kept every unit never
+makes an object per unit. The columns decode to exactly the lists version 2 held.
 """
 
 from __future__ import annotations
 
+import base64
+import sys
+import zlib
+from array import array
 from collections.abc import Sequence
-from itertools import accumulate
-from operator import add, sub
+from itertools import accumulate, chain
+from operator import add, itemgetter, sub
 from typing import Any
 
-__all__ = ["decode_detail", "encode_detail"]
+__all__ = ["decode_column", "encode_column", "encode_detail", "numbers", "unit_keys"]
 
-Columns = tuple[list[tuple[Any, ...]], list[int], list[int], list[int], list[int]]
+_SWAP = sys.byteorder != "little"  # columns are little-endian on disk
+
+
+def encode_column(values: Sequence[int], *, delta_from: int | None = None) -> str:
+    """``values`` (differences from the previous, the first from ``delta_from``, when
+    given) as ``base64(zlib(int64 little-endian))``; OverflowError past 64 bits."""
+    if delta_from is not None:
+        values = list(map(sub, values, [delta_from, *values[:-1]]))
+    packed = array("q", values)
+    if _SWAP:
+        packed.byteswap()
+    return base64.b64encode(zlib.compress(packed.tobytes(), 1)).decode("ascii")
+
+
+def decode_column(text: str, *, delta_from: int | None = None) -> list[int]:
+    """The numbers :func:`encode_column` was given; ValueError if ``text`` is damaged."""
+    if not isinstance(text, str):
+        raise TypeError(f"a detail column is a string, not {type(text).__name__}")
+    try:
+        packed = array("q", zlib.decompress(base64.b64decode(text, validate=True)))
+    except (zlib.error, ValueError) as exc:  # binascii.Error is a ValueError
+        raise ValueError(f"a damaged detail column ({exc})") from None
+    if _SWAP:
+        packed.byteswap()
+    if delta_from is None:
+        return packed.tolist()
+    return list(accumulate(packed, initial=delta_from))[1:]
 
 
 def encode_detail(
@@ -41,33 +77,58 @@ def encode_detail(
     """The detail's columns as a JSON-ready dict (module docstring); ``base`` is the
     recording's ``started_ns``."""
     starts = list(started)
-    return {
-        "keys": [k[0] if len(k) == 1 and type(k[0]) is int else list(k) for k in keys],
-        "worker": list(worker),
-        "started": list(map(sub, starts, [base, *starts[:-1]])),
-        "duration": list(map(sub, finished, starts)),
-        "failed": list(failed),
-    }
+    out: dict[str, Any] = {"units": len(starts)}
+    out["keys"] = _encode_keys(keys)
+    out["worker"] = encode_column(worker)
+    out["started"] = encode_column(starts, delta_from=base)
+    out["duration"] = encode_column(list(map(sub, finished, starts)))
+    out["failed"] = list(failed)
+    return out
 
 
-def decode_detail(columns: dict[str, Any], *, base: int) -> Columns:
-    """The lists :func:`encode_detail` was given: (keys, worker, started, finished,
-    failed). Raises KeyError, TypeError or ValueError on damaged columns."""
-    keys = [(k,) if type(k) is int else _key(k) for k in columns["keys"]]
-    worker = [int(w) for w in columns["worker"]]
-    started = list(accumulate(columns["started"], initial=base))[1:]
-    durations = columns["duration"]
-    if not len(keys) == len(worker) == len(started) == len(durations):
-        raise ValueError(
-            f"detail columns of different lengths: {len(keys)} keys, {len(worker)} workers, "
-            f"{len(started)} starts, {len(durations)} durations"
-        )
-    finished = list(map(add, started, durations))
-    failed = [int(i) for i in columns["failed"]]
-    return keys, worker, started, finished, failed
+def numbers(columns: dict[str, Any], name: str, base: int) -> list[int]:
+    """Column ``name`` of encoded detail ``columns`` as a list: ``started`` and
+    ``finished`` as absolute stamps (``base``: the recording's ``started_ns``)."""
+    if name == "finished":
+        return list(map(add, numbers(columns, "started", base), numbers(columns, "duration", base)))
+    if name == "failed":
+        return [int(i) for i in columns["failed"]]
+    got = decode_column(columns[name], delta_from=base if name == "started" else None)
+    if len(got) != columns["units"]:
+        raise ValueError(f"detail column {name!r} holds {len(got)} units, not {columns['units']}")
+    return got
+
+
+def unit_keys(columns: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The keys of encoded detail ``columns``, as tuples."""
+    keys = columns["keys"]
+    if isinstance(keys, dict):
+        out = list(zip(*(decode_column(c, delta_from=0) for c in keys["ints"]), strict=True))
+        if not keys["ints"]:  # keys of no element
+            out = [()] * columns["units"]
+    else:
+        out = [_key(k) for k in keys]
+    if len(out) != columns["units"]:
+        raise ValueError(f"detail column 'keys' holds {len(out)} units, not {columns['units']}")
+    return out
+
+
+def _encode_keys(keys: Sequence[tuple[Any, ...]]) -> dict[str, list[str]] | list[Any]:
+    lengths = set(map(len, keys))
+    if len(lengths) == 1 and set(map(type, chain.from_iterable(keys))) == {int}:
+        try:  # keys of L ints each (a root, a flat_map's index...): L columns
+            return {
+                "ints": [
+                    encode_column(list(map(itemgetter(j), keys)), delta_from=0)
+                    for j in range(lengths.pop())
+                ]
+            }
+        except OverflowError:  # an int past 64 bits: the general form
+            pass
+    return [list(k) for k in keys]
 
 
 def _key(k: Any) -> tuple[Any, ...]:
     if not isinstance(k, list):
-        raise TypeError(f"a unit key is a list or an int, not {type(k).__name__}")
+        raise TypeError(f"a unit key is a list, not {type(k).__name__}")
     return tuple(_key(x) if isinstance(x, list) else x for x in k)

@@ -17,8 +17,8 @@ and ``conveyor analyze`` read. Its size does not grow with the number of items:
 
 Times are monotonic nanoseconds; subtract ``started_ns`` for times since the run's
 start. ``save``/``load`` write and read gzipped JSON with a format and a version
-(3: the detail window in compact columns, :mod:`conveyor.observe.columns`; files of
-version 2 still load, to the same values).
+(3: the detail window in compact binary columns, decoded only when read,
+:mod:`conveyor.observe.columns`; files of version 2 still load, to the same values).
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ from typing import Any
 
 from conveyor.core.events import Key
 from conveyor.errors import RecordingError
-from conveyor.observe.columns import decode_detail, encode_detail
+from conveyor.observe.columns import encode_detail, numbers, unit_keys
 from conveyor.observe.histogram import Histogram
 
 __all__ = [
     "FORMAT",
     "VERSION",
+    "LazyDetail",
     "Recording",
     "RecordingError",
     "Series",
@@ -113,6 +114,63 @@ class UnitDetail:
         if error is not None and m == len(keys):
             self.failed.append(len(self.started) - 1)
         return m
+
+
+class LazyDetail(UnitDetail):
+    """The detail window of a recording read from a file (version 3): each column is
+    decoded from its compact form the first time something reads it, so a reader that
+    needs no per-unit detail (the report) never makes an object per unit."""
+
+    def __init__(self, columns: dict[str, Any], *, base: int) -> None:  # no dataclass init
+        if not isinstance(columns.get("units"), int) or columns["units"] < 0:
+            raise ValueError(f"detail of {columns.get('units')!r} units")
+        self._columns = columns
+        self._base = base
+        self._units = int(columns["units"])
+        self._decoded: dict[str, list[Any]] = {}
+
+    def _column(self, name: str) -> list[Any]:
+        got = self._decoded.get(name)
+        if got is None:
+            try:
+                if name == "keys":
+                    got = unit_keys(self._columns)
+                else:
+                    got = numbers(self._columns, name, self._base)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise RecordingError(
+                    f"the recording's per-unit detail is damaged ({type(exc).__name__}: "
+                    f"{exc}); its report still holds, but record the run again for a trace "
+                    "or a timeline"
+                ) from exc
+            self._decoded[name] = got
+        return got
+
+    def __len__(self) -> int:
+        started = self._decoded.get("started")
+        return self._units if started is None else len(started)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, UnitDetail):
+            return NotImplemented
+        names = ("keys", "worker", "started", "finished", "failed")
+        return all(getattr(self, n) == getattr(other, n) for n in names)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as UnitDetail
+
+
+def _lazy(name: str) -> property:
+    def get(self: LazyDetail) -> list[Any]:
+        return self._column(name)
+
+    def put(self: LazyDetail, value: list[Any]) -> None:
+        self._decoded[name] = value
+
+    return property(get, put, doc=f"the units' {name} (decoded when first read)")
+
+
+for _name in ("keys", "worker", "started", "finished", "failed"):
+    setattr(LazyDetail, _name, _lazy(_name))
 
 
 @dataclasses.dataclass
@@ -352,9 +410,12 @@ def _stage_from_dict(d: dict[str, Any], base: int | None) -> StageRecording:
     det = d["detail"]
     if base is None:  # version 2: a list per column, absolute stamps
         keys = [_key(k) for k in det["keys"]]
-        columns = (keys, det["worker"], det["started"], det["finished"], det["failed"])
+        detail = UnitDetail(
+            keys, list(det["worker"]), list(det["started"]), list(det["finished"]),
+            list(det["failed"]),
+        )  # fmt: skip
     else:
-        columns = decode_detail(det, base=base)
+        detail = LazyDetail(det, base=base)
     return StageRecording(
         shape=shape,
         **{name: d[name] for name in _STAGE_PLAIN},
@@ -362,7 +423,7 @@ def _stage_from_dict(d: dict[str, Any], base: int | None) -> StageRecording:
         wait=Histogram.from_dict(d["wait"]),
         resizes=[(int(t), int(w)) for t, w in d["resizes"]],
         series=Series(**{f.name: list(d["series"][f.name]) for f in dataclasses.fields(Series)}),
-        detail=UnitDetail(*(list(c) for c in columns)),
+        detail=detail,
     )
 
 
