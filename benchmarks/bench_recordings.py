@@ -15,9 +15,10 @@ recorder (the default), interleaved; then, in the recorded run's process:
 - the recording file's size;
 - ``conveyor analyze FILE`` in a fresh process: its wall time and its peak resident
   memory (``os.wait4``'s ``ru_maxrss`` of that one child);
-- the Chrome trace's size (``conveyor analyze FILE --trace``), and for the
-  largest size a trace asked for every unit (``--trace-units all``, a recorder
-  that keeps every unit's detail) to show the bound at work.
+- the Chrome trace's size (``conveyor analyze FILE --trace``), its time and peak
+  memory; and, for ``--full-items`` items (10^6 by default), the same with a recorder
+  that keeps every unit's detail (``conveyor run --detail all``), where the recording
+  grows with the run and the trace's bound is at work.
 
 With ``--before SRC`` the same measurements run a second time with ``PYTHONPATH=SRC``
 (another checkout's ``src/``, say ``main``'s), side by side in the same table.
@@ -119,9 +120,7 @@ def measure(n: int, repeats: int, src: str | None, detail: str = "default") -> d
         m["analyze"], m["rss"] = analyze(rec, src)
         trace = folder / "run.trace.json"
         extra = ["--trace", str(trace)]
-        t = time.perf_counter()
-        analyze(rec, src, *extra)
-        m["trace_s"] = time.perf_counter() - t
+        m["trace_s"], m["trace_rss"] = analyze(rec, src, *extra)
         m["trace"] = trace.stat().st_size
         m["trace_events"] = len(json.loads(trace.read_text())["traceEvents"])
     return m
@@ -151,7 +150,8 @@ def rows(label: str, n: int, m: dict) -> str:
     return (
         f"| {label} | {n:,} | {m['units']:,} | {off:.2f} | {on:.2f} ({on / off - 1:+.0%}) "
         f"| {m['save'] * 1e3:.0f} ms ({m['save'] / off:.1%}) | {mb(m['size'])} "
-        f"| {m['analyze']:.2f} | {m['rss']:.0f} | {mb(m['trace'])} ({m['trace_events']:,} events) |"
+        f"| {m['analyze']:.2f} | {m['rss']:.0f} | {mb(m['trace'])} ({m['trace_events']:,} events) "
+        f"| {m['trace_s']:.2f} s, {m['trace_rss']:.0f} MB |"
     )
 
 
@@ -160,7 +160,12 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--before", help="another checkout's src/ to measure side by side")
-    ap.add_argument("--full-trace", action="store_true", help="also a recorder keeping every unit")
+    ap.add_argument(
+        "--full-items",
+        type=int,
+        default=1_000_000,
+        help="items of the run whose recorder keeps every unit's detail (0: none)",
+    )
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     load = os.getloadavg()[0]
@@ -175,8 +180,8 @@ def main() -> None:
             table.append(rows(label if args.before else "this checkout", n, m))
             print(table[-1], flush=True)
     full = []
-    if args.full_trace:
-        n = sizes[-1]
+    if args.full_items:
+        n = args.full_items
         for label, src in (("before", args.before), ("after", None)):
             if label == "before" and src is None:
                 continue
@@ -187,7 +192,8 @@ def main() -> None:
     head = (
         "| code | items | units | run, record=False (s) | run, recorded (s, vs off) "
         "| save the recording (vs the run) | file | `conveyor analyze` (s) "
-        "| analyze peak RSS (MB) | `--trace` |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| analyze peak RSS (MB) | `--trace` | `analyze --trace` |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     text = f"""# Recordings and traces at scale
 
@@ -207,7 +213,10 @@ write it (`Recording.save`); *analyze* runs `conveyor analyze FILE` in a fresh p
 """
     if full:
         text += f"""
-## A recorder asked to keep every unit's detail (`Recorder(detail=3 * items)`)
+## A recorder asked to keep every unit's detail (`Recorder(detail=3 * items)`, `conveyor run --detail all`)
+
+The recording then grows with the units: this is where the file's encoding, the
+analysis's memory and the trace's bound matter.
 
 {head}
 {chr(10).join(full)}

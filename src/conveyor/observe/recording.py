@@ -388,7 +388,8 @@ def _stage_to_dict(s: StageRecording, base: int) -> dict[str, Any]:
     out["service"] = s.service.to_dict()
     out["wait"] = s.wait.to_dict()
     out["resizes"] = [list(r) for r in s.resizes]
-    out["series"] = dataclasses.asdict(s.series)
+    # Not dataclasses.asdict: it deep-copies every number, most of the time of a save.
+    out["series"] = {f.name: getattr(s.series, f.name) for f in dataclasses.fields(Series)}
     d = s.detail
     out["detail"] = encode_detail(d.keys, d.worker, d.started, d.finished, d.failed, base=base)
     return out
