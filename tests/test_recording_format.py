@@ -92,6 +92,7 @@ def test_columns_give_back_every_kind_of_key_and_stamp(keys: list) -> None:  # t
         {"started": base64.b64encode(b"not zlib").decode()},
         {"duration": base64.b64encode(zlib.compress(b"\0" * 8)).decode()},  # one unit, not 3
         {"duration": None},
+        {"worker": base64.b64encode(zlib.compress(bytes(8_000_000))).decode()},  # a bomb
     ],
 )
 def test_damaged_columns_are_a_clear_error(damage: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]

@@ -50,14 +50,21 @@ def encode_column(values: Sequence[int], *, delta_from: int | None = None) -> st
     return base64.b64encode(zlib.compress(packed.tobytes(), 1)).decode("ascii")
 
 
-def decode_column(text: str, *, delta_from: int | None = None) -> list[int]:
-    """The numbers :func:`encode_column` was given; ValueError if ``text`` is damaged."""
+def decode_column(text: str, count: int, *, delta_from: int | None = None) -> list[int]:
+    """The ``count`` numbers :func:`encode_column` was given; ValueError if ``text`` is
+    damaged or holds another count (never inflated past ``count`` numbers: a column
+    crafted to expand without end is refused, not decompressed)."""
     if not isinstance(text, str):
         raise TypeError(f"a detail column is a string, not {type(text).__name__}")
+    size = 8 * count
     try:
-        packed = array("q", zlib.decompress(base64.b64decode(text, validate=True)))
+        inflate = zlib.decompressobj()
+        raw = inflate.decompress(base64.b64decode(text, validate=True), size + 1)
     except (zlib.error, ValueError) as exc:  # binascii.Error is a ValueError
         raise ValueError(f"a damaged detail column ({exc})") from None
+    if len(raw) != size or not inflate.eof:
+        raise ValueError(f"a detail column that does not hold {count} units")
+    packed = array("q", raw)
     if _SWAP:
         packed.byteswap()
     if delta_from is None:
@@ -93,17 +100,17 @@ def numbers(columns: dict[str, Any], name: str, base: int) -> list[int]:
         return list(map(add, numbers(columns, "started", base), numbers(columns, "duration", base)))
     if name == "failed":
         return [int(i) for i in columns["failed"]]
-    got = decode_column(columns[name], delta_from=base if name == "started" else None)
-    if len(got) != columns["units"]:
-        raise ValueError(f"detail column {name!r} holds {len(got)} units, not {columns['units']}")
-    return got
+    return decode_column(
+        columns[name], columns["units"], delta_from=base if name == "started" else None
+    )
 
 
 def unit_keys(columns: dict[str, Any]) -> list[tuple[Any, ...]]:
     """The keys of encoded detail ``columns``, as tuples."""
     keys = columns["keys"]
     if isinstance(keys, dict):
-        out = list(zip(*(decode_column(c, delta_from=0) for c in keys["ints"]), strict=True))
+        n = columns["units"]
+        out = list(zip(*(decode_column(c, n, delta_from=0) for c in keys["ints"]), strict=True))
         if not keys["ints"]:  # keys of no element
             out = [()] * columns["units"]
     else:
