@@ -71,8 +71,10 @@ t = time.perf_counter()
 rec = run.recording if detail == "default" else instruments[0].recording
 path = rec.save(folder / "run.recording")
 save = time.perf_counter() - t
+import resource
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"off": off, "on": on, "save": save, "size": path.stat().st_size,
-                  "units": rec.units}))
+                  "units": rec.units, "run_rss": rss}))
 """
 
 
@@ -149,7 +151,7 @@ def rows(label: str, n: int, m: dict) -> str:
     off, on = statistics.median(m["off"]), statistics.median(m["on"])
     return (
         f"| {label} | {n:,} | {m['units']:,} | {off:.2f} | {on:.2f} ({on / off - 1:+.0%}) "
-        f"| {m['save'] * 1e3:.0f} ms ({m['save'] / off:.1%}) | {mb(m['size'])} "
+        f"| {m['run_rss']:.0f} | {m['save'] * 1e3:.0f} ms ({m['save'] / off:.1%}) | {mb(m['size'])} "
         f"| {m['analyze']:.2f} | {m['rss']:.0f} | {mb(m['trace'])} ({m['trace_events']:,} events) "
         f"| {m['trace_s']:.2f} s, {m['trace_rss']:.0f} MB |"
     )
@@ -191,9 +193,9 @@ def main() -> None:
     end_load = os.getloadavg()[0]
     head = (
         "| code | items | units | run, record=False (s) | run, recorded (s, vs off) "
-        "| save the recording (vs the run) | file | `conveyor analyze` (s) "
+        "| run's peak RSS (MB) | save the recording (vs the run) | file | `conveyor analyze` (s) "
         "| analyze peak RSS (MB) | `--trace` | `analyze --trace` |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     text = f"""# Recordings and traces at scale
 

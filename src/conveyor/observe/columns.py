@@ -15,8 +15,10 @@ for a report that never looks at them. Version 3 writes each column as one strin
     duration  each unit's end minus its start
     failed    the indices of the units that raised (a JSON list)
 
-A column is ``base64(zlib(int64 little-endian))`` of its numbers (the keys' and
-``started`` as differences from the previous value): encoded and decoded at C speed
+A column is ``CODE:base64(zlib(bytes))`` of its numbers (the keys' and ``started``
+as differences from the previous value), little-endian signed integers of the
+narrowest width that holds them all (``CODE``: ``b``, ``h``, ``i`` or ``q``, 1 to 8
+bytes): encoded and decoded at C speed
 (``array``, ``zlib``, ``itertools.accumulate``), with no Python code per unit.
 :class:`LazyDetail` decodes a column only when something reads it (the trace, the
 Gantt chart), so ``conveyor analyze`` of a recording that kept every unit never
@@ -39,15 +41,29 @@ __all__ = ["decode_column", "encode_column", "encode_detail", "numbers", "unit_k
 _SWAP = sys.byteorder != "little"  # columns are little-endian on disk
 
 
+# The narrowest little-endian signed integer that holds a column: its typecode and
+# the bounds of its values. A column is written as "CODE:" + base64(zlib(bytes)).
+_WIDTHS = (("b", 1 << 7), ("h", 1 << 15), ("i", 1 << 31), ("q", 1 << 63))
+
+
 def encode_column(values: Sequence[int], *, delta_from: int | None = None) -> str:
     """``values`` (differences from the previous, the first from ``delta_from``, when
-    given) as ``base64(zlib(int64 little-endian))``; OverflowError past 64 bits."""
-    if delta_from is not None:
-        values = list(map(sub, values, [delta_from, *values[:-1]]))
-    packed = array("q", values)
-    if _SWAP:
+    given) as ``CODE:base64(zlib(little-endian ints))``, in the narrowest of 1, 2, 4
+    or 8 bytes that holds them all; OverflowError past 64 bits."""
+    if delta_from is None:
+        packed = array("q", values)
+    else:
+        packed = array("q", map(sub, values, chain((delta_from,), values)))
+    low, high = (min(packed), max(packed)) if packed else (0, 0)
+    code = next(c for c, b in _WIDTHS if -b <= low and high < b)
+    if _SWAP:  # a big-endian machine writes the full width, swapped
         packed.byteswap()
-    return base64.b64encode(zlib.compress(packed.tobytes(), 1)).decode("ascii")
+        code = "q"
+    # The low bytes of each little-endian int64, picked at C speed (a strided view).
+    step = 8 // array(code).itemsize
+    view = memoryview(packed).cast("B").cast(code)  # type: ignore[call-overload]
+    data = view[::step].tobytes()
+    return code + ":" + base64.b64encode(zlib.compress(data, 1)).decode("ascii")
 
 
 def decode_column(text: str, count: int, *, delta_from: int | None = None) -> list[int]:
@@ -56,15 +72,18 @@ def decode_column(text: str, count: int, *, delta_from: int | None = None) -> li
     crafted to expand without end is refused, not decompressed)."""
     if not isinstance(text, str):
         raise TypeError(f"a detail column is a string, not {type(text).__name__}")
-    size = 8 * count
+    code, _, encoded = text.partition(":")
+    if code not in dict(_WIDTHS):
+        raise ValueError(f"a detail column of unknown width {code[:8]!r}")
+    size = array(code).itemsize * count
     try:
         inflate = zlib.decompressobj()
-        raw = inflate.decompress(base64.b64decode(text, validate=True), size + 1)
+        raw = inflate.decompress(base64.b64decode(encoded, validate=True), size + 1)
     except (zlib.error, ValueError) as exc:  # binascii.Error is a ValueError
         raise ValueError(f"a damaged detail column ({exc})") from None
     if len(raw) != size or not inflate.eof:
         raise ValueError(f"a detail column that does not hold {count} units")
-    packed = array("q", raw)
+    packed = array(code, raw)
     if _SWAP:
         packed.byteswap()
     if delta_from is None:
