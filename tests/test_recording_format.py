@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -151,4 +153,42 @@ def test_the_run_store_reads_a_recording_stored_in_version_2(
     )
     found = latest_recording(store, run_id)
     assert found is not None and found[0] == old
+    store.close()
+
+
+def test_a_large_recording_is_written_less_often_while_the_run_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Encoding the recording (every unit's detail) while the run goes on takes at
+    most a twentieth of the time between two writes: each encoding here "takes" 0.5 s
+    on a fake clock, so the next write waits 10 s, not recording_every's 1 ms."""
+    from conveyor.store import _snapshots
+
+    class Clock:
+        now = 0.0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(time, name)
+
+        def perf_counter(self) -> float:
+            Clock.now += 0.5
+            return Clock.now
+
+    writes = []
+    to_bytes = Recording.to_bytes
+
+    def counted(rec: Recording) -> bytes:
+        writes.append(rec.state)
+        return to_bytes(rec)
+
+    monkeypatch.setattr(_snapshots, "time", Clock())
+    monkeypatch.setattr(Recording, "to_bytes", counted)
+    store = RunStore(tmp_path / "store")
+    snaps = SnapshotRecorder(store, recording_every=0.001, detail=1_000_000)
+    pipe = cv.Pipeline("many", [cv.Stage(lambda x: x + 1, name="inc", workers=2)])
+    pipe.run(range(5000), instruments=[StoreRecorder(store, pipeline=pipe), snaps], record=False)
+    assert snaps._s_rec_gap_ns == 10 * 10**9
+    assert 1 <= len(writes) <= 3 and writes[-1] == "succeeded"  # the final one always
+    found = latest_recording(store, snaps.recording.run_id)
+    assert found is not None and found[1] and found[0].detail_units == 5000
     store.close()

@@ -43,6 +43,8 @@ from conveyor.store._store import RunStore
 
 __all__ = ["SnapshotRecorder", "latest_recording", "read_snapshots"]
 
+ENCODE_SHARE = 20  # the recording's writes while a run goes on: at most 1/20 of its time
+
 TABLES = (
     """
     CREATE TABLE IF NOT EXISTS run_snapshots (
@@ -71,7 +73,9 @@ class SnapshotRecorder(Recorder):
         store: a RunStore, or a path to one (default: as :class:`RunStore`).
         every: seconds between two snapshots of the stages' counters.
         recording_every: seconds between two writes of the recording while the run
-            goes on (it is written once more when the run ends).
+            goes on (it is written once more when the run ends); longer when encoding
+            it would take more than a twentieth of that (a recording that keeps every
+            unit's detail): twenty times the last encoding's time.
         keep_seconds: snapshots older than this (behind the run's latest) are
             deleted as new ones come: a service that runs for days keeps a window.
         detail: units of per-unit detail the recording keeps (as :class:`Recorder`).
@@ -99,6 +103,9 @@ class SnapshotRecorder(Recorder):
         self.store = store if isinstance(store, RunStore) else RunStore(store)
         self.every_ns = int(every * 1e9)
         self.recording_every_ns = int(recording_every * 1e9)
+        # Widened while the run goes on so that encoding the recording (large with
+        # detail=every unit) takes at most 1/ENCODE_SHARE of the time between writes.
+        self._s_rec_gap_ns = self.recording_every_ns
         self.keep_seconds = keep_seconds
         self.error: StoreError | None = None
         self.snapshots_written = 0
@@ -121,6 +128,7 @@ class SnapshotRecorder(Recorder):
         self._s_run_id, self._s_ctl = run.run_id, run.control
         self._s_next_ns = time.monotonic_ns() + self.every_ns  # the writer's clock
         self._s_next_rec_ns = run.started_ns + self.recording_every_ns
+        self._s_rec_gap_ns = self.recording_every_ns
         self._s_closing = False
         self._s_writer = threading.Thread(
             target=self._write_loop, args=(run.run_id,), name="conveyor-snapshot-writer",
@@ -140,7 +148,7 @@ class SnapshotRecorder(Recorder):
     ) -> None:
         super().task_finished(stage, task, worker, keys, starts_ns, ends_ns, error)
         if ends_ns and ends_ns[-1] >= self._s_next_rec_ns:  # the recorder's state is
-            self._s_next_rec_ns = ends_ns[-1] + self.recording_every_ns  # ours to read
+            self._s_next_rec_ns = ends_ns[-1] + self._s_rec_gap_ns  # ours to read
             rec = self.snapshot()
             with self._s_cond:
                 self._s_rec = (rec, False)
@@ -204,7 +212,11 @@ class SnapshotRecorder(Recorder):
             if self.error is None and (rows or rec is not None):
                 blob = None
                 if rec is not None:
+                    took = time.perf_counter()
                     blob = (rec[0].to_bytes(), rec[1])
+                    took = time.perf_counter() - took
+                    gap = int(took * ENCODE_SHARE * 1e9)
+                    self._s_rec_gap_ns = max(self.recording_every_ns, gap)
                 try:
                     if not made:
                         self.store._write(_make_tables)
