@@ -3,6 +3,7 @@ consecutive units, says so in the trace and in one line, and --trace-full lifts 
 
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 import textwrap
@@ -120,11 +121,13 @@ def target(tmp_path: Path) -> Iterator[Path]:
         del sys.modules[name]
 
 
-def run_cli(tmp_path: Path, n: int, *args: str) -> tuple[str, dict]:  # type: ignore[type-arg]
+def run_cli(tmp_path: Path, n: int, *args: str, store: bool = False) -> tuple[str, dict]:  # type: ignore[type-arg]
     (tmp_path / "manyp.py").write_text(textwrap.dedent(PIPELINE.format(n=n)))
     trace = tmp_path / "t.json"
     target = f"{tmp_path}/manyp.py:pipeline"
-    options = ["--no-progress", "--no-store", "--trace", str(trace), *args]
+    options = ["--no-progress", "--trace", str(trace), *args]
+    if not store:
+        options.append("--no-store")
     result = CliRunner().invoke(cli, ["run", target, *options])
     assert result.exit_code == 0, result.output
     return result.output, json.loads(trace.read_text())
@@ -153,7 +156,7 @@ def test_the_default_detail_window_is_named_with_the_option_that_widens_it(
     lines = [ln for ln in output.splitlines() if ln.startswith("trace: ")]
     assert len(lines) == 1
     assert "first 10,000 of 12,000 units" in lines[0] and "--detail all" in lines[0]
-    output, doc = run_cli(target, 12_000, "--detail", "all")
+    output, doc = run_cli(target, 12_000, "--detail", "all", store=True)  # stored too
     assert len(unit_events(doc)) == 12_000
     assert not [ln for ln in output.splitlines() if ln.startswith("trace: ")]
 
@@ -164,3 +167,17 @@ def test_detail_must_be_a_number_or_all(target: Path) -> None:
         cli, ["run", f"{target}/manyp.py:pipeline", "--no-store", "--detail", "lots"]
     )
     assert result.exit_code == 2 and "give a number of units" in result.output
+
+
+def test_a_damaged_detail_is_one_line_for_trace_and_gantt(tmp_path: Path) -> None:
+    rec = cv.Pipeline("d", [cv.Stage(fast, executor="sync")]).run(range(5)).recording
+    data = rec.to_dict()
+    data["stages"][0]["detail"]["worker"] = "q:not base64!"
+    path = tmp_path / "d.cvrec"
+    path.write_bytes(gzip.compress(json.dumps(data).encode()))
+    args = ["analyze", str(path), "--trace", str(tmp_path / "t.json")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert "per-unit detail is damaged" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(cli, ["analyze", str(path)])  # the report alone still holds
+    assert result.exit_code == 0 and "d: succeeded" in result.output

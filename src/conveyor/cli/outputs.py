@@ -21,7 +21,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from conveyor import Recording, ResultsWriter, RunStatistics
+from conveyor import Recording, RecordingError, ResultsWriter, RunStatistics
 from conveyor.cli.errors import OneLineError
 from conveyor.errors import OutputError
 
@@ -165,11 +165,14 @@ def write_outputs(
         except OSError as exc:
             raise _unwritable("--record", record_path, exc, what="the recording") from exc
     bound = None if trace_full else TRACE_EVENTS
-    if trace_path is not None:
-        doc = chrome_trace(recording, max_events=bound)
-        write_text(trace_path, json.dumps(doc, separators=(",", ":")), "--trace")
-    if gantt_path is not None:
-        write_text(gantt_path, gantt_svg(recording), "--gantt")
+    try:
+        if trace_path is not None:
+            doc = chrome_trace(recording, max_events=bound)
+            write_text(trace_path, json.dumps(doc, separators=(",", ":")), "--trace")
+        if gantt_path is not None:
+            write_text(gantt_path, gantt_svg(recording), "--gantt")
+    except RecordingError as exc:  # a damaged file's per-unit detail
+        raise OutputProblem(f"--trace/--gantt: {exc}") from None
     for what, path in (("recording", record_path), ("trace", trace_path), ("timeline", gantt_path)):
         if path is not None:
             err.print(f"{what} written to {escape(str(path))}")
