@@ -238,8 +238,18 @@ A three-stage pipeline of trivial functions on threads (2 workers each), one ite
 unit, so units = 3 × items. Run times are medians of {args.repeats} interleaved runs
 (one run at 10^6 items). *save* is the time to take the recording from the run and
 write it (`Recording.save`); *analyze* runs `conveyor analyze FILE` in a fresh process
-(wall time including Python's start and imports; peak RSS of that process);
-*--trace* is `conveyor analyze FILE --trace T`.
+(wall time including Python's start and imports, about 0.3 s; peak RSS of that
+process, its own high-water mark); *--trace* is `conveyor analyze FILE --trace T`.
+*before* is the code given with `--before` (the `main` branch when this was written:
+recording version 2), *after* this checkout (version 3). The run's peak RSS is the
+whole benchmark child's (both runs). The recorder's own cost during the run
+(*recorded, vs off*) is the engine's hooks and is not changed here; on a loaded
+machine it is noise-dominated (see `RESULTS-observability.md` for a repeated
+measurement).
+
+Targets (issue 9): saving the recording at most a few percent of the run;
+`conveyor analyze` of a 10^6-unit recording under 5 s and 300 MB; a trace bounded
+past 200,000 unit events, saying so.
 
 {head}
 {chr(10).join(table)}
