@@ -391,7 +391,10 @@ def _stage_to_dict(s: StageRecording, base: int) -> dict[str, Any]:
     # Not dataclasses.asdict: it deep-copies every number, most of the time of a save.
     out["series"] = {f.name: getattr(s.series, f.name) for f in dataclasses.fields(Series)}
     d = s.detail
-    out["detail"] = encode_detail(d.keys, d.worker, d.started, d.finished, d.failed, base=base)
+    if isinstance(d, LazyDetail) and not d._decoded and d._base == base:
+        out["detail"] = d._columns  # as read, never decoded: written back as it was
+    else:
+        out["detail"] = encode_detail(d.keys, d.worker, d.started, d.finished, d.failed, base=base)
     return out
 
 
