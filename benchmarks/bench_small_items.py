@@ -77,23 +77,33 @@ def rows(n: int, repeat: int) -> dict[str, tuple[float, Any]]:
                 acc = sf.merge(acc, part)
         return acc
 
-    def conveyor(record: bool) -> Callable[[], Any]:
+    def conveyor(record: bool, fuse: bool = True, row_stages: str = "threads") -> Callable[[], Any]:
+        # As a user writes it: the row stages on the default executor (threads, one
+        # worker); or all three on the parse stage's processes, where they fuse with it.
+        on: dict[str, Any] = (
+            {} if row_stages == "threads" else {"executor": row_stages, "workers": 2}
+        )
         pipe = cv.Pipeline(
             "rows",
             [
                 cv.stage(sf.parse, executor="processes", workers=2),
-                cv.stage(sf.large, kind="filter"),
-                cv.stage(sf.enrich),
+                cv.stage(sf.large, kind="filter", **on),
+                cv.stage(sf.enrich, **on),
                 cv.stage(sf.add, kind="fold", initial={}, combine=sf.merge),
             ],
+            fuse=fuse,
         )
         return lambda: pipe.run(lines(), record=record).results[0]
 
     out = {
         "plain loop": best_of(loop, repeat),
         "ProcessPoolExecutor, chunks of 10,000": best_of(pool, repeat),
-        "conveyor (default)": best_of(conveyor(True), repeat),
+        "conveyor (default: filter and enrich fused)": best_of(conveyor(True), repeat),
         "conveyor, record=False": best_of(conveyor(False), repeat),
+        "conveyor, fuse=False": best_of(conveyor(True, fuse=False), repeat),
+        "conveyor, all three row stages on processes (fused)": best_of(
+            conveyor(True, row_stages="processes"), repeat
+        ),
     }
     want = out["plain loop"][1]
     for name, (_, got) in out.items():
@@ -120,16 +130,18 @@ def processes(n: int, repeat: int) -> dict[str, tuple[float, Any]]:
         with ctx.Pool(2) as a, ctx.Pool(2) as b:
             return sum(b.imap(sf.double, a.imap(sf.inc, range(n), chunksize=256), chunksize=256))
 
-    pipe = cv.Pipeline(
-        "procs",
-        [
-            cv.stage(sf.inc, executor="processes", workers=2),
-            cv.stage(sf.double, executor="processes", workers=2),
-        ],
-    )
+    stages = [
+        cv.stage(sf.inc, executor="processes", workers=2),
+        cv.stage(sf.double, executor="processes", workers=2),
+    ]
+    pipe = cv.Pipeline("procs", stages)
+    apart = cv.Pipeline("procs", stages, fuse=False)
 
     def mine() -> int:
         return sum(pipe.run(range(n)).results)
+
+    def unfused() -> int:
+        return sum(apart.run(range(n)).results)
 
     def start_only() -> int:
         return sum(pipe.run(range(4)).results)
@@ -137,7 +149,8 @@ def processes(n: int, repeat: int) -> dict[str, tuple[float, Any]]:
     out = {
         "ProcessPoolExecutor.map(chunksize=256), chained": best_of(ppe, repeat),
         "Pool.imap(chunksize=256), chained": best_of(imap, repeat),
-        "conveyor": best_of(mine, repeat),
+        "conveyor (default: fused, one pool)": best_of(mine, repeat),
+        "conveyor, fuse=False (two pools)": best_of(unfused, repeat),
         "conveyor, 4 items (start-up)": best_of(start_only, repeat),
     }
     return out
@@ -152,8 +165,9 @@ def threads(n: int, repeat: int) -> dict[str, tuple[float, Any]]:
     def loop() -> int:
         return sum(sf.neg(sf.double(sf.inc(x))) for x in range(n))
 
-    def conveyor(record: bool) -> Callable[[], int]:
-        pipe = cv.Pipeline("threads", [cv.stage(f, workers=3) for f in (sf.inc, sf.double, sf.neg)])
+    def conveyor(record: bool, fuse: bool = True) -> Callable[[], int]:
+        stages = [cv.stage(f, workers=3) for f in (sf.inc, sf.double, sf.neg)]
+        pipe = cv.Pipeline("threads", stages, fuse=fuse)
         return lambda: sum(pipe.run(range(n), record=record).results)
 
     def pyper() -> int:
@@ -167,8 +181,9 @@ def threads(n: int, repeat: int) -> dict[str, tuple[float, Any]]:
 
     return {
         "plain loop": best_of(loop, repeat),
-        "conveyor (default)": best_of(conveyor(True), repeat),
+        "conveyor (default: fused)": best_of(conveyor(True), repeat),
         "conveyor, record=False": best_of(conveyor(False), repeat),
+        "conveyor, fuse=False": best_of(conveyor(True, fuse=False), repeat),
         "pyper": best_of(pyper, repeat),
     }
 

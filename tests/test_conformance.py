@@ -134,7 +134,7 @@ def test_queues_never_exceed_their_bound_with_a_slow_consumer(executor: str) -> 
             read += 1
             yield i
 
-    pipe = chain(executor, f.inc, f.explode, capacity=8)
+    # Three pools and their queues (fused, the items would never queue between them).
     pipe = cv.Pipeline(
         "bounded",
         [
@@ -143,6 +143,7 @@ def test_queues_never_exceed_their_bound_with_a_slow_consumer(executor: str) -> 
             cv.stage(f.double, executor=executor, workers=2),
         ],
         capacity=8,
+        fuse=False,
     )
     taken = 0
     worst = 0
@@ -186,7 +187,7 @@ def test_an_unpicklable_exception_still_reports_the_stage(executor: str) -> None
 
 
 def test_closing_early_stops_every_worker(executor: str) -> None:
-    pipe = chain(executor, f.slow, f.inc, workers=2)
+    pipe = chain(executor, f.slow, f.inc, workers=2, fuse=False)  # two pools to stop
     run = pipe.stream(range(100_000))
     assert next(run) >= 1
     pids = run.worker_pids()

@@ -82,6 +82,7 @@ PIPELINE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "capacity": ((int,), "a whole number of items, e.g. capacity = 128"),
     "capacity_bytes": ((int,), "a whole number of bytes, e.g. capacity_bytes = 67108864"),
     "ordered": ((bool,), "ordered = true or ordered = false"),
+    "fuse": ((bool, str), 'fuse = "auto" (processes and Ray), true (everywhere) or false'),
 }
 SECTIONS = ("pipeline", "stages")
 
@@ -176,6 +177,7 @@ def apply_config(
             capacity=top.get("capacity", pipeline.capacity),
             capacity_bytes=top.get("capacity_bytes", pipeline.capacity_bytes),
             source=pipeline.source,
+            fuse=top.get("fuse", pipeline.fuse),
         )
     except PipelineError as exc:
         raise fail("pipeline", f"the pipeline refuses it: {exc}", stage=exc.stage) from None

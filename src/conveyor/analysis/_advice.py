@@ -43,8 +43,9 @@ ENGINE_DRIVER = 0.5  # or the driver was busy at least this share of the run
 ENGINE_ADVICE = (
     "conveyor's own overhead (dispatching, routing and recording each item) limits this "
     "run, not a stage: more workers would not raise throughput; run it with record=False, "
-    "put trivial functions together in one stage rather than in several thread stages, "
-    "and send small items in batches (a list of rows per item, for instance)"
+    "let consecutive trivial stages fuse (the same executor and workers, no cache, "
+    "timeout or retry after the first: Pipeline.plan() shows what fused), and send "
+    "small items in batches (a list of rows per item, for instance)"
 )
 
 
@@ -54,8 +55,14 @@ def sync_stages(m: RunMeasure) -> set[str]:
 
 
 def cpu_workers(m: RunMeasure, workers: Mapping[str, int]) -> int:
-    """The workers of ``workers`` that each need a core: those of process stages."""
-    return sum(w for n, w in workers.items() if n in m.stages and needs_core(m.stages[n].executor))
+    """The workers of ``workers`` that each need a core: those of process stages (a
+    fused chain's pool counted once)."""
+    pools = {
+        (m.stages[n].fused or (n,))[0]: w
+        for n, w in workers.items()
+        if n in m.stages and needs_core(m.stages[n].executor)
+    }
+    return sum(pools.values())
 
 
 def allowed(m: RunMeasure, now: Mapping[str, int], workers: Mapping[str, int]) -> bool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = ["Allocation", "balance", "equal_split", "throughput_of"]
 
@@ -44,9 +44,16 @@ class Allocation:
         return self.budget - sum(self.workers.values())
 
 
-def throughput_of(demands: Mapping[str, float], workers: Mapping[str, int]) -> float:
-    """λ = min_i w_i / d_i (stages of zero demand never limit)."""
-    rates = [workers[n] / d for n, d in demands.items() if d > 0]
+def throughput_of(
+    demands: Mapping[str, float], workers: Mapping[str, int], fused: Iterable[Sequence[str]] = ()
+) -> float:
+    """λ = min_i w_i / d_i (stages of zero demand never limit); a fused chain's stages
+    share one pool, so each one's rate is w / Σ d over the chain."""
+    load = dict(demands)
+    for chain in fused:
+        total = sum(demands.get(n, 0.0) for n in chain)
+        load.update({n: total for n in chain if n in load})
+    rates = [workers[n] / load[n] for n, d in demands.items() if d > 0]
     return min(rates) if rates else math.inf
 
 
@@ -61,16 +68,31 @@ def balance(
     *,
     fixed: Mapping[str, int] | None = None,
     spend_all: bool = False,
+    fused: Iterable[Sequence[str]] = (),
 ) -> Allocation:
     """The allocation of ``budget`` workers maximising ``min_i w_i / d_i`` (module doc).
 
     ``demands`` maps each stage to its busy seconds per source item; ``fixed`` stages
-    keep their count (a collect stage, a sync stage) and use up budget.
+    keep their count (a collect stage, a sync stage) and use up budget. Each chain in
+    ``fused`` shares one pool: it is balanced as one stage of the chain's summed
+    demand, counted once in the budget, and each of its stages gets the pool's size.
 
     >>> balance({"a": 0.010, "b": 0.025, "c": 0.040}, 8).workers
     {'a': 1, 'b': 3, 'c': 4}
     """
     fixed = dict(fixed or {})
+    pool = {n: chain[0] for chain in fused for n in chain if n in demands}
+    if pool:
+        summed: dict[str, float] = {}
+        for n, d in demands.items():
+            summed[pool.get(n, n)] = summed.get(pool.get(n, n), 0.0) + d
+        pooled = {pool.get(n, n): w for n, w in fixed.items()}
+        a = balance(summed, budget, fixed=pooled, spend_all=spend_all)
+        workers = {n: a.workers[pool.get(n, n)] for n in demands}
+        heavy = max(
+            (n for n in demands if pool.get(n, n) == a.bottleneck), key=lambda n: demands[n]
+        )
+        return dataclasses.replace(a, workers=workers, bottleneck=heavy)
     for name, d in demands.items():
         if d < 0 or math.isnan(d):
             raise ValueError(f"stage {name!r} has demand {d!r}; demands are seconds >= 0")

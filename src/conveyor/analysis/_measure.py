@@ -110,6 +110,7 @@ class StageMeasure:
     bound: int | None
     resizable: bool  # collect stages keep one worker; sync stages run in the caller
     predecessors: tuple[str, ...] = ()
+    fused: tuple[str, ...] = ()  # the fused chain it ran in, sharing its workers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +200,7 @@ def measure(rec: Recording) -> RunMeasure:
             bound=s.shape.capacity,
             resizable=s.shape.kind != "collect" and not _runs_in_caller(s.shape.executor),
             predecessors=s.shape.predecessors,
+            fused=s.shape.fused,
         )
     first_latency = None
     if rec.first_done_ns is not None and rec.first_read_ns is not None:

@@ -13,7 +13,9 @@ per item s_i times the items it sees per source item) and w_i workers::
 
 A what-if changes w_i (``workers``) or divides d_i and u_i by a factor
 (``faster``) and computes the same formulas: speeding up a stage that does not
-attain the max leaves P, and so λ, unchanged. Little's law (L = λ·W) is checked
+attain the max leaves P, and so λ, unchanged. Fused stages (one task per item in one
+pool, :mod:`conveyor.core.fusion`) share their workers: each one's load is the
+chain's Σ d_i / w, and resizing one resizes them all, as the engine does. Little's law (L = λ·W) is checked
 on the steady part of a run, between its 10th and 90th percentile finishes.
 """
 
@@ -39,6 +41,7 @@ class StageModel:
     workers: int
     predecessors: tuple[str, ...] = ()
     resizable: bool = True
+    fused: tuple[str, ...] = ()  # a fused chain's stages share one pool: its own included
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +64,16 @@ class Model:
     @property
     def demands(self) -> dict[str, float]:
         return {s.name: s.demand_s for s in self.stages}
+
+    @property
+    def fused(self) -> tuple[tuple[str, ...], ...]:
+        """The fused chains: each shares one pool of workers."""
+        return tuple(dict.fromkeys(s.fused for s in self.stages if s.fused))
+
+    def pools(self, workers: Mapping[str, int]) -> int:
+        """Workers in all, a fused chain's pool counted once."""
+        heads = {s.name: s.fused[0] if s.fused else s.name for s in self.stages}
+        return sum({heads[n]: w for n, w in workers.items()}.values())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +107,7 @@ def model_of(m: RunMeasure, *, workers: str = "mean") -> Model:
                 workers=w,
                 predecessors=s.predecessors,
                 resizable=s.resizable,
+                fused=s.fused,
             )
         )
     return Model(tuple(stages))
@@ -118,11 +132,18 @@ def predict(
     for name, count in workers.items():
         if not isinstance(count, int) or count < 1:
             raise ValueError(f"workers[{name!r}]={count!r}; give a whole number of at least 1")
+    for s in model.stages:  # a fused chain's stages share one pool
+        given = [workers[m] for m in s.fused if m in workers]
+        if given:
+            workers[s.name] = max(given)
     w = {s.name: workers.get(s.name, s.workers) for s in model.stages}
     d = {s.name: s.demand_s / faster.get(s.name, 1.0) for s in model.stages}
     u = {s.name: s.unit_s / faster.get(s.name, 1.0) for s in model.stages}
-    per = {n: d[n] / w[n] for n in d}
-    bottleneck = max(per, key=lambda n: per[n]) if per else ""
+    load = {s.name: sum(d[m] for m in s.fused if m in d) or d[s.name] for s in model.stages}
+    per = {n: load[n] / w[n] for n in d}
+    # The slowest pool; within a fused chain (one pool), the stage of most demand.
+    pooled = {s.name: d[s.name] if s.fused else 0.0 for s in model.stages}
+    bottleneck = max(per, key=lambda n: (per[n], pooled[n])) if per else ""
     period = per[bottleneck] if per else 0.0
     # Longest path of unit times: stages are in topological order.
     reach: dict[str, float] = {}

@@ -159,7 +159,7 @@ class Report:
             )
             t.add_row(
                 f"[bold]{s.name}[/bold]" if s.name == limiting else s.name,
-                f"{s.executor}{TIMES}{workers}",
+                f"{s.executor}{TIMES}{workers}{' fused' if s.fused else ''}",
                 str(s.items_in),
                 "-" if s.items_out is None else str(s.items_out),
                 f"{(s.items_out or s.items_in) / m.makespan_s:.1f}" if m.makespan_s > 0 else "-",
@@ -242,16 +242,16 @@ def build_report(
     bn = find_bottleneck(rec, m)
     sync = sync_stages(m)
     # Sync stages run in the caller: no workers, so no part of the budget.
-    sync_w = sum(s.workers for s in model.stages if s.name in sync)
-    total = sum(s.workers for s in model.stages) - sync_w
+    sync_w = model.pools({s.name: s.workers for s in model.stages if s.name in sync})
+    total = model.pools(model.workers) - sync_w  # a fused chain's pool counts once
     budget = total if budget is None else budget
     alloc = None
     fixed = {s.name: s.workers for s in model.stages if not s.resizable}
     demands = model.demands
     if (
         bn is not None
-        and budget + sync_w >= len(demands)
-        and budget + sync_w >= sum(fixed.values()) + sum(1 for s in model.stages if s.resizable)
+        and budget + sync_w >= model.pools(dict.fromkeys(demands, 1))
+        and budget + sync_w >= model.pools({**dict.fromkeys(demands, 1), **fixed})
     ):
         alloc = _allowed_balance(m, model, budget + sync_w, fixed)
     lt = little(rec)
@@ -278,9 +278,9 @@ def _allowed_balance(
     """The balanced allocation of ``budget`` workers, or of the largest smaller budget
     whose allocation keeps the process workers within the machine's cores (see
     ``_advice``); None when none does."""
-    least = sum(fixed.values()) + sum(1 for s in model.stages if s.resizable)
+    least = model.pools({**dict.fromkeys(model.demands, 1), **fixed})
     for b in range(budget, max(least, 1) - 1, -1):
-        a = balance(model.demands, b, fixed=fixed)
+        a = balance(model.demands, b, fixed=fixed, fused=model.fused)
         if allowed(m, model.workers, a.workers):
             return a
     return None
@@ -374,9 +374,9 @@ def _recommend(
     elif alloc is not None:
         fixed = {st.name: st.workers for st in model.stages if not st.resizable}
         sync = sync_stages(m)
-        sync_w = sum(current[n] for n in sync)
+        sync_w = model.pools({n: current[n] for n in sync})
         for extra in range(1, budget + 1):
-            more = balance(model.demands, budget + sync_w + extra, fixed=fixed)
+            more = balance(model.demands, budget + sync_w + extra, fixed=fixed, fused=model.fused)
             if not allowed(m, current, more.workers):
                 continue
             if more.throughput >= now * SPEEDUP_WORTH_SAYING:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from time import monotonic_ns
 from typing import Any
 
-from conveyor.core import failures
+from conveyor.core import failures, fusion
 from conveyor.core.events import Instruments
 from conveyor.core.feed import DeadLettered
 from conveyor.core.flow import StageQueue, StageState, unit_items
@@ -60,12 +60,32 @@ class Completion:
         self._attempts: dict[tuple[str, Key], int] = {}
         self._rng = random.Random()
         self._cache_warned: set[tuple[str, str]] = set()
+        self._calls: list[list[Any]] = []  # a fused task's later calls, by chain index
+        self._failed: set[int] = set()  # and the indices of those that failed
+        self._worker = -1
 
     def complete(self, s: StageState, task: Task, out: Outcome) -> None:
         """``task`` of stage ``s`` came back: account for each of its units."""
         s.busy -= 1
         for t in s.targets:
             t.reserved -= task.reserved
+        if s.then is None:
+            self._settle(s, task, out)
+            return
+        # A fused chain's task: the head's units first, then each later stage's calls
+        # on what reached it (``_succeeded`` hands them on), as if each had run its own.
+        ran = min(len(task.keys), max(0, len(out.stamps) - 1))
+        unit_ns = s.unit_ns
+        head, self._calls, self._failed = fusion.head_outcome(
+            out, len(task.keys), s.kind, len(fusion.members(s))
+        )
+        self._worker = out.worker
+        self._settle(s, task, head)
+        if ran:  # tasks are sized by the whole chain's time per unit
+            s.unit_ns = unit_ns
+            s.pace(ran, out.stamps[ran] - out.stamps[0])
+
+    def _settle(self, s: StageState, task: Task, out: Outcome) -> None:
         n = len(task.keys)
         stamps = out.stamps
         ran = min(n, max(0, len(stamps) - 1))  # units that ran, failing ones included
@@ -165,6 +185,20 @@ class Completion:
             s.fold.add(paired)  # sent on once, when the fold is over
             return
         s.items_out += len(paired)
+        if s.then is not None:  # fused: the next stage's calls on these items came along
+            nxt = s.then
+            nxt.queue.items_in += len(paired)  # they pass its queue at once, in the worker
+            nxt.queue.items_out += len(paired)
+            j = nxt.chain_index
+            sub, out = fusion.sub_task(
+                nxt, task, self._worker, paired, self._calls[j], j in self._failed
+            )
+            if self._has_ins and sub.keys:  # its queue is passed at once: no wait, depth 0
+                t = out.stamps[0]
+                self._ins.items_enqueued(nxt.name, sub.keys, 0, t)
+                self._ins.task_started(nxt.name, task.id, sub.keys, 0, t)
+            self._settle(nxt, sub, out)
+            return
         # A map's results carry its units' keys: the task's own list when all succeeded.
         keys = task.keys if s.kind == "map" and len(units) == len(task.keys) else None
         self._route(s, paired, keys)

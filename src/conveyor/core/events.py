@@ -38,6 +38,7 @@ class StageInfo:
     predecessors: tuple[str, ...]
     successors: tuple[str, ...]
     concurrency: int = 1  # calls in flight per worker (async def stages)
+    fused: tuple[str, ...] = ()  # the fused chain it runs in, sharing its workers
 
 
 class RunControl(Protocol):

@@ -116,6 +116,14 @@ def check_resize(pipeline: Pipeline, stage: str, workers: int) -> None:
         raise PipelineError(f"stage {stage!r} is a collect stage: it has one worker", stage=stage)
 
 
+def describe(stages: Sequence[StageState]) -> str:
+    """Each stage's queue, tasks in flight and overflow, for a bug report."""
+    return "; ".join(
+        f"{s.name}: queue={len(s.queue.items)} busy={s.busy} overflow={len(s.overflow)}"
+        for s in stages
+    )
+
+
 def check_stall(
     stages: Sequence[StageState],
     inflight: Iterable[tuple[StageState, Task]],

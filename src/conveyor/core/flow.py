@@ -151,6 +151,14 @@ class StageState:
         self.predecessors: list[StageState] = []
         self.overflow: deque[tuple[StageQueue, list[Item]]] = deque()
         self.executor: Executor | None = None
+        # Fusion (:mod:`.fusion`): the stage this one's results go to in the same worker,
+        # the head that runs this one, and the stage whose successors get the results.
+        self.then: StageState | None = None
+        self.head: StageState | None = None
+        self.last: StageState = self
+        self.chain_index = 0
+        self.fused: tuple[str, ...] = ()  # the names of its fused chain
+        self.run_stage = stage  # what the executor runs: a fused head's is its chain
         self.slots = stage.workers
         # Tasks dispatched beyond the running ones wait at the executor, so that a
         # worker starts its next task at once instead of waiting for our round trip.
@@ -186,7 +194,7 @@ class StageState:
         """Whether a task could be sent now: a free slot, no overflow, room downstream.
         A retry or a partial batch falling due matters only then (otherwise the
         outcome that frees a slot or room wakes the scheduler)."""
-        return self.free > 0 and not self.overflow and min(t.room() for t in self.targets) > 0
+        return self.free > 0 and not self.last.overflow and min(t.room() for t in self.targets) > 0
 
     def unit_cap(self) -> int:
         """Units per task so that a task lasts about the executor's target time."""
@@ -202,6 +210,10 @@ class StageState:
     def measured(self, units: int, busy_ns: int) -> None:
         """``units`` units ran for ``busy_ns`` in all: update the moving average."""
         self.busy_ns += busy_ns
+        self.pace(units, busy_ns)
+
+    def pace(self, units: int, busy_ns: int) -> None:
+        """Update the moving average of a unit's time (a fused head's: its whole chain's)."""
         unit = busy_ns / units
         self.unit_ns = unit if self.unit_ns <= 0 else (1 - EWMA) * self.unit_ns + EWMA * unit
 
@@ -298,11 +310,12 @@ class StageState:
             self.name,
             self.kind,
             s.executor,
-            s.workers,
+            self.slots,
             self.queue.bound,
             predecessors,
             successors,
             s.concurrency if s.is_async else 1,
+            self.fused,
         )
 
     def statistics(self) -> StageStatistics:
@@ -325,13 +338,17 @@ class StageState:
             lost_workers=self.lost_workers,
             cache_hits=self.cache_hits,
             calls=self.calls,
-            live_workers=self.executor.alive() if self.executor is not None else 0,
+            live_workers=_alive(self.head or self),
             concurrency=s.concurrency if s.is_async else 1,
         )
 
 
 _key = operator.itemgetter(0)
 _value = operator.itemgetter(1)
+
+
+def _alive(s: StageState) -> int:
+    return s.executor.alive() if s.executor is not None else 0
 
 
 def sizeof(value: Any) -> int:

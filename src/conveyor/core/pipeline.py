@@ -45,6 +45,11 @@ class Pipeline:
             measured size of the items that pass (None: items only).
         source: the default source for :meth:`run` and ``conveyor run``: an
             iterable, or a function of no arguments returning one.
+        fuse: run consecutive map, filter and flat_map stages that share an
+            executor and workers as one task per item in one worker (:attr:`fused`,
+            :meth:`plan`); each stage is still timed and reported on its own.
+            ``"auto"`` (the default) fuses where items would cross processes
+            (processes, Ray), ``True`` on every executor, ``False`` never.
     """
 
     def __init__(
@@ -57,6 +62,7 @@ class Pipeline:
         capacity: int = DEFAULT_CAPACITY,
         capacity_bytes: int | None = None,
         source: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
+        fuse: bool | str = "auto",
     ) -> None:
         if not isinstance(name, str) or not name:
             raise PipelineError(f"pipeline name must be a non-empty string, got {name!r}")
@@ -78,6 +84,12 @@ class Pipeline:
         self.capacity = capacity
         self.capacity_bytes = capacity_bytes
         self.source = source
+        if fuse not in (True, False, "auto"):
+            raise PipelineError(
+                f"pipeline {name!r}: fuse={fuse!r}; give 'auto' (processes and Ray), "
+                "True (every executor) or False (never)"
+            )
+        self.fuse = fuse
         self.stages: dict[str, Stage] = {}
         for s in stages:
             if not isinstance(s, Stage):
@@ -287,8 +299,34 @@ class Pipeline:
 
         return apply_config(self, config)
 
+    @property
+    def fused(self) -> tuple[tuple[str, ...], ...]:
+        """The chains of stages that run fused, one task per item in one worker
+        (:mod:`conveyor.core.fusion`); ``Pipeline(..., fuse=False)`` fuses none."""
+        from conveyor.core.fusion import fusion_groups
+
+        return fusion_groups(self)
+
+    def plan(self) -> str:
+        """One line per stage as it will run: its kind, executor and workers, and the
+        stages fused into one task (``parse -> clean`` runs ``clean`` in ``parse``'s
+        workers, on each item as it leaves ``parse``)."""
+        fused = {n: g for g in self.fused for n in g}
+        lines = [f"pipeline {self.name!r}:"]
+        for n in self.order:
+            s, group = self.stages[n], fused.get(n)
+            if group and group[0] != n:
+                continue
+            names = " -> ".join(group) if group else n
+            where = f"{s.executor}, {s.workers} worker{'s' if s.workers != 1 else ''}"
+            kinds = "/".join(dict.fromkeys(self.stages[m].kind for m in group or (n,)))
+            note = "  (fused: one task per item)" if group else ""
+            lines.append(f"  {names}  [{kinds}; {where}]{note}")
+        return "\n".join(lines)
+
     def __repr__(self) -> str:
-        return f"Pipeline({self.name!r}, stages={list(self.order)})"
+        fused = f", fused={list(self.fused)}" if self.fused else ""
+        return f"Pipeline({self.name!r}, stages={list(self.order)}{fused})"
 
 
 def _with_progress(instruments: Sequence[Instrument]) -> list[Instrument]:

@@ -137,8 +137,22 @@ class Run(Iterator[Any]):
 
     def wait(self) -> list[Any]:
         """Run to the end and return every result (also kept in ``results``)."""
-        self.results = list(self)
-        return self.results
+        results: list[Any] = []
+        for first in self:  # each step advances the run; then take all that is waiting
+            results.append(first)
+            results.extend(self._take_ready())
+        self.results = results
+        return results
+
+    def _take_ready(self) -> list[Any]:
+        """The results already waiting at the output, at once (none advances the run)."""
+        sched = self._scheduler
+        taken = sched.output.take(len(sched.output.items))
+        if taken:
+            sched.items_emitted += len(taken)
+            if sched._emit_hook:
+                sched._ins.items_emitted([k for k, _ in taken], monotonic_ns())
+        return [v for _, v in taken]
 
     def close(self) -> None:
         """Stop the run now: workers stop, no more results come. Safe to call twice,

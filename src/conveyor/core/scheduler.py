@@ -46,6 +46,7 @@ from conveyor.core.completion import Completion
 from conveyor.core.events import Instrument, Instruments, RunControl, RunInfo
 from conveyor.core.feed import Controls, Feed, Replies, SourceRaised
 from conveyor.core.flow import StageQueue, StageState, upstream_done
+from conveyor.core.fusion import fuse, fusion_groups, members
 from conveyor.core.ledger import RootLedger
 from conveyor.core.merge import merge_points, parked_by_root
 from conveyor.core.stage import cache_spec
@@ -136,6 +137,7 @@ class Scheduler:
         )
         self.replies = Replies(self._completion.replies)
         self.joins, self.folds = merge_points(self.stages, self.ledger)
+        fuse(self.stages, fusion_groups(pipeline))  # after the joins' ports: tails' targets
         self._timed = [s for s in self.stages if s.max_wait_ns is not None]  # max_wait
         # A collect or fold holds every root until the source ends, so it must not be
         # throttled by the window; its output is one item, with nothing to reorder.
@@ -154,13 +156,15 @@ class Scheduler:
         # Cache specs may warn or raise: before any worker starts.
         specs = [cache_spec(s.stage, self.pipeline.name) for s in self.stages]
         for s, spec in zip(self.stages, specs, strict=True):
+            if s.head is not None:
+                continue  # fused: it runs in its head's workers
             # Tasks run in the caller finish inside submit(): their outcomes wait locally.
             post = self._local.append if s.traits.runs_in_caller else self._completions.put
             cls = executor_class(s.stage.executor)
-            s.executor = cls(s.stage, post, cache=spec, context=self._context)
+            s.executor = cls(s.run_stage, post, cache=spec, context=self._context)
         for s in self.stages:
-            assert s.executor is not None
-            s.executor.start()
+            if s.executor is not None:
+                s.executor.start()
         self.feed.start()
         # The run's clock starts once its workers are started, so that start-up
         # (spawning processes) does not count as the pipeline's time.
@@ -196,14 +200,16 @@ class Scheduler:
             raise errors[0]
 
     def resize(self, stage: str, workers: int) -> None:
-        """Give ``stage`` ``workers`` workers from now on (its tasks in flight finish)."""
+        """Give ``stage`` (and the stages fused with it) ``workers`` workers from now on."""
         failures.check_resize(self.pipeline, stage, workers)
-        s = next(s for s in self.stages if s.name == stage)
-        s.slots = workers
-        if s.executor is not None:
-            s.executor.resize(workers)
-        if self._has_ins:
-            self._ins.stage_resized(stage, workers, monotonic_ns())
+        head = next(s for s in self.stages if s.name == stage)
+        head = head.head or head
+        if head.executor is not None:
+            head.executor.resize(workers)
+        for s in members(head):
+            s.slots = workers
+            if self._has_ins and self.started_ns:  # before: run_started tells the size
+                self._ins.stage_resized(s.name, workers, monotonic_ns())
 
     def worker_pids(self) -> list[int]:
         return [pid for s in self.stages if s.executor for pid in s.executor.pids()]
@@ -292,7 +298,7 @@ class Scheduler:
                 return
             raise RunError(
                 "the scheduler has nothing in flight and cannot make progress; this is a "
-                f"bug in conveyor, please report it with this state: {self._describe()}",
+                f"bug in conveyor, please report it with this state: {failures.describe(self.stages)}",
                 stage="<scheduler>",
             )
         while True:
@@ -315,12 +321,6 @@ class Scheduler:
 
     def _check_stall(self) -> None:
         self._stalled = failures.check_stall(self.stages, self._inflight.values(), self._stalled)
-
-    def _describe(self) -> str:
-        return "; ".join(
-            f"{s.name}: queue={len(s.queue.items)} busy={s.busy} overflow={len(s.overflow)}"
-            for s in self.stages
-        )
 
     # --- one pass ---------------------------------------------------------------
 
@@ -407,7 +407,7 @@ class Scheduler:
     def _dispatch(self, s: StageState) -> bool:
         progressed = False
         limit = s.slots * (1 + s.prefetch)
-        while s.busy < limit and not s.overflow:
+        while s.busy < limit and not s.last.overflow:
             retry_due = bool(s.retry) and s.retry[0][0] <= monotonic_ns()
             if not (retry_due or s.queue.items):
                 break

@@ -101,6 +101,7 @@ class Rebalancer(Instrument):
         self.resizes = 0  # decisions applied, all of them
         self._stages: dict[str, _Stage] = {}
         self._control: Any = None
+        self._fused: tuple[tuple[str, ...], ...] = ()  # chains that share one pool
         self._read = 0
         self._started = 0
         self._last = 0
@@ -122,6 +123,7 @@ class Rebalancer(Instrument):
                 f"a rebalancing budget of {self.budget} workers cannot give each of "
                 f"{len(self._stages)} stages one; raise it to at least {fixed + free}"
             )
+        self._fused = tuple(dict.fromkeys(s.fused for s in run.stages if s.fused))  # one pool
         self._control = run.control
         self._started = self._last = run.started_ns
 
@@ -194,10 +196,10 @@ class Rebalancer(Instrument):
             return False
         current = {n: s.workers for n, s in self._stages.items()}
         fixed = {n: s.workers for n, s in self._stages.items() if s.fixed}
-        target = balance(demands, self.budget, fixed=fixed)
+        target = balance(demands, self.budget, fixed=fixed, fused=self._fused)
         if target.workers == current:
             return True
-        gain = target.throughput / throughput_of(demands, current)
+        gain = target.throughput / throughput_of(demands, current, self._fused)
         if gain < self.min_gain:
             return True
         # Shrink first, so the pools never exceed the budget together.

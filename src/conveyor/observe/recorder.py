@@ -191,6 +191,7 @@ class Recorder(Instrument):
                     tuple(s.predecessors),
                     tuple(s.successors),
                     s.concurrency,
+                    s.fused,
                 ),
                 timeline,
             )

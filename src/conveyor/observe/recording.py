@@ -77,6 +77,7 @@ class StageShape:
     predecessors: tuple[str, ...]
     successors: tuple[str, ...]
     concurrency: int = 1  # calls in flight per worker (async def stages)
+    fused: tuple[str, ...] = ()  # the fused chain it ran in, sharing its workers
 
 
 @dataclasses.dataclass
@@ -410,6 +411,7 @@ def _stage_from_dict(d: dict[str, Any], base: int | None) -> StageRecording:
         predecessors=tuple(sh["predecessors"]),
         successors=tuple(sh["successors"]),
         concurrency=sh.get("concurrency", 1),
+        fused=tuple(sh.get("fused", ())),
     )
     det = d["detail"]
     if base is None:  # version 2: a list per column, absolute stamps

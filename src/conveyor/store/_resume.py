@@ -230,6 +230,7 @@ def redrive_plan(pipeline: Pipeline, letters: list[Any]) -> list[tuple[Pipeline,
             [pipeline.stages[n] for n in pipeline.order if n in keep],
             edges=edges,
             capacity=pipeline.capacity,
+            fuse=pipeline.fuse,
         )
         plans.append((sub, [letter.load_value() for letter in group]))
     return plans
