@@ -195,7 +195,8 @@ def test_a_large_recording_is_written_less_often_while_the_run_goes_on(
     pipe = cv.Pipeline("many", [cv.Stage(lambda x: x + 1, name="inc", workers=2)])
     pipe.run(range(5000), instruments=[StoreRecorder(store, pipeline=pipe), snaps], record=False)
     assert snaps._s_rec_gap_ns == 10 * 10**9
-    assert 1 <= len(writes) <= 3 and writes[-1] == "succeeded"  # the final one always
+    # One while running at most (none taken while one is being encoded), and the final.
+    assert len(writes) <= 2 and writes[-1] == "succeeded"
     found = latest_recording(store, snaps.recording.run_id)
     assert found is not None and found[1] and found[0].detail_units == 5000
     store.close()

@@ -156,8 +156,7 @@ def write_outputs(
 ) -> None:
     """Write the recording, the trace and the timeline that were asked for; a trace
     that does not hold one event per unit says so in one line."""
-    from conveyor.observe import chrome_trace, gantt_svg
-    from conveyor.observe.trace import TRACE_EVENTS, trace_summary
+    from conveyor.observe import TRACE_EVENTS, chrome_trace, gantt_svg, trace_summary
 
     if record_path is not None:
         try:

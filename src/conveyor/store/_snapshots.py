@@ -106,6 +106,7 @@ class SnapshotRecorder(Recorder):
         # Widened while the run goes on so that encoding the recording (large with
         # detail=every unit) takes at most 1/ENCODE_SHARE of the time between writes.
         self._s_rec_gap_ns = self.recording_every_ns
+        self._s_encoding = False  # the writer holds a recording it has not written yet
         self.keep_seconds = keep_seconds
         self.error: StoreError | None = None
         self.snapshots_written = 0
@@ -129,6 +130,7 @@ class SnapshotRecorder(Recorder):
         self._s_next_ns = time.monotonic_ns() + self.every_ns  # the writer's clock
         self._s_next_rec_ns = run.started_ns + self.recording_every_ns
         self._s_rec_gap_ns = self.recording_every_ns
+        self._s_encoding = False
         self._s_closing = False
         self._s_writer = threading.Thread(
             target=self._write_loop, args=(run.run_id,), name="conveyor-snapshot-writer",
@@ -147,11 +149,13 @@ class SnapshotRecorder(Recorder):
         error: BaseException | None,
     ) -> None:
         super().task_finished(stage, task, worker, keys, starts_ns, ends_ns, error)
-        if ends_ns and ends_ns[-1] >= self._s_next_rec_ns:  # the recorder's state is
-            self._s_next_rec_ns = ends_ns[-1] + self._s_rec_gap_ns  # ours to read
+        if ends_ns and ends_ns[-1] >= self._s_next_rec_ns and not self._s_encoding:
+            # (the recorder's state is ours to read; none while one is being encoded)
+            self._s_next_rec_ns = ends_ns[-1] + self._s_rec_gap_ns
             rec = self.snapshot()
             with self._s_cond:
                 self._s_rec = (rec, False)
+                self._s_encoding = True
                 self._s_cond.notify_all()
 
     def run_finished(self, state: str, error: BaseException | None, t_ns: int) -> None:
@@ -215,8 +219,10 @@ class SnapshotRecorder(Recorder):
                     took = time.perf_counter()
                     blob = (rec[0].to_bytes(), rec[1])
                     took = time.perf_counter() - took
-                    gap = int(took * ENCODE_SHARE * 1e9)
-                    self._s_rec_gap_ns = max(self.recording_every_ns, gap)
+                    gap = max(self.recording_every_ns, int(took * ENCODE_SHARE * 1e9))
+                    self._s_rec_gap_ns = gap
+                    self._s_next_rec_ns = max(self._s_next_rec_ns, time.monotonic_ns() + gap)
+                    self._s_encoding = False
                 try:
                     if not made:
                         self.store._write(_make_tables)
