@@ -77,7 +77,9 @@ def rows(n: int, repeat: int) -> dict[str, tuple[float, Any]]:
                 acc = sf.merge(acc, part)
         return acc
 
-    def conveyor(record: bool, fuse: bool = True, row_stages: str = "threads") -> Callable[[], Any]:
+    def conveyor(
+        record: bool, fuse: bool | str = "auto", row_stages: str = "threads", capacity: int = 128
+    ) -> Callable[[], Any]:
         # As a user writes it: the row stages on the default executor (threads, one
         # worker); or all three on the parse stage's processes, where they fuse with it.
         on: dict[str, Any] = (
@@ -92,17 +94,21 @@ def rows(n: int, repeat: int) -> dict[str, tuple[float, Any]]:
                 cv.stage(sf.add, kind="fold", initial={}, combine=sf.merge),
             ],
             fuse=fuse,
+            capacity=capacity,
         )
         return lambda: pipe.run(lines(), record=record).results[0]
 
     out = {
         "plain loop": best_of(loop, repeat),
         "ProcessPoolExecutor, chunks of 10,000": best_of(pool, repeat),
-        "conveyor (default: filter and enrich fused)": best_of(conveyor(True), repeat),
+        "conveyor (default)": best_of(conveyor(True), repeat),
         "conveyor, record=False": best_of(conveyor(False), repeat),
-        "conveyor, fuse=False": best_of(conveyor(True, fuse=False), repeat),
+        "conveyor, capacity=1024": best_of(conveyor(True, capacity=1024), repeat),
         "conveyor, all three row stages on processes (fused)": best_of(
             conveyor(True, row_stages="processes"), repeat
+        ),
+        "conveyor, the same, fuse=False": best_of(
+            conveyor(True, fuse=False, row_stages="processes"), repeat
         ),
     }
     want = out["plain loop"][1]
@@ -165,7 +171,7 @@ def threads(n: int, repeat: int) -> dict[str, tuple[float, Any]]:
     def loop() -> int:
         return sum(sf.neg(sf.double(sf.inc(x))) for x in range(n))
 
-    def conveyor(record: bool, fuse: bool = True) -> Callable[[], int]:
+    def conveyor(record: bool, fuse: bool | str = "auto") -> Callable[[], int]:
         stages = [cv.stage(f, workers=3) for f in (sf.inc, sf.double, sf.neg)]
         pipe = cv.Pipeline("threads", stages, fuse=fuse)
         return lambda: sum(pipe.run(range(n), record=record).results)
@@ -181,9 +187,9 @@ def threads(n: int, repeat: int) -> dict[str, tuple[float, Any]]:
 
     return {
         "plain loop": best_of(loop, repeat),
-        "conveyor (default: fused)": best_of(conveyor(True), repeat),
+        "conveyor (default: not fused)": best_of(conveyor(True), repeat),
         "conveyor, record=False": best_of(conveyor(False), repeat),
-        "conveyor, fuse=False": best_of(conveyor(True, fuse=False), repeat),
+        "conveyor, fuse=True": best_of(conveyor(True, fuse=True), repeat),
         "pyper": best_of(pyper, repeat),
     }
 

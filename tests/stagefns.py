@@ -258,3 +258,8 @@ def on_node(x: int) -> tuple[int, str]:
 
 def negate_pair(pair: tuple[int, str]) -> tuple[int, str]:
     return -pair[0], pair[1]
+
+
+def lock_on_3(x: int) -> Any:
+    """A result that cannot be pickled, for item value 3 only."""
+    return threading.Lock() if x == 3 else x

@@ -15,7 +15,8 @@ import pytest
 
 import conveyor as cv
 import stagefns as f
-from conveyor.cache import BlobStore, CacheError, CacheWarning, StageCache
+from conveyor.cache import CacheError, CacheWarning, StageCache
+from conveyor.cache._storage import FolderStorage
 
 
 def _pipe(executor: str, cache: Any = True, **options: Any) -> cv.Pipeline:
@@ -66,16 +67,16 @@ def test_cache_required_false_runs_uncached_with_one_warning(executor: str, tmp_
 def _failing_writes(monkeypatch: pytest.MonkeyPatch, code: int, *, after: int = 0) -> list[int]:
     """Make every write of a blob or probe fail with ``code`` once ``after`` have
     succeeded: what a full disk or a read-only mount does. Returns the calls made."""
-    real = BlobStore._write_tmp
+    real = FolderStorage._write_tmp
     made: list[int] = []
 
-    def write(self: BlobStore, folder: Path, chunks: tuple[bytes, ...]) -> Path:
+    def write(self: FolderStorage, folder: Path, chunks: tuple[bytes, ...]) -> Path:
         made.append(1)
         if len(made) > after:
             raise OSError(code, os.strerror(code))
         return real(self, folder, chunks)
 
-    monkeypatch.setattr(BlobStore, "_write_tmp", write)
+    monkeypatch.setattr(FolderStorage, "_write_tmp", write)
     return made
 
 

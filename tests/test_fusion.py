@@ -366,3 +366,26 @@ def test_a_fused_run_s_report_advises_one_size_for_the_whole_chain() -> None:
     assert report.allocation is not None  # the sleeping chain limits the run
     assert report.allocation.workers["slow"] == report.allocation.workers["inc"]
     assert model.pools(report.allocation.workers) <= 3
+
+
+def test_a_result_of_a_fused_process_chain_that_cannot_travel_fails_only_its_item() -> None:
+    # Only the chain's output crosses back, whole: a value that cannot be pickled there
+    # is blamed on the chain's first stage, whose policy decides (here: skip it).
+    pipe = cv.Pipeline(
+        "unpicklable-result",
+        [
+            cv.stage(f.inc, executor="processes", on_error="skip"),
+            cv.stage(f.lock_on_3, executor="processes"),
+        ],
+    )
+    assert pipe.fused
+    letters: list[tuple[str, Any]] = []
+
+    class Letters(cv.Instrument):
+        def dead_lettered(self, stage: str, key: Any, value: Any, error: Any, *rest: Any) -> None:
+            letters.append((stage, key))
+            assert "cannot be pickled" in str(error)
+
+    run = pipe.run(range(6), instruments=[Letters()])
+    assert sorted(run.results) == [1, 2, 4, 5, 6]
+    assert letters == [("inc", (2,))]

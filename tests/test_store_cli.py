@@ -202,6 +202,26 @@ def test_cache_ls_size_and_clear(tmp_path: Path) -> None:
     assert "no entries" in result.output
 
 
+def test_cache_commands_take_a_url(tmp_path: Path) -> None:
+    pytest.importorskip("fsspec", reason="URL caches need fsspec: pip install -e '.[files]'")
+    url = f"file://{tmp_path / 'shared'}"
+    c = StageCache(url)
+    for i in range(2):
+        key = c.key("etl.parse", "code", i)
+        assert key is not None
+        c.put(key, b"x" * 100)
+    result = invoke("cache", "--cache", url, "size")
+    assert result.exit_code == 0 and result.output.startswith("2 entries, ")
+    assert result.output.rstrip().endswith(f"in {url}")
+    result = invoke("cache", "--cache", url, "clear")
+    assert result.output.startswith("removed 2 entries") and c.entries() == []
+    from conveyor.cli import cli as conveyor  # the group that makes errors one line
+
+    bad = CliRunner().invoke(conveyor, ["cache", "--cache", "nosuchproto://x", "ls"])
+    line = one_line_error(bad, 1)
+    assert "cannot use the cache URL 'nosuchproto://x': Protocol not known" in line
+
+
 def test_human_bytes() -> None:
     assert [human_bytes(n) for n in (0, 1023, 1536, 5 * 1024**2, 3 * 1024**4)] == [
         "0 B",

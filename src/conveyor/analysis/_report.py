@@ -1,9 +1,8 @@
 """The report: a run explained in numbers and plain words.
 
-:func:`build_report` turns a recording into a :class:`Report`, a value holding
-every figure (measurements, the model's prediction beside them, Little's law, the
-bottleneck and its evidence, the balanced allocation) and the recommendations in
-words. ``render()`` gives text; the report is also a rich renderable::
+:func:`build_report` turns a recording into a :class:`Report`: every figure (measures,
+the model's prediction, Little's law, the bottleneck and its evidence, the balanced
+allocation) and advice in words (an idle GPU's too). ``render()`` gives text::
 
     report = run.report(budget=8)
     print(report.render())
@@ -28,6 +27,7 @@ from conveyor.analysis._advice import (
 )
 from conveyor.analysis._balance import Allocation, balance
 from conveyor.analysis._bottleneck import Bottleneck, WindowVerdict, find_bottleneck
+from conveyor.analysis._gpu import gpu_idle_lines
 from conveyor.analysis._measure import RunMeasure, measure
 from conveyor.analysis._model import Little, Model, Prediction, little, model_of, predict
 from conveyor.observe.recording import Recording
@@ -267,6 +267,7 @@ def build_report(
         alloc = None  # no worker advice: the stages are not the limit
     else:
         recs = _recommend(m, model, pred, bn, alloc, budget, lt) if bn is not None else []
+    recs += gpu_idle_lines(rec, m, bn)
     return Report(
         m, model, pred, tuple(comparisons), lt, bn, budget, alloc, tuple(recs), paced, engine
     )

@@ -12,12 +12,13 @@ the hash of the computation's inputs) and laid out as::
     51      4     length m of the metadata, big-endian
     55      ...   body: address (ASCII) | label (UTF-8) | metadata | payload
 
-A write goes to a temporary file in the same folder, is fsync'ed, then renamed over
-the final name (atomic on POSIX), so a reader sees the whole old blob, the whole new
-one, or none. A read checks the magic, the lengths, the checksum and that the blob
-names the address it was read for; a blob that fails any check (torn by a crash,
-truncated, flipped bits, or another entry's valid blob copied over this one) is
-deleted and reported missing, never returned.
+Blobs live in a :class:`~conveyor.cache._storage.Storage`: a folder, or a URL that
+every node reaches. A write is atomic there (a temporary file renamed over the final
+name; on an object store, one put of the whole object), so a reader sees the whole
+old blob, the whole new one, or none. A read checks the magic, the lengths, the
+checksum and that the blob names the address it was read for; a blob that fails any
+check (torn by a crash, truncated, flipped bits, or another entry's valid blob copied
+over this one) is deleted and reported missing, never returned.
 """
 
 from __future__ import annotations
@@ -26,15 +27,15 @@ import dataclasses
 import hashlib
 import os
 import re
-import secrets
 import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+from conveyor.cache._storage import Storage, open_storage
+
 MAGIC = b"CVBLOB02"
 # magic, body length, sha256 of the body, address length, label length, metadata length
 _HEADER = struct.Struct(">8sQ32sBHI")
-_TMP_PREFIX = ".tmp-"
 _ADDRESS = re.compile(r"[0-9a-f]{3,128}")
 
 
@@ -47,7 +48,7 @@ class BlobInfo:
     payload_bytes: int
     file_bytes: int
     mtime: float
-    path: Path
+    path: Path | str  # a URL for a cache at a URL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,28 +62,34 @@ class Blob:
 
 
 class BlobStore:
-    """Blobs under ``root``, at ``root/<address[:2]>/<address>``.
+    """Blobs under ``root`` (a folder, a URL, or a :class:`Storage`), at
+    ``<address[:2]>/<address>``.
 
     ``put(address, payload)`` stores bytes; ``get(address)`` returns them verified,
     or None when absent or damaged (a damaged blob is deleted). With ``fsync=False``
-    a put skips the fsync (about a millisecond on a disk): a crash may then leave a
-    torn blob, which the checksum catches on the next read, so it costs a recompute,
-    never a wrong value.
+    a put to a folder skips the fsync (about a millisecond on a disk): a crash may
+    then leave a torn blob, which the checksum catches on the next read, so it costs
+    a recompute, never a wrong value.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike[str] | Storage, *, fsync: bool = True) -> None:
+        self.storage = root if isinstance(root, Storage) else open_storage(root, fsync=fsync)
+        self.root = self.storage.root
         self.fsync = fsync
-        self._made: set[str] = set()  # folders known to exist: mkdir is slow on some disks
 
-    def path_of(self, address: str) -> Path:
+    def name_of(self, address: str) -> str:
+        """The blob's name in its storage, ``<address[:2]>/<address>``."""
         if not _ADDRESS.fullmatch(address):
             raise ValueError(f"blob address {address!r} is not a lowercase hex digest")
-        return self.root / address[:2] / address
+        return f"{address[:2]}/{address}"
+
+    def path_of(self, address: str) -> Path | str:
+        """Where the blob is: a path, or a URL for a cache at a URL."""
+        return self.storage.locate(self.name_of(address))
 
     def put(self, address: str, payload: bytes, *, label: str = "", meta: bytes = b"") -> int:
         """Store ``payload`` at ``address`` atomically; returns the bytes written."""
-        path = self.path_of(address)
+        name = self.name_of(address)
         parts = (
             address.encode("ascii"),
             label.encode("utf-8", "surrogatepass")[:0xFFFF],
@@ -94,52 +101,13 @@ class BlobStore:
             h.update(part)
         body_len = sum(len(p) for p in parts)
         header = _HEADER.pack(MAGIC, body_len, h.digest(), *(len(p) for p in parts[:3]))
-        if address[:2] not in self._made:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._made.add(address[:2])
-        tmp = self._write_tmp(path.parent, (header, *parts))
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        self.storage.write(name, (header, *parts))
         return len(header) + body_len
 
-    def write_atomic(self, path: Path, data: bytes) -> None:
-        """Write ``data`` to ``path`` (any file, not a blob) as a put writes a blob."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._write_tmp(path.parent, (data,))
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-
     def probe(self) -> None:
-        """Write, sync and remove a small file under the root (made if missing): raises
+        """Write and remove a small file under the root (made if missing): raises
         the OSError a put would meet (not a folder, read-only, no space left)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._write_tmp(self.root, (b"conveyor cache probe\n",)).unlink()
-
-    def _write_tmp(self, folder: Path, chunks: tuple[bytes, ...]) -> Path:
-        """A temporary file in ``folder`` holding ``chunks``, synced unless fsync=False."""
-        tmp = folder / f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            try:
-                f = tmp.open("wb")
-            except FileNotFoundError:  # the folder was removed since (rm -rf of the cache)
-                folder.mkdir(parents=True, exist_ok=True)
-                f = tmp.open("wb")
-            with f:
-                for chunk in chunks:
-                    f.write(chunk)
-                if self.fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return tmp
+        self.storage.probe()
 
     def get(self, address: str) -> bytes | None:
         """The payload at ``address``, verified; None if absent or damaged (then deleted)."""
@@ -153,10 +121,8 @@ class BlobStore:
 
     def read(self, address: str) -> tuple[Blob | None, bool]:
         """``(blob, damaged)``, as :meth:`fetch` but with the label and metadata."""
-        path = self.path_of(address)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+        data = self.storage.read(self.name_of(address))
+        if data is None:
             return None, False
         blob = _verified(data, address)
         if blob is None:
@@ -166,25 +132,35 @@ class BlobStore:
 
     def discard(self, address: str) -> bool:
         """Delete the blob at ``address``; False if there was none."""
-        try:
-            self.path_of(address).unlink()
-        except FileNotFoundError:
-            return False
-        return True
+        return self.storage.remove(self.name_of(address))
 
     def infos(self) -> Iterator[BlobInfo]:
         """Every blob's header (unverified: listing does not read payloads)."""
-        if not self.root.is_dir():
-            return
-        for folder in sorted(self.root.iterdir()):
-            if not folder.is_dir() or len(folder.name) != 2:
+        for name, size, mtime in self.storage.files():
+            folder, _, address = name.partition("/")
+            if len(folder) != 2 or "/" in address or not address:
                 continue
-            for path in sorted(folder.iterdir()):
-                if path.name.startswith(_TMP_PREFIX):
-                    continue
-                info = _read_info(path)
-                if info is not None:
-                    yield info
+            info = self._read_info(name, address, size, mtime)
+            if info is not None:
+                yield info
+
+    def _read_info(self, name: str, address: str, size: int, mtime: float) -> BlobInfo | None:
+        try:
+            head = self.storage.read(name, 0, _HEADER.size)
+            label, length = "?", 0
+            if head is None:
+                return None  # removed while listing
+            if len(head) == _HEADER.size:
+                magic, body_len, _, a_len, n_len, m_len = _HEADER.unpack(head)
+                if magic == MAGIC:
+                    at = _HEADER.size + a_len
+                    label = (self.storage.read(name, at, at + n_len) or b"").decode(
+                        "utf-8", "replace"
+                    )
+                    length = max(0, body_len - a_len - n_len - m_len)
+        except OSError:
+            return None  # removed while listing
+        return BlobInfo(address, label, length, size, mtime, self.storage.locate(name))
 
 
 def _verified(data: bytes, address: str) -> Blob | None:
@@ -202,20 +178,3 @@ def _verified(data: bytes, address: str) -> Blob | None:
     start = a_len + n_len
     meta = bytes(body[start : start + m_len])
     return Blob(address, label, meta, bytes(body[start + m_len :]))
-
-
-def _read_info(path: Path) -> BlobInfo | None:
-    try:
-        stat = path.stat()
-        with path.open("rb") as f:
-            head = f.read(_HEADER.size)
-            label, length = "?", 0
-            if len(head) == _HEADER.size:
-                magic, body_len, _, a_len, n_len, m_len = _HEADER.unpack(head)
-                if magic == MAGIC:
-                    f.seek(_HEADER.size + a_len)
-                    label = f.read(n_len).decode("utf-8", "replace")
-                    length = max(0, body_len - a_len - n_len - m_len)
-    except OSError:
-        return None  # removed while listing
-    return BlobInfo(path.name, label, length, stat.st_size, stat.st_mtime, path)

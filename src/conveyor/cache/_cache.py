@@ -32,7 +32,6 @@ import dataclasses
 import hashlib
 import os
 import pickle
-import shutil
 import struct
 import threading
 import warnings
@@ -41,20 +40,22 @@ from typing import Any
 
 from conveyor.cache._blobs import BlobStore
 from conveyor.cache._fingerprint import explain_value
+from conveyor.cache._storage import is_url, open_storage
 from conveyor.errors import CacheWarning
 
 DEFAULT_ROOT = Path(".conveyor") / "cache"
 
 
-def default_cache_root(start: str | os.PathLike[str] | None = None) -> Path:
+def default_cache_root(start: str | os.PathLike[str] | None = None) -> Path | str:
     """Where the cache is when no folder is given, found as the run store is:
-    ``$CONVEYOR_CACHE`` when it is set; else ``.conveyor/cache`` in the nearest folder,
+    ``$CONVEYOR_CACHE`` when it is set (a folder, or a URL such as ``s3://bucket/cache``);
+    else ``.conveyor/cache`` in the nearest folder,
     from ``start`` (the current folder) upwards, that has a ``.conveyor/`` folder, so
     that a job run from any sub-folder of a project shares its cache; else
     ``./.conveyor/cache`` in ``start``."""
     env = os.environ.get("CONVEYOR_CACHE")
     if env:
-        return Path(env)
+        return env if is_url(env) else Path(env)
     here = Path(start if start is not None else Path.cwd()).absolute()
     for folder in (here, *here.parents):
         if (folder / ".conveyor").is_dir():
@@ -82,7 +83,7 @@ class CacheEntry:
     key: str
     size_bytes: int
     created_at: float
-    path: Path
+    path: Path | str  # a URL for a cache at a URL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,14 +112,18 @@ class CacheStatistics:
 class StageCache:
     """Cached stage results under ``root`` (default: :func:`default_cache_root`, the
     nearest ``.conveyor/cache`` upwards, else ``./.conveyor/cache``); safe to share
-    between threads and processes (blobs are written atomically). ``fsync=False`` trades
-    durability of fresh entries for speed (see :class:`BlobStore`); never correctness."""
+    between threads and processes (blobs are written atomically). ``root`` may be a
+    folder or an fsspec URL (``file://``, ``s3://bucket/cache``...) that every node
+    reaches (see :mod:`conveyor.cache._storage`); a URL needs the ``files`` extra.
+    ``fsync=False`` trades durability of fresh entries in a folder for speed (see
+    :class:`BlobStore`); never correctness."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None, *, fsync: bool = True) -> None:
         if root is None:  # as the engine and the CLI find it
             root = default_cache_root()
-        self.root = Path(root)
-        self.blobs = BlobStore(self.root / _LAYOUT, fsync=fsync)
+        self.storage = open_storage(root, fsync=fsync)
+        self.root = self.storage.root
+        self.blobs = BlobStore(self.storage.child(_LAYOUT), fsync=fsync)
         self._lock = threading.Lock()
         self._stage_of: dict[str, str] = {}  # key → stage, to label the blob put later
         self._hits = self._misses = self._damaged = self._puts = self._unkeyed = 0
@@ -273,7 +278,7 @@ class StageCache:
                 removed += 1
         if stage is None:  # entries of an older format, which nothing reads any more
             for old in _OLD_LAYOUTS:
-                shutil.rmtree(self.root / old, ignore_errors=True)
+                self.storage.remove_tree(old)
         return removed
 
     def __repr__(self) -> str:

@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.cache._cache import StageCache, default_cache_root
 from conveyor.cache._fingerprint import CodeFingerprint, code_fingerprint
+from conveyor.cache._storage import is_url
 from conveyor.errors import CacheError, CacheWarning, FingerprintError
-from conveyor.executors.base import CacheSpec, Outcome
+from conveyor.executors.base import CacheSpec, Outcome, executor_class
 
 if TYPE_CHECKING:
     from conveyor.core.stage import Stage
@@ -74,19 +75,24 @@ def cache_spec(stage: Stage, pipeline: str) -> CacheSpec | None:
         )
         return None
     root = _root(stage)
-    cache = cache_at(root)
     try:
+        _check_reach(stage, root)
+        cache = cache_at(root)
         cache.probe()
-    except OSError as exc:
+    except (OSError, CacheError) as exc:
         where = (
             "$CONVEYOR_CACHE"
             if stage.cache is True and os.environ.get("CONVEYOR_CACHE")
             else "the stage's cache="
         )
-        message = (
-            f"stage {stage.name!r}: cannot use the cache folder {root}: {_why(exc, root)}; "
-            f"point {where} at a writable folder"
-        )
+        if isinstance(exc, CacheError):
+            message = f"stage {stage.name!r}: {exc}"
+        else:
+            kind = "URL" if is_url(root) else "folder"
+            message = (
+                f"stage {stage.name!r}: cannot use the cache {kind} {root}: {_why(exc, root)}; "
+                f"point {where} at a writable {kind}"
+            )
         if getattr(stage, "cache_required", True):
             raise CacheError(
                 message + ", or give the stage cache_required=False to run it uncached",
@@ -123,7 +129,20 @@ def stage_code(fn: Any, key_fn: Any, version: str | int | None) -> tuple[str, Co
 
 def _root(stage: Stage) -> str:
     root = stage.cache if stage.cache is not True else default_cache_root()
+    if is_url(root):  # type: ignore[arg-type]
+        return str(root)
     return os.path.abspath(os.fspath(root))  # type: ignore[arg-type]
+
+
+def _check_reach(stage: Stage, root: str) -> None:
+    """A ``memory://`` cache lives in one process: workers in other processes or on
+    other nodes would each see their own, empty one."""
+    if root.startswith("memory://") and not executor_class(stage.executor).traits.shares_memory:
+        raise CacheError(
+            f"a memory:// cache ({root}) lives in one process, so {stage.executor!r} "
+            "workers would each see their own empty copy; give a folder or a URL every "
+            "worker reaches (file://, s3://...)"
+        )
 
 
 def _why(exc: OSError, root: str) -> str:
@@ -141,9 +160,10 @@ def _write_manifest(
 ) -> None:
     """What ``conveyor cache verify`` needs to recompute this stage's entries: how to
     load its function (and cache_key), its kind, and what the fingerprint only named."""
-    path = cache.root / MANIFESTS / digest
-    if path.exists():
-        return
+    name = f"{MANIFESTS}/{digest}"
+    with contextlib.suppress(OSError):
+        if cache.storage.read(name, 0, 1):
+            return
     manifest = {
         "stage": qualname,
         "code": digest,
@@ -156,7 +176,7 @@ def _write_manifest(
         "refused": code.refused,
     }
     with contextlib.suppress(OSError):  # only the audit needs it; the run does not
-        cache.blobs.write_atomic(path, pickle.dumps(manifest, protocol=5))
+        cache.storage.write(name, (pickle.dumps(manifest, protocol=5),))
 
 
 def _dump(fn: Any) -> bytes | None:
@@ -201,11 +221,11 @@ def run_cached(
     """``run_task`` for a cached stage: look each unit up by content first."""
     from conveyor.executors.task import _materialise, failure
 
-    cache = cache_at(spec.root)
+    notes: dict[str, str] = {}
+    cache = _open(spec, notes)
     results: list[Any] = []
     stamps = [monotonic_ns()]
     hits: list[int] = []
-    notes: dict[str, str] = {}
     memo: dict[int, tuple[type, bytes]] = {}  # the inputs' classes, walked once per task
 
     def call(unit: Any) -> Any:
@@ -254,14 +274,14 @@ async def run_cached_async(
     calls in flight), and their results are stored."""
     from conveyor.executors.task import failure
 
-    cache = cache_at(spec.root)
+    notes: dict[str, str] = {}
+    cache = _open(spec, notes)
     n = len(units)
     results: list[Any] = [None] * n
     starts = [0] * n
     ends = [0] * n
     hits: list[int] = []
     failures = []
-    notes: dict[str, str] = {}
     memo: dict[int, tuple[type, bytes]] = {}
     todo: list[tuple[int, str | None, bool, Any]] = []  # (unit, key, hit to check, value)
     for i, unit in enumerate(units):
@@ -303,13 +323,25 @@ async def run_cached_async(
     )  # fmt: skip
 
 
+def _open(spec: CacheSpec, notes: dict[str, str]) -> StageCache | None:
+    """This worker's cache, or None (with a note) when it cannot be opened here: a
+    URL that the driver reached but this node cannot, or a package missing here."""
+    try:
+        return cache_at(spec.root)
+    except (OSError, CacheError) as exc:
+        notes["open"] = f"the cache cannot be opened on this worker ({exc}), so items are computed"
+        return None
+
+
 def _key(
-    cache: StageCache,
+    cache: StageCache | None,
     spec: CacheSpec,
     unit: Any,
     notes: dict[str, str],
     memo: dict[int, tuple[type, bytes]],
 ) -> str | None:
+    if cache is None:
+        return None
     basis = spec.key(unit) if spec.key is not None else unit  # cache_key may raise: the unit's
     key = cache.key(spec.stage, spec.code, basis, warn=False, memo=memo)
     if key is None and "input" not in notes:
@@ -317,8 +349,8 @@ def _key(
     return key
 
 
-def _lookup(cache: StageCache, key: str | None, notes: dict[str, str]) -> tuple[bool, Any]:
-    if key is None:
+def _lookup(cache: StageCache | None, key: str | None, notes: dict[str, str]) -> tuple[bool, Any]:
+    if key is None or cache is None:
         return False, None
     try:
         return cache.get(key)
@@ -331,8 +363,10 @@ def _lookup(cache: StageCache, key: str | None, notes: dict[str, str]) -> tuple[
 
 
 def _store(
-    cache: StageCache, spec: CacheSpec, key: str, r: Any, unit: Any, notes: dict[str, str]
+    cache: StageCache | None, spec: CacheSpec, key: str, r: Any, unit: Any, notes: dict[str, str]
 ) -> None:
+    if cache is None:
+        return
     try:
         stored = cache.put(key, r, stage=spec.stage, code=spec.code, input=unit, warn=False)
     except OSError as exc:  # a full or read-only disk must not fail the item

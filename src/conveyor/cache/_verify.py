@@ -111,11 +111,11 @@ def _load_stage(
 ) -> tuple[Any, ...]:
     """``(fn, kind, manifest)`` of the entry's stage, or ``(status, why)`` when the
     entry cannot be recomputed."""
-    path = cache.root / MANIFESTS / entry.code
     try:
-        manifest: dict[str, Any] = pickle.loads(path.read_bytes())
-    except FileNotFoundError:
-        return UNCHECKED, "no run left its stage's manifest (how to load the function)"
+        data = cache.storage.read(f"{MANIFESTS}/{entry.code}")
+        if data is None:
+            return UNCHECKED, "no run left its stage's manifest (how to load the function)"
+        manifest: dict[str, Any] = pickle.loads(data)
     except Exception as exc:
         return UNCHECKED, f"its stage's manifest does not load ({type(exc).__name__}: {exc})"
     paths.enter_context(_importable(manifest.get("paths", [])))

@@ -35,16 +35,17 @@ def _console() -> Console:
 @click.option(
     "--cache",
     "cache_path",
-    type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help=f"The cache folder (default ./{DEFAULT_ROOT}).",
+    help=f"The cache folder, or its URL (s3://bucket/cache) (default ./{DEFAULT_ROOT}).",
 )
 @click.pass_context
-def cache(ctx: click.Context, cache_path: Path | None) -> None:
+def cache(ctx: click.Context, cache_path: str | None) -> None:
     """List, size, clear and verify the stage cache."""
-    if cache_path is not None and cache_path.exists() and not cache_path.is_dir():
-        raise click.UsageError(f"--cache {cache_path} is a file; give the cache's folder")
-    ctx.obj = StageCache(cache_path)
+    if cache_path is not None and "://" not in cache_path:
+        folder = Path(cache_path)
+        if folder.exists() and not folder.is_dir():
+            raise click.UsageError(f"--cache {cache_path} is a file; give the cache's folder")
+    ctx.obj = StageCache(cache_path)  # a URL it cannot use: one line (CacheError)
 
 
 @cache.command("ls")

@@ -39,6 +39,7 @@ class StageInfo:
     successors: tuple[str, ...]
     concurrency: int = 1  # calls in flight per worker (async def stages)
     fused: tuple[str, ...] = ()  # the fused chain it runs in, sharing its workers
+    gpus: float = 0.0  # GPUs per worker (resources)
 
 
 class RunControl(Protocol):

@@ -316,6 +316,7 @@ class StageState:
             successors,
             s.concurrency if s.is_async else 1,
             self.fused,
+            s.needs.gpus,
         )
 
     def statistics(self) -> StageStatistics:

@@ -14,17 +14,17 @@ are those of the unfused pipeline.
 
 Where: by default (``Pipeline(fuse="auto")``) only on executors whose workers do not
 share the driver's memory (processes, Ray), where each hand-off pickles the item
-both ways; there fusing halved the driver's CPU per item. Between threads a hand-off
-is cheap and the chain's per-call bookkeeping cost about as much as it saved
-(benchmarks/RESULTS-small-items.md), so threads and sync fuse only with
+both ways; there fusing cut the driver's CPU per item by a third to a half. Between
+threads a hand-off is cheap and the chain's per-call bookkeeping cost about as much
+as it saved (benchmarks/RESULTS-small-items.md), so threads and sync fuse only with
 ``fuse=True``; ``fuse=False`` keeps every stage apart.
 
 What breaks a chain, and why:
 
 - a kind other than map, filter, flat_map (batches, folds and collects gather
   items from many tasks);
-- a different executor, worker count, resources or concurrency (the stages would
-  no longer share workers), ``async def`` functions, class stages and ``init``
+- a different executor, worker count or resources (the stages would no longer share
+  workers), ``async def`` functions (their calls overlap), class stages and ``init``
   (per-worker state), a cache or a timeout (both work per stage and per call);
 - a retry on any stage but the first: a failed call of a later stage would rerun
   the calls before it that succeeded;

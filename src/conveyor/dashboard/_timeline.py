@@ -7,7 +7,9 @@ had (100,000 or ten), the browser gets lanes × ``width`` numbers, which a chart
 in milliseconds, where a node per unit freezes a page at a few thousand.
 
 The queue depths come from the recording's series (fixed buckets over the whole
-run): the mean depth of each stage's input queue per bucket, and its peak.
+run): the mean depth of each stage's input queue per bucket, and its peak. GPUs
+sampled during the run (nvidia-ml-py) come as they were sampled: utilisation and
+memory per device, with the stages that used it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ def timeline_data(rec: Recording, *, width: int = 1000) -> dict[str, Any]:
 
     ``x`` are the buckets' starts in seconds since the run started; ``lanes`` are
     ``{"stage", "worker", "busy": [share per bucket], "units"}``; ``depth`` is
-    ``{"x": [...], "stages": [{"stage", "mean": [...], "peak": [...], "bound"}]}``.
+    ``{"x": [...], "stages": [{"stage", "mean": [...], "peak": [...], "bound"}]}``;
+    ``gpus`` are ``{"device", "name", "stages", "x", "utilisation", "memory_gib"}``.
     """
     width = max(MIN_WIDTH, min(int(width), MAX_WIDTH))
     start = rec.started_ns
@@ -63,6 +66,17 @@ def timeline_data(rec: Recording, *, width: int = 1000) -> dict[str, Any]:
         "units": rec.units,
         "detail_end": None if rec.detail_end_ns is None else (rec.detail_end_ns - start) / 1e9,
         "depth": _depths(rec),
+        "gpus": [
+            {
+                "device": g.device,
+                "name": g.name,
+                "stages": g.stages,
+                "x": [round((t - start) / 1e9, 6) for t in g.t_ns],
+                "utilisation": [round(u, 1) for u in g.utilisation],
+                "memory_gib": [round(m / (1 << 30), 3) for m in g.memory],
+            }
+            for g in rec.gpus
+        ],
     }
 
 

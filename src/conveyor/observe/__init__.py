@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from conveyor.observe.display import ProgressDisplay
     from conveyor.observe.gantt import gantt_svg, write_gantt
+    from conveyor.observe.gpu import GpuSeries
     from conveyor.observe.histogram import Histogram
     from conveyor.observe.metrics import Metrics
     from conveyor.observe.progress import Progress
@@ -29,6 +30,7 @@ _WHERE = {
     "Recorder": "recorder",
     "Recording": "recording",
     "StageRecording": "recording",
+    "GpuSeries": "gpu",
     "Histogram": "histogram",
     "Progress": "progress",
     "ProgressDisplay": "display",
@@ -49,6 +51,7 @@ _WHERE = {
 __all__ = [
     "TRACE_EVENTS",
     "Decision",
+    "GpuSeries",
     "Histogram",
     "Metrics",
     "Progress",

@@ -25,6 +25,8 @@ What each hook does (per call, none of it per item but C-speed ``map`` and count
   bisect per burst touched) and forgets bursts whose roots have all finished.
 - the first ``detail`` units of the run (10,000 by default) keep their key, worker,
   start and end, for the Chrome trace and the Gantt chart.
+- a run with GPU stages has their devices sampled from ``run_started`` to
+  ``run_finished`` (:mod:`conveyor.observe.gpu`, when nvidia-ml-py is installed).
 
 The report's window ``[t0, t1]`` (first unit's start to last unit's end or item's
 finish) is known only afterwards: the timelines log their state until the first
@@ -41,6 +43,7 @@ from operator import sub
 from typing import Any
 
 from conveyor.core.events import Instrument, Key, RunInfo
+from conveyor.observe.gpu import NoSampling, sampler_for
 from conveyor.observe.histogram import EXACT_KEPT, HistogramCounter, count_elements
 from conveyor.observe.recording import (
     Recording,
@@ -51,14 +54,7 @@ from conveyor.observe.recording import (
 )
 from conveyor.observe.timeline import BUCKETS, NEVER, StageTimeline, Timeline
 
-__all__ = [
-    "BUCKETS",
-    "DETAIL_UNITS",
-    "Recorder",
-    "Recording",
-    "RecordingError",
-    "StageRecording",
-]
+__all__ = ["BUCKETS", "DETAIL_UNITS", "Recorder", "Recording", "RecordingError", "StageRecording"]
 
 DETAIL_UNITS = 10_000  # units with per-unit detail, across the run
 RESIZES_KEPT = 1000  # resize events kept per stage (the integrals count them all)
@@ -133,6 +129,8 @@ class Recorder(Instrument):
     times are kept for the trace and the Gantt chart (the run's first units).
     """
 
+    _gpus: NoSampling = NoSampling()  # the run's GPU sampler, if it has one
+
     def __init__(self, *, detail: int = DETAIL_UNITS) -> None:
         if not isinstance(detail, int) or detail < 0:
             raise ValueError(f"detail={detail!r}; give a number of units, 0 or more")
@@ -201,6 +199,7 @@ class Recorder(Instrument):
         if entry is not None:  # the first entry's enqueues are the source's reads
             entry.entry = True
         self._control = run.control
+        self._gpus = sampler_for(run.stages, owner=self)
 
     def items_enqueued(self, stage: str, keys: Sequence[Key], depth: int, t_ns: int) -> None:
         s = self._stages.get(stage)
@@ -379,6 +378,7 @@ class Recorder(Instrument):
         if self._info is None:
             return
         self._ended = (t_ns, state)
+        self._gpus.stop()
         control, self._control = self._control, None
         if control is not None:
             try:
@@ -460,6 +460,7 @@ class Recorder(Instrument):
             bucket_ns=self._timeline.width,
             detail_limit=self.detail,
             detail_end_ns=self._detail_end,
+            gpus=self._gpus.series(),
         )
 
 

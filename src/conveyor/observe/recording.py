@@ -35,6 +35,7 @@ from typing import Any
 from conveyor.core.events import Key
 from conveyor.errors import RecordingError
 from conveyor.observe.columns import encode_detail, numbers, unit_keys
+from conveyor.observe.gpu import GpuSeries
 from conveyor.observe.histogram import Histogram
 
 __all__ = [
@@ -265,6 +266,7 @@ class Recording:
     detail_end_ns: int | None = None  # the detail window closed here (None: whole run)
     source_ns: int | None = None  # time spent inside the source, producing items
     driver_ns: int | None = None  # time conveyor's scheduler spent moving items
+    gpus: list[GpuSeries] = dataclasses.field(default_factory=list)  # sampled devices
 
     @property
     def end_ns(self) -> int:
@@ -298,8 +300,9 @@ class Recording:
         """A JSON-ready dict (keys become lists); :meth:`from_dict` inverts it."""
         out: dict[str, Any] = {"format": FORMAT, "version": VERSION}
         for f in dataclasses.fields(self):
-            if f.name not in ("stages", "latency"):
+            if f.name not in ("stages", "latency", "gpus"):
                 out[f.name] = getattr(self, f.name)
+        out["gpus"] = [dataclasses.asdict(g) for g in self.gpus]
         out["latency"] = self.latency.to_dict()
         out["stages"] = [_stage_to_dict(s, self.started_ns) for s in self.stages.values()]
         return out
@@ -328,12 +331,15 @@ class Recording:
             fields = {  # a field added since (it has a default) may be missing
                 f.name: data[f.name]
                 for f in dataclasses.fields(cls)
-                if f.name not in ("stages", "latency")
+                if f.name not in ("stages", "latency", "gpus")
                 and (f.name in data or f.default is dataclasses.MISSING)
             }
             base = data["started_ns"] if version >= 3 else None
             stages = {s["shape"]["name"]: _stage_from_dict(s, base) for s in data["stages"]}
-            return cls(**fields, stages=stages, latency=Histogram.from_dict(data["latency"]))
+            gpus = [GpuSeries(**g) for g in data.get("gpus", [])]  # absent before sampling
+            return cls(
+                **fields, stages=stages, latency=Histogram.from_dict(data["latency"]), gpus=gpus
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise RecordingError(
                 f"{where} is a damaged conveyor recording ({type(exc).__name__}: {exc}); "

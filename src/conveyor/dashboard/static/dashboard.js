@@ -76,6 +76,23 @@
       }))],
     }, [dep.x, ...dep.stages.map((s) => s.mean)], depthEl);
 
+    const gpuEl = document.getElementById("gpus");
+    (gpuEl ? tl.gpus : []).forEach((g, i) => {  // a chart per sampled GPU: its utilisation
+      const el = gpuEl.appendChild(document.createElement("div"));
+      el.className = "chart";
+      new uPlot({
+        width: widthOf(depthEl),
+        height: 160,
+        scales: { x, y: { range: [0, 100] } },
+        cursor: { sync },
+        axes: [{ label: "time since the run started", values: secs }, { label: `GPU ${g.device} busy %` }],
+        series: [{ label: "s" }, {
+          label: `GPU ${g.device} (${g.stages.join(", ")})`, stroke: colour(i), width: 1.5,
+          points: { show: false }, value: (u, v) => (v == null ? "-" : `${v}%`),
+        }],
+      }, [g.x, g.utilisation], el);
+    });
+
     const caption = document.getElementById("timeline-caption");
     const detail = tl.detail_units < tl.units
       ? `the lanes cover the first ${tl.detail_units} of ${tl.units} units (the recording's detail window); the queue depths cover the whole run`

@@ -1,0 +1,282 @@
+"""GPU sampling: how busy the devices of a run's GPU stages were, into the recording.
+
+When a run has stages with ``gpus`` > 0 and NVIDIA's management library is installed
+(``pip install 'conveyor[gpu]'``, the ``nvidia-ml-py`` package, imported as
+``pynvml``), the recorder starts a :class:`GpuSampler`: a daemon thread of the
+driver that every ``period_s`` (half a second) reads each device's utilisation (the
+share of the last sample period in which a kernel ran) and memory in use, and stops
+with the run. Without the library, or without a GPU, nothing is sampled and nothing
+fails: one debug line on the ``conveyor.gpu`` logger says why.
+
+Which devices a stage uses (:func:`stage_devices`):
+
+- process workers of this machine (``processes``): the devices each worker gets
+  through ``CUDA_VISIBLE_DEVICES`` (:func:`conveyor.executors.gpus.gpu_devices`, the
+  same packing);
+- workers in the driver's process (``threads``, ``sync``...): the first
+  ``ceil(gpus × workers)`` devices the driver sees (CUDA's default device first);
+- workers elsewhere (``ray``'s actors): not sampled; their devices are on the nodes
+  Ray placed them.
+
+Each device becomes a :class:`GpuSeries` in the recording: at most ``POINTS``
+points, each the mean utilisation, the peak memory and how many of its samples
+found the device idle (utilisation at most ``IDLE_PERCENT``); past ``POINTS``,
+neighbouring points merge, halving the resolution, so a long run stays small.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from conveyor.executors.base import executor_traits
+from conveyor.executors.gpus import gpu_devices, visible_gpus
+
+if TYPE_CHECKING:
+    from conveyor.core.events import StageInfo
+
+__all__ = [
+    "IDLE_PERCENT",
+    "GpuSampler",
+    "GpuSeries",
+    "NoSampling",
+    "sampler_for",
+    "stage_devices",
+]
+
+IDLE_PERCENT = 5.0  # utilisation at or below this counts as idle
+PERIOD_S = 0.5
+POINTS = 512  # points kept per device before neighbours merge
+
+log = logging.getLogger("conveyor.gpu")
+
+
+@dataclasses.dataclass
+class GpuSeries:
+    """One device over a run: ``t_ns[i]`` (monotonic) starts point i, which holds
+    ``samples[i]`` samples: their mean ``utilisation`` (%), peak ``memory`` used
+    (bytes) and how many found the device ``idle``. ``stages`` use the device."""
+
+    device: str  # as CUDA_VISIBLE_DEVICES names it: "0", or "GPU-<uuid>"
+    stages: list[str]
+    name: str = ""  # the device's model
+    memory_total: int = 0  # bytes
+    t_ns: list[int] = dataclasses.field(default_factory=list)
+    utilisation: list[float] = dataclasses.field(default_factory=list)
+    memory: list[int] = dataclasses.field(default_factory=list)
+    idle: list[int] = dataclasses.field(default_factory=list)
+    samples: list[int] = dataclasses.field(default_factory=list)
+
+    def idle_share(self, t0_ns: int | None = None, t1_ns: int | None = None) -> float | None:
+        """The share of samples in ``[t0_ns, t1_ns]`` that found the device idle; None
+        when there is none."""
+        n = idle = 0
+        for t, k, i in zip(self.t_ns, self.samples, self.idle, strict=True):
+            if (t0_ns is None or t >= t0_ns) and (t1_ns is None or t <= t1_ns):
+                n += k
+                idle += i
+        return idle / n if n else None
+
+    def add(self, t_ns: int, utilisation: float, memory: int) -> None:
+        """One sample; neighbouring points merge once there are ``POINTS``."""
+        self.t_ns.append(t_ns)
+        self.utilisation.append(float(utilisation))
+        self.memory.append(int(memory))
+        self.idle.append(1 if utilisation <= IDLE_PERCENT else 0)
+        self.samples.append(1)
+        if len(self.t_ns) >= POINTS:
+            self._halve()
+
+    def _halve(self) -> None:
+        t, u, m, i, k = [], [], [], [], []
+        for j in range(0, len(self.t_ns) - 1, 2):
+            a, b = self.samples[j], self.samples[j + 1]
+            t.append(self.t_ns[j])
+            u.append((self.utilisation[j] * a + self.utilisation[j + 1] * b) / (a + b))
+            m.append(max(self.memory[j], self.memory[j + 1]))
+            i.append(self.idle[j] + self.idle[j + 1])
+            k.append(a + b)
+        if len(self.t_ns) % 2:  # the odd last point stays as it is
+            t.append(self.t_ns[-1])
+            u.append(self.utilisation[-1])
+            m.append(self.memory[-1])
+            i.append(self.idle[-1])
+            k.append(self.samples[-1])
+        self.t_ns, self.utilisation, self.memory, self.idle, self.samples = t, u, m, i, k
+
+    def copy(self) -> GpuSeries:
+        return dataclasses.replace(
+            self,
+            stages=list(self.stages),
+            t_ns=list(self.t_ns),
+            utilisation=list(self.utilisation),
+            memory=list(self.memory),
+            idle=list(self.idle),
+            samples=list(self.samples),
+        )
+
+
+def stage_devices(stages: Sequence[StageInfo], visible: Sequence[str]) -> dict[str, list[str]]:
+    """Device → the GPU stages that use it (see the module docstring), in device order.
+
+    >>> from conveyor.core.events import StageInfo
+    >>> s = StageInfo("embed", "map", "processes", 4, 8, (), (), gpus=0.5)
+    >>> stage_devices([s], ["0", "1"])
+    {'0': ['embed'], '1': ['embed']}
+    """
+    used: dict[str, list[str]] = {}
+    for s in stages:
+        gpus = getattr(s, "gpus", 0.0) or 0.0
+        traits = executor_traits(s.executor)
+        if not gpus or not visible or traits is None:
+            continue
+        if traits.shares_memory:  # workers in the driver's process
+            devices = list(visible[: max(1, math.ceil(gpus * max(1, s.workers) - 1e-9))])
+        elif traits.host_cores:  # process workers of this machine: CUDA_VISIBLE_DEVICES
+            devices = [d for w in range(s.workers) for d in gpu_devices(gpus, w, visible)]
+        else:  # workers elsewhere (Ray's actors): their devices are on their nodes
+            continue
+        for d in devices:
+            names = used.setdefault(d, [])
+            if s.name not in names:
+                names.append(s.name)
+    return {d: used[d] for d in visible if d in used}
+
+
+class NoSampling:
+    """What a run without GPU sampling holds: nothing to stop, no series."""
+
+    def stop(self) -> None:
+        pass
+
+    def series(self) -> list[GpuSeries]:
+        return []
+
+
+class GpuSampler(NoSampling):
+    """Samples ``devices`` (device → stages) through ``nvml`` (the ``pynvml`` module)
+    on a daemon thread from :meth:`start` to :meth:`stop`."""
+
+    def __init__(
+        self,
+        nvml: Any,
+        devices: dict[str, list[str]],
+        *,
+        period_s: float = PERIOD_S,
+        clock: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self.nvml = nvml
+        self.period_s = period_s
+        self.clock = clock
+        self._handles: dict[str, Any] = {}
+        self._series: dict[str, GpuSeries] = {}
+        for device, stages in devices.items():
+            handle = _handle(nvml, device)
+            self._handles[device] = handle
+            self._series[device] = GpuSeries(
+                device, list(stages), _text(nvml.nvmlDeviceGetName(handle)), _total(nvml, handle)
+            )
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, owner: object | None = None) -> None:
+        """Sample now, then every ``period_s`` until :meth:`stop` (or until ``owner``,
+        the recorder, is garbage: a run abandoned without its end event)."""
+        alive = weakref.ref(owner) if owner is not None else (lambda: True)
+        self.sample()
+        self._thread = threading.Thread(
+            target=self._loop, args=(alive,), name="conveyor-gpu-sampler", daemon=True
+        )
+        self._thread.start()
+
+    def _loop(self, alive: Callable[[], object]) -> None:
+        while not self._stop.wait(self.period_s) and alive() is not None:
+            try:
+                self.sample()
+            except Exception as exc:  # a device lost mid-run: stop sampling, keep the run
+                log.debug("GPU sampling stopped: %s: %s", type(exc).__name__, exc)
+                return
+
+    def sample(self) -> None:
+        """Read every device once."""
+        t = self.clock()
+        readings = []
+        for device, handle in self._handles.items():
+            util = self.nvml.nvmlDeviceGetUtilizationRates(handle).gpu
+            used = self.nvml.nvmlDeviceGetMemoryInfo(handle).used
+            readings.append((device, util, used))
+        with self._lock:
+            for device, util, used in readings:
+                self._series[device].add(t, util, used)
+
+    def stop(self) -> None:
+        """Stop the thread (waiting for it), sample once more and release the library;
+        safe to repeat."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=10)
+            try:
+                self.sample()  # the run's last stretch, however short the run was
+            except Exception as exc:
+                log.debug("GPU sampling at the end: %s: %s", type(exc).__name__, exc)
+            try:
+                self.nvml.nvmlShutdown()
+            except Exception as exc:
+                log.debug("nvmlShutdown: %s", exc)
+
+    def series(self) -> list[GpuSeries]:
+        with self._lock:
+            return [s.copy() for s in self._series.values()]
+
+
+def sampler_for(stages: Sequence[StageInfo], owner: object | None = None) -> NoSampling:
+    """A started :class:`GpuSampler` for the run's GPU stages, or :class:`NoSampling`
+    when no stage needs a GPU, ``pynvml`` is missing or finds no GPU (a debug line)."""
+    if not any(getattr(s, "gpus", 0) for s in stages):
+        return NoSampling()
+    devices = stage_devices(stages, visible_gpus())
+    if not devices:
+        log.debug("no GPU sampled: the GPU stages' devices are not visible here")
+        return NoSampling()
+    try:
+        import pynvml
+    except ImportError:
+        log.debug("no GPU sampled: pip install 'conveyor[gpu]' (nvidia-ml-py) to sample them")
+        return NoSampling()
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:  # no driver, no device: NVMLError_LibraryNotFound and kin
+        log.debug("no GPU sampled: NVML did not start (%s)", exc)
+        return NoSampling()
+    try:
+        sampler = GpuSampler(pynvml, devices)
+        sampler.start(owner)
+    except Exception as exc:
+        log.debug("no GPU sampled: %s: %s", type(exc).__name__, exc)
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+        return NoSampling()
+    return sampler
+
+
+def _handle(nvml: Any, device: str) -> Any:
+    if device.isdigit():
+        return nvml.nvmlDeviceGetHandleByIndex(int(device))
+    return nvml.nvmlDeviceGetHandleByUUID(device)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _total(nvml: Any, handle: Any) -> int:
+    return int(nvml.nvmlDeviceGetMemoryInfo(handle).total)

@@ -1,0 +1,326 @@
+"""GPU sampling with a fake ``pynvml``, and the report's idle-GPU diagnosis on
+synthetic recordings: no GPU needed."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import threading
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import conveyor as cv
+import stagefns as f
+from conveyor.analysis import build_report
+from conveyor.analysis._gpu import gpu_idle_lines
+from conveyor.analysis._measure import measure
+from conveyor.core.events import StageInfo
+from conveyor.observe import GpuSeries
+from conveyor.observe.gpu import IDLE_PERCENT, POINTS, GpuSampler, stage_devices
+from conveyor.observe.recording import Recording
+from pipesim import MS, SimStage, simulate
+
+GiB = 1 << 30
+
+
+class FakeNvml(types.ModuleType):
+    """``pynvml`` as conveyor calls it, with scripted utilisation per device index."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, script: dict[int, list[int]], *, init_error: str | None = None) -> None:
+        super().__init__("pynvml")
+        self.script = {d: list(v) for d, v in script.items()}
+        self.init_error = init_error
+        self.inits = self.shutdowns = 0
+        self.reads: dict[int, int] = {d: 0 for d in script}
+        self.lock = threading.Lock()
+
+    def nvmlInit(self) -> None:
+        if self.init_error:
+            raise self.NVMLError(self.init_error)
+        self.inits += 1
+
+    def nvmlShutdown(self) -> None:
+        self.shutdowns += 1
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        if i not in self.script:
+            raise self.NVMLError(f"Invalid Argument: no device {i}")
+        return i
+
+    def nvmlDeviceGetName(self, h: int) -> bytes:
+        return b"Fake H200"
+
+    def nvmlDeviceGetUtilizationRates(self, h: int) -> types.SimpleNamespace:
+        with self.lock:
+            n = self.reads[h]
+            self.reads[h] += 1
+        values = self.script[h]
+        return types.SimpleNamespace(gpu=values[min(n, len(values) - 1)], memory=0)
+
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> types.SimpleNamespace:
+        return types.SimpleNamespace(total=141 * GiB, used=(h + 1) * GiB, free=0)
+
+
+@pytest.fixture
+def two_gpus(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeNvml]:
+    nvml = FakeNvml({0: [0, 0, 90, 95], 1: [50]})
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    yield nvml
+
+
+def info(name: str, executor: str, workers: int, gpus: float) -> StageInfo:
+    return StageInfo(name, "map", executor, workers, 8, (), (), gpus=gpus)
+
+
+def test_stage_devices_follow_the_packing_of_process_workers() -> None:
+    visible = ["0", "1", "2", "3"]
+    assert stage_devices([info("embed", "processes", 4, 0.5)], visible) == {
+        "0": ["embed"],
+        "1": ["embed"],
+    }
+    assert stage_devices([info("train", "processes", 2, 2)], visible) == {
+        "0": ["train"],
+        "1": ["train"],
+        "2": ["train"],
+        "3": ["train"],
+    }
+    # threads run in the driver's process: the first devices it sees
+    both = [info("a", "threads", 1, 1), info("b", "sync", 1, 0.5), info("cpu", "threads", 4, 0)]
+    assert stage_devices(both, visible) == {"0": ["a", "b"]}
+    # Ray's actors' devices are on their nodes: not sampled from the driver
+    assert stage_devices([info("r", "ray", 2, 1)], visible) == {}
+    assert stage_devices([info("a", "threads", 1, 1)], []) == {}
+
+
+def test_a_run_with_a_gpu_stage_records_each_device_it_used(two_gpus: FakeNvml) -> None:
+    pipe = cv.Pipeline(
+        "gpu", [cv.stage(f.inc, name="parse"), cv.stage(f.square, name="embed", gpus=1)]
+    )
+    run = pipe.run(range(50), ordered=True)
+    assert run.results == [(x + 1) ** 2 for x in range(50)]
+    rec = run.recording
+    assert [(g.device, g.stages, g.name) for g in rec.gpus] == [("0", ["embed"], "Fake H200")]
+    g = rec.gpus[0]
+    assert g.memory_total == 141 * GiB and set(g.memory) == {GiB}
+    assert sum(g.samples) >= 2  # one when the run starts, one when it ends
+    assert g.utilisation[:2] == [0.0, 0.0] and g.idle[:2] == [1, 1]
+    assert two_gpus.reads[1] == 0  # device 1 serves no stage: never read
+    assert two_gpus.inits == two_gpus.shutdowns == 1
+    assert not [t for t in threading.enumerate() if t.name == "conveyor-gpu-sampler"]
+
+
+def test_the_series_survive_save_and_load(two_gpus: FakeNvml, tmp_path: Path) -> None:
+    pipe = cv.Pipeline("gpu", [cv.stage(f.square, name="embed", gpus=0.5)])
+    rec = pipe.run(range(5)).recording
+    back = Recording.load(rec.save(tmp_path / "r.json.gz"))
+    assert back.gpus == rec.gpus and back.gpus[0].stages == ["embed"]
+    # a recording made before GPU sampling has none
+    old = rec.to_dict()
+    del old["gpus"]
+    assert Recording.from_dict(old).gpus == []
+
+
+def test_no_library_or_no_gpu_samples_nothing_and_fails_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    pipe = cv.Pipeline("gpu", [cv.stage(f.square, name="embed", gpus=1)])
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed: import fails
+    with caplog.at_level(logging.DEBUG, logger="conveyor.gpu"):
+        run = pipe.run(range(5), ordered=True)
+    assert run.results == [x * x for x in range(5)] and run.recording.gpus == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "no GPU sampled: pip install 'conveyor[gpu]' (nvidia-ml-py) to sample them"
+    ]
+    caplog.clear()
+    broken = FakeNvml({0: [0]}, init_error="NVML Shared Library Not Found")
+    monkeypatch.setitem(sys.modules, "pynvml", broken)
+    with caplog.at_level(logging.DEBUG, logger="conveyor.gpu"):
+        assert pipe.run(range(5)).recording.gpus == []
+    assert len(caplog.records) == 1 and "Library Not Found" in caplog.records[0].getMessage()
+    # a stage without gpus never loads the library at all
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml({}, init_error="must not be called"))
+    assert cv.Pipeline("cpu", [f.square]).run(range(3)).recording.gpus == []
+
+
+def test_a_device_lost_mid_run_stops_sampling_not_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    nvml = FakeNvml({0: [10]})
+    calls = 0
+
+    def lost(h: int) -> types.SimpleNamespace:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise nvml.NVMLError("GPU is lost")
+        return types.SimpleNamespace(gpu=10)
+
+    nvml.nvmlDeviceGetUtilizationRates = lost  # type: ignore[method-assign]
+    sampler = GpuSampler(nvml, {"0": ["embed"]}, period_s=0.001)
+    sampler.start()
+    assert _wait(lambda: calls >= 2)
+    sampler.stop()
+    assert sampler.series()[0].utilisation == [10.0]
+    assert not [t for t in threading.enumerate() if t.name == "conveyor-gpu-sampler"]
+
+
+def _wait(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    from conftest import wait_until
+
+    return bool(wait_until(predicate, timeout))
+
+
+def test_points_merge_past_the_limit_keeping_totals_and_peaks() -> None:
+    clock = iter(range(0, 10**12, 500 * MS))
+    nvml = FakeNvml({0: [0, 100] * 2000})
+    sampler = GpuSampler(nvml, {"0": ["embed"]}, clock=lambda: next(clock))
+    for _ in range(3 * POINTS):
+        sampler.sample()
+    g = sampler.series()[0]
+    assert len(g.t_ns) < POINTS
+    assert sum(g.samples) == 3 * POINTS and sum(g.idle) == 3 * POINTS // 2
+    assert g.idle_share() == 0.5
+    assert all(u == 50.0 for u in g.utilisation[:-1])  # idle and busy halves averaged
+    assert g.t_ns == sorted(g.t_ns) and g.t_ns[0] == 0
+
+
+# --- the report ---------------------------------------------------------------------
+
+
+def gpu_series(rec: Recording, device: str, stages: list[str], idle_share: float) -> GpuSeries:
+    """A device sampled every 10 ms over the recording's window, idle ``idle_share``
+    of its samples (the first ones)."""
+    assert rec.t0_ns is not None and rec.t1_ns is not None
+    times = list(range(rec.t0_ns, rec.t1_ns + 1, 10 * MS))
+    idle_n = round(idle_share * len(times))
+    utils = [0.0] * idle_n + [90.0] * (len(times) - idle_n)
+    return GpuSeries(
+        device,
+        stages,
+        "Fake H200",
+        141 * GiB,
+        times,
+        utils,
+        [GiB] * len(times),
+        [1 if u <= IDLE_PERCENT else 0 for u in utils],
+        [1] * len(times),
+    )
+
+
+def gpu_lines(rec: Recording) -> list[str]:
+    return [r for r in build_report(rec).recommendations if r.startswith("GPU ")]
+
+
+def test_an_idle_gpu_is_said_to_be_starved_by_the_bottleneck_upstream() -> None:
+    # parse (10 ms) feeds embed (4 ms): embed waits for input 60% of the time
+    rec = simulate([SimStage("parse", 10), SimStage("embed", 4)], items=200)
+    rec = dataclasses.replace(rec, gpus=[gpu_series(rec, "0", ["embed"], 0.62)])
+    report = build_report(rec)
+    embed, parse = report.measure.stages["embed"], report.measure.stages["parse"]
+    assert report.bottleneck is not None and report.bottleneck.stage == "parse"
+    assert gpu_lines(rec) == [
+        f"GPU 0 (stage embed) was idle 62% of the run while embed's input queue was empty "
+        f"{embed.starved_share:.0%} of it: starved by parse (busy {parse.utilisation:.0%}, "
+        "the bottleneck)"
+    ]
+    assert round(embed.starved_share, 2) == 0.6 and parse.utilisation > 0.99
+
+
+def test_a_busy_gpu_that_is_the_bottleneck_gets_no_line() -> None:
+    rec = simulate([SimStage("parse", 2), SimStage("embed", 10)], items=200)
+    rec = dataclasses.replace(rec, gpus=[gpu_series(rec, "0", ["embed"], 0.03)])
+    report = build_report(rec)
+    assert report.bottleneck is not None and report.bottleneck.stage == "embed"
+    assert gpu_lines(rec) == []
+
+
+def test_an_idle_gpu_on_a_busy_stage_points_inside_the_stage() -> None:
+    rec = simulate([SimStage("parse", 2), SimStage("embed", 10)], items=200)
+    rec = dataclasses.replace(rec, gpus=[gpu_series(rec, "1", ["embed"], 0.4)])
+    (line,) = gpu_lines(rec)
+    assert line.startswith("GPU 1 (stage embed) was idle 40% of the run while embed's workers")
+    assert "starved" not in line and "work off the GPU inside the stage" in line
+
+
+def test_a_gpu_stage_blocked_downstream_or_starved_by_the_source() -> None:
+    rec = simulate(
+        [SimStage("read", 1), SimStage("parse", 5), SimStage("embed", 2), SimStage("write", 12)],
+        items=100,
+    )
+    rec = dataclasses.replace(rec, gpus=[gpu_series(rec, "0", ["embed"], 0.5)])
+    report = build_report(rec)
+    embed, write = report.measure.stages["embed"], report.measure.stages["write"]
+    assert report.bottleneck is not None and report.bottleneck.stage == "write"
+    assert gpu_lines(rec) == [
+        f"GPU 0 (stage embed) was idle 50% of the run while embed was blocked "
+        f"{embed.blocked_share:.0%} of it by a full queue after it: write (busy "
+        f"{write.utilisation:.0%}, the bottleneck) holds it back"
+    ]
+    # the only stage holds the GPU; a slow source feeds it
+    slow = simulate([SimStage("embed", 1)], items=50, arrival_ns=10 * MS)
+    slow = dataclasses.replace(slow, gpus=[gpu_series(slow, "0", ["embed"], 0.9)])
+    (line,) = gpu_lines(slow)
+    assert line.startswith("GPU 0 (stage embed) was idle 90% of the run while embed's input")
+    assert line.endswith("starved by the source (it delivered 102 items/s)")
+
+
+def test_without_a_bottleneck_upstream_the_busiest_stage_before_is_named() -> None:
+    rec = simulate([SimStage("read", 1), SimStage("parse", 10), SimStage("embed", 4)], items=100)
+    rec = dataclasses.replace(rec, gpus=[gpu_series(rec, "0", ["embed"], 0.6)])
+    m = measure(rec)
+    (line,) = gpu_idle_lines(rec, m, None)
+    parse = m.stages["parse"]
+    assert line.endswith(
+        f"starved by parse (busy {parse.utilisation:.0%}, the busiest stage before it)"
+    )
+    # a sampled device of no stage in this recording says nothing
+    other = dataclasses.replace(rec, gpus=[gpu_series(rec, "0", ["gone"], 0.9)])
+    assert gpu_idle_lines(other, m, None) == []
+
+
+def test_the_real_library_on_a_machine_without_a_gpu(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """nvidia-ml-py installed (as CI installs the gpu extra), no driver: nothing sampled."""
+    pynvml = pytest.importorskip("pynvml", reason="pip install -e '.[gpu]'")
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        pass
+    else:
+        pynvml.nvmlShutdown()
+        pytest.skip("this machine has an NVIDIA driver: the fake library's tests cover it")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    pipe = cv.Pipeline("gpu", [cv.stage(f.square, name="embed", gpus=1)])
+    with caplog.at_level(logging.DEBUG, logger="conveyor.gpu"):
+        run = pipe.run(range(5), ordered=True)
+    assert run.results == [x * x for x in range(5)] and run.recording.gpus == []
+    assert [r.getMessage()[:33] for r in caplog.records] == ["no GPU sampled: NVML did not star"]
+
+
+def test_process_workers_sampled_on_the_devices_they_were_given(two_gpus: FakeNvml) -> None:
+    pipe = cv.Pipeline(
+        "gpu", [cv.stage(f.square, name="embed", executor="processes", workers=2, gpus=0.5)]
+    )
+    rec = pipe.run(range(10)).recording
+    # two workers at half a GPU each share device 0 (CUDA_VISIBLE_DEVICES=0 for both)
+    assert [(g.device, g.stages) for g in rec.gpus] == [("0", ["embed"])]
+
+
+def test_the_dashboards_timeline_carries_the_gpu_series() -> None:
+    from conveyor.dashboard._timeline import timeline_data
+
+    rec = simulate([SimStage("parse", 10), SimStage("embed", 4)], items=50)
+    rec = dataclasses.replace(rec, gpus=[gpu_series(rec, "0", ["embed"], 0.5)])
+    (g,) = timeline_data(rec, width=100)["gpus"]
+    assert g["device"] == "0" and g["stages"] == ["embed"] and g["name"] == "Fake H200"
+    assert len(g["x"]) == len(g["utilisation"]) == len(g["memory_gib"]) == len(rec.gpus[0].t_ns)
+    assert set(g["utilisation"]) == {0.0, 90.0} and set(g["memory_gib"]) == {1.0}
+    assert g["x"][0] == (rec.gpus[0].t_ns[0] - rec.started_ns) / 1e9
