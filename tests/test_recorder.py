@@ -130,7 +130,7 @@ def test_load_errors_name_the_file_and_the_fix(tmp_path: Path) -> None:
         Recording.load(tmp_path / "text.cvrec")
     with gzip.open(tmp_path / "other.cvrec", "wt") as f:
         json.dump({"format": "conveyor-recording", "version": 99}, f)
-    with pytest.raises(RecordingError, match="version 99; this conveyor reads version 2"):
+    with pytest.raises(RecordingError, match="version 99; this conveyor reads versions 2 and 3"):
         Recording.load(tmp_path / "other.cvrec")
     with gzip.open(tmp_path / "old.cvrec", "wt") as f:
         json.dump({"format": "conveyor-recording", "version": 1, "stages": []}, f)

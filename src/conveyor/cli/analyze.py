@@ -14,6 +14,7 @@ from conveyor import Recording, RecordingError
 from conveyor.cli.outputs import (
     BUDGET_OPTION,
     GANTT_OPTION,
+    TRACE_FULL_OPTION,
     TRACE_OPTION,
     check_gantt_path,
     write_outputs,
@@ -25,6 +26,7 @@ from conveyor.cli.outputs import (
 @click.argument("recording_path", metavar="RECORDING", type=click.Path(path_type=Path))
 @BUDGET_OPTION
 @TRACE_OPTION
+@TRACE_FULL_OPTION
 @GANTT_OPTION
 @click.option(
     "--json",
@@ -43,6 +45,7 @@ def analyze_command(
     recording_path: Path,
     budget: int | None,
     trace_path: Path | None,
+    trace_full: bool,
     gantt_path: Path | None,
     json_path: Path | None,
     config_path: Path | None,
@@ -67,4 +70,4 @@ def analyze_command(
         write_text(config_path, report.to_config(), "--write-config")
         verdict = "the advice" if report.advised_workers else "no change advised: the run's workers"
         err.print(f"config ({verdict}) written to {config_path}; apply it with --config")
-    write_outputs(recording, None, trace_path, gantt_path, err)
+    write_outputs(recording, None, trace_path, gantt_path, err, trace_full=trace_full)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +21,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from conveyor import Recording, ResultsWriter, RunStatistics
+from conveyor import Recording, RecordingError, ResultsWriter, RunStatistics
 from conveyor.cli.errors import OneLineError
 from conveyor.errors import OutputError
 
@@ -28,7 +29,34 @@ TRACE_OPTION = click.option(
     "--trace",
     "trace_path",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    help="Write a Chrome/Perfetto trace (JSON) of every worker's activity.",
+    help="Write a Chrome/Perfetto trace (JSON) of every worker's activity; past "
+    "200,000 units each event merges consecutive units of a worker (see --trace-full).",
+)
+TRACE_FULL_OPTION = click.option(
+    "--trace-full",
+    is_flag=True,
+    help="With --trace: one event per unit however many (the file grows by about 100 "
+    "bytes a unit), instead of merging units past 200,000 events.",
+)
+
+
+def _detail_units(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    if value == "all":
+        return sys.maxsize
+    if value.isdigit():
+        return int(value)
+    raise click.BadParameter(f"{value!r}; give a number of units (0 or more) or 'all'")
+
+
+DETAIL_OPTION = click.option(
+    "--detail",
+    default="10000",
+    show_default=True,
+    metavar="UNITS|all",
+    callback=_detail_units,
+    help="Keep each unit's worker, start and end for the run's first UNITS units (for "
+    "--trace, --gantt and the dashboard's timeline; 'all': every unit, about 200 bytes "
+    "of memory a unit while the run goes on).",
 )
 GANTT_OPTION = click.option(
     "--gantt",
@@ -123,22 +151,33 @@ def write_outputs(
     trace_path: Path | None,
     gantt_path: Path | None,
     err: Console,
+    *,
+    trace_full: bool = False,
 ) -> None:
-    """Write the recording, the trace and the timeline that were asked for."""
-    from conveyor.observe import chrome_trace, gantt_svg
+    """Write the recording, the trace and the timeline that were asked for; a trace
+    that does not hold one event per unit says so in one line."""
+    from conveyor.observe import TRACE_EVENTS, chrome_trace, gantt_svg, trace_summary
 
     if record_path is not None:
         try:
             recording.save(record_path)
         except OSError as exc:
             raise _unwritable("--record", record_path, exc, what="the recording") from exc
-    if trace_path is not None:
-        write_text(trace_path, json.dumps(chrome_trace(recording)), "--trace")
-    if gantt_path is not None:
-        write_text(gantt_path, gantt_svg(recording), "--gantt")
+    bound = None if trace_full else TRACE_EVENTS
+    try:
+        if trace_path is not None:
+            doc = chrome_trace(recording, max_events=bound)
+            write_text(trace_path, json.dumps(doc, separators=(",", ":")), "--trace")
+        if gantt_path is not None:
+            write_text(gantt_path, gantt_svg(recording), "--gantt")
+    except RecordingError as exc:  # a damaged file's per-unit detail
+        raise OutputProblem(f"--trace/--gantt: {exc}") from None
     for what, path in (("recording", record_path), ("trace", trace_path), ("timeline", gantt_path)):
         if path is not None:
             err.print(f"{what} written to {escape(str(path))}")
+    summary = None if trace_path is None else trace_summary(recording, max_events=bound)
+    if summary is not None:
+        err.print(escape(summary), soft_wrap=True)  # one line, however narrow the screen
 
 
 def write_json(path: Path, stats: RunStatistics) -> None:

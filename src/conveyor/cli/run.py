@@ -38,8 +38,10 @@ from conveyor.cli.cluster import RAY_OPTION, on_ray
 from conveyor.cli.errors import describe_error
 from conveyor.cli.outputs import (
     BUDGET_OPTION,
+    DETAIL_OPTION,
     GANTT_OPTION,
     OUTPUT_OPTION,
+    TRACE_FULL_OPTION,
     TRACE_OPTION,
     OutputProblem,
     ResultsFile,
@@ -100,7 +102,9 @@ from conveyor.store import RunStore, SnapshotRecorder, StoreRecorder, plan_resum
     help="Save the run's recording here (gzipped JSON) for `conveyor analyze`.",
 )
 @TRACE_OPTION
+@TRACE_FULL_OPTION
 @GANTT_OPTION
+@DETAIL_OPTION
 @click.option(
     "--metrics-port",
     type=click.IntRange(min=0, max=65535),
@@ -137,7 +141,9 @@ def run_command(
     json_path: Path | None,
     record_path: Path | None,
     trace_path: Path | None,
+    trace_full: bool,
     gantt_path: Path | None,
+    detail: int,
     metrics_port: int,
     budget: int | None,
     rebalance: int | None,
@@ -208,7 +214,9 @@ def run_command(
                     at_end=(lambda: {"source_items": digest.state()}) if digest else None,
                 )
             )
-            timeline = Recorder() if store is None else SnapshotRecorder(store)  # live, stored
+            timeline = (  # live, stored
+                Recorder(detail=detail) if store is None else SnapshotRecorder(store, detail=detail)
+            )
             run = pipeline.stream(
                 source,
                 ordered=True if ordered else None,
@@ -224,7 +232,7 @@ def run_command(
     if json_path is not None:
         write_json(json_path, stats)
     if recording is not None:
-        write_outputs(recording, record_path, trace_path, gantt_path, err)
+        write_outputs(recording, record_path, trace_path, gantt_path, err, trace_full=trace_full)
     if rebalancer is not None:
         for d in rebalancer.decisions:
             plan = ", ".join(f"{n} {w}" for n, w in d.workers.items())

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from conveyor.observe.recorder import Recorder
     from conveyor.observe.recording import Recording, StageRecording
     from conveyor.observe.summary import limiting_line, run_summary, stage_table
-    from conveyor.observe.trace import chrome_trace, write_chrome_trace
+    from conveyor.observe.trace import TRACE_EVENTS, chrome_trace, trace_summary, write_chrome_trace
 
 _WHERE = {
     "Recorder": "recorder",
@@ -38,6 +38,8 @@ _WHERE = {
     "Rebalancer": "rebalance",
     "Decision": "rebalance",
     "chrome_trace": "trace",
+    "trace_summary": "trace",
+    "TRACE_EVENTS": "trace",
     "write_chrome_trace": "trace",
     "gantt_svg": "gantt",
     "write_gantt": "gantt",
@@ -47,6 +49,7 @@ _WHERE = {
 }
 
 __all__ = [
+    "TRACE_EVENTS",
     "Decision",
     "GpuSeries",
     "Histogram",
@@ -62,6 +65,7 @@ __all__ = [
     "limiting_line",
     "run_summary",
     "stage_table",
+    "trace_summary",
     "write_chrome_trace",
     "write_gantt",
 ]

@@ -16,7 +16,9 @@ and ``conveyor analyze`` read. Its size does not grow with the number of items:
   ``detail_limit`` units of the run) for the trace and the Gantt chart.
 
 Times are monotonic nanoseconds; subtract ``started_ns`` for times since the run's
-start. ``save``/``load`` write and read gzipped JSON with a format and a version.
+start. ``save``/``load`` write and read gzipped JSON with a format and a version
+(3: the detail window in compact binary columns, decoded only when read,
+:mod:`conveyor.observe.columns`; files of version 2 still load, to the same values).
 """
 
 from __future__ import annotations
@@ -25,18 +27,21 @@ import dataclasses
 import gzip
 import json
 import math
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from conveyor.core.events import Key
 from conveyor.errors import RecordingError
+from conveyor.observe.columns import encode_detail, numbers, unit_keys
 from conveyor.observe.gpu import GpuSeries
 from conveyor.observe.histogram import Histogram
 
 __all__ = [
     "FORMAT",
     "VERSION",
+    "LazyDetail",
     "Recording",
     "RecordingError",
     "Series",
@@ -47,7 +52,9 @@ __all__ = [
 ]
 
 FORMAT = "conveyor-recording"
-VERSION = 2
+VERSION = 3
+READS = (2, 3)  # versions this conveyor loads
+COMPRESSLEVEL = 3  # gzip: level 9 took four times as long for a file 10% smaller
 
 
 def full_depth(capacity: int | None) -> int | None:
@@ -109,6 +116,63 @@ class UnitDetail:
         if error is not None and m == len(keys):
             self.failed.append(len(self.started) - 1)
         return m
+
+
+class LazyDetail(UnitDetail):
+    """The detail window of a recording read from a file (version 3): each column is
+    decoded from its compact form the first time something reads it, so a reader that
+    needs no per-unit detail (the report) never makes an object per unit."""
+
+    def __init__(self, columns: dict[str, Any], *, base: int) -> None:  # no dataclass init
+        if not isinstance(columns.get("units"), int) or columns["units"] < 0:
+            raise ValueError(f"detail of {columns.get('units')!r} units")
+        self._columns = columns
+        self._base = base
+        self._units = int(columns["units"])
+        self._decoded: dict[str, list[Any]] = {}
+
+    def _column(self, name: str) -> list[Any]:
+        got = self._decoded.get(name)
+        if got is None:
+            try:
+                if name == "keys":
+                    got = unit_keys(self._columns)
+                else:
+                    got = numbers(self._columns, name, self._base)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise RecordingError(
+                    f"the recording's per-unit detail is damaged ({type(exc).__name__}: "
+                    f"{exc}); its report still holds, but record the run again for a trace "
+                    "or a timeline"
+                ) from exc
+            self._decoded[name] = got
+        return got
+
+    def __len__(self) -> int:
+        started = self._decoded.get("started")
+        return self._units if started is None else len(started)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, UnitDetail):
+            return NotImplemented
+        names = ("keys", "worker", "started", "finished", "failed")
+        return all(getattr(self, n) == getattr(other, n) for n in names)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as UnitDetail
+
+
+def _lazy(name: str) -> property:
+    def get(self: LazyDetail) -> list[Any]:
+        return self._column(name)
+
+    def put(self: LazyDetail, value: list[Any]) -> None:
+        self._decoded[name] = value
+
+    return property(get, put, doc=f"the units' {name} (decoded when first read)")
+
+
+for _name in ("keys", "worker", "started", "finished", "failed"):
+    setattr(LazyDetail, _name, _lazy(_name))
 
 
 @dataclasses.dataclass
@@ -241,7 +305,7 @@ class Recording:
                 out[f.name] = getattr(self, f.name)
         out["gpus"] = [dataclasses.asdict(g) for g in self.gpus]
         out["latency"] = self.latency.to_dict()
-        out["stages"] = [_stage_to_dict(s) for s in self.stages.values()]
+        out["stages"] = [_stage_to_dict(s, self.started_ns) for s in self.stages.values()]
         return out
 
     @classmethod
@@ -258,10 +322,11 @@ class Recording:
                 f"conveyor reads version {VERSION} (bounded aggregates): record the run again "
                 "with `conveyor run TARGET --record PATH`"
             )
-        if version != VERSION:
+        if version not in READS:
             raise RecordingError(
                 f"{where} is a recording of version {version!r}; this conveyor "
-                f"reads version {VERSION}: record it again with this version"
+                f"reads versions {' and '.join(map(str, READS))}: record it again with "
+                "this version"
             )
         try:
             fields = {  # a field added since (it has a default) may be missing
@@ -270,7 +335,8 @@ class Recording:
                 if f.name not in ("stages", "latency", "gpus")
                 and (f.name in data or f.default is dataclasses.MISSING)
             }
-            stages = {s["shape"]["name"]: _stage_from_dict(s) for s in data["stages"]}
+            base = data["started_ns"] if version >= 3 else None
+            stages = {s["shape"]["name"]: _stage_from_dict(s, base) for s in data["stages"]}
             if "places" in fields:  # stage -> worker -> node (JSON made the workers strings)
                 places = fields["places"].items()
                 fields["places"] = {st: {int(w): n for w, n in m.items()} for st, m in places}
@@ -284,11 +350,27 @@ class Recording:
                 "record the run again"
             ) from exc
 
+    def to_bytes(self) -> bytes:
+        """The recording as gzipped JSON: what :meth:`save` writes and the run store keeps."""
+        text = json.dumps(self.to_dict(), separators=(",", ":"))  # in one go, in C
+        return gzip.compress(text.encode("utf-8"), compresslevel=COMPRESSLEVEL)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, where: str = "the data") -> Recording:
+        """Read :meth:`to_bytes`' output (any version this conveyor reads)."""
+        try:
+            parsed = json.loads(gzip.decompress(data))
+        except (OSError, EOFError, ValueError, zlib.error) as exc:  # JSON, Unicode errors too
+            raise RecordingError(
+                f"{where} is not a conveyor recording (gzipped JSON): {exc}; "
+                "record one with `conveyor run TARGET --record PATH`"
+            ) from exc
+        return cls.from_dict(parsed, where=where)
+
     def save(self, path: str | Path) -> Path:
         """Write the recording as gzipped JSON (format ``conveyor-recording``, versioned)."""
         path = Path(path)
-        with gzip.open(path, "wt", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, separators=(",", ":"))
+        path.write_bytes(self.to_bytes())
         return path
 
     @classmethod
@@ -296,16 +378,12 @@ class Recording:
         """Read a recording written by :meth:`save`; :class:`RecordingError` if it is not one."""
         path = Path(path)
         try:
-            with gzip.open(path, "rt", encoding="utf-8") as f:
-                data = json.load(f)
+            data = path.read_bytes()
         except FileNotFoundError:
             raise RecordingError(f"recording {str(path)!r} not found; check the path") from None
-        except (OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RecordingError(
-                f"{str(path)!r} is not a conveyor recording (gzipped JSON): {exc}; "
-                "record one with `conveyor run TARGET --record PATH`"
-            ) from exc
-        return cls.from_dict(data, where=repr(str(path)))
+        except OSError as exc:
+            raise RecordingError(f"cannot read the recording {str(path)!r}: {exc}") from exc
+        return cls.from_bytes(data, where=repr(str(path)))
 
 
 _STAGE_PLAIN = tuple(
@@ -315,25 +393,24 @@ _STAGE_PLAIN = tuple(
 )
 
 
-def _stage_to_dict(s: StageRecording) -> dict[str, Any]:
+def _stage_to_dict(s: StageRecording, base: int) -> dict[str, Any]:
     out: dict[str, Any] = {name: getattr(s, name) for name in _STAGE_PLAIN}
     out["shape"] = dataclasses.asdict(s.shape)
     out["service"] = s.service.to_dict()
     out["wait"] = s.wait.to_dict()
     out["resizes"] = [list(r) for r in s.resizes]
-    out["series"] = dataclasses.asdict(s.series)
+    # Not dataclasses.asdict: it deep-copies every number, most of the time of a save.
+    out["series"] = {f.name: getattr(s.series, f.name) for f in dataclasses.fields(Series)}
     d = s.detail
-    out["detail"] = {
-        "keys": [list(k) for k in d.keys],
-        "worker": d.worker,
-        "started": d.started,
-        "finished": d.finished,
-        "failed": d.failed,
-    }
+    if isinstance(d, LazyDetail) and not d._decoded and d._base == base:
+        out["detail"] = d._columns  # as read, never decoded: written back as it was
+    else:
+        out["detail"] = encode_detail(d.keys, d.worker, d.started, d.finished, d.failed, base=base)
     return out
 
 
-def _stage_from_dict(d: dict[str, Any]) -> StageRecording:
+def _stage_from_dict(d: dict[str, Any], base: int | None) -> StageRecording:
+    """A stage of a recording of version 3 (``base``: its ``started_ns``) or 2 (None)."""
     sh = d["shape"]
     shape = StageShape(
         name=sh["name"],
@@ -347,6 +424,14 @@ def _stage_from_dict(d: dict[str, Any]) -> StageRecording:
         fused=tuple(sh.get("fused", ())),
     )
     det = d["detail"]
+    if base is None:  # version 2: a list per column, absolute stamps
+        keys = [_key(k) for k in det["keys"]]
+        detail = UnitDetail(
+            keys, list(det["worker"]), list(det["started"]), list(det["finished"]),
+            list(det["failed"]),
+        )  # fmt: skip
+    else:
+        detail = LazyDetail(det, base=base)
     return StageRecording(
         shape=shape,
         **{name: d[name] for name in _STAGE_PLAIN},
@@ -354,13 +439,7 @@ def _stage_from_dict(d: dict[str, Any]) -> StageRecording:
         wait=Histogram.from_dict(d["wait"]),
         resizes=[(int(t), int(w)) for t, w in d["resizes"]],
         series=Series(**{f.name: list(d["series"][f.name]) for f in dataclasses.fields(Series)}),
-        detail=UnitDetail(
-            keys=[_key(k) for k in det["keys"]],
-            worker=list(det["worker"]),
-            started=list(det["started"]),
-            finished=list(det["finished"]),
-            failed=list(det["failed"]),
-        ),
+        detail=detail,
     )
 
 

@@ -27,7 +27,6 @@ from the store's versioned schema, which knows nothing of them:
 
 from __future__ import annotations
 
-import gzip
 import json
 import sqlite3
 import threading
@@ -43,6 +42,8 @@ from conveyor.observe.recording import Recording
 from conveyor.store._store import RunStore
 
 __all__ = ["SnapshotRecorder", "latest_recording", "read_snapshots"]
+
+ENCODE_SHARE = 20  # the recording's writes while a run goes on: at most 1/20 of its time
 
 TABLES = (
     """
@@ -72,7 +73,9 @@ class SnapshotRecorder(Recorder):
         store: a RunStore, or a path to one (default: as :class:`RunStore`).
         every: seconds between two snapshots of the stages' counters.
         recording_every: seconds between two writes of the recording while the run
-            goes on (it is written once more when the run ends).
+            goes on (it is written once more when the run ends); longer when encoding
+            it would take more than a twentieth of that (a recording that keeps every
+            unit's detail): twenty times the last encoding's time.
         keep_seconds: snapshots older than this (behind the run's latest) are
             deleted as new ones come: a service that runs for days keeps a window.
         detail: units of per-unit detail the recording keeps (as :class:`Recorder`).
@@ -100,6 +103,10 @@ class SnapshotRecorder(Recorder):
         self.store = store if isinstance(store, RunStore) else RunStore(store)
         self.every_ns = int(every * 1e9)
         self.recording_every_ns = int(recording_every * 1e9)
+        # Widened while the run goes on so that encoding the recording (large with
+        # detail=every unit) takes at most 1/ENCODE_SHARE of the time between writes.
+        self._s_rec_gap_ns = self.recording_every_ns
+        self._s_encoding = False  # the writer holds a recording it has not written yet
         self.keep_seconds = keep_seconds
         self.error: StoreError | None = None
         self.snapshots_written = 0
@@ -122,6 +129,8 @@ class SnapshotRecorder(Recorder):
         self._s_run_id, self._s_ctl = run.run_id, run.control
         self._s_next_ns = time.monotonic_ns() + self.every_ns  # the writer's clock
         self._s_next_rec_ns = run.started_ns + self.recording_every_ns
+        self._s_rec_gap_ns = self.recording_every_ns
+        self._s_encoding = False
         self._s_closing = False
         self._s_writer = threading.Thread(
             target=self._write_loop, args=(run.run_id,), name="conveyor-snapshot-writer",
@@ -140,11 +149,13 @@ class SnapshotRecorder(Recorder):
         error: BaseException | None,
     ) -> None:
         super().task_finished(stage, task, worker, keys, starts_ns, ends_ns, error)
-        if ends_ns and ends_ns[-1] >= self._s_next_rec_ns:  # the recorder's state is
-            self._s_next_rec_ns = ends_ns[-1] + self.recording_every_ns  # ours to read
+        if ends_ns and ends_ns[-1] >= self._s_next_rec_ns and not self._s_encoding:
+            # (the recorder's state is ours to read; none while one is being encoded)
+            self._s_next_rec_ns = ends_ns[-1] + self._s_rec_gap_ns
             rec = self.snapshot()
             with self._s_cond:
                 self._s_rec = (rec, False)
+                self._s_encoding = True
                 self._s_cond.notify_all()
 
     def run_finished(self, state: str, error: BaseException | None, t_ns: int) -> None:
@@ -205,8 +216,13 @@ class SnapshotRecorder(Recorder):
             if self.error is None and (rows or rec is not None):
                 blob = None
                 if rec is not None:
-                    text = json.dumps(rec[0].to_dict(), separators=(",", ":"))
-                    blob = (gzip.compress(text.encode(), compresslevel=5), rec[1])
+                    took = time.perf_counter()
+                    blob = (rec[0].to_bytes(), rec[1])
+                    took = time.perf_counter() - took
+                    gap = max(self.recording_every_ns, int(took * ENCODE_SHARE * 1e9))
+                    self._s_rec_gap_ns = gap
+                    self._s_next_rec_ns = max(self._s_next_rec_ns, time.monotonic_ns() + gap)
+                    self._s_encoding = False
                 try:
                     if not made:
                         self.store._write(_make_tables)
@@ -292,5 +308,4 @@ def latest_recording(store: RunStore, run_id: str) -> tuple[Recording, bool] | N
     found = store._read(read)
     if found is None:
         return None
-    data = json.loads(gzip.decompress(found[0]))
-    return Recording.from_dict(data, where=f"the recording of run {run_id}"), bool(found[1])
+    return Recording.from_bytes(found[0], where=f"the recording of run {run_id}"), bool(found[1])
