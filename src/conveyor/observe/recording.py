@@ -333,7 +333,7 @@ class Recording:
                 f.name: data[f.name]
                 for f in dataclasses.fields(cls)
                 if f.name not in ("stages", "latency", "gpus")
-                and (f.name in data or f.default is dataclasses.MISSING)
+                and (f.name in data or _required(f))
             }
             base = data["started_ns"] if version >= 3 else None
             stages = {s["shape"]["name"]: _stage_from_dict(s, base) for s in data["stages"]}
@@ -441,6 +441,10 @@ def _stage_from_dict(d: dict[str, Any], base: int | None) -> StageRecording:
         series=Series(**{f.name: list(d["series"][f.name]) for f in dataclasses.fields(Series)}),
         detail=detail,
     )
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def _key(k: Any) -> Key:
