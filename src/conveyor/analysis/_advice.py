@@ -44,8 +44,9 @@ ENGINE_ADVICE = (
     "conveyor's own overhead (dispatching, routing and recording each item) limits this "
     "run, not a stage: more workers would not raise throughput; run it with record=False, "
     "let consecutive trivial stages fuse (the same executor and workers, no cache, "
-    "timeout or retry after the first: Pipeline.plan() shows what fused), and send "
-    "small items in batches (a list of rows per item, for instance)"
+    "timeout or retry after the first: Pipeline.plan() shows what fused), raise the "
+    "pipeline's capacity= so that each task carries more items, and send small items "
+    "in batches (a list of rows per item, for instance)"
 )
 
 

@@ -332,8 +332,7 @@ class Recording:
             fields = {  # a field added since (it has a default) may be missing
                 f.name: data[f.name]
                 for f in dataclasses.fields(cls)
-                if f.name not in ("stages", "latency", "gpus")
-                and (f.name in data or _required(f))
+                if f.name not in ("stages", "latency", "gpus") and (f.name in data or _required(f))
             }
             base = data["started_ns"] if version >= 3 else None
             stages = {s["shape"]["name"]: _stage_from_dict(s, base) for s in data["stages"]}
