@@ -219,7 +219,8 @@ def run_cached(
     in_caller: bool,
 ) -> Outcome:
     """``run_task`` for a cached stage: look each unit up by content first."""
-    from conveyor.executors.task import _materialise, failure
+    from conveyor.executors.base import materialise
+    from conveyor.executors.task import failure
 
     notes: dict[str, str] = {}
     cache = _open(spec, notes)
@@ -230,7 +231,7 @@ def run_cached(
 
     def call(unit: Any) -> Any:
         r = fn(unit)
-        return _materialise(r) if kind == "flat_map" else r
+        return materialise(r) if kind == "flat_map" else r
 
     for i, unit in enumerate(units):
         if on_unit is not None:

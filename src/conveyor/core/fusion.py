@@ -45,7 +45,14 @@ from collections.abc import Callable, Iterable, Sequence
 from time import monotonic_ns
 from typing import TYPE_CHECKING, Any
 
-from conveyor.executors.base import Failure, Outcome, Task, executor_traits, is_stateful
+from conveyor.executors.base import (
+    Failure,
+    Outcome,
+    Task,
+    executor_traits,
+    is_stateful,
+    materialise,
+)
 
 if TYPE_CHECKING:
     from conveyor.core.flow import StageState
@@ -295,15 +302,6 @@ def _load_chain(blobs: list[bytes], kinds: Sequence[str], portable: bool, in_cal
 
     fns = [load_function(b) for b in blobs]
     return Chain(fns, kinds, portable=portable, in_caller=in_caller)
-
-
-def materialise(r: Any) -> list[Any]:
-    if isinstance(r, (str, bytes)) or not isinstance(r, Iterable):
-        raise TypeError(
-            f"a flat_map stage must return an iterable of results (a list, a generator), "
-            f"got {type(r).__name__}; return [value] for one result, [] for none"
-        )
-    return list(r)
 
 
 # --- the driver's side --------------------------------------------------------------

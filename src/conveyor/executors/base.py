@@ -47,7 +47,7 @@ import functools
 import importlib
 import inspect
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -69,6 +69,7 @@ __all__ = [
     "executor_names",
     "executor_traits",
     "is_stateful",
+    "materialise",
     "not_run",
     "register",
 ]
@@ -148,6 +149,17 @@ class Outcome:
     def calls(self) -> int:
         """How many times the function was called for this task (cache hits excluded)."""
         return max(0, len(self.stamps) - 1) - len(self.hits)
+
+
+def materialise(r: Any) -> list[Any]:
+    """A flat_map call's result as the list its outcome carries (a TypeError saying what
+    to return when it is not an iterable of results)."""
+    if isinstance(r, (str, bytes)) or not isinstance(r, Iterable):
+        raise TypeError(
+            f"a flat_map stage must return an iterable of results (a list, a generator), "
+            f"got {type(r).__name__}; return [value] for one result, [] for none"
+        )
+    return list(r)
 
 
 def not_run(task: Task, worker: int = -1) -> Outcome:

@@ -24,11 +24,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from time import monotonic_ns
 from typing import Any
 
-from conveyor.executors.base import CacheSpec, Failure, Outcome
+from conveyor.executors.base import CacheSpec, Failure, Outcome, materialise
 
 
 class _Loop(threading.local):
@@ -102,7 +102,7 @@ def run_task(
         try:
             r = fn(unit)
             if flat:
-                r = _materialise(r)
+                r = materialise(r)
         except BaseException as exc:  # the worker reports it; the scheduler decides
             if in_caller and isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
@@ -111,15 +111,6 @@ def run_task(
         stamp(monotonic_ns())
         append(r)
     return Outcome(task_id, worker, results, stamps)
-
-
-def _materialise(r: Any) -> list[Any]:
-    if isinstance(r, (str, bytes)) or not isinstance(r, Iterable):
-        raise TypeError(
-            f"a flat_map stage must return an iterable of results (a list, a generator), "
-            f"got {type(r).__name__}; return [value] for one result, [] for none"
-        )
-    return list(r)
 
 
 async def run_async_task(
@@ -157,7 +148,7 @@ async def run_async_task(
             starts[i] = monotonic_ns()
             try:
                 r = await asyncio.wait_for(fn(units[i]), timeout)
-                results[i] = _materialise(r) if kind == "flat_map" else r
+                results[i] = materialise(r) if kind == "flat_map" else r
             except BaseException as exc:  # CancelledError and SystemExit included
                 if in_caller and isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
