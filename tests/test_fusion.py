@@ -389,3 +389,36 @@ def test_a_result_of_a_fused_process_chain_that_cannot_travel_fails_only_its_ite
     run = pipe.run(range(6), instruments=[Letters()])
     assert sorted(run.results) == [1, 2, 4, 5, 6]
     assert letters == [("inc", (2,))]
+
+
+def never(x: int) -> bool:
+    return False
+
+
+def test_a_stage_that_nothing_reaches_has_no_task_started_or_finished(executor: str) -> None:
+    # Every task_finished has its task_started, per stage, as if unfused: a stage after
+    # a filter that dropped a whole task gets neither.
+    events: dict[str, collections.Counter[str]] = {
+        "started": collections.Counter(),
+        "finished": collections.Counter(),
+    }
+
+    class Checks(cv.Instrument):
+        def task_started(self, stage: str, *rest: Any) -> None:
+            events["started"][stage] += 1
+
+        def task_finished(self, stage: str, *rest: Any) -> None:
+            events["finished"][stage] += 1
+
+    pipe = cv.Pipeline(
+        "dropped",
+        [
+            cv.stage(f.inc, executor=executor),
+            cv.stage(never, kind="filter", executor=executor),
+            cv.stage(f.double, executor=executor),
+        ],
+        fuse=True,
+    )
+    assert pipe.fused and pipe.run(range(50), instruments=[Checks()]).results == []
+    assert events["started"] == events["finished"]
+    assert events["finished"]["double"] == 0

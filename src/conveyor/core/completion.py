@@ -195,6 +195,8 @@ class Completion:
             return
         s.items_out += len(paired)
         if s.then is not None:  # fused: the next stage's calls on these items came along
+            if not paired:
+                return  # nothing reached it: unfused, it would have had no task either
             nxt = s.then
             nxt.queue.items_in += len(paired)  # they pass its queue at once, in the worker
             nxt.queue.items_out += len(paired)
