@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_engine import machine as engine_machine
 
 import conveyor as cv
 from conveyor.cache import StageCache, fingerprint_function
@@ -139,19 +140,7 @@ def bench_sampling(items: int, repeats: int) -> tuple[float, float, int]:
 
 
 def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next(
-            (line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line),
-            "?",
-        )
-    except OSError:
-        model = "?"
-    return (
-        f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, "
-        f"fsspec {fsspec.__version__}, Linux {platform.release()}; load average "
-        f"{os.getloadavg()[0]:.2f} at the start"
-    )
+    return f"fsspec {fsspec.__version__}, {engine_machine()}"
 
 
 def main() -> None:

@@ -30,13 +30,15 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_engine import machine
 
 OUT = Path(__file__).with_name("RESULTS-recordings.md")
 
@@ -165,21 +167,6 @@ def measure(n: int, repeats: int, src: str | None, detail: str = "default") -> d
     return m
 
 
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}"
-    )
-
-
 def mb(b: float) -> str:
     return f"{b / 1e6:.3g} MB" if b >= 1e5 else f"{b / 1e3:.3g} kB"
 
@@ -207,7 +194,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    load = os.getloadavg()[0]
+    host = machine()  # with the load average at the start
     started = datetime.datetime.now(datetime.UTC)
     table = []
     for n in sizes:
@@ -236,9 +223,8 @@ def main() -> None:
     )
     text = f"""# Recordings and traces at scale
 
-`benchmarks/bench_recordings.py`, run {started:%Y-%m-%d %H:%M} UTC on {machine()};
-load average {load:.1f} at the start, {end_load:.1f} at the end (the machine is shared:
-read the ratios, not the absolute times).
+`benchmarks/bench_recordings.py`, run {started:%Y-%m-%d %H:%M} UTC on {host},
+{end_load:.1f} at the end (the machine is shared: read the ratios, not the absolute times).
 
 A three-stage pipeline of trivial functions on threads (2 workers each), one item per
 unit, so units = 3 × items. Run times are medians of {args.repeats} interleaved runs
