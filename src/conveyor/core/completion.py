@@ -78,9 +78,7 @@ class Completion:
         # on what reached it (``_succeeded`` hands them on), as if each had run its own.
         ran = min(len(task.keys), max(0, len(out.stamps) - 1))
         unit_ns = s.unit_ns
-        head, self._calls, self._failed = fusion.head_outcome(
-            out, len(task.keys), s.kind, len(fusion.members(s))
-        )
+        head, self._calls, self._failed = fusion.head_outcome(out, s.kind, len(s.fused))
         self._worker = out.worker
         self._settle(s, task, head)
         if ran:  # tasks are sized by the whole chain's time per unit

@@ -190,6 +190,7 @@ class Chain:
         self.portable = portable  # errors must pickle: they cross to the driver
         self.in_caller = in_caller  # Ctrl-C and SystemExit are the user's: let them through
         # Whose values the driver needs: those no later map or flat_map replaces.
+        self.linear = "flat_map" not in self.kinds  # one item in, at most one out
         producers = [k != "filter" for k in kinds]
         self.keep = tuple(not any(producers[j + 1 :]) for j in range(len(kinds)))
 
@@ -201,7 +202,7 @@ class Chain:
         return (_load_chain, (blobs, self.kinds, self.portable, self.in_caller))
 
     def __call__(self, unit: Any) -> tuple[Any, int, list[tuple[int, int, int, Any]], bool]:
-        if "flat_map" not in self.kinds:
+        if self.linear:
             return self._linear(unit)
         t0 = monotonic_ns()
         r = self.fns[0](unit)
@@ -308,11 +309,11 @@ def _load_chain(blobs: list[bytes], kinds: Sequence[str], portable: bool, in_cal
 
 
 def head_outcome(
-    out: Outcome, n: int, kind: str, stages: int
+    out: Outcome, kind: str, stages: int
 ) -> tuple[Outcome, list[list[tuple[int, int, Any]]], set[int]]:
-    """From a fused task's outcome of ``n`` units: the head stage's own outcome (its
-    results, its calls' times), each later stage's calls ``(start, end, result)`` by
-    its index in the chain of ``stages``, and the indices where a call failed."""
+    """From a fused task's outcome: the head stage's own outcome (its results, its
+    calls' times), each later stage's calls ``(start, end, result)`` by its index in
+    the chain of ``stages``, and the indices where a call failed."""
     traces = out.results
     ran = min(len(traces), max(0, len(out.stamps) - 1))
     starts = out.stamps[:ran]
