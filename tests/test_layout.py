@@ -27,6 +27,7 @@ PUBLIC = (
     "conveyor.dashboard",
     "conveyor.models",
     "conveyor.serve",
+    "conveyor.lifecycle",
 )
 REGISTERED = ("conveyor.train.cli",)
 MAX_LINES = 500

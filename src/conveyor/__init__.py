@@ -23,8 +23,10 @@ from conveyor.errors import (
     ConfigError,
     ConveyorError,
     FingerprintError,
+    GateFailed,
     InstrumentError,
     InstrumentWarning,
+    LifecycleError,
     MissingTorchError,
     ModelError,
     ModelNotFoundError,
@@ -58,9 +60,11 @@ __all__ = [
     "ConfigError",
     "ConveyorError",
     "FingerprintError",
+    "GateFailed",
     "Instrument",
     "InstrumentError",
     "InstrumentWarning",
+    "LifecycleError",
     "Metrics",
     "MissingTorchError",
     "ModelError",
@@ -107,8 +111,8 @@ del _name
 
 
 def __getattr__(name: str) -> object:
-    # cv.models and cv.serve without importing them (and the serve extra) up front.
-    if name in ("models", "serve"):
+    # cv.models, cv.serve and cv.lifecycle without importing them (and the serve extra) up front.
+    if name in ("models", "serve", "lifecycle"):
         import importlib
 
         return importlib.import_module(f"conveyor.{name}")

@@ -23,7 +23,9 @@
     ├── ModelError                 the model registry cannot do what was asked
     │   ├── ModelNotFoundError     no model, version or alias of that name
     │   └── UnsafeModelError       loading would run code (a pickle) and was not trusted
-    └── ServeError                 a model server cannot start or be configured as asked
+    ├── ServeError                 a model server cannot start or be configured as asked
+    └── LifecycleError             a gate, drift check, rollout or release cannot do as asked
+        └── GateFailed             the candidate did not pass the evaluation gate
 
     CacheWarning                   a value could not be cached; the stage runs uncached
     InstrumentWarning              an instrument raised in a hook and was detached
@@ -53,8 +55,10 @@ __all__ = [
     "ConfigError",
     "ConveyorError",
     "FingerprintError",
+    "GateFailed",
     "InstrumentError",
     "InstrumentWarning",
+    "LifecycleError",
     "MissingTorchError",
     "ModelError",
     "ModelNotFoundError",
@@ -381,3 +385,19 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return f'\n"""\n{self.tb}"""'
+
+
+class LifecycleError(ConveyorError):
+    """The model lifecycle (:mod:`conveyor.lifecycle`) cannot do what was asked: a gate
+    given predictions that do not line up with the labels, a drift reference and a
+    window with different columns, a rollout with bad steps, a release that stopped.
+    The message names the thing and the fix."""
+
+
+class GateFailed(LifecycleError):
+    """The candidate did not pass the evaluation gate; ``verdict`` holds the evidence
+    (which metric and slice failed, by how much, with the interval)."""
+
+    def __init__(self, message: str, *, verdict: Any = None) -> None:
+        super().__init__(message)
+        self.verdict = verdict
