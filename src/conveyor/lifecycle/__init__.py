@@ -1,6 +1,15 @@
 """The model lifecycle: the evaluation gate, drift monitoring, shadow and canary
 rollouts, rollback and the release pipeline, every decision a row in the run store.
 
+::
+
+    import conveyor as cv
+
+    result = cv.lifecycle.canary("digits", 2)      # a server of digits@champion follows it
+    cv.lifecycle.rollback("digits")                # the alias back to where it was
+    with cv.lifecycle.LifecycleLog() as log:
+        log.events("digits")                       # every decision with its evidence
+
 NumPy and SciPy (the lifecycle extra: ``pip install 'conveyor[lifecycle]'``) are
 imported when a gate or a drift check runs.
 """
@@ -8,5 +17,23 @@ imported when a gate or a drift check runs.
 from __future__ import annotations
 
 from conveyor.errors import GateFailed, LifecycleError
+from conveyor.lifecycle._arms import ArmStats, label_of
+from conveyor.lifecycle._log import LifecycleLog
+from conveyor.lifecycle._records import LifecycleEvent, Rollout, TrafficWindow
+from conveyor.lifecycle._rollouts import RolloutResult, canary, promote, rollback, shadow
 
-__all__ = ["GateFailed", "LifecycleError"]
+__all__ = [
+    "ArmStats",
+    "GateFailed",
+    "LifecycleError",
+    "LifecycleEvent",
+    "LifecycleLog",
+    "Rollout",
+    "RolloutResult",
+    "TrafficWindow",
+    "canary",
+    "label_of",
+    "promote",
+    "rollback",
+    "shadow",
+]

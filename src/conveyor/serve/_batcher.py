@@ -27,6 +27,7 @@ from typing import Any
 
 from conveyor.serve._metrics import ServeMetrics
 from conveyor.serve._policy import ArrivalRate, ServiceTimeModel, decide, percentile
+from conveyor.serve._rollout import Traffic
 from conveyor.serve._stages import Failure
 
 WINDOW = 10_000  # requests whose predicted and measured latency the report keeps
@@ -66,6 +67,7 @@ class _Request:
     arrival: float
     future: asyncio.Future[Any]
     predicted: float = 0.0
+    arm: str | None = None  # during a canary: "champion", "candidate", or "retry"
 
 
 class Batcher:
@@ -101,6 +103,7 @@ class Batcher:
         self.sizes: deque[int] = deque(maxlen=WINDOW)
         self.last_reason = ""
         self.waits = 0  # decisions to wait for more requests
+        self.traffic: Traffic | None = None  # a rollout's routing, set by the server
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -194,7 +197,22 @@ class Batcher:
         self.metrics.queue_depth.set(len(self._queue))
         self.metrics.batch_size.observe(size)
         self.sizes.append(size)
-        deployment = self.deployment
+        traffic = self.traffic
+        candidate = traffic.candidate() if traffic is not None else None
+        if traffic is None or candidate is None or traffic.route.mode != "canary":  # type: ignore[union-attr]
+            self._send(batch, self.deployment)
+            return
+        for request in batch:
+            if request.arm is None:
+                request.arm = traffic.arm_for()
+        for deployment, part in (
+            (candidate, [r for r in batch if r.arm == "candidate"]),
+            (self.deployment, [r for r in batch if r.arm != "candidate"]),
+        ):
+            if part:
+                self._send(part, deployment)
+
+    def _send(self, batch: list[_Request], deployment: Deployment) -> None:
         deployment.in_flight += 1
         self._in_flight += 1
         self.metrics.in_flight.set(self._in_flight)
@@ -211,22 +229,57 @@ class Batcher:
     def _finished(
         self, batch: list[_Request], future: Any, deployment: Deployment, started: float
     ) -> None:
-        seconds = self.clock() - started
+        now = self.clock()
+        seconds = now - started
         self._in_flight -= 1
         deployment.in_flight -= 1
         self.metrics.in_flight.set(self._in_flight)
         error = future.exception()
         if error is None:
             results = future.result()
-            self.model.observe(len(batch), seconds)
+            if deployment is self.deployment:
+                self.model.observe(len(batch), seconds)
             self.metrics.batch_seconds.observe(seconds)
         else:  # the service itself failed (never the model: its errors are Failures)
             results = [Failure("-", f"the model's service failed: {error}")] * len(batch)
+        traffic, retry = self.traffic, []
         for request, result in zip(batch, results, strict=False):
-            if not request.future.done():
-                request.future.set_result(result)
+            if request.future.done():
+                continue
+            if traffic is not None and request.arm != "retry":
+                traffic.observe(request.arm or "champion", now - request.arrival, result)
+            if request.arm == "candidate" and isinstance(result, Failure):
+                request.arm = "retry"  # the champion answers it; the canary counted it
+                retry.append(request)
+                continue
+            request.future.set_result(result)
+        self._queue.extendleft(reversed(retry))
+        if traffic is not None and error is None and traffic.should_mirror():
+            self._mirror([r.item for r in batch], results, seconds)
         deployment.stop_when_idle()
         self._wake.set()
+
+    def _mirror(self, items: list[Any], answers: list[Any], seconds: float) -> None:
+        """Send an answered batch to the shadow candidate; compare when it comes back."""
+        traffic = self.traffic
+        assert traffic is not None and traffic.route is not None
+        shadow = traffic.route.deployment
+        traffic.route.shadow_busy = True
+        shadow.in_flight += 1
+        started = self.clock()
+        loop = self._loop
+        assert loop is not None
+
+        def back(f: Any) -> None:
+            loop.call_soon_threadsafe(mirrored, f)
+
+        def mirrored(f: Any) -> None:
+            shadow.in_flight -= 1
+            got = f.result() if f.exception() is None else None
+            traffic.mirrored(self.clock() - started, seconds, answers, got)
+            shadow.stop_when_idle()
+
+        shadow.service.submit(items).add_done_callback(back)
 
     # --- the report ---------------------------------------------------------------------
 

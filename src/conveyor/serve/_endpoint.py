@@ -112,7 +112,10 @@ class Endpoint:
         max_body: bytes of a request body; past it, 413.
         example: one valid request, run at warm-up in batches of 1 to ``max_batch``
             (the batcher's first service-time fit); default from the signature.
-        watch: seconds between checks of the alias (0: never).
+        watch: seconds between checks of the alias (0: never), and of the rollouts
+            (shadow, canary) of ``name@alias`` recorded in the store.
+        rollouts: follow the store's rollouts of ``name@alias`` (False: serve the alias
+            only).
     """
 
     model: str | None = None
@@ -130,6 +133,7 @@ class Endpoint:
     max_body: int = 1 << 20
     example: Any = None
     watch: float = 1.0
+    rollouts: bool = True
     store: str | Path | None = None
     trust_pickle: bool = False
     name: str = ""

@@ -27,6 +27,7 @@ from conveyor.errors import ServeError
 from conveyor.serve._batcher import Batcher, Deployment, format_report
 from conveyor.serve._endpoint import Endpoint
 from conveyor.serve._metrics import ServeMetrics
+from conveyor.serve._rollout import Traffic
 from conveyor.serve._stages import Failure
 
 log = logging.getLogger("conveyor.serve")
@@ -55,6 +56,7 @@ class Server:
         self.load_error: str | None = None
         self.swap_error: str | None = None
         self.batcher: Batcher = None  # type: ignore[assignment]  # made at start-up
+        self.traffic: Traffic | None = None  # rollouts of name@alias (made at start-up)
         self._failed_version: str | None = None
         if endpoint.model is not None:
             from conveyor.models import ModelRegistry
@@ -132,6 +134,7 @@ class Server:
             metrics=self.metrics,
         )
         self.batcher.refit(fits)
+        self.batcher.traffic = self.traffic
         self.batcher.start()
         self._set_version_gauge()
 
@@ -150,8 +153,13 @@ class Server:
                 continue
             try:
                 await self.check_alias(ModelRegistry)
-            except Exception as exc:  # the registry unreadable for a moment: go on serving
-                log.warning("could not read %s from the registry: %s", e.model, exc)
+                if self.traffic is not None:
+                    await self.traffic.sync(self._served_version())
+            except Exception as exc:  # the store unreadable for a moment: go on serving
+                log.warning("could not read %s's alias or rollout: %s", e.model, exc)
+
+    def _served_version(self) -> int | None:
+        return None if self.version is None else int(self.version.rsplit(":", 1)[1])
 
     async def check_alias(self, registry_class: Any = None) -> bool:
         """Read the alias now; swap in the version it points at if that changed. Return
@@ -167,14 +175,19 @@ class Server:
         version = await asyncio.to_thread(resolve)
         if version == self.version or version == self._failed_version:
             return False
+        warm = None if self.traffic is None else self.traffic.take(int(version.rsplit(":", 1)[1]))
         try:
-            deployment, fits = await asyncio.to_thread(self._deploy, version)
+            if warm is not None:  # the rollout's candidate, promoted: already warm
+                deployment, fits = warm, list[tuple[int, float]]()
+            else:
+                deployment, fits = await asyncio.to_thread(self._deploy, version)
         except Exception as exc:
             self._failed_version, self.swap_error = version, f"{version}: {exc}"
             log.error("not swapping to %s, which cannot serve: %s", version, exc)
             return False
         self.batcher.swap(deployment)
-        self.batcher.refit(fits)  # the new version's own service time
+        if fits:
+            self.batcher.refit(fits)  # the new version's own service time
         log.info("swapped %s → %s", self.version, version)
         self.version, self.swap_error = version, None
         self.metrics.swaps.inc()
@@ -185,11 +198,14 @@ class Server:
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
         asyncio.get_running_loop().call_soon(self._listening)
         tasks = [asyncio.create_task(self._first_deploy())]
-        if (
-            self.endpoint.model is not None
-            and "@" in self.endpoint.model
-            and self.endpoint.watch > 0
-        ):
+        e = self.endpoint
+        if e.model is not None and "@" in e.model and e.watch > 0:
+            if e.rollouts:
+                from conveyor.lifecycle import LifecycleLog
+
+                name, alias = e.model.split("@", 1)
+                log_ = await asyncio.to_thread(LifecycleLog, e.store)
+                self.traffic = Traffic(name, alias, log_, self._deploy)
             tasks.append(asyncio.create_task(self._watch()))
         try:
             yield
@@ -203,6 +219,9 @@ class Server:
                 await self.batcher.close()
                 deployment = self.batcher.deployment
                 await asyncio.to_thread(deployment.service.stop, drain=True)
+            if self.traffic is not None:
+                await asyncio.to_thread(self.traffic.close)
+                await asyncio.to_thread(self.traffic.store.close)
             self.ready = False
             if self.on_stop is not None:
                 self.on_stop()
