@@ -6,6 +6,7 @@
 ``GET /health``             200 while the process answers
 ``GET /ready``              200 once the model is loaded and warm; 503 with the error
 ``GET /metrics``            Prometheus text
+``POST /feedback``          labels for served requests, joined by ``X-Request-Id``
 ``GET /openapi.json``       the schema, with the request body from the input type
 ==========================  ===========================================================
 
@@ -98,22 +99,53 @@ def make_app(server: "Server") -> Any:
                 503, f"the model is not ready: {server.not_ready_reason()}", **{"Retry-After": "1"}
             )
         try:
-            result = await server.batcher.infer(item)
+            result, arm = await server.batcher.answer(item)
         except Overloaded as exc:
             return problem(503, str(exc), **{"Retry-After": str(exc.retry_after)})
         if isinstance(result, Failure):
             status = 503 if result.load else 500
             return problem(status, {"error": result.message, "error_id": result.error_id})
         answered.inc()
+        headers = {}
+        if server.monitor is not None:
+            version = server.arm_version(arm)
+            request_id = server.monitor.served_request(
+                (request.headers.get("x-request-id") or "")[:128], item, result, version
+            )
+            headers = {"X-Request-Id": request_id, "X-Model-Version": str(version)}
         if isinstance(result, (bytes, bytearray)):
-            return Response(bytes(result), media_type="application/octet-stream")
+            return Response(bytes(result), media_type="application/octet-stream", headers=headers)
         try:
             text = json.dumps(result, default=_encode)
         except (TypeError, ValueError) as exc:
             return problem(
                 500, {"error": f"the result cannot be sent as JSON: {exc}", "error_id": "-"}
             )
-        return Response(text, media_type="application/json")
+        return Response(text, media_type="application/json", headers=headers)
+
+    @app.post("/feedback")
+    async def feedback(request: Request) -> Response:
+        """Labels for served requests: ``{"request_id": ..., "label": ...}`` or a list."""
+        if server.monitor is None:
+            return problem(404, "this server keeps no requests for feedback (no registry model)")
+        raw = await body_of(request)
+        if isinstance(raw, Response):
+            return raw
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError as exc:
+            return problem(422, f"the body is not JSON: {exc}")
+        entries = body if isinstance(body, list) else [body]
+        unknown = []
+        for entry in entries:
+            if not isinstance(entry, dict) or "request_id" not in entry or "label" not in entry:
+                return problem(422, 'send {"request_id": "...", "label": ...} or a list of them')
+            reason = server.monitor.feedback(str(entry["request_id"]), entry["label"])
+            if reason is not None:
+                unknown.append(reason)
+        if unknown and len(unknown) == len(entries):
+            return problem(404, unknown[0])
+        return JSONResponse({"joined": len(entries) - len(unknown), "unknown": unknown})
 
     # Requests reach `predict` through a plain Starlette route, ahead of FastAPI's: the
     # same function, without FastAPI's per-request dependency solving (it validates

@@ -119,6 +119,11 @@ class Batcher:
 
     async def infer(self, item: Any) -> Any:
         """The answer to one request (a :class:`Failure` when the model raised on it)."""
+        return (await self.answer(item))[0]
+
+    async def answer(self, item: Any) -> tuple[Any, str | None]:
+        """The answer to one request and the arm of a canary that gave it ("champion",
+        "candidate"; None outside a canary)."""
         if len(self._queue) >= self.max_queue:
             raise Overloaded(self._retry_after())
         now = self.clock()
@@ -134,7 +139,7 @@ class Batcher:
         self.measured.append(measured)
         self.predicted.append(request.predicted)
         self.metrics.latency.observe(measured)
-        return result
+        return result, ("champion" if request.arm == "retry" else request.arm)
 
     def _retry_after(self) -> int:
         batches = math.ceil(len(self._queue) / self.max_batch)

@@ -116,6 +116,11 @@ class Endpoint:
             (shadow, canary) of ``name@alias`` recorded in the store.
         rollouts: follow the store's rollouts of ``name@alias`` (False: serve the alias
             only).
+        feedback_window: requests kept for ``POST /feedback`` to join labels to (0: none).
+        drift_window, drift_level: requests per drift check against the served version's
+            stored reference, and the check's false-alarm rate.
+        features: request -> a mapping of feature columns for the drift window (default:
+            ``{"inputs": [...]}`` as x0, x1, ...).
     """
 
     model: str | None = None
@@ -134,6 +139,10 @@ class Endpoint:
     example: Any = None
     watch: float = 1.0
     rollouts: bool = True
+    feedback_window: int = 10_000
+    drift_window: int = 1_000
+    drift_level: float = 0.01
+    features: Callable[[Any], Any] | None = None
     store: str | Path | None = None
     trust_pickle: bool = False
     name: str = ""
@@ -145,11 +154,15 @@ class Endpoint:
             ("max_queue", self.max_queue, 1),
             ("max_body", self.max_body, 1),
             ("workers", self.workers, 1),
+            ("drift_window", self.drift_window, 1),
+            ("feedback_window", self.feedback_window, 0),
         ):
             if not isinstance(value, int) or value < low:
                 raise ServeError(f"{label}={value!r}: give a whole number ≥ {low}")
         if self.target_p95 is not None and not self.target_p95 > 0:
             raise ServeError(f"target_p95={self.target_p95!r}: give seconds > 0, e.g. 0.05")
+        if not 0 < self.drift_level < 1:
+            raise ServeError(f"drift_level={self.drift_level!r}: give a rate in (0, 1), e.g. 0.01")
         if self.executor not in ("threads", "processes"):
             raise ServeError(f"executor={self.executor!r}: serve on 'threads' or 'processes'")
         if self.model is None and self.obj is None and self.handler is None:

@@ -27,6 +27,7 @@ from conveyor.errors import ServeError
 from conveyor.serve._batcher import Batcher, Deployment, format_report
 from conveyor.serve._endpoint import Endpoint
 from conveyor.serve._metrics import ServeMetrics
+from conveyor.serve._monitor import Monitor
 from conveyor.serve._rollout import Traffic
 from conveyor.serve._stages import Failure
 
@@ -57,6 +58,7 @@ class Server:
         self.swap_error: str | None = None
         self.batcher: Batcher = None  # type: ignore[assignment]  # made at start-up
         self.traffic: Traffic | None = None  # rollouts of name@alias (made at start-up)
+        self.monitor: Monitor | None = None  # feedback and drift (made at start-up)
         self._failed_version: str | None = None
         if endpoint.model is not None:
             from conveyor.models import ModelRegistry
@@ -152,7 +154,10 @@ class Server:
             if not self.ready:
                 continue
             try:
-                await self.check_alias(ModelRegistry)
+                if "@" in e.model:
+                    await self.check_alias(ModelRegistry)
+                if self.monitor is not None:
+                    await asyncio.to_thread(self.monitor.flush, self._served_version())
                 if self.traffic is not None:
                     await self.traffic.sync(self._served_version())
             except Exception as exc:  # the store unreadable for a moment: go on serving
@@ -160,6 +165,13 @@ class Server:
 
     def _served_version(self) -> int | None:
         return None if self.version is None else int(self.version.rsplit(":", 1)[1])
+
+    def arm_version(self, arm: str | None) -> int | None:
+        """The version that answered a request served by ``arm`` of a canary."""
+        route = None if self.traffic is None else self.traffic.route
+        if arm == "candidate" and route is not None:
+            return route.candidate
+        return self._served_version()
 
     async def check_alias(self, registry_class: Any = None) -> bool:
         """Read the alias now; swap in the version it points at if that changed. Return
@@ -199,13 +211,22 @@ class Server:
         asyncio.get_running_loop().call_soon(self._listening)
         tasks = [asyncio.create_task(self._first_deploy())]
         e = self.endpoint
-        if e.model is not None and "@" in e.model and e.watch > 0:
-            if e.rollouts:
-                from conveyor.lifecycle import LifecycleLog
+        if e.model is not None and e.watch > 0:
+            from conveyor.lifecycle import LifecycleLog
+            from conveyor.models import parse_ref
 
-                name, alias = e.model.split("@", 1)
-                log_ = await asyncio.to_thread(LifecycleLog, e.store)
-                self.traffic = Traffic(name, alias, log_, self._deploy)
+            ref = parse_ref(e.model)
+            store = await asyncio.to_thread(LifecycleLog, e.store)
+            self.monitor = Monitor(
+                ref.name,
+                store=store,
+                keep=e.feedback_window,
+                drift_window=e.drift_window,
+                drift_level=e.drift_level,
+                features=e.features,
+            )
+            if e.rollouts and ref.alias is not None:
+                self.traffic = Traffic(ref.name, ref.alias, store, self._deploy)
             tasks.append(asyncio.create_task(self._watch()))
         try:
             yield
@@ -221,7 +242,10 @@ class Server:
                 await asyncio.to_thread(deployment.service.stop, drain=True)
             if self.traffic is not None:
                 await asyncio.to_thread(self.traffic.close)
-                await asyncio.to_thread(self.traffic.store.close)
+            if self.monitor is not None:
+                with contextlib.suppress(Exception):  # the last labels, if the store takes them
+                    await asyncio.to_thread(self.monitor.flush, self._served_version())
+                await asyncio.to_thread(self.monitor.store.close)
             self.ready = False
             if self.on_stop is not None:
                 self.on_stop()
