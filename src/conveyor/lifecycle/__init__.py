@@ -20,14 +20,17 @@ from conveyor.errors import GateFailed, LifecycleError
 from conveyor.lifecycle._arms import ArmStats, label_of
 from conveyor.lifecycle._log import LifecycleLog
 from conveyor.lifecycle._records import LifecycleEvent, Rollout, TrafficWindow
+from conveyor.lifecycle._release import Candidate, Release
 from conveyor.lifecycle._rollouts import RolloutResult, canary, promote, rollback, shadow
 
 __all__ = [
     "ArmStats",
+    "Candidate",
     "GateFailed",
     "LifecycleError",
     "LifecycleEvent",
     "LifecycleLog",
+    "Release",
     "Rollout",
     "RolloutResult",
     "TrafficWindow",
