@@ -9,6 +9,8 @@
     $ conveyor runs; conveyor show 7f3a; conveyor resume 7f3a
     $ conveyor store check
     $ conveyor dashboard                   # the run store in a browser, 127.0.0.1:8765
+    $ conveyor deploy release.py:release   # build, test, gate, shadow, canary, promote
+    $ conveyor rollback digits; conveyor deployments digits
     $ conveyor --version
 
 ``TARGET`` is ``module:attr`` or ``path/to/file.py:attr``; ``attr`` names a
@@ -31,8 +33,8 @@ The modules: this one (the group, error handling, registration), ``run`` (run,
 resume), ``signals`` (SIGINT/SIGTERM), ``analyze``, ``outputs`` (files written
 besides the report), ``target`` (loading TARGET), ``store`` (runs, show,
 deadletters), ``storecheck`` (store check), ``cache``, ``dashboard`` (the dashboard extra's
-server), ``models`` (the model registry), ``serve`` (HTTP serving), ``errors`` (how errors
-are shown).
+server), ``models`` (the model registry), ``serve`` (HTTP serving), ``deploy`` (releases,
+rollback, the lifecycle's history), ``errors`` (how errors are shown).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import conveyor
 from conveyor.cli.analyze import analyze_command
 from conveyor.cli.cache import cache
 from conveyor.cli.dashboard import dashboard_command
+from conveyor.cli.deploy import deploy_command, deployments_command, rollback_command
 from conveyor.cli.errors import ConveyorProblem
 from conveyor.cli.models import models_group
 from conveyor.cli.run import resume_command, run_command
@@ -74,7 +77,8 @@ def cli() -> None:
 
 
 _COMMANDS = (run_command, resume_command, analyze_command, runs, show, deadletters, store_group)
-for _command in (*_COMMANDS, cache, dashboard_command, models_group, serve_command):
+_LIFECYCLE = (deploy_command, rollback_command, deployments_command)
+for _command in (*_COMMANDS, cache, dashboard_command, models_group, serve_command, *_LIFECYCLE):
     cli.add_command(_command)
 
 # --- conveyor train: registered from the train extra -----------------------------------

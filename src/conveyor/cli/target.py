@@ -35,21 +35,27 @@ def load_pipeline(target: str) -> Pipeline:
     :class:`click.UsageError` (exit 2) for a target that cannot be found and
     :class:`click.ClickException` (exit 1) for one that fails while loading.
     """
+    return _as_pipeline(load_attr(target, Pipeline), target)
+
+
+def load_attr(target: str, kind: type = Pipeline) -> Any:
+    """The object ``target`` names, loaded as :func:`load_pipeline` does; a missing
+    attribute's error lists the module's objects of type ``kind``."""
     where, sep, attr = target.rpartition(":")
     if not sep or not where or not attr or not attr.isidentifier():
         raise click.UsageError(f"bad TARGET {target!r}: {TARGET_HELP}")
     module = _load_file(where) if _is_path(where) else _import_module(where)
     try:
-        obj = getattr(module, attr)
+        return getattr(module, attr)
     except AttributeError:
-        found = sorted(k for k, v in vars(module).items() if isinstance(v, Pipeline))
+        found = sorted(k for k, v in vars(module).items() if isinstance(v, kind))
+        what = kind.__name__
         hint = (
-            f"it defines these pipelines: {', '.join(found)}"
+            f"it defines these {what.lower()}s: {', '.join(found)}"
             if found
-            else "it defines no Pipeline at module level"
+            else f"it defines no {what} at module level"
         )
         raise click.UsageError(f"{where!r} has no attribute {attr!r}; {hint}") from None
-    return _as_pipeline(obj, target)
 
 
 def _is_path(where: str) -> bool:
