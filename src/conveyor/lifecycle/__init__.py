@@ -21,6 +21,7 @@ from conveyor.lifecycle._arms import ArmStats, label_of
 from conveyor.lifecycle._log import LifecycleLog
 from conveyor.lifecycle._records import LifecycleEvent, Rollout, TrafficWindow
 from conveyor.lifecycle._release import Candidate, Release
+from conveyor.lifecycle._retrain import retrain_on_drift
 from conveyor.lifecycle._rollouts import RolloutResult, canary, promote, rollback, shadow
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "canary",
     "label_of",
     "promote",
+    "retrain_on_drift",
     "rollback",
     "shadow",
 ]

@@ -197,7 +197,7 @@ def canary(
                     version=candidate,
                     passed=advanced,
                     rollout=rollout.id,
-                    parent=parent,
+                    parent=events[-1].id if events else parent,
                     summary=f"step {step + 1} of {len(steps)}, {share:.0%} of traffic: "
                     f"{judgement.reason}",
                     evidence=_evidence(

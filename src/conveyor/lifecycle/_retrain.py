@@ -1,0 +1,50 @@
+"""Retraining on drift: a drift alarm in the store starts a release over its window.
+
+::
+
+    retrain_on_drift(release)              # forever: each new alarm, one release
+    retrain_on_drift(release, once=True)   # the first alarm's release, then return
+
+A server records a ``drift_alarm`` event when its window of requests moved away from
+the served version's reference (:mod:`conveyor.serve._monitor`). Each alarm seen here
+runs ``release`` with ``cause`` = the alarm (so the new version's lineage leads back to
+it) and ``window`` = the alarm's time span: ``release.build`` reads the labeled
+requests of that window (:meth:`LifecycleLog.labeled`) to retrain on. The new version
+goes through the same test, gate, shadow and canary as any other.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from conveyor.lifecycle._log import LifecycleLog
+from conveyor.lifecycle._release import Candidate, Release
+
+
+def retrain_on_drift(
+    release: Release,
+    *,
+    poll: float = 1.0,
+    once: bool = False,
+    stop: threading.Event | None = None,
+    timeout: float | None = None,
+) -> list[Candidate]:
+    """Run ``release`` for every drift alarm of its model recorded from now on; return
+    the candidates when ``stop`` is set, ``timeout`` seconds pass, or (``once``) after
+    the first release."""
+    stop = stop or threading.Event()
+    done: list[Candidate] = []
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with LifecycleLog(release.store) as log:
+        seen = max((e.id for e in log.events(release.name, limit=1)), default=0)
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            for alarm in log.events(release.name, kinds=["drift_alarm"], after=seen):
+                seen = alarm.id
+                since = float(alarm.evidence.get("since", 0.0))
+                until = float(alarm.evidence.get("until", time.time()))
+                done.append(release.run(cause=alarm.id, window=(since, until)))
+                if once:
+                    return done
+            stop.wait(poll)
+    return done
