@@ -37,7 +37,6 @@ from conveyor.lifecycle import (
     CanaryPolicy,
     Candidate,
     LifecycleLog,
-    Reference,
     Release,
     ShadowPolicy,
     retrain_on_drift,
