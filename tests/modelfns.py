@@ -76,3 +76,26 @@ class Reverse:
 
     def __call__(self, batch: list[bytes]) -> list[bytes]:
         return [body[::-1] for body in batch]
+
+
+class Flaky:
+    """A serving handler over a dict model: answers ``{"y": 2x, "version": v}``; raises
+    on requests whose ``x`` is a multiple of the model's ``fail_every`` (if any), and
+    sleeps ``delay`` seconds per batch (a slow version)."""
+
+    def __init__(self, model: Any = None) -> None:
+        self.model = model or {}
+
+    def __call__(self, batch: list[Any]) -> list[Any]:
+        import time
+
+        every = self.model.get("fail_every")
+        if self.model.get("delay"):
+            time.sleep(self.model["delay"])
+        out = []
+        for request in batch:
+            x = int(request["x"])
+            if every and x % every == 0:
+                raise ValueError(f"version {self.model.get('version')} cannot take x={x}")
+            out.append({"y": 2 * x, "version": self.model.get("version"), "label": x % 3})
+        return out

@@ -209,7 +209,6 @@ class Server:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
         asyncio.get_running_loop().call_soon(self._listening)
-        tasks = [asyncio.create_task(self._first_deploy())]
         e = self.endpoint
         if e.model is not None and e.watch > 0:
             from conveyor.lifecycle import LifecycleLog
@@ -227,6 +226,9 @@ class Server:
             )
             if e.rollouts and ref.alias is not None:
                 self.traffic = Traffic(ref.name, ref.alias, store, self._deploy)
+        # after the rollouts' state exists: the first batcher is made with it
+        tasks = [asyncio.create_task(self._first_deploy())]
+        if self.monitor is not None:
             tasks.append(asyncio.create_task(self._watch()))
         try:
             yield
