@@ -259,7 +259,8 @@ class Batcher:
                 continue
             request.future.set_result(result)
         self._queue.extendleft(reversed(retry))
-        if traffic is not None and error is None and traffic.should_mirror():
+        # a mirror takes only spare time: never while requests wait for a batch
+        if traffic is not None and error is None and not self._queue and traffic.should_mirror():
             self._mirror([r.item for r in batch], results, seconds)
         deployment.stop_when_idle()
         self._wake.set()
