@@ -179,3 +179,32 @@ def test_a_lock_held_too_long_is_a_clear_error(
         blocker.execute("ROLLBACK")
         blocker.close()
         store.close()
+
+
+def test_a_second_connection_here_keeps_this_process_known_to_others(tmp_path: Path) -> None:
+    """Opening the registry beside an open run store must not drop this process's
+    SQLite locks (reading the file's header outside SQLite would): else another
+    process, closing its last connection, takes it for gone and deletes the WAL."""
+    from conveyor.models import ModelRegistry
+    from conveyor.store import _health
+
+    path = tmp_path / "runs.db"
+    store = RunStore(path)
+    try:
+        with ModelRegistry(path) as registry:  # a second connection, made after the first
+            registry.register("m", {"a": 1}, format="pickle")
+        before = _health.log_identity(path)
+        other = "from conveyor.models import ModelRegistry; import sys\n"
+        other += "with ModelRegistry(sys.argv[1]) as r: print(r.resolve('m').version)"
+        done = subprocess.run(
+            [sys.executable, "-c", other, str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        assert done.stdout.strip() == "1"
+        assert _health.log_identity(path) == before  # the WAL is where this process left it
+        store.begin_run("r1", "p", None, {})  # and writing goes on
+    finally:
+        store.close()

@@ -299,6 +299,7 @@ class Release:
             interval=self.shadow_interval,
             store=self.store,
             parent=c.parent,
+            run_id=c.run_id,
             serve_timeout=self.serve_timeout,
         )
         c = dataclasses.replace(c, events=(*c.events, *(e.id for e in result.events)))
@@ -315,6 +316,7 @@ class Release:
             policy=self.canary,
             store=self.store,
             parent=c.parent,
+            run_id=c.run_id,
             serve_timeout=self.serve_timeout,
         )
         c = dataclasses.replace(c, events=(*c.events, *(e.id for e in result.events)))
@@ -332,6 +334,7 @@ class Release:
             alias=self.alias,
             store=self.store,
             parent=c.parent,
+            run_id=c.run_id,
             reason=f"release of {c.ref} passed {'its gate' if self.holdout else 'its stages'}",
         )
         return dataclasses.replace(c, events=(*c.events, event.id), promoted=True)
@@ -370,6 +373,7 @@ class Release:
                 to=c.champion,
                 store=self.store,
                 parent=c.parent,
+                run_id=c.run_id,
                 reason=f"after promotion: {judgement.reason}",
             )
             c = dataclasses.replace(c, events=(*c.events, event.id), promoted=False)

@@ -29,15 +29,18 @@ def retrain_on_drift(
     once: bool = False,
     stop: threading.Event | None = None,
     timeout: float | None = None,
+    after: int | None = None,
 ) -> list[Candidate]:
-    """Run ``release`` for every drift alarm of its model recorded from now on; return
-    the candidates when ``stop`` is set, ``timeout`` seconds pass, or (``once``) after
-    the first release."""
+    """Run ``release`` for every drift alarm of its model recorded from now on (or after
+    event ``after``); return the candidates when ``stop`` is set, ``timeout`` seconds
+    pass, or (``once``) after the first release."""
     stop = stop or threading.Event()
     done: list[Candidate] = []
     deadline = None if timeout is None else time.monotonic() + timeout
     with LifecycleLog(release.store) as log:
-        seen = max((e.id for e in log.events(release.name, limit=1)), default=0)
+        seen = after
+        if seen is None:
+            seen = max((e.id for e in log.events(release.name, limit=1)), default=0)
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             for alarm in log.events(release.name, kinds=["drift_alarm"], after=seen):
                 seen = alarm.id

@@ -90,6 +90,7 @@ def shadow(
     interval: float = 5.0,
     store: str | Path | None = None,
     parent: int | None = None,
+    run_id: str | None = None,
     serve_timeout: float = 120.0,
     clock: Clock = time.monotonic,
     sleep: Sleep = time.sleep,
@@ -128,6 +129,7 @@ def shadow(
             passed=passed,
             rollout=rollout.id,
             parent=parent,
+            run_id=run_id,
             summary=f"shadow of v{candidate} beside v{champion}: {judgement.reason}",
             evidence=_evidence(judgement, champion=theirs.to_dict(), shadow=mine.to_dict()),
         )
@@ -143,6 +145,7 @@ def canary(
     policy: Any = None,
     store: str | Path | None = None,
     parent: int | None = None,
+    run_id: str | None = None,
     promote: bool = True,
     serve_timeout: float = 120.0,
     clock: Clock = time.monotonic,
@@ -197,6 +200,7 @@ def canary(
                     version=candidate,
                     passed=advanced,
                     rollout=rollout.id,
+                    run_id=run_id,
                     parent=events[-1].id if events else parent,
                     summary=f"step {step + 1} of {len(steps)}, {share:.0%} of traffic: "
                     f"{judgement.reason}",
@@ -218,6 +222,7 @@ def canary(
                         version=champion,
                         passed=False,
                         rollout=rollout.id,
+                        run_id=run_id,
                         parent=events[-1].id,
                         summary=f"canary of v{candidate} rolled back at {share:.0%}: "
                         f"{judgement.reason}; v{champion} serves all traffic",
@@ -238,6 +243,7 @@ def canary(
                     f"canary passed: {reason}",
                     parent=events[-1].id,
                     rollout=rollout.id,
+                    run_id=run_id,
                     evidence={
                         "from": champion,
                         "to": candidate,
@@ -261,6 +267,7 @@ def _move(
     parent: int | None,
     rollout: int | None = None,
     evidence: dict[str, Any] | None = None,
+    run_id: str | None = None,
 ) -> LifecycleEvent:
     """Move the alias (the registry keeps the move and its reason) and record why."""
     from conveyor.models import ModelRegistry
@@ -277,6 +284,7 @@ def _move(
         evidence=evidence or {},
         parent=parent,
         rollout=rollout,
+        run_id=run_id,
     )
 
 
@@ -288,10 +296,13 @@ def promote(
     reason: str = "promoted",
     store: str | Path | None = None,
     parent: int | None = None,
+    run_id: str | None = None,
 ) -> LifecycleEvent:
     """Point ``name@alias`` at ``version`` and record it (a server swaps it in)."""
     with LifecycleLog(store) as log:
-        return _move(log, store, name, alias, version, "promote", reason, parent=parent)
+        return _move(
+            log, store, name, alias, version, "promote", reason, parent=parent, run_id=run_id
+        )
 
 
 def rollback(
@@ -302,6 +313,7 @@ def rollback(
     reason: str = "rolled back by hand",
     store: str | Path | None = None,
     parent: int | None = None,
+    run_id: str | None = None,
 ) -> LifecycleEvent:
     """Stop any rollout on ``name@alias`` and point the alias back: at ``to``, or at the
     version it pointed at before its last move."""
@@ -331,6 +343,7 @@ def rollback(
                 parent=parent,
                 summary=f"{name}@{alias} stays at v{now} ({reason})",
                 rollout=None if running is None else running.id,
+                run_id=run_id,
             )
         return _move(
             log,
@@ -342,4 +355,5 @@ def rollback(
             reason,
             parent=parent,
             evidence={"from": now, "to": to},
+            run_id=run_id,
         )

@@ -89,6 +89,7 @@ def connect(path: Path, *, create: bool, readonly: bool = False) -> sqlite3.Conn
     except BaseException:
         conn.close()
         raise
+    _header_read(path)  # a store now: never opened outside SQLite again (see below)
     return conn
 
 
@@ -291,7 +292,21 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     return "locked" in text or "busy" in text
 
 
+# Files whose header was read once in this process, by (device, inode). Reading it
+# again would open and close the database file while a connection of this process
+# holds SQLite's locks on it, and closing any descriptor of a file drops every POSIX
+# lock the process holds on that file: another process closing its last connection
+# would then take this process for gone and delete the WAL under it.
+_HEADERS_READ: set[tuple[int, int]] = set()
+
+
 def _check_header(path: Path) -> None:
+    try:
+        st = path.stat()
+    except OSError:
+        st = None
+    if st is not None and st.st_size and (st.st_dev, st.st_ino) in _HEADERS_READ:
+        return
     try:
         with path.open("rb") as f:
             head = f.read(SQLITE_HEADER_BYTES)
@@ -305,6 +320,14 @@ def _check_header(path: Path) -> None:
         return  # an empty file: SQLite makes a new database in it
     if len(head) < SQLITE_HEADER_BYTES or not head.startswith(SQLITE_MAGIC):
         raise _not_a_store(path)
+    if st is not None:
+        _HEADERS_READ.add((st.st_dev, st.st_ino))
+
+
+def _header_read(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        st = path.stat()
+        _HEADERS_READ.add((st.st_dev, st.st_ino))
 
 
 def _not_a_store(path: Path) -> StoreError:
