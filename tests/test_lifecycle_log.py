@@ -162,3 +162,25 @@ def test_the_cli_shows_the_history_rolls_back_and_refuses_what_is_not_a_release(
     assert missing.exit_code == 1 and "nope" in missing.output
     bad = runner.invoke(cli, ["deploy", "conveyor.lifecycle:LifecycleLog"])
     assert bad.exit_code != 0
+
+
+def test_replicas_of_a_server_each_write_their_counts_and_readers_sum_them() -> None:
+    with LifecycleLog() as log:
+        r = log.start_rollout("m", "champion", mode="canary", champion=1, candidate=2, share=0.5)
+        for replica, n in (("a", 30), ("b", 12), ("a", 40)):  # a's second write replaces its first
+            stats = ArmStats()
+            for _ in range(n):
+                stats.observe(0.01, label="1")
+            log.write_traffic(
+                r.id,
+                0,
+                "candidate",
+                version=2,
+                share=0.5,
+                stats=stats,
+                first_at=float(n),
+                replica=replica,
+            )
+        (window,) = log.traffic(r.id)
+        assert window.stats.requests == 52 and window.stats.predictions == {"1": 52}
+        assert window.first_at == 12.0 and log.window(r.id, 0, "candidate").requests == 52

@@ -323,39 +323,50 @@ class LifecycleLog:
         share: float,
         stats: ArmStats,
         first_at: float,
+        replica: str = "",
     ) -> None:
-        """Store an arm's cumulative counts for one step (replacing the last write)."""
+        """Store one replica's cumulative counts of an arm at one step (replacing its
+        last write; other replicas' rows stay beside it)."""
         text = json.dumps(stats.to_dict())
 
         def upsert(c: sqlite3.Connection) -> None:
             c.execute(
-                "INSERT INTO traffic (rollout, step, arm, version, share, first_at, last_at, "
-                "stats) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rollout, step, arm) DO "
-                "UPDATE SET stats = excluded.stats, last_at = excluded.last_at",
-                (rollout, step, arm, version, share, first_at, time.time(), text),
+                "INSERT INTO traffic (rollout, step, arm, replica, version, share, first_at, "
+                "last_at, stats) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
+                "(rollout, step, arm, replica) DO UPDATE SET stats = excluded.stats, "
+                "last_at = excluded.last_at",
+                (rollout, step, arm, replica, version, share, first_at, time.time(), text),
             )
 
         self._write(upsert)
 
     def traffic(self, rollout: int) -> list[TrafficWindow]:
-        """What each arm served at each step of ``rollout`` (by step, then arm)."""
+        """What each arm served at each step of ``rollout``, summed over the servers
+        (by step, then arm)."""
 
-        def query(c: sqlite3.Connection) -> list[TrafficWindow]:
-            rows = c.execute(
-                "SELECT rollout, step, arm, version, share, first_at, last_at, stats FROM "
-                "traffic WHERE rollout = ? ORDER BY step, arm",
-                (rollout,),
+        def query(c: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return list(
+                c.execute(
+                    "SELECT step, arm, version, share, first_at, last_at, stats FROM traffic "
+                    "WHERE rollout = ? ORDER BY step, arm",
+                    (rollout,),
+                )
             )
-            return [
-                TrafficWindow(r, st, arm, v, share, first, last, ArmStats.from_dict(json.loads(x)))
-                for r, st, arm, v, share, first, last, x in rows
-            ]
 
-        result: list[TrafficWindow] = self._read(query)
-        return result
+        merged: dict[tuple[int, str], TrafficWindow] = {}
+        for step, arm, version, share, first, last, text in self._read(query):
+            stats = ArmStats.from_dict(json.loads(text))
+            seen = merged.get((step, arm))
+            if seen is not None:
+                stats = seen.stats.merge(stats)
+                first, last = min(first, seen.first_at), max(last, seen.last_at)
+            merged[step, arm] = TrafficWindow(
+                rollout, step, arm, version, share, first, last, stats
+            )
+        return list(merged.values())
 
     def window(self, rollout: int, step: int, arm: str) -> ArmStats:
-        """An arm's counts at one step (empty when nothing was served yet)."""
+        """An arm's counts at one step, summed over the servers (empty: none yet)."""
         for w in self.traffic(rollout):
             if w.step == step and w.arm == arm:
                 return w.stats

@@ -6,8 +6,9 @@ judgement, traffic step, promotion, rollback, drift check and retraining, each w
 its evidence (JSON) and ``parent``, the event that caused it (lineage: a drift alarm →
 the retraining release → its gate → its canary → the promotion). ``rollouts`` holds
 one row per shadow, canary or post-release watch: which versions, the candidate's
-share now and its step, the state. ``traffic`` is what the server measured per
-rollout, step and arm (cumulative counts, rewritten every few seconds), so which
+share now and its step, the state. ``traffic`` is what each server (replica)
+measured per rollout, step and arm (cumulative counts, rewritten every few
+seconds; readers sum the replicas), so which
 version served which share of traffic when is on record. ``drift_references`` keeps
 a model version's reference statistics; ``labeled_requests`` the served requests
 whose labels arrived later (joined by request id), the data a retraining reads.
@@ -54,12 +55,13 @@ TABLES = (
         rollout INTEGER NOT NULL,
         step INTEGER NOT NULL,
         arm TEXT NOT NULL,
+        replica TEXT NOT NULL,
         version INTEGER,
         share REAL NOT NULL,
         first_at REAL NOT NULL,
         last_at REAL NOT NULL,
         stats TEXT NOT NULL,
-        PRIMARY KEY (rollout, step, arm)
+        PRIMARY KEY (rollout, step, arm, replica)
     )""",
     """CREATE TABLE IF NOT EXISTS drift_references (
         name TEXT NOT NULL,

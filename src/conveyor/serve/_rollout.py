@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +65,8 @@ class Traffic:
         self._deploy = deploy  # "name:3" -> Deployment (blocking: run on a thread)
         self.route: Route | None = None
         self.rng = rng or random.Random()
+        # this server among the replicas of the alias: each writes its own counts
+        self.replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._failed: set[int] = set()  # rollouts whose candidate could not be loaded
 
     # --- on the event loop: per request and per batch ---------------------------------
@@ -146,6 +151,7 @@ class Traffic:
                 share=share,
                 stats=stats,
                 first_at=route.first_at,
+                replica=self.replica,
             )
 
     # --- on the event loop: following the store ------------------------------------------
