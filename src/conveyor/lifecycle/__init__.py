@@ -8,5 +8,22 @@ imported when a gate or a drift check runs.
 from __future__ import annotations
 
 from conveyor.errors import GateFailed, LifecycleError
+from conveyor.lifecycle._arms import ArmStats
+from conveyor.lifecycle._canary import (
+    CanaryPolicy,
+    Judgement,
+    ShadowPolicy,
+    judge_canary,
+    judge_shadow,
+)
 
-__all__ = ["GateFailed", "LifecycleError"]
+__all__ = [
+    "ArmStats",
+    "CanaryPolicy",
+    "GateFailed",
+    "Judgement",
+    "LifecycleError",
+    "ShadowPolicy",
+    "judge_canary",
+    "judge_shadow",
+]
