@@ -13,7 +13,9 @@ intervals:
   ``LLR >= log((1 - beta) / alpha)`` and passes at ``LLR <= log(beta / (1 - alpha))``.
 - **latency**: the same SPRT on "slower than ``max_latency_ratio`` x the champion's
   p95", H0 rate ``slow_rate_ok`` (0.05) against H1 ``slow_rate_bad`` (0.15); it waits
-  until the champion has ``min_requests`` (its p95 is not known before).
+  until the champion has ``min_requests`` (its p95 is not known before). The p95 and
+  the count above the threshold are interpolated inside the histogram's bins, so a
+  request may count in part (the test takes fractional counts).
 - **predictions**: with labels on both arms and ``min_requests`` labels each, Pearson's
   chi-squared on the 2 x K table of counts and the Jensen-Shannon distance; a breach
   needs both ``p < 0.001`` and ``JS > max_prediction_shift`` (a significant and a large
@@ -32,11 +34,13 @@ and looking only every interval makes them slightly more conservative.
 
 from __future__ import annotations
 
+import bisect
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from conveyor.errors import LifecycleError
-from conveyor.lifecycle._arms import ArmStats
+from conveyor.lifecycle._arms import LATENCY_EDGES, ArmStats
 from conveyor.lifecycle._evidence import Sprt, chi2_table, js_distance, sprt, wilson, z_of
 
 PREDICTION_P = 0.001  # the chi-squared p-value below which a prediction shift is significant
@@ -90,8 +94,8 @@ class CanaryPolicy:
         _check_count(self, "min_requests")
         if self.slow_rate_bad <= self.slow_rate_ok:
             raise LifecycleError(
-                f"CanaryPolicy.slow_rate_bad ({self.slow_rate_bad}) must exceed "
-                f"slow_rate_ok ({self.slow_rate_ok}): they are the latency SPRT's H1 and H0"
+                f"CanaryPolicy.slow_rate_bad must exceed slow_rate_ok ({self.slow_rate_ok}), not "
+                f"{self.slow_rate_bad}: they are the latency SPRT's H1 and H0 rates"
             )
 
 
@@ -125,8 +129,8 @@ class ShadowPolicy:
         _check_count(self, "min_requests")
         if self.slow_rate_bad <= self.slow_rate_ok:
             raise LifecycleError(
-                f"ShadowPolicy.slow_rate_bad ({self.slow_rate_bad}) must exceed "
-                f"slow_rate_ok ({self.slow_rate_ok}): they are the latency SPRT's H1 and H0"
+                f"ShadowPolicy.slow_rate_bad must exceed slow_rate_ok ({self.slow_rate_ok}), not "
+                f"{self.slow_rate_bad}: they are the latency SPRT's H1 and H0 rates"
             )
 
 
@@ -174,13 +178,51 @@ def error_test(
     )
 
 
+def latency_quantile(arm: ArmStats, q: float) -> float:
+    """The latency below which ``q`` of ``arm``'s requests fell, interpolated
+    log-linearly inside its histogram bin (each bin is 33% wide: taking its upper edge,
+    as :meth:`ArmStats.quantile` does, would loosen the latency check by up to a third)."""
+    total = sum(arm.latency)
+    if total == 0:
+        return 0.0
+    rank, seen = q * total, 0
+    for i, count in enumerate(arm.latency):
+        if count and seen + count >= rank:
+            if i >= len(LATENCY_EDGES):
+                return LATENCY_EDGES[-1]
+            share = (rank - seen) / count
+            upper = LATENCY_EDGES[i]
+            if i == 0:
+                return upper * share
+            lower = LATENCY_EDGES[i - 1]
+            return lower * (upper / lower) ** share
+        seen += count
+    return LATENCY_EDGES[-1]
+
+
+def count_slower(arm: ArmStats, seconds: float) -> float:
+    """How many of ``arm``'s requests took longer than ``seconds``: the bins above it
+    whole, the bin it falls in by the log-linear share above it."""
+    i = bisect.bisect_right(LATENCY_EDGES, seconds)
+    whole = float(sum(arm.latency[i + 1 :]))
+    if i >= len(LATENCY_EDGES) or not arm.latency[i]:
+        return whole
+    upper = LATENCY_EDGES[i]
+    if i == 0:
+        above = (upper - seconds) / upper
+    else:
+        lower = LATENCY_EDGES[i - 1]
+        above = math.log(upper / seconds) / math.log(upper / lower)
+    return whole + arm.latency[i] * min(1.0, max(0.0, above))
+
+
 def _latency_check(
     champion: ArmStats, candidate: ArmStats, policy: CanaryPolicy | ShadowPolicy
 ) -> dict[str, Any]:
-    p95, mine = champion.quantile(0.95), candidate.quantile(0.95)
+    p95, mine = latency_quantile(champion, 0.95), latency_quantile(candidate, 0.95)
     out: dict[str, Any] = {
-        "champion_p95": p95,
-        "candidate_p95": mine,
+        "champion_p95": round(p95, 6),
+        "candidate_p95": round(mine, 6),
         "ratio": round(mine / p95, 4) if p95 else None,
         "max_ratio": policy.max_latency_ratio,
     }
@@ -190,14 +232,14 @@ def _latency_check(
         return out
     threshold = policy.max_latency_ratio * p95
     test = sprt(
-        candidate.slower_than(threshold),
+        count_slower(candidate, threshold),
         candidate.requests,
         p0=policy.slow_rate_ok,
         p1=policy.slow_rate_bad,
         alpha=policy.alpha,
         beta=policy.beta,
     )
-    out.update(test.to_dict(), threshold=threshold)
+    out.update(test.to_dict(), threshold=round(threshold, 6))
     return out
 
 
@@ -342,7 +384,7 @@ def _decide(
 def _errors_line(test: Sprt, arm: str) -> str:
     rate = test.hits / test.n if test.n else 0.0
     head = (
-        f"errors: {test.hits} of {test.n} {arm} requests ({rate:.1%}) against "
+        f"errors: {test.hits:g} of {test.n} {arm} requests ({rate:.1%}) against "
         f"{test.p0:.1%} for the champion; "
     )
     return head + _sprt_words(test)
@@ -353,7 +395,7 @@ def _latency_line(check: dict[str, Any], arm: str) -> str:
         return f"latency: waiting, {check['waiting']}"
     rate = check["hits"] / check["n"] if check["n"] else 0.0
     head = (
-        f"latency: {check['hits']} of {check['n']} {arm} requests ({rate:.1%}) slower "
+        f"latency: {check['hits']:.4g} of {check['n']} {arm} requests ({rate:.1%}) slower "
         f"than {check['max_ratio']:g} x the champion's p95 ({check['champion_p95'] * 1000:.3g} ms; "
         f"{arm} p95 {check['candidate_p95'] * 1000:.3g} ms), where {check['p0']:.0%} are "
         f"allowed; "

@@ -22,7 +22,7 @@ class Sprt:
     falls to ``lower = log(beta / (1 - alpha))``; ``decision`` is ``"breach"`` (H1),
     ``"pass"`` (H0) or ``"pending"``."""
 
-    hits: int
+    hits: float
     n: int
     p0: float
     p1: float
@@ -40,7 +40,7 @@ class Sprt:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "hits": self.hits,
+            "hits": round(self.hits, 3),
             "n": self.n,
             "rate": _round(self.hits / self.n if self.n else 0.0),
             "p0": _round(self.p0),
@@ -52,7 +52,7 @@ class Sprt:
         }
 
 
-def sprt(hits: int, n: int, *, p0: float, p1: float, alpha: float, beta: float) -> Sprt:
+def sprt(hits: float, n: int, *, p0: float, p1: float, alpha: float, beta: float) -> Sprt:
     """The SPRT of ``hits`` in ``n`` draws (see :class:`Sprt`). ``p0`` and ``p1`` are
     kept inside (0, 1) so that the ratio stays finite."""
     tiny = 1e-9
