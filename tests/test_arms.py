@@ -9,7 +9,7 @@ import pytest
 
 from conveyor.lifecycle import ArmStats
 from conveyor.lifecycle._arms import LATENCY_EDGES, MAX_LABELS, OTHER, label_of
-from conveyor.lifecycle._canary import count_slower, latency_quantile
+from conveyor.lifecycle._evidence import count_slower, latency_quantile
 
 
 def test_observe_counts_requests_errors_latencies_and_labels() -> None:

@@ -418,3 +418,71 @@ def test_the_statistics_match_scipy() -> None:
     assert chi2_table({"x": 5}, {"x": 9}) == (0.0, 0, 1.0)
     low, high = wilson(90, 100, 1.96)
     assert (low, high) == pytest.approx((0.8256, 0.9448), abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("arm", "words"),
+    [
+        (ArmStats(requests=3, errors=5), r"errors \(5\) exceed requests \(3\)"),
+        (ArmStats(requests=-1), "counts must be whole numbers of at least 0"),
+        (ArmStats(requests=2.5), "counts must be whole numbers of at least 0"),  # type: ignore[arg-type]
+        (ArmStats(requests=4, predictions={"a": -2}), "counts must be whole numbers of at least 0"),
+        (ArmStats(compared=1, agreed=2), r"agreed \(2\) exceeds compared \(1\)"),
+        (ArmStats(latency=[1, 2, 3]), "latency has 3 bins, not 50"),
+    ],
+)
+def test_damaged_counts_are_refused_naming_the_arm(arm: ArmStats, words: str) -> None:
+    with pytest.raises(LifecycleError, match=rf"the candidate's ArmStats are damaged: {words}"):
+        judge_canary(CanaryPolicy(), ArmStats(), arm, elapsed=1.0)
+    with pytest.raises(LifecycleError, match=rf"the champion's ArmStats are damaged: {words}"):
+        judge_shadow(ShadowPolicy(), arm, ArmStats(), elapsed=1.0)
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(LifecycleError, match="must be an ArmStats, not dict; read stored counts"):
+        judge_canary(CanaryPolicy(), ArmStats(), {"requests": 3}, elapsed=1.0)  # type: ignore[arg-type]
+    with pytest.raises(LifecycleError, match="policy must be a CanaryPolicy, not ShadowPolicy"):
+        judge_canary(ShadowPolicy(), ArmStats(), ArmStats(), elapsed=1.0)  # type: ignore[arg-type]
+    with pytest.raises(LifecycleError, match="policy must be a ShadowPolicy, not CanaryPolicy"):
+        judge_shadow(CanaryPolicy(), ArmStats(), ArmStats(), elapsed=1.0)  # type: ignore[arg-type]
+    for elapsed in (float("nan"), -1.0, float("inf"), "10"):
+        with pytest.raises(
+            LifecycleError, match="elapsed must be the seconds since the step began"
+        ):
+            judge_canary(CanaryPolicy(), ArmStats(), ArmStats(), elapsed=elapsed)  # type: ignore[arg-type]
+
+
+def test_empty_arms_hold() -> None:
+    judgement = judge_canary(CanaryPolicy(), ArmStats(), ArmStats(), elapsed=0.0)
+    assert judgement.action == "hold"
+    assert judgement.evidence["errors"]["llr"] == 0.0
+    assert judge_shadow(ShadowPolicy(), ArmStats(), ArmStats(), elapsed=0.0).action == "hold"
+    json.dumps(judgement.evidence, allow_nan=False)
+
+
+def test_huge_counts_and_many_labels_stay_finite() -> None:
+    big = 10**12
+    champion = ArmStats(requests=big, errors=big // 100)
+    candidate = ArmStats(requests=big, errors=big // 50)
+    champion.latency[20] = candidate.latency[20] = big
+    champion.predictions = {str(i): big // 101 for i in range(101)}
+    candidate.predictions = {str(i): big // 101 + i for i in range(101)}
+    judgement = judge_canary(CanaryPolicy(), champion, candidate, elapsed=1.0)
+    assert judgement.action == "rollback" and judgement.evidence["breach"] == "errors"
+    assert judgement.evidence["predictions"]["df"] == 100
+    json.dumps(judgement.evidence, allow_nan=False)
+    everything_errs = ArmStats(requests=100, errors=100)
+    judgement = judge_canary(CanaryPolicy(), everything_errs, everything_errs, elapsed=1.0)
+    json.dumps(judgement.evidence, allow_nan=False)
+    assert math.isfinite(judgement.evidence["errors"]["llr"])
+
+
+def test_a_breach_wins_over_the_timeout_and_a_pass_over_the_timeout() -> None:
+    policy = CanaryPolicy()
+    rng = np.random.default_rng(9)
+    champion, good, bad = ArmStats(), ArmStats(), ArmStats()
+    add(champion, rng, 4000)
+    add(good, rng, 400)
+    add(bad, rng, 400, error_rate=0.2)
+    assert judge_canary(policy, champion, bad, elapsed=1e5).reason.startswith("errors: ")
+    assert judge_canary(policy, champion, good, elapsed=1e5).action == "advance"

@@ -34,14 +34,29 @@ and looking only every interval makes them slightly more conservative.
 
 from __future__ import annotations
 
-import bisect
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.errors import LifecycleError
-from conveyor.lifecycle._arms import LATENCY_EDGES, ArmStats
-from conveyor.lifecycle._evidence import Sprt, chi2_table, js_distance, sprt, wilson, z_of
+from conveyor.lifecycle._arms import ArmStats
+from conveyor.lifecycle._canary_checks import (
+    check_count,
+    check_inputs,
+    check_open,
+    check_positive,
+    check_range,
+    is_number,
+)
+from conveyor.lifecycle._evidence import (
+    Sprt,
+    chi2_table,
+    count_slower,
+    js_distance,
+    latency_quantile,
+    sprt,
+    wilson,
+    z_of,
+)
 
 PREDICTION_P = 0.001  # the chi-squared p-value below which a prediction shift is significant
 
@@ -78,20 +93,20 @@ class CanaryPolicy:
         object.__setattr__(self, "steps", tuple(steps))
         previous = 0.0
         for share in self.steps:
-            if not _is_number(share) or not previous < share <= 1:
+            if not is_number(share) or not previous < share <= 1:
                 raise LifecycleError(
                     f"CanaryPolicy.steps must increase within (0, 1], but {self.steps!r} "
                     f"has {share!r} after {previous!r}; give the candidate's share of "
                     f"traffic per step, e.g. steps=(0.05, 0.25, 0.5)"
                 )
             previous = share
-        _check_positive(self, "interval", "step_timeout", "max_latency_ratio")
-        _check_open(self, ("alpha", "beta"), 0.0, 0.5)
-        _check_open(self, ("max_error_increase", "slow_rate_ok", "slow_rate_bad"), 0.0, 1.0)
-        _check_range(self, "error_floor", 0.0, 1.0)
-        _check_range(self, "max_prediction_shift", 0.0, 1.0)
-        _check_range(self, "champion_z", 0.0, 10.0)
-        _check_count(self, "min_requests")
+        check_positive(self, "interval", "step_timeout", "max_latency_ratio")
+        check_open(self, ("alpha", "beta"), 0.0, 0.5)
+        check_open(self, ("max_error_increase", "slow_rate_ok", "slow_rate_bad"), 0.0, 1.0)
+        check_range(self, "error_floor", 0.0, 1.0)
+        check_range(self, "max_prediction_shift", 0.0, 1.0)
+        check_range(self, "champion_z", 0.0, 10.0)
+        check_count(self, "min_requests")
         if self.slow_rate_bad <= self.slow_rate_ok:
             raise LifecycleError(
                 f"CanaryPolicy.slow_rate_bad must exceed slow_rate_ok ({self.slow_rate_ok}), not "
@@ -119,14 +134,14 @@ class ShadowPolicy:
     champion_z: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_range(self, "fraction", 0.0, 1.0, low_open=True)
-        _check_range(self, "min_agreement", 0.0, 1.0, low_open=True)
-        _check_positive(self, "timeout", "max_latency_ratio")
-        _check_open(self, ("alpha", "beta"), 0.0, 0.5)
-        _check_open(self, ("max_error_increase", "slow_rate_ok", "slow_rate_bad"), 0.0, 1.0)
-        _check_range(self, "error_floor", 0.0, 1.0)
-        _check_range(self, "champion_z", 0.0, 10.0)
-        _check_count(self, "min_requests")
+        check_range(self, "fraction", 0.0, 1.0, low_open=True)
+        check_range(self, "min_agreement", 0.0, 1.0, low_open=True)
+        check_positive(self, "timeout", "max_latency_ratio")
+        check_open(self, ("alpha", "beta"), 0.0, 0.5)
+        check_open(self, ("max_error_increase", "slow_rate_ok", "slow_rate_bad"), 0.0, 1.0)
+        check_range(self, "error_floor", 0.0, 1.0)
+        check_range(self, "champion_z", 0.0, 10.0)
+        check_count(self, "min_requests")
         if self.slow_rate_bad <= self.slow_rate_ok:
             raise LifecycleError(
                 f"ShadowPolicy.slow_rate_bad must exceed slow_rate_ok ({self.slow_rate_ok}), not "
@@ -176,44 +191,6 @@ def error_test(
         alpha=policy.alpha,
         beta=policy.beta,
     )
-
-
-def latency_quantile(arm: ArmStats, q: float) -> float:
-    """The latency below which ``q`` of ``arm``'s requests fell, interpolated
-    log-linearly inside its histogram bin (each bin is 33% wide: taking its upper edge,
-    as :meth:`ArmStats.quantile` does, would loosen the latency check by up to a third)."""
-    total = sum(arm.latency)
-    if total == 0:
-        return 0.0
-    rank, seen = q * total, 0
-    for i, count in enumerate(arm.latency):
-        if count and seen + count >= rank:
-            if i >= len(LATENCY_EDGES):
-                return LATENCY_EDGES[-1]
-            share = (rank - seen) / count
-            upper = LATENCY_EDGES[i]
-            if i == 0:
-                return upper * share
-            lower = LATENCY_EDGES[i - 1]
-            return lower * (upper / lower) ** share
-        seen += count
-    return LATENCY_EDGES[-1]
-
-
-def count_slower(arm: ArmStats, seconds: float) -> float:
-    """How many of ``arm``'s requests took longer than ``seconds``: the bins above it
-    whole, the bin it falls in by the log-linear share above it."""
-    i = bisect.bisect_right(LATENCY_EDGES, seconds)
-    whole = float(sum(arm.latency[i + 1 :]))
-    if i >= len(LATENCY_EDGES) or not arm.latency[i]:
-        return whole
-    upper = LATENCY_EDGES[i]
-    if i == 0:
-        above = (upper - seconds) / upper
-    else:
-        lower = LATENCY_EDGES[i - 1]
-        above = math.log(upper / seconds) / math.log(upper / lower)
-    return whole + arm.latency[i] * min(1.0, max(0.0, above))
 
 
 def _latency_check(
@@ -272,7 +249,9 @@ def judge_canary(
     ``elapsed`` is the seconds since the step began. Rollback on the first breach
     (errors, latency, predictions, in that order); advance when every check passed
     and each arm has ``min_requests``; rollback as inconclusive past ``step_timeout``;
-    else hold."""
+    else hold. Raises :class:`LifecycleError` when given another policy, a bad
+    ``elapsed`` or damaged counts (errors above requests, negative counts)."""
+    check_inputs(policy, CanaryPolicy, elapsed, champion=champion, candidate=candidate)
     errors = error_test(champion, candidate, policy)
     checks: dict[str, dict[str, Any]] = {
         "errors": {
@@ -312,6 +291,7 @@ def judge_shadow(
     errors and latency SPRTs are the canary's. Rollback (stop the release) on the first
     breach (agreement, errors, latency); advance when all passed; rollback as
     inconclusive past ``timeout``; else hold."""
+    check_inputs(policy, ShadowPolicy, elapsed, champion=champion, shadow=shadow)
     z = z_of(policy.alpha)
     low, high = wilson(shadow.agreed, shadow.compared, z)
     agreement: dict[str, Any] = {
@@ -459,45 +439,3 @@ def _top(counts: dict[str, int]) -> str:
         return "none"
     label = max(counts, key=counts.__getitem__)
     return f"{label!r} {counts[label] / total:.0%}"
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-
-
-def _fail(policy: object, name: str, rule: str) -> LifecycleError:
-    value = getattr(policy, name)
-    default = next(f.default for f in fields(policy) if f.name == name)  # type: ignore[arg-type]
-    return LifecycleError(
-        f"{type(policy).__name__}.{name} must be {rule}, not {value!r}; e.g. {name}={default!r}"
-    )
-
-
-def _check_positive(policy: object, *names: str) -> None:
-    for name in names:
-        value = getattr(policy, name)
-        if not _is_number(value) or value <= 0 or value == float("inf"):
-            raise _fail(policy, name, "a positive finite number")
-
-
-def _check_open(policy: object, names: tuple[str, ...], low: float, high: float) -> None:
-    for name in names:
-        value = getattr(policy, name)
-        if not _is_number(value) or not low < value < high:
-            raise _fail(policy, name, f"strictly between {low:g} and {high:g}")
-
-
-def _check_range(
-    policy: object, name: str, low: float, high: float, *, low_open: bool = False
-) -> None:
-    value = getattr(policy, name)
-    inside = _is_number(value) and (low < value if low_open else low <= value) and value <= high
-    if not inside:
-        bracket = "(" if low_open else "["
-        raise _fail(policy, name, f"in {bracket}{low:g}, {high:g}]")
-
-
-def _check_count(policy: object, name: str) -> None:
-    value = getattr(policy, name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise _fail(policy, name, "a whole number of at least 1")

@@ -1,6 +1,7 @@
 """The statistics the canary and shadow judges stand on, each a pure function of counts:
 Wald's sequential probability ratio test on Bernoulli draws, Wilson's score interval,
-the chi-squared test of a 2 x K table and the Jensen-Shannon distance.
+the chi-squared test of a 2 x K table, the Jensen-Shannon distance, and quantiles and
+counts read from a latency histogram.
 
 Pure Python (``math`` and ``statistics``): the controller that calls the judges every
 few seconds needs no extra.
@@ -8,10 +9,13 @@ few seconds needs no extra.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
+
+from conveyor.lifecycle._arms import LATENCY_EDGES, ArmStats
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,44 @@ def js_distance(first: dict[str, int], second: dict[str, int]) -> float:
         if q:
             divergence += q * math.log2(q / m) / 2
     return math.sqrt(max(0.0, divergence))
+
+
+def latency_quantile(arm: ArmStats, q: float) -> float:
+    """The latency below which ``q`` of ``arm``'s requests fell, interpolated
+    log-linearly inside its histogram bin (each bin is 33% wide: taking its upper edge,
+    as :meth:`ArmStats.quantile` does, would loosen the latency check by up to a third)."""
+    total = sum(arm.latency)
+    if total == 0:
+        return 0.0
+    rank, seen = q * total, 0
+    for i, count in enumerate(arm.latency):
+        if count and seen + count >= rank:
+            if i >= len(LATENCY_EDGES):
+                return LATENCY_EDGES[-1]
+            share = (rank - seen) / count
+            upper = LATENCY_EDGES[i]
+            if i == 0:
+                return upper * share
+            lower = LATENCY_EDGES[i - 1]
+            return lower * (upper / lower) ** share
+        seen += count
+    return LATENCY_EDGES[-1]
+
+
+def count_slower(arm: ArmStats, seconds: float) -> float:
+    """How many of ``arm``'s requests took longer than ``seconds``: the bins above it
+    whole, the bin it falls in by the log-linear share above it."""
+    i = bisect.bisect_right(LATENCY_EDGES, seconds)
+    whole = float(sum(arm.latency[i + 1 :]))
+    if i >= len(LATENCY_EDGES) or not arm.latency[i]:
+        return whole
+    upper = LATENCY_EDGES[i]
+    if i == 0:
+        above = (upper - seconds) / upper
+    else:
+        lower = LATENCY_EDGES[i - 1]
+        above = math.log(upper / seconds) / math.log(upper / lower)
+    return whole + arm.latency[i] * min(1.0, max(0.0, above))
 
 
 def _round(value: float) -> float:
