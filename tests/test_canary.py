@@ -123,9 +123,14 @@ def test_a_candidate_erring_on_5_percent_is_rolled_back_at_the_first_evaluation_
         assert k == first, (seed, k, first)
         assert judgement.evidence["errors"]["llr"] >= judgement.evidence["errors"]["upper"]
         rolled_back_at.append(k * 20)
-    # Wald: about 2.77 / 0.105 = 26 requests, but two errors are needed (one is LLR 2.2 at
-    # most), about 40 requests at 5%, rounded up to whole intervals of 20.
-    assert float(np.mean(rolled_back_at)) <= 80
+    # Wald's expected sample size against a champion at the floor: A / E[LLR per request].
+    p0, p1, rate = policy.error_floor, policy.error_floor + policy.max_error_increase, 0.05
+    drift = rate * math.log(p1 / p0) + (1 - rate) * math.log((1 - p1) / (1 - p0))
+    wald = upper / drift
+    assert 20 < wald < 30
+    # Observed: at least two errors are needed (one moves the LLR by 2.4 < 2.77), about 40
+    # requests at 5%, and a decision waits for the end of an interval of 20 requests.
+    assert wald <= float(np.mean(rolled_back_at)) <= wald + 2 * 20 + 20
     assert sorted(rolled_back_at)[94] <= 150
 
 
