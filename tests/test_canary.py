@@ -491,3 +491,17 @@ def test_a_breach_wins_over_the_timeout_and_a_pass_over_the_timeout() -> None:
     add(bad, rng, 400, error_rate=0.2)
     assert judge_canary(policy, champion, bad, elapsed=1e5).reason.startswith("errors: ")
     assert judge_canary(policy, champion, good, elapsed=1e5).action == "advance"
+
+
+def test_a_candidate_whose_answers_lose_their_labels_is_rolled_back() -> None:
+    champion = ArmStats(requests=500, predictions={"cat": 300, "dog": 200})
+    candidate = ArmStats(requests=60)  # answered, but nothing in them reads as a label
+    judgement = judge_canary(CanaryPolicy(), champion, candidate, elapsed=30.0)
+    assert judgement.action == "rollback"
+    assert judgement.evidence["predictions"]["unlabelled"] == "candidate"
+    assert judgement.reason == (
+        "predictions: the candidate's answers carry no label where the champion's do "
+        "(most common: 'cat' 60%)"
+    )
+    few = ArmStats(requests=20)
+    assert judge_canary(CanaryPolicy(), champion, few, elapsed=30.0).action == "hold"

@@ -229,6 +229,11 @@ def _prediction_check(
     if not n_mine and not n_theirs:
         out["decision"] = "skipped"
         return out
+    for arm, labelled, name in ((candidate, n_mine, "candidate"), (champion, n_theirs, "champion")):
+        # one arm's answers carry labels, the other's (enough of them) none: a shift
+        if not labelled and arm.requests - arm.errors >= policy.min_requests:
+            out.update(decision="breach", unlabelled=name)
+            return out
     statistic, df, p = chi2_table(theirs, mine)
     js = js_distance(theirs, mine)
     out.update(chi2=round(statistic, 4), df=df, p=p, js=round(js, 6))
@@ -396,6 +401,12 @@ def _latency_line(check: dict[str, Any], arm: str) -> str:
 def _predictions_line(check: dict[str, Any]) -> str:
     if check["decision"] == "skipped":
         return "predictions: no labels to compare"
+    if "unlabelled" in check:
+        other = "champion" if check["unlabelled"] == "candidate" else "candidate"
+        return (
+            f"predictions: the {check['unlabelled']}'s answers carry no label where the "
+            f"{other}'s do (most common: {_top(check[other])})"
+        )
     words = {
         "breach": "the candidate's answers differ from the champion's",
         "pass": "the answers' distributions match",
