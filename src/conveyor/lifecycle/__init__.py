@@ -18,6 +18,13 @@ from __future__ import annotations
 
 from conveyor.errors import GateFailed, LifecycleError
 from conveyor.lifecycle._arms import ArmStats, label_of
+from conveyor.lifecycle._canary import (
+    CanaryPolicy,
+    Judgement,
+    ShadowPolicy,
+    judge_canary,
+    judge_shadow,
+)
 from conveyor.lifecycle._log import LifecycleLog
 from conveyor.lifecycle._records import LifecycleEvent, Rollout, TrafficWindow
 from conveyor.lifecycle._release import Candidate, Release
@@ -26,16 +33,21 @@ from conveyor.lifecycle._rollouts import RolloutResult, canary, promote, rollbac
 
 __all__ = [
     "ArmStats",
+    "CanaryPolicy",
     "Candidate",
     "GateFailed",
+    "Judgement",
     "LifecycleError",
     "LifecycleEvent",
     "LifecycleLog",
     "Release",
     "Rollout",
     "RolloutResult",
+    "ShadowPolicy",
     "TrafficWindow",
     "canary",
+    "judge_canary",
+    "judge_shadow",
     "label_of",
     "promote",
     "retrain_on_drift",
