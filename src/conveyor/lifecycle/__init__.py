@@ -8,5 +8,6 @@ imported when a gate or a drift check runs.
 from __future__ import annotations
 
 from conveyor.errors import GateFailed, LifecycleError
+from conveyor.lifecycle._gate import GateVerdict, SliceVerdict, gate
 
-__all__ = ["GateFailed", "LifecycleError"]
+__all__ = ["GateFailed", "GateVerdict", "LifecycleError", "SliceVerdict", "gate"]
