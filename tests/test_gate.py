@@ -171,6 +171,17 @@ def test_the_interval_covers_the_true_difference_about_95_percent_of_the_time() 
     assert 0.90 * 200 <= covered <= 0.99 * 200
 
 
+def test_the_interval_covers_a_continuous_metric_too() -> None:
+    # MAE of N(0, s) predictions of 0 is s * sqrt(2 / pi): champion 1.2, candidate 1.0.
+    n, truth, covered = 300, 0.2 * np.sqrt(2 / np.pi), 0
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        candidate, champion = rng.normal(0, 1.0, n), rng.normal(0, 1.2, n)
+        v = gate(candidate, champion, None, np.zeros(n), metric="mae", resamples=500, seed=seed)
+        covered += v.low <= truth <= v.high
+    assert 0.90 * 200 <= covered <= 0.99 * 200
+
+
 def test_counted_cells_match_a_plain_index_bootstrap() -> None:
     rng = np.random.default_rng(3)
     y = rng.integers(0, 3, size=1500)
@@ -257,6 +268,10 @@ def test_the_verdict_round_trips_through_json() -> None:
     assert isinstance(back.slices[0], SliceVerdict) and back.slices[0].group == 0
     assert back.summary() == v.summary()
     assert "v7 - v6 = +0.150" in v.summary()
+    with pytest.raises(LifecycleError, match=r"not a gate verdict: unknown keys \['colour'\]"):
+        GateVerdict.from_dict({**data, "colour": "red"})
+    with pytest.raises(LifecycleError, match=r"missing keys \['passed'\]"):
+        GateVerdict.from_dict({k: x for k, x in data.items() if k != "passed"})
 
 
 def test_require_raises_gate_failed_carrying_the_verdict() -> None:

@@ -98,6 +98,15 @@ class GateVerdict:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GateVerdict:
+        known = {f.name for f in dataclasses.fields(cls)}
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        required -= {"slices", "reasons"}
+        unknown, missing = sorted(set(data) - known), sorted(required - set(data))
+        if unknown or missing:
+            raise LifecycleError(
+                f"not a gate verdict: unknown keys {unknown}, missing keys {missing}; "
+                "from_dict takes what GateVerdict.to_dict() wrote"
+            )
         values = dict(data)
         values["names"] = tuple(values.get("names", ("candidate", "champion")))
         values["slices"] = [SliceVerdict(**s) for s in values.get("slices", [])]
