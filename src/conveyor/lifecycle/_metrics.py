@@ -106,7 +106,7 @@ def _count_chunks(inverse: Array, cells: int, resamples: int, rng: Any) -> Itera
     per = max(1, _CHUNK_ELEMENTS // n)
     for start in range(0, resamples, per):
         b = min(per, resamples - start)
-        idx = rng.integers(0, n, size=(b, n))
+        idx = _indices(rng, n, b)
         codes = inverse[idx] + (np.arange(b) * cells)[:, None]
         yield np.bincount(codes.ravel(), minlength=b * cells).reshape(b, cells).astype(float)
 
@@ -116,24 +116,34 @@ def _rowwise_samples(
 ) -> tuple[list[float], list[Array]]:
     np = numpy()
     assert metric.rowwise is not None
-    scores = np.stack([metric.rowwise(y, p) for p in preds], axis=1)
-    points = [float(v) for v in scores.mean(axis=0)]
+    scores = [metric.rowwise(y, p) for p in preds]
+    points = [float(s.mean()) for s in scores]
     n = len(y)
-    if max(len(np.unique(scores[:, j])) for j in range(len(preds))) > n // 4:
-        # continuous scores: as many cells as rows, so draw indices
-        out: list[Array] = []
+    distinct = [np.unique(s, return_inverse=True) for s in scores]
+    if max(len(values) for values, _ in distinct) > n // 4:
+        # continuous scores: about as many cells as rows, so draw indices
+        out: list[list[Array]] = [[] for _ in preds]
         per = max(1, _CHUNK_ELEMENTS // n)
         for start in range(0, resamples, per):
-            idx = rng.integers(0, n, size=(min(per, resamples - start), n))
-            out.append(scores[idx].mean(axis=1))
-        drawn = np.concatenate(out)
-        return points, [drawn[:, j] for j in range(len(preds))]
-    values, inverse = np.unique(scores, axis=0, return_inverse=True)
-    inverse = inverse.ravel()
-    drawn = np.concatenate(
-        [c @ values / n for c in _count_chunks(inverse, len(values), resamples, rng)]
-    )
+            idx = _indices(rng, n, min(per, resamples - start))
+            for j, s in enumerate(scores):
+                out[j].append(s[idx].mean(axis=1))
+        return points, [np.concatenate(o) for o in out]
+    # A cell is a distinct tuple of per-row scores, one score per model.
+    code = distinct[0][1].ravel().astype(np.int64)
+    for values, inverse in distinct[1:]:
+        code = code * len(values) + inverse.ravel()
+    _, first, inverse = np.unique(code, return_index=True, return_inverse=True)
+    cells = np.stack([s[first] for s in scores], axis=1)
+    chunks = _count_chunks(inverse.ravel(), len(first), resamples, rng)
+    drawn = np.concatenate([c @ cells / n for c in chunks])
     return points, [drawn[:, j] for j in range(len(preds))]
+
+
+def _indices(rng: Any, n: int, b: int) -> Array:
+    """``b`` resamples of ``n`` row indices (32-bit where they fit: faster to draw)."""
+    np = numpy()
+    return rng.integers(0, n, size=(b, n), dtype=np.int32 if n < 2**31 else np.int64)
 
 
 def _f1_from_counts(counts: Array, y: Array, p: Array, classes: int) -> Array:
@@ -158,8 +168,15 @@ def _f1_samples(
     np = numpy()
     labels, codes = np.unique(np.concatenate([y, *preds]), return_inverse=True)
     k = len(labels)
-    codes = codes.ravel().reshape(len(preds) + 1, len(y)).T  # columns: y, each model
-    cells, inverse = np.unique(codes, axis=0, return_inverse=True)
+    codes = codes.ravel().reshape(len(preds) + 1, len(y))  # rows: y, each model
+    if k ** len(codes) < 2**62:  # one integer per (label, predictions) cell
+        flat = np.zeros(len(y), dtype=np.int64)
+        for c in codes:
+            flat = flat * k + c
+        _, first, inverse = np.unique(flat, return_index=True, return_inverse=True)
+        cells = codes[:, first].T
+    else:
+        cells, inverse = np.unique(codes.T, axis=0, return_inverse=True)
     inverse = inverse.ravel()
     whole = np.bincount(inverse, minlength=len(cells)).astype(float)[None, :]
     points = [
