@@ -339,3 +339,28 @@ def test_without_numpy_the_gate_says_which_extra_to_install(monkeypatch: Any) ->
     blocked = "import sys; sys.modules['numpy'] = None; import conveyor.lifecycle; print('ok')"
     out = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+# --- the user docs -------------------------------------------------------------------------
+
+
+def test_the_docs_gate_section_runs_and_prints_what_it_shows(
+    tmp_path: Any, monkeypatch: Any, capsys: Any
+) -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "lifecycle.md").read_text()
+    section = text.split("## The evaluation gate", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {}
+    for block in blocks:
+        exec(compile(block, "docs/lifecycle.md", "exec"), namespace)
+    printed = capsys.readouterr().out
+    shown = re.search(r"prints\n\n```text\n(.*?)```", section, re.S)
+    assert shown is not None
+    for line in shown.group(1).splitlines():
+        if line.strip() != "...":
+            assert line in printed.splitlines()
