@@ -164,7 +164,7 @@ class GateVerdict:
             conf = _pct(self.slice_confidence or self.confidence)
             lines.append(
                 f"  slices ({conf} intervals, Bonferroni-adjusted for {judged} groups; a "
-                f"group fails when its interval lies below {fmt(-self.max_slice_regression)}):"
+                f"group fails when its interval lies below -{fmt(self.max_slice_regression, False)}):"
             )
             for s in self.slices:
                 where = f"{s.slice}={s.group}"

@@ -42,7 +42,7 @@ def check_settings(
 def _nan_rows(values: Any) -> int:
     np = numpy()
     if values.dtype.kind in "fc":
-        return int(np.isnan(values).sum())
+        return int((~np.isfinite(values)).sum())
     if values.dtype.kind == "O":
         return sum(1 for v in values if v != v)
     return 0
@@ -64,7 +64,9 @@ def labels_of(y: Any, X: Any) -> Any:
             f"X has {len(X):,} rows but y has {len(labels):,}: give one label per row of X"
         )
     if nan := _nan_rows(labels):
-        raise LifecycleError(f"y has {nan:,} NaN labels: drop those rows before the gate")
+        raise LifecycleError(
+            f"y has {nan:,} NaN or infinite labels: drop those rows before the gate"
+        )
     return labels
 
 
@@ -102,7 +104,7 @@ def predictions_of(model: Any, name: str, X: Any, n: int) -> Any:
         )
     if nan := _nan_rows(preds):
         raise LifecycleError(
-            f"the {name}'s predictions hold {nan:,} NaN values: a model must predict "
+            f"the {name}'s predictions hold {nan:,} NaN or infinite values: a model must predict "
             "every row (fill or fix them before the gate)"
         )
     return preds
