@@ -162,9 +162,11 @@ class GateVerdict:
         if self.slices:
             judged = sum(s.judged for s in self.slices)
             conf = _pct(self.slice_confidence or self.confidence)
+            allowed = self.max_slice_regression
+            floor = "zero" if allowed == 0 else f"-{fmt(allowed, False)}"
             lines.append(
                 f"  slices ({conf} intervals, Bonferroni-adjusted for {judged} groups; a "
-                f"group fails when its interval lies below -{fmt(self.max_slice_regression, False)}):"
+                f"group fails when its whole interval lies below {floor}):"
             )
             for s in self.slices:
                 where = f"{s.slice}={s.group}"
