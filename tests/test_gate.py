@@ -157,6 +157,15 @@ def test_slices_from_a_callable_and_small_groups_not_judged(digits: Any) -> None
     assert "too few rows, not judged" in verdict.summary()
 
 
+def test_missing_slice_labels_are_a_group_of_their_own() -> None:
+    y = np.arange(400) % 10
+    region = np.where(np.arange(400) < 100, np.nan, np.arange(400) % 2)
+    verdict = gate(y, with_errors(y, np.arange(0, 400, 4)), None, y, slices={"r": region})
+    rows = {str(s.group): s.rows for s in verdict.slices}
+    assert rows == {"0.0": 150, "1.0": 150, "nan": 100}
+    assert all(s.judged and s.low is not None for s in verdict.slices)
+
+
 # --- statistics ----------------------------------------------------------------------------
 
 
@@ -319,6 +328,8 @@ def boom(X: Any) -> Any:
         ({"max_slice_regression": -0.1}, r"max_slice_regression=-0.1 must be .* >= 0"),
         ({"seed": -1}, r"seed=-1 must be an integer >= 0"),
         ({"minimum": float("inf")}, r"minimum=inf must be a finite number"),
+        ({"minimum": "0.9"}, r"minimum='0.9' must be a finite number"),
+        ({"min_slice_rows": 0}, r"min_slice_rows=0 must be an integer >= 2"),
         ({"metric": lambda t, p: 1 / 0}, r"the metric <lambda> raised ZeroDivisionError"),
     ],
 )

@@ -23,14 +23,19 @@ rules and writes the verdict.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
 from conveyor.errors import GateFailed, LifecycleError
-from conveyor.lifecycle._inputs import check_settings, labels_of, predictions_of, slice_labels
+from conveyor.lifecycle._inputs import (
+    check_bounds,
+    check_settings,
+    labels_of,
+    predictions_of,
+    slice_labels,
+)
 from conveyor.lifecycle._metrics import METRICS, Metric, bootstrap, interval, numpy, resolve_metric
 
 POWER = 0.8  # the power the minimum detectable effect is quoted at
@@ -219,6 +224,7 @@ def gate(
     np = numpy()
     m = resolve_metric(metric, metric_greater_is_better)
     check_settings(confidence, resamples, min_effect, max_slice_regression, seed, names)
+    check_bounds(minimum, min_slice_rows)
     labels = labels_of(y, X)
     n = len(labels)
     cand = predictions_of(candidate, names[0], X, n)
@@ -228,8 +234,6 @@ def gate(
             f"the {names[1]} is None and no minimum= was given: a first release is judged "
             f"against a fixed bar, e.g. gate(model, None, X, y, minimum=0.9)"
         )
-    if minimum is not None and not math.isfinite(minimum):
-        raise LifecycleError(f"minimum={minimum!r} must be a finite number, e.g. 0.9")
     preds = [cand] if champ is None else [cand, champ]
     sign = 1.0 if m.greater_is_better else -1.0
     points, samples = bootstrap(m, labels, preds, resamples, [seed])
@@ -324,7 +328,9 @@ def _judge_slices(
         except TypeError:
             labels = np.asarray([str(v) for v in labels])
             values = np.unique(labels)
-        groups.extend((str(name), _plain(v), labels == v) for v in values)
+        for v in values:  # a missing label (NaN) is a group of its own
+            mask = np.isnan(labels) if v != v else labels == v
+            groups.append((str(name), _plain(v), mask))
     judged = sum(int(mask.sum()) >= min_rows for _, _, mask in groups)
     if not groups:
         return [], None

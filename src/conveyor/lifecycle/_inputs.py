@@ -39,6 +39,24 @@ def check_settings(
         raise LifecycleError(f"names={names!r} must be two strings, e.g. ('v7', 'v6')")
 
 
+def check_bounds(minimum: Any, min_slice_rows: Any) -> None:
+    if minimum is not None and (
+        isinstance(minimum, bool)
+        or not isinstance(minimum, (int, float))
+        or not math.isfinite(minimum)
+    ):
+        raise LifecycleError(f"minimum={minimum!r} must be a finite number, e.g. 0.9")
+    if (
+        isinstance(min_slice_rows, bool)
+        or not isinstance(min_slice_rows, int)
+        or min_slice_rows < 2
+    ):
+        raise LifecycleError(
+            f"min_slice_rows={min_slice_rows!r} must be an integer >= 2 (30, the default, "
+            "keeps a group's interval meaningful)"
+        )
+
+
 def _nan_rows(values: Any) -> int:
     np = numpy()
     if values.dtype.kind in "fc":
