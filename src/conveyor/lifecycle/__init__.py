@@ -25,6 +25,7 @@ from conveyor.lifecycle._canary import (
     judge_canary,
     judge_shadow,
 )
+from conveyor.lifecycle._gate import GateVerdict, SliceVerdict, gate
 from conveyor.lifecycle._log import LifecycleLog
 from conveyor.lifecycle._records import LifecycleEvent, Rollout, TrafficWindow
 from conveyor.lifecycle._release import Candidate, Release
@@ -36,6 +37,7 @@ __all__ = [
     "CanaryPolicy",
     "Candidate",
     "GateFailed",
+    "GateVerdict",
     "Judgement",
     "LifecycleError",
     "LifecycleEvent",
@@ -44,8 +46,10 @@ __all__ = [
     "Rollout",
     "RolloutResult",
     "ShadowPolicy",
+    "SliceVerdict",
     "TrafficWindow",
     "canary",
+    "gate",
     "judge_canary",
     "judge_shadow",
     "label_of",
