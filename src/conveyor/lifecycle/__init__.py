@@ -8,5 +8,14 @@ imported when a gate or a drift check runs.
 from __future__ import annotations
 
 from conveyor.errors import GateFailed, LifecycleError
+from conveyor.lifecycle._drift import DriftReport, DriftWindow, FeatureDrift, Reference, check_drift
 
-__all__ = ["GateFailed", "LifecycleError"]
+__all__ = [
+    "DriftReport",
+    "DriftWindow",
+    "FeatureDrift",
+    "GateFailed",
+    "LifecycleError",
+    "Reference",
+    "check_drift",
+]
