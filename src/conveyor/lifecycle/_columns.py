@@ -158,14 +158,16 @@ def category_counts(values: Any) -> Counter[str]:
         nan = np.isnan(x)
         uniq, counts = np.unique(x[~nan], return_counts=True)
         out: Counter[str] = Counter()
-        for u, c in zip(uniq.tolist(), counts.tolist()):
+        for u, c in zip(uniq.tolist(), counts.tolist(), strict=True):
             out[category_key(u)] += c
         if nan.any():
             out[MISSING] += int(nan.sum())
         return out
     if arr.dtype.kind in "USb":
         uniq, counts = np.unique(arr, return_counts=True)
-        return Counter({category_key(u): int(c) for u, c in zip(uniq.tolist(), counts.tolist())})
+        return Counter(
+            {category_key(u): int(c) for u, c in zip(uniq.tolist(), counts.tolist(), strict=True)}
+        )
     return Counter(category_key(v) for v in arr)
 
 

@@ -267,7 +267,7 @@ def _fit_feature(
     x = _columns.to_float(name, arr)
     ordered = np.sort(x[np.isfinite(x)])
     distinct = 1 + int(np.count_nonzero(ordered[1:] != ordered[:-1])) if len(ordered) else 0
-    if distinct <= CATEGORICAL_AT_MOST:
+    if 0 < distinct <= CATEGORICAL_AT_MOST:
         return _sketch.CategoricalSketch.fit(name, arr, top)
     return _sketch.NumericSketch.fit(name, x, bins, ordered=ordered)
 
