@@ -320,6 +320,7 @@ def test_empty_data_is_refused() -> None:
         (42, "int is not understood"),
         ([1, 2, 3], "row 0 is a int"),
         ({"a": [1.0, 2.0], "b": [1.0]}, "different lengths"),
+        ({"a": [1.0, 2.0], "b": 1.0}, "'b' holds one value"),
     ],
 )
 def test_data_that_is_not_a_table_is_refused(data: Any, match: str) -> None:

@@ -82,6 +82,12 @@ def _from_mapping(data: Mapping[Any, Any], embeddings: frozenset[str]) -> dict[s
             k: (np.asarray([v], dtype=float) if k in embeddings else _one(v))
             for k, v in cols.items()
         }
+    for name, values in cols.items():
+        if not hasattr(values, "__len__") or isinstance(values, (str, bytes)):
+            raise LifecycleError(
+                f"drift column {name!r} holds one value ({type(values).__name__}) while others "
+                "hold many: pass one value per row in every column, or one row {'name': value}"
+            )
     return cols
 
 
