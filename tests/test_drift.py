@@ -219,6 +219,13 @@ def test_every_data_form_gives_the_same_reference() -> None:
         == by_columns
     )
     assert Reference.fit(pd.DataFrame(matrix, columns=names)).to_bytes() == by_columns
+    nullable = pd.DataFrame(
+        {"n": pd.array([1, None, 3, 4, 5, 6, 7], dtype="Int64"), "s": ["a", None, *"bcdef"]}
+    )
+    ref = Reference.fit(nullable)
+    assert ref.kinds() == {"n": "numeric", "s": "categorical"}
+    report = check_drift(ref, nullable)
+    assert [f.missing for f in report.features] == [pytest.approx(1 / 7)] * 2 and not report.drifted
 
 
 def test_kinds_follow_evidentlys_rule_unless_named() -> None:

@@ -135,7 +135,7 @@ def is_text(arr: Any) -> bool:
         return False
     return any(
         isinstance(v, (str, bytes, bool, np.bool_))
-        or not (v is None or isinstance(v, (int, float, np.number)))
+        or not (absent(v) or isinstance(v, (int, float, np.number)))
         for v in arr
     )
 
@@ -147,13 +147,18 @@ def to_float(name: str, values: Any) -> Any:
     if kind in "fiub":
         return arr.astype(np.float64, copy=False)
     for row, v in enumerate(arr.tolist() if kind != "O" else arr):
-        if not (v is None or isinstance(v, (int, float, np.number))) or isinstance(v, bool):
+        if not (absent(v) or isinstance(v, (int, float, np.number))) or isinstance(v, bool):
             raise LifecycleError(
                 f"drift column {name!r} is numeric in the reference but row {row} holds "
                 f"{v!r} ({type(v).__name__}): send numbers (None or NaN for a missing value), "
                 f"or fit the reference with categorical=[{name!r}]"
             )
-    return np.array([np.nan if v is None else float(v) for v in arr], dtype=np.float64)
+    return np.array([np.nan if absent(v) else float(v) for v in arr], dtype=np.float64)
+
+
+def absent(value: Any) -> bool:
+    """None, or pandas' NA and NaT (duck-typed: pandas is not needed)."""
+    return value is None or type(value).__name__ in ("NAType", "NaTType")
 
 
 def category_counts(values: Any) -> Counter[str]:
@@ -179,7 +184,7 @@ def category_counts(values: Any) -> Counter[str]:
 
 def category_key(value: Any) -> str:
     """One category's name: 1 and 1.0 are the same, None and NaN are missing."""
-    if value is None:
+    if absent(value):
         return MISSING
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
