@@ -17,6 +17,7 @@ machine is shared, so the table keeps ratios and the load average.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -220,6 +221,8 @@ def main() -> None:
         out += wider(30_000 if q else 300_000, 1_000, 10_000 if q else 30_000)
     out += evidently(3_000 if q else 30_000, 20)
     out += memory()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    out += [f"Load average at the end: {load:.1f} (other engineers' work shares the 2 cores).", ""]
     text = "\n".join(out)
     print(text)
     if not q:

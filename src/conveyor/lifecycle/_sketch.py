@@ -24,9 +24,10 @@ from conveyor.lifecycle._columns import MISSING, category_counts, to_float, to_m
 def _bins_of(edges: Any, x: Any) -> Any:
     """Counts of ``x`` per bin of ``edges``, the last bin for non-finite values."""
     finite = np.isfinite(x)
-    idx = np.searchsorted(edges, x[finite], side="right")
+    seen = int(finite.sum())
+    idx = np.searchsorted(edges, x if seen == len(x) else x[finite], side="right")
     counts = np.bincount(idx, minlength=len(edges) + 2)
-    counts[-1] += len(x) - int(finite.sum())
+    counts[-1] += len(x) - seen
     return counts.astype(np.int64)
 
 
@@ -105,10 +106,14 @@ class NumericTally:
 
     def add_floats(self, x: Any) -> None:
         self.counts += _bins_of(self.sketch.edges, x)
-        finite = x[np.isfinite(x)]
-        if len(finite):
-            self.bounds[0] = min(self.bounds[0], float(finite.min()))
-            self.bounds[1] = max(self.bounds[1], float(finite.max()))
+        lo, hi = (float(np.min(x)), float(np.max(x))) if len(x) else (np.nan, np.nan)
+        if not (np.isfinite(lo) and np.isfinite(hi)):  # rare: a NaN or inf among them
+            finite = x[np.isfinite(x)]
+            lo, hi = (
+                (float(finite.min()), float(finite.max())) if len(finite) else (np.inf, -np.inf)
+            )
+        self.bounds[0] = min(self.bounds[0], lo)
+        self.bounds[1] = max(self.bounds[1], hi)
 
     @property
     def nbytes(self) -> int:
