@@ -25,6 +25,7 @@ from conveyor.lifecycle._canary import (
     judge_canary,
     judge_shadow,
 )
+from conveyor.lifecycle._drift import DriftReport, DriftWindow, FeatureDrift, Reference, check_drift
 from conveyor.lifecycle._gate import GateVerdict, SliceVerdict, gate
 from conveyor.lifecycle._log import LifecycleLog
 from conveyor.lifecycle._records import LifecycleEvent, Rollout, TrafficWindow
@@ -36,12 +37,16 @@ __all__ = [
     "ArmStats",
     "CanaryPolicy",
     "Candidate",
+    "DriftReport",
+    "DriftWindow",
+    "FeatureDrift",
     "GateFailed",
     "GateVerdict",
     "Judgement",
     "LifecycleError",
     "LifecycleEvent",
     "LifecycleLog",
+    "Reference",
     "Release",
     "Rollout",
     "RolloutResult",
@@ -49,6 +54,7 @@ __all__ = [
     "SliceVerdict",
     "TrafficWindow",
     "canary",
+    "check_drift",
     "gate",
     "judge_canary",
     "judge_shadow",
