@@ -89,9 +89,9 @@ def _predictor(model: Any, predict: Callable[[Any, Any], Any] | None) -> Callabl
     if predict is not None:
         return lambda x: predict(model, x)
     if hasattr(model, "predict"):
-        return model.predict  # type: ignore[no-any-return]
+        return model.predict
     if callable(model):
-        return model  # type: ignore[no-any-return]
+        return model
     raise LifecycleError(
         f"a {type(model).__name__} has no predict(): give Release(predict=lambda model, X: ...)"
     )
