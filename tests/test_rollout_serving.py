@@ -165,3 +165,28 @@ def test_labels_are_joined_by_request_id() -> None:
             assert len(log.labeled("m")) == 21
     finally:
         server.stop()
+
+
+def test_the_served_versions_reference_raises_a_drift_alarm_on_moved_requests() -> None:
+    np = pytest.importorskip("numpy")
+    from conveyor.lifecycle import Reference
+
+    _register({})
+    rng = np.random.default_rng(0)
+    with LifecycleLog() as log:
+        ref = Reference.fit({"x": rng.integers(0, 1000, 5000)})
+        log.save_reference("m", 1, ref.to_bytes())
+    server = _server(drift_window=100, features=lambda r: {"x": r["x"]})
+    try:
+        with LifecycleLog() as log, httpx.Client(base_url=server.url, trust_env=False) as c:
+            _send(c, range(1, 1000, 9))  # 111 requests like the reference's
+            assert wait_until(lambda: log.events("m", kinds=["drift_check"]), 30)
+            check = log.events("m", kinds=["drift_check"])[0]
+            assert check.passed and check.version == 1 and check.evidence["rows"] >= 100
+            _send(c, range(2000, 2111))  # moved far out of the reference's range
+            assert wait_until(lambda: log.events("m", kinds=["drift_alarm"]), 30)
+            (alarm,) = log.events("m", kinds=["drift_alarm"])
+            assert alarm.passed is False and "x" in alarm.summary
+            assert alarm.evidence["since"] < alarm.evidence["until"]
+    finally:
+        server.stop()
