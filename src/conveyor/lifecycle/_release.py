@@ -280,7 +280,7 @@ class Release:
             "gate",
             version=c.version,
             passed=verdict.passed,
-            summary=verdict.summary(),
+            summary=_gate_line(verdict) + "\n" + verdict.summary(),
             evidence=verdict.to_dict(),
         )
         if verdict.passed:
@@ -397,3 +397,18 @@ def _baseline(log: LifecycleLog, c: Candidate) -> Any:
         if event.kind == "promote" and "champion" in event.evidence:
             return ArmStats.from_dict(event.evidence["champion"])
     return ArmStats()
+
+
+def _gate_line(v: Any) -> str:
+    """The verdict in one line, with its numbers (the first line of the event)."""
+    mine, theirs = v.names
+    head = "passed" if v.passed else "FAILED"
+    if v.difference is None:
+        return (
+            f"{head}: {v.metric} of {mine} {v.candidate_score:.3f} ({v.confidence:.0%} CI "
+            f"{v.low:.3f} to {v.high:.3f}) on {v.rows:,} rows; minimum {v.minimum}"
+        )
+    return (
+        f"{head}: {v.metric} {mine} - {theirs} = {v.difference:+.3f} ({v.confidence:.0%} CI "
+        f"{v.low:+.3f} to {v.high:+.3f}) on {v.rows:,} rows; required {v.min_effect:+.3f}"
+    )
