@@ -57,6 +57,20 @@ def test_a_mean_shift_of_a_third_std_in_one_of_20_features_is_found_and_named() 
     assert report.summary().startswith("drift in 1 of 20 features: x12 (KS p=")
 
 
+def test_a_summary_names_the_five_most_significant_and_counts_the_rest() -> None:
+    rng = np.random.default_rng(4)
+    ref = Reference.fit(rng.normal(size=(3000, 12)))
+    window = rng.normal(size=(3000, 12))
+    window += np.linspace(0.5, 1.6, 12)  # every feature moved, x11 the most
+    report = check_drift(ref, window, level=0.01)
+    assert len(report.drifted_features) == 12
+    summary = report.summary()
+    assert summary.startswith("drift in 12 of 12 features: x11 (KS p=")
+    assert summary.count("KS p=") == 5
+    assert summary.endswith(" and 7 more (the evidence lists each)")
+    assert len(report.to_dict()["features"]) == 12
+
+
 def test_a_categorical_feature_whose_shares_move_is_found_by_chi2() -> None:
     rng = np.random.default_rng(2)
     ref = Reference.fit(mixed(rng, 5000))

@@ -11,8 +11,9 @@ intervals:
   hit), H0 ``p = p0`` against H1 ``p = p0 + max_error_increase``, where ``p0`` is the
   champion's error rate (see :func:`champion_rate`). It breaches at
   ``LLR >= log((1 - beta) / alpha)`` and passes at ``LLR <= log(beta / (1 - alpha))``.
-- **latency**: the same SPRT on "slower than ``max_latency_ratio`` x the champion's
-  p95", H0 rate ``slow_rate_ok`` (0.05) against H1 ``slow_rate_bad`` (0.15); it waits
+- **latency**: the same SPRT on "slower than the champion's p95 times
+  ``max_latency_ratio``, or plus ``latency_slack`` seconds (5 ms) when that is more"
+  (so sub-millisecond jitter of a fast model is no breach), H0 rate ``slow_rate_ok`` (0.05) against H1 ``slow_rate_bad`` (0.15); it waits
   until the champion has ``min_requests`` (its p95 is not known before). The p95 and
   the count above the threshold are interpolated inside the histogram's bins, so a
   request may count in part (the test takes fractional counts).
@@ -76,6 +77,7 @@ class CanaryPolicy:
     max_error_increase: float = 0.01
     error_floor: float = 0.001
     max_latency_ratio: float = 1.5
+    latency_slack: float = 0.005
     max_prediction_shift: float = 0.2
     min_requests: int = 50
     step_timeout: float = 600.0
@@ -106,6 +108,7 @@ class CanaryPolicy:
         check_range(self, "error_floor", 0.0, 1.0)
         check_range(self, "max_prediction_shift", 0.0, 1.0)
         check_range(self, "champion_z", 0.0, 10.0)
+        check_range(self, "latency_slack", 0.0, 60.0)
         check_count(self, "min_requests")
         if self.slow_rate_bad <= self.slow_rate_ok:
             raise LifecycleError(
@@ -125,6 +128,7 @@ class ShadowPolicy:
     min_agreement: float = 0.9
     max_error_increase: float = 0.01
     max_latency_ratio: float = 2.0
+    latency_slack: float = 0.005
     timeout: float = 600.0
     alpha: float = 0.05
     beta: float = 0.2
@@ -141,6 +145,7 @@ class ShadowPolicy:
         check_open(self, ("max_error_increase", "slow_rate_ok", "slow_rate_bad"), 0.0, 1.0)
         check_range(self, "error_floor", 0.0, 1.0)
         check_range(self, "champion_z", 0.0, 10.0)
+        check_range(self, "latency_slack", 0.0, 60.0)
         check_count(self, "min_requests")
         if self.slow_rate_bad <= self.slow_rate_ok:
             raise LifecycleError(
@@ -202,12 +207,14 @@ def _latency_check(
         "candidate_p95": round(mine, 6),
         "ratio": round(mine / p95, 4) if p95 else None,
         "max_ratio": policy.max_latency_ratio,
+        "slack": policy.latency_slack,
     }
     if champion.requests < policy.min_requests:
         out["decision"] = "pending"
         out["waiting"] = f"the champion's p95 needs {policy.min_requests} requests"
         return out
-    threshold = policy.max_latency_ratio * p95
+    # a ratio alone would call sub-millisecond jitter a breach on a fast model
+    threshold = max(policy.max_latency_ratio * p95, p95 + policy.latency_slack)
     test = sprt(
         count_slower(candidate, threshold),
         candidate.requests,
@@ -274,7 +281,7 @@ def judge_canary(
         **checks,
     }
     lines = {
-        "errors": _errors_line(errors, "candidate"),
+        "errors": _errors_line(errors, champion, "candidate"),
         "latency": _latency_line(checks["latency"], "candidate"),
         "predictions": _predictions_line(checks["predictions"]),
     }
@@ -331,7 +338,7 @@ def judge_shadow(
     }
     lines = {
         "agreement": _agreement_line(agreement),
-        "errors": _errors_line(errors, "shadow"),
+        "errors": _errors_line(errors, champion, "shadow"),
         "latency": _latency_line(checks["latency"], "shadow"),
     }
     enough = shadow.requests >= policy.min_requests
@@ -366,11 +373,12 @@ def _decide(
     return Judgement("hold", f"hold: {summary}", evidence)
 
 
-def _errors_line(test: Sprt, arm: str) -> str:
+def _errors_line(test: Sprt, champion: ArmStats, arm: str) -> str:
     rate = test.hits / test.n if test.n else 0.0
     head = (
-        f"errors: {test.hits:g} of {test.n} {arm} requests ({rate:.1%}) against "
-        f"{test.p0:.1%} for the champion; "
+        f"errors: {test.hits:g} of {test.n} {arm} requests ({rate:.1%}); the champion "
+        f"{champion.errors} of {champion.requests}, so the {arm} is held to {test.p0:.1%} "
+        f"(+{test.p1 - test.p0:.1%} allowed); "
     )
     return head + _sprt_words(test)
 
@@ -380,10 +388,11 @@ def _latency_line(check: dict[str, Any], arm: str) -> str:
         return f"latency: waiting, {check['waiting']}"
     rate = check["hits"] / check["n"] if check["n"] else 0.0
     head = (
-        f"latency: {check['hits']:.4g} of {check['n']} {arm} requests ({rate:.1%}) slower "
-        f"than {check['max_ratio']:g} x the champion's p95 ({check['champion_p95'] * 1000:.3g} ms; "
-        f"{arm} p95 {check['candidate_p95'] * 1000:.3g} ms), where {check['p0']:.0%} are "
-        f"allowed; "
+        f"latency: {rate:.1%} of {check['n']} {arm} requests slower than "
+        f"{check['threshold'] * 1000:.3g} ms (the larger of {check['max_ratio']:g} x and "
+        f"+{check['slack'] * 1000:g} ms over the champion's p95 of "
+        f"{check['champion_p95'] * 1000:.3g} ms; {arm} p95 {check['candidate_p95'] * 1000:.3g} ms), "
+        f"where {check['p0']:.0%} are allowed; "
     )
     return head + _sprt_words(
         Sprt(

@@ -48,6 +48,7 @@ from conveyor.errors import LifecycleError
 FORMAT = "conveyor.drift.reference"
 VERSION = 1
 CATEGORICAL_AT_MOST = 5  # distinct values: at most this many makes a column categorical
+SUMMARY_FEATURES = 5  # drifted features named in a report's one-line summary
 KINDS = ("numeric", "categorical", "embedding")
 
 
@@ -101,14 +102,18 @@ class DriftReport:
         return [f.name for f in self.features if f.drifted]
 
     def summary(self) -> str:
-        """One human line: ``drift in 3 of 64 features: x12 (KS p=2e-09, W=0.41), ...``."""
+        """One human line: ``drift in 3 of 64 features: x12 (KS p=2e-09, W=0.41), ...``,
+        naming the ``SUMMARY_FEATURES`` most significant (the larger distance first among
+        equal p-values) and counting the rest."""
         n = len(self.features)
         drifted = [f for f in self.features if f.drifted]
         if not drifted:
             return f"no drift in {n} features ({self.rows:,} rows, level {self.level:g})"
-        shown = ", ".join(
-            f"{f.name} ({_describe(f)})" for f in sorted(drifted, key=lambda f: f.p_value)
-        )
+        ranked = sorted(drifted, key=lambda f: (f.p_value, -f.distance))
+        shown = ", ".join(f"{f.name} ({_describe(f)})" for f in ranked[:SUMMARY_FEATURES])
+        more = len(ranked) - SUMMARY_FEATURES
+        if more > 0:
+            shown += f" and {more} more (the evidence lists each)"
         return f"drift in {len(drifted)} of {n} features: {shown}"
 
     def to_dict(self) -> dict[str, Any]:
