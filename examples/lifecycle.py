@@ -164,7 +164,7 @@ def accuracy_line(store: Path, since: float) -> str:
     return ", ".join(f"v{v} {k / n:.0%} of {n}" for v, (n, k) in sorted(live.items())) or "-"
 
 
-def main(store: Path) -> None:
+def main(store: Path, *, kept: bool) -> None:
     os.environ["CONVEYOR_STORE"] = str(store)  # the registry, the runs and the decisions
     started = time.perf_counter()
     life = Lifecycle(store)
@@ -203,10 +203,11 @@ def main(store: Path) -> None:
             line = event.summary.splitlines()[0]
             line = line if len(line) <= 150 else line[:147] + "..."
             print(f"  {event.kind:<12} v{event.version}  {line}")
-    print(
-        f"\ndone in {time.perf_counter() - started:.1f} s; the record: "
-        f"conveyor deployments {NAME} --store {store}"
-    )
+    took = f"\ndone in {time.perf_counter() - started:.1f} s"
+    if kept:
+        print(f"{took}; the record: conveyor deployments {NAME} --store {store}")
+    else:
+        print(f"{took}; --store FILE keeps the record for conveyor deployments and the dashboard")
 
 
 if __name__ == "__main__":
@@ -214,7 +215,7 @@ if __name__ == "__main__":
     parser.add_argument("--store", type=Path, default=None, help="a run store file to keep")
     args = parser.parse_args()
     if args.store is not None:
-        main(args.store)
+        main(args.store, kept=True)
     else:
         with tempfile.TemporaryDirectory() as folder:
-            main(Path(folder) / "runs.db")
+            main(Path(folder) / "runs.db", kept=False)

@@ -133,7 +133,8 @@ def shadow(
             summary=f"shadow of v{candidate} beside v{champion}: {judgement.reason}",
             evidence=_evidence(judgement, champion=theirs.to_dict(), shadow=mine.to_dict()),
         )
-        ended = log.finish_rollout(rollout.id, "passed" if passed else "stopped", judgement.reason)
+        state = "passed" if passed else "stopped"
+        ended = log.finish_rollout(rollout.id, state, judgement.reason.removeprefix("passed: "))
         return RolloutResult(ended, passed, judgement.reason, [event])
 
 
@@ -274,7 +275,8 @@ def _move(
 
     with ModelRegistry(store) as registry:
         move = registry.alias(name, alias, version, reason=reason)
-    summary = f"{name}@{alias}: v{move.from_version} → v{version} ({reason})"
+    before = "unset" if move.from_version is None else f"v{move.from_version}"
+    summary = f"{name}@{alias}: {before} → v{version} ({reason})"
     return log.record(
         name,
         kind,
