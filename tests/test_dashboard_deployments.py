@@ -246,3 +246,22 @@ def test_a_model_with_no_deployment_says_so(base: str, store: tuple[Path, dict[s
     assert (
         "No deployment of <code>quiet</code> is recorded: no rollout, no lifecycle event." in text
     )
+
+
+def test_rollouts_past_the_latest_20_are_counted_not_listed(
+    base: str, store: tuple[Path, dict[str, int]]
+) -> None:
+    with ModelRegistry(store[0]) as reg:
+        reg.register("busy", {"w": [1.0]}, format="pickle")
+    with LifecycleLog(store[0]) as log:
+        for i in range(23):
+            r = log.start_rollout(
+                "busy", "champion", mode="canary", champion=1, candidate=2, share=0.1
+            )
+            log.finish_rollout(r.id, "stopped", f"try {i}")
+    _, _, text = get(base + "/models/busy")
+    page = flat(text)
+    rollouts = section(page, '<table class="rollouts">', "</table>")
+    assert rollouts.count("<tr>") == 1 + 20 and "try 22" in rollouts and "try 2<" not in rollouts
+    assert "3 more, older, not shown" in page
+    assert "no rollout is running" in page and "no lifecycle event" in page
