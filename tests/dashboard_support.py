@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import conveyor as cv
 from conftest import wait_until
@@ -86,3 +88,115 @@ def get(url: str, method: str = "GET") -> tuple[int, dict[str, str], str]:
     except urllib.error.HTTPError as e:
         with e:
             return e.code, dict(e.headers), e.read().decode()
+
+
+def arm(requests: int, errors: int = 0) -> Any:
+    """An arm's counts: ``requests`` of which ``errors`` failed, 20 ms each."""
+    from conveyor.lifecycle import ArmStats
+
+    stats = ArmStats()
+    for i in range(requests):
+        stats.observe(0.02, error=i < errors, label=str(i % 3))
+    return stats
+
+
+def fill_lifecycle(path: Path, name: str = "digits") -> dict[str, int]:
+    """Three versions of ``name`` in the registry and a lifecycle of them in the store,
+    by the lifecycle's own calls: 60 drift checks, then a drift alarm → a build → a gate →
+    a canary of v2 (5%, then 25% of traffic, counted by two replicas) rolled back at its
+    second step → the rollback; a shadow of v3 running now; an event of another model.
+    What users write (a summary, a reason, evidence) carries a script. The events' ids."""
+    from conveyor.lifecycle import LifecycleLog
+    from conveyor.models import ModelRegistry
+
+    RunStore(path).close()
+    with ModelRegistry(path) as reg:
+        for v in (1, 2, 3):
+            reg.register(
+                name, {"w": [float(v)]}, format="pickle", alias="champion" if v == 1 else None
+            )
+    now = time.time()
+    with LifecycleLog(path) as log:
+        for i in range(60):
+            log.record(name, "drift_check", version=1, passed=True, summary=f"check {i}: no drift")
+        alarm = log.record(
+            name,
+            "drift_alarm",
+            version=1,
+            passed=False,
+            summary="drift in 1 of 64 features: x3\nthe second line",
+            evidence={"features": ["x3"], "p": 1e-9, "note": XSS, "window": {"rows": 1000}},
+        )
+        build = log.record(
+            name, "build", version=2, passed=True, parent=alarm.id, summary="built v2"
+        )
+        gate = log.record(
+            name,
+            "gate",
+            version=2,
+            passed=True,
+            parent=build.id,
+            summary="accuracy: v2 - v1 = +0.43",
+            evidence={"difference": 0.43, "slices": [{"group": "0", "rows": 30}]},
+        )
+        r = log.start_rollout(
+            name,
+            "champion",
+            mode="canary",
+            champion=1,
+            candidate=2,
+            share=0.05,
+            policy={"steps": [0.05, 0.25, 0.5]},
+            parent=gate.id,
+        )
+        log.write_traffic(
+            r.id, 0, "champion", version=1, share=0.95, stats=arm(95), first_at=now - 100
+        )
+        for replica, n in (("a", 3), ("b", 2)):  # two servers: the page shows their sum
+            log.write_traffic(
+                r.id,
+                0,
+                "candidate",
+                version=2,
+                share=0.05,
+                stats=arm(n),
+                first_at=now - 100,
+                replica=replica,
+            )
+        step1 = log.record(
+            name, "canary_step", version=2, passed=True, rollout=r.id, parent=gate.id,
+            summary="step 1 of 3, 5% of traffic: every check passed",
+        )  # fmt: skip
+        log.set_share(r.id, 0.25, step=1)
+        log.write_traffic(
+            r.id, 1, "champion", version=1, share=0.75, stats=arm(75), first_at=now - 50
+        )
+        log.write_traffic(
+            r.id, 1, "candidate", version=2, share=0.25, stats=arm(25, 3), first_at=now - 50
+        )
+        step2 = log.record(
+            name, "canary_step", version=2, passed=False, rollout=r.id, parent=step1.id,
+            summary=f"step 2 of 3, 25% of traffic: errors {XSS}",
+            evidence={"breach": "errors", "candidate": arm(25, 3).to_dict(), "detail": XSS},
+        )  # fmt: skip
+        log.finish_rollout(r.id, "rolled_back", f"errors: 3 of 25 {XSS}")
+        rollback = log.record(
+            name, "rollback", version=1, passed=False, rollout=r.id, parent=step2.id,
+            summary="canary of v2 rolled back at 25%; v1 serves all traffic",
+            evidence={"from": 2, "to": 1, "step": 1},
+        )  # fmt: skip
+        shadow = log.start_rollout(
+            name, "champion", mode="shadow", champion=1, candidate=3, share=0.1, parent=rollback.id
+        )
+        log.write_traffic(
+            shadow.id, 0, "champion", version=1, share=0.9, stats=arm(40), first_at=now - 10
+        )
+        log.write_traffic(
+            shadow.id, 0, "shadow", version=3, share=0.1, stats=arm(4), first_at=now - 10
+        )
+        other = log.record("other", "gate", version=7, passed=True, summary="another model's")
+    return {
+        "alarm": alarm.id, "build": build.id, "gate": gate.id, "step1": step1.id,
+        "step2": step2.id, "rollback": rollback.id, "other": other.id,
+        "canary": r.id, "shadow": shadow.id,
+    }  # fmt: skip

@@ -1,7 +1,8 @@
 """The dashboard in a real browser: Playwright driving Debian's chromium (``.ci/run``
 installs it) against a dashboard over a store the tests fill. Every page loads with
 no console error, a live run's counts rise while it runs, the timeline shows one
-lane per worker, and a screenshot of each page is kept under
+lane per worker, a model's traffic chart has a line per version, and a screenshot
+of each page is kept under
 ``tests/artifacts/dashboard/`` (ignored by git)."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 import conveyor as cv  # noqa: E402
 from conftest import wait_until  # noqa: E402
 from conveyor.store import RunStore, SnapshotRecorder, StoreRecorder, find_runs  # noqa: E402
-from dashboard_support import XSS, fill, serving, slow_inc  # noqa: E402
+from dashboard_support import XSS, fill, fill_lifecycle, serving, slow_inc  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -232,3 +233,28 @@ def test_the_models_pages_load_without_console_errors(
         p.shot("model")
     finally:
         p.close()
+
+
+def test_the_deployment_pages_load_without_console_errors(browser: Any, tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    ids = fill_lifecycle(path)
+    with serving(path) as base:
+        p = Page(browser)
+        try:
+            page = p.open(base + "/models/digits")
+            page.wait_for_selector("body[data-traffic-drawn='1']", timeout=15_000)
+            assert page.get_attribute("#traffic", "data-series") == "2"  # v1 and v2
+            assert page.locator("#traffic canvas").count() >= 1
+            assert page.locator("table.rollouts td", has_text=XSS).count() == 1  # as text
+            assert page.locator("table.events tbody tr").count() == 50
+            assert page.evaluate("typeof window.alerted") == "undefined"
+            p.shot("model-deployments")
+            page.click(f"table.events a[href='/models/digits/events/{ids['step2']}'] >> nth=0")
+            page.wait_for_selector("ol.lineage")
+            assert page.locator("ol.lineage li").count() == 5  # the alarm ... this step
+            assert page.locator("table.evidence td", has_text=XSS).count() == 1
+            p.shot("event")
+            page = p.open(f"{base}/models/digits/events/{ids['alarm']}")
+            assert page.locator("table.descendants tbody tr").count() == 5
+        finally:
+            p.close()

@@ -11,13 +11,16 @@ Routes (every one a GET; anything else is 405)::
     /api/runs/{id}/timeline        the timeline's data (lanes per worker, queue depths)
     /pipeline?name=NAME            a pipeline over time: throughput, latency, bottleneck
     /models                        the model registry: each model, its versions, aliases
-    /models/{name}                 a model: versions with metrics and runs, alias history
+    /models/{name}                 a model: versions with metrics and runs, alias history,
+                                   its deployments: rollouts, traffic, lifecycle events
+    /models/{name}/events/{id}     a lifecycle event: its evidence, causes and effects
     /static/{name}                 the five files of ASSETS, from memory
 
-A run id in a URL must look like one (letters, digits, ``-``, ``_``, at most 64);
-a pipeline's name is only ever an SQL parameter. Pages are rendered by Jinja2 with
-autoescape, and sent with a Content-Security-Policy that runs scripts from
-``/static`` only, so a stage named ``<script>`` is text, twice over.
+A run id in a URL must look like one (letters, digits, ``-``, ``_``, at most 64), an
+event id is digits; a pipeline's or a model's name is only ever an SQL parameter.
+Pages are rendered by Jinja2 with autoescape, and sent with a Content-Security-Policy
+that runs scripts from ``/static`` only, so a stage named ``<script>`` is text, twice
+over.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.dashboard._assets import load_assets, templates
+from conveyor.dashboard._deployments import deployments_view, event_view
 from conveyor.dashboard._models import model_view, models_view
 from conveyor.dashboard._timeline import timeline_data
 from conveyor.dashboard._views import (
@@ -46,6 +50,7 @@ from conveyor.store import RunStore
 __all__ = ["create_app"]
 
 RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+EVENT_ID = re.compile(r"[0-9]{1,18}")
 HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -182,7 +187,14 @@ def create_app(
         view = model_view(db, name)
         if view is None:
             return problem(404, f"no model named {name!r} in this store")
-        return page("model.html", **view)
+        return page("model.html", **view, deployments=deployments_view(db, name))
+
+    def event(request: Any) -> Any:
+        name, id_ = request.path_params["name"], request.path_params["event_id"]
+        view = event_view(db, name, int(id_)) if EVENT_ID.fullmatch(id_) else None
+        if view is None:
+            return problem(404, f"no lifecycle event {id_!r} of model {name!r} in this store")
+        return page("event.html", name=name, **view)
 
     def static(request: Any) -> Any:
         asset = assets.get(request.path_params["name"])
@@ -210,6 +222,7 @@ def create_app(
         Route("/pipeline", pipeline),
         Route("/models", models),
         Route("/models/{name}", model),
+        Route("/models/{name}/events/{event_id}", event),
         Route("/static/{name}", static),
     ]
     hosts = list(LOOPBACK_NAMES if allowed_hosts is None else allowed_hosts)

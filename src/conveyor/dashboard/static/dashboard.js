@@ -197,9 +197,29 @@
     document.body.dataset.chartsDrawn = "1";
   }
 
+  // --- a model: which version answered which share of traffic when ---------------
+  function drawTraffic(data) {
+    const el = document.getElementById("traffic");
+    const t = data.traffic;
+    if (!el || !t) return;
+    new uPlot({
+      width: widthOf(el), height: 220,
+      scales: { x: { time: true }, y: { range: [0, 100] } },
+      axes: [{}, { label: "share of traffic", values: (u, splits) => splits.map((v) => v + "%") }],
+      series: [{}, ...t.series.map((s, i) => ({
+        label: s.label, stroke: colour(i), fill: colour(i) + "22", width: 1.5,
+        paths: uPlot.paths.stepped({ align: 1 }), points: { show: false },
+        value: (u, v) => (v == null ? "-" : `${v}%`),
+      }))],
+    }, [t.x, ...t.series.map((s) => s.values)], el);
+    el.dataset.series = String(t.series.length);
+    document.body.dataset.trafficDrawn = "1";
+  }
+
   const page = document.body.dataset.page;
   const data = pageData();
   if (page === "run") drawTimeline(data).catch((e) => { console.error(e); });
   else if (page === "live") watchLive(data);  // an ended run: its last snapshots, then "end"
   else if (page === "pipeline") drawPipeline(data);
+  else if (page === "model") drawTraffic(data);
 })();
