@@ -39,6 +39,18 @@ def test_events_carry_evidence_and_lineage_runs_both_ways() -> None:
             log.record("m", "gate", evidence={"model": object()})
 
 
+def test_a_name_the_registry_would_refuse_is_refused() -> None:
+    with LifecycleLog() as log:
+        for bad in ("../etc", "a/b", "", "<b>x</b>"):
+            with pytest.raises(LifecycleError, match=r"model name .* is not valid: use letters"):
+                log.record(bad, "gate")
+            with pytest.raises(LifecycleError, match="model name"):
+                log.start_rollout(
+                    bad, "champion", mode="canary", champion=1, candidate=2, share=0.1
+                )
+        assert log.events() == []
+
+
 def test_one_rollout_per_alias_and_its_traffic_per_arm() -> None:
     with LifecycleLog() as log:
         r = log.start_rollout("m", "champion", mode="canary", champion=1, candidate=2, share=0.05)

@@ -13,6 +13,7 @@ import conveyor as cv
 from conftest import wait_until
 from conveyor.lifecycle import LifecycleLog
 from conveyor.serve import Endpoint, Server
+from conveyor.serve._rollout import served_share
 
 
 def _register(*models: dict) -> None:
@@ -115,8 +116,27 @@ def test_a_shadow_is_mirrored_compared_and_never_answers() -> None:
             shadow = log.window(rollout.id, 0, "shadow")
             assert shadow.errors > 0 and shadow.compared == shadow.requests - shadow.errors
             assert shadow.agreed == shadow.compared  # the same labels where it answered
+            # the champion answered every request; the shadow saw what was mirrored
+            shares = {w.arm: w.share for w in log.traffic(rollout.id)}
+            assert shares == {"champion": 1.0, "shadow": 1.0}
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("mode", "arm", "expected"),
+    [
+        ("canary", "candidate", 0.25),
+        ("canary", "champion", 0.75),
+        ("shadow", "champion", 1.0),  # the shadow's answers are never returned
+        ("shadow", "shadow", 0.25),  # the share of batches mirrored to it
+        ("watch", "champion", 1.0),  # the promoted version serves everything
+    ],
+)
+def test_the_share_each_arm_answered_is_what_its_row_keeps(
+    mode: str, arm: str, expected: float
+) -> None:
+    assert served_share(mode, arm, 0.25) == expected
 
 
 def test_a_candidate_that_cannot_load_ends_its_rollout() -> None:

@@ -86,6 +86,7 @@ class LifecycleLog:
         run_id: str | None = None,
     ) -> LifecycleEvent:
         """Write one event and return it (with its id, for the events it causes)."""
+        _check_name(name)
         try:
             text = json.dumps(evidence or {}, sort_keys=True, default=jsonable)
         except (TypeError, ValueError) as exc:
@@ -188,6 +189,7 @@ class LifecycleLog:
     ) -> Rollout:
         """Begin a rollout of ``candidate`` on ``name@alias``; a server serving that alias
         picks it up within its ``watch`` seconds. Only one runs per alias at a time."""
+        _check_name(name)
         if mode not in ("shadow", "canary", "watch"):
             raise LifecycleError(f"rollout mode {mode!r}: use 'shadow', 'canary' or 'watch'")
         if not 0.0 <= share <= 1.0:
@@ -442,3 +444,14 @@ class LifecycleLog:
 
     def __repr__(self) -> str:
         return f"LifecycleLog({str(self.path)!r})"
+
+
+def _check_name(name: str) -> None:
+    """A model's name as the registry allows it (so the dashboard's links reach it)."""
+    from conveyor.errors import ModelError
+    from conveyor.models._records import check_name
+
+    try:
+        check_name(name, "model name")
+    except ModelError as exc:
+        raise LifecycleError(str(exc)) from None

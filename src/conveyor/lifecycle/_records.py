@@ -64,7 +64,7 @@ class TrafficWindow:
     step: int
     arm: str  # "champion", "candidate" or "shadow"
     version: int | None
-    share: float
+    share: float  # of live requests it answered (a shadow's: of batches mirrored to it)
     first_at: float
     last_at: float
     stats: ArmStats

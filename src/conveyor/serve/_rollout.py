@@ -50,6 +50,16 @@ class Route:
     shadow_busy: bool = False
 
 
+def served_share(mode: str, arm: str, share: float) -> float:
+    """The share of live requests ``arm`` answered under a rollout at ``share``: in a
+    canary the candidate's share and the rest; in a shadow and a watch the champion
+    answers every request (in a watch the champion is the newly promoted version), and
+    the shadow's row keeps the share of batches mirrored to it."""
+    if mode == "canary":
+        return share if arm == "candidate" else 1.0 - share
+    return 1.0 if arm == "champion" else share
+
+
 class Traffic:
     """The server's side of rollouts on ``name@alias`` (see the module docstring)."""
 
@@ -142,13 +152,12 @@ class Traffic:
         """The current step's counts, per arm, into the store; blocking."""
         for arm, stats in list(route.stats.items()):
             version = route.champion if arm == "champion" else route.candidate
-            share = route.share if arm != "champion" else 1.0 - route.share
             self.store.write_traffic(
                 route.rollout,
                 route.step,
                 arm,
                 version=version,
-                share=share,
+                share=served_share(route.mode, arm, route.share),
                 stats=stats,
                 first_at=route.first_at,
                 replica=self.replica,
