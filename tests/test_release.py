@@ -145,6 +145,61 @@ def test_a_drift_alarm_starts_a_release_whose_lineage_leads_back_to_it() -> None
         assert [e.kind for e in log.descendants(alarm.id)] == ["build", "promote"]
 
 
+class StopAfterWaits(threading.Event):
+    """A stop event that sets itself at its ``n``-th wait: the loop polls that often."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.n -= 1
+        if self.n <= 0:
+            self.set()
+        return self.is_set()
+
+
+def alarm(log: LifecycleLog, version: int) -> int:
+    return log.record("m", "drift_alarm", version=version, passed=False, evidence={"since": 0.0}).id
+
+
+def test_alarms_raised_while_a_release_runs_start_no_second_release() -> None:
+    """A server raises an alarm at every window while the drifted version serves, and
+    two replicas raise one each: one release answers them all."""
+    Release("m", build=build).run()
+    builds: list[int | None] = []
+
+    def build_while_alarms_go_on(c: Candidate) -> cv.models.ModelVersion:
+        builds.append(c.cause)
+        with LifecycleLog() as log:
+            alarm(log, 1), alarm(log, 1)  # the next windows, still on v1
+        return build(c)
+
+    with LifecycleLog() as log:
+        first = alarm(log, 1)
+        alarm(log, 1)  # another replica's alarm on the same drift
+    stop = StopAfterWaits(3)  # polls three times after the release
+    candidates = retrain_on_drift(
+        Release("m", build=build_while_alarms_go_on), poll=0.0, stop=stop, after=first - 1
+    )
+    assert builds == [first] and len(candidates) == 1 and candidates[0].promoted
+    assert stop.n == 0  # it did poll again and found nothing to do
+    with LifecycleLog() as log:  # a new alarm on the version now served starts one
+        later = alarm(log, 2)
+    (again,) = retrain_on_drift(Release("m", build=build), once=True, after=later - 1)
+    assert again.cause == later
+
+
+def test_an_alarm_about_a_version_already_replaced_is_stale() -> None:
+    Release("m", build=build).run()
+    Release("m", build=build).run()  # v2 serves now
+    with LifecycleLog() as log:
+        stale = alarm(log, 1)
+    stop = StopAfterWaits(2)
+    assert retrain_on_drift(Release("m", build=build), poll=0.0, stop=stop, after=stale - 1) == []
+    assert cv.models.get("m@champion").version == 2
+
+
 def test_without_an_alarm_retraining_waits_until_told_to_stop() -> None:
     stop = threading.Event()
     stop.set()
