@@ -260,6 +260,28 @@ def negate_pair(pair: tuple[int, str]) -> tuple[int, str]:
     return -pair[0], pair[1]
 
 
+def payload(i: int) -> Any:
+    """256 KiB filled with ``i``: kept in the object store, not inlined."""
+    import numpy as np
+
+    return np.full(1 << 15, float(i))
+
+
+def payload_on_node(a: Any) -> tuple[Any, str]:
+    """(``a`` times 10, the Ray node it ran on), a moment later: the pinned middle
+    stage of large payloads."""
+    import ray
+
+    time.sleep(0.02)
+    return a * 10, ray.get_runtime_context().get_node_id()
+
+
+def payload_value(pair: tuple[Any, str]) -> tuple[float, str]:
+    """A slower consumer: results of the middle stage wait for it in the object store."""
+    time.sleep(0.05)
+    return -float(pair[0][0]), pair[1]
+
+
 def big_array(i: int) -> Any:
     """A 4 MiB array filled with ``i``: a large payload."""
     import numpy as np

@@ -142,9 +142,9 @@ def test_a_call_past_its_timeout_kills_its_actor_and_fails_only_its_item() -> No
 def test_a_stage_no_node_can_place_says_so_and_can_be_closed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from conveyor.executors.ray import pool
+    from conveyor.executors.ray import watch
 
-    monkeypatch.setattr(pool, "UNPLACED_SECONDS", 0.5)
+    monkeypatch.setattr(watch, "UNPLACED_SECONDS", 0.5)
     stage = cv.stage(f.inc, executor="ray", resources={"nowhere": 1})
     expected = r"'inc': 1 Ray worker\(s\) have waited .*nowhere"
     with pytest.warns(RuntimeWarning, match=expected) as seen:

@@ -69,8 +69,8 @@ def test_a_task_with_handles_names_each_object_once() -> None:
     ref_a, ref_b = "ref-a", "ref-b"  # opaque to the encoding
     ka = handles(b.keep(ref_a, 2, 2, "a"), [1, 1])
     kb = handles(b.keep(ref_b, 1, 1, "b"), [1])
-    data, refs = encode_task(7, [ka[0], {"x": kb[0], "y": ka[1]}, 3])
-    assert refs == [ref_a, ref_b]
+    data, objects = encode_task(7, [ka[0], {"x": kb[0], "y": ka[1]}, 3])
+    assert [o.ref for o in objects] == [ref_a, ref_b]  # their refs are read when sent
     task_id, pieces, uses = pickle.loads(data)
     assert task_id == 7 and uses == [[0], [0, 1], []] and len(pieces) == 3
     plain, none = encode_task(8, [1, 2])

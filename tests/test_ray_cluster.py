@@ -4,7 +4,8 @@ One module-scoped fixture starts the cluster (a head on 127.0.0.2, a worker node
 127.0.0.3 advertising the resource ``node2``; about 10 s and 2 GB) and ends only the
 processes it started. The run must complete with every item exactly once: the lost
 node's units go back under the retry policy, its actors are replaced on the node that
-takes its place, and the ledger balances.
+takes its place, the results it kept in its object store are made again, and the
+ledger balances.
 """
 
 from __future__ import annotations
@@ -34,12 +35,20 @@ class Ledger(cv.Instrument):
     def __init__(self) -> None:
         self.read = 0
         self.states: collections.Counter[str] = collections.Counter()
+        self.remade: list[tuple[str, int, str]] = []
+        self.failed: list[str] = []
 
     def items_read(self, keys: Any, t_ns: int) -> None:
         self.read += len(keys)
 
     def roots_finished(self, roots: Any, state: str, t_ns: int) -> None:
         self.states[state] += len(roots)
+
+    def results_remade(self, stage: str, count: int, lost_on: str, t_ns: int) -> None:
+        self.remade.append((stage, count, lost_on))
+
+    def unit_failed(self, stage, key, error, traceback, attempt, retrying, t_ns):  # type: ignore[no-untyped-def]
+        self.failed.append(f"{stage}: {type(error).__name__}")
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +69,7 @@ def test_a_node_killed_mid_run_loses_and_duplicates_nothing(
     cluster: tuple[Any, LoopbackCluster],
 ) -> None:
     ray, c = cluster
+    c.wait_nodes(ray, 2)
     worker_node = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "node2" in n["Resources"])
     n = 300
     pipe = cv.Pipeline(
@@ -91,3 +101,51 @@ def test_a_node_killed_mid_run_loses_and_duplicates_nothing(
     assert run.state == "succeeded"
     assert ledger.read == n and ledger.states == {"done": n}  # the ledger balances
     print(f"kill to end: {ended - killed_at:.1f} s")
+
+
+def test_results_kept_on_a_killed_node_are_made_again_each_item_once(
+    cluster: tuple[Any, LoopbackCluster],
+) -> None:
+    # 256 KiB payloads stay in the object stores: the middle stage's results wait on
+    # the worker node for the last stage (on the head) when that node is killed
+    ray, c = cluster
+    assert c.wait_nodes(ray, 2)
+    worker = next(n for n in ray.nodes() if n["Alive"] and "node2" in n["Resources"])
+    node = f"{worker['NodeManagerAddress']} {worker['NodeID'][:8]}"
+    head = {f"node:{c.HEAD}": 0.01}
+    n = 120
+    pipe = cv.Pipeline(
+        "kept-two-nodes",
+        [
+            cv.stage(f.payload, executor="ray", workers=2, resources=head, retry=3),
+            cv.stage(f.payload_on_node, executor="ray", workers=2, resources={"node2": 1}, retry=3),
+            cv.stage(f.payload_value, executor="ray", workers=2, resources=head, retry=3),
+        ],
+        capacity=32,
+    )
+    results: list[tuple[float, str]] = []
+    killed_at = None
+    ledger = Ledger()
+    with pipe.stream(range(n), instruments=[ledger]) as run:
+        for r in run:
+            results.append(r)
+            if len(results) == n // 4 and killed_at is None:
+                c.nodes[-1].kill()  # SIGKILL the worker node's every process
+                killed_at = time.monotonic()
+                c.add_worker()
+    ended = time.monotonic()
+    assert killed_at is not None
+    values = sorted(v for v, _ in results)
+    assert values == sorted(-float(i * 10) for i in range(n))  # none lost, none twice
+    assert run.state == "succeeded"
+    assert ledger.read == n and ledger.states == {"done": n}  # the ledger balances
+    stats = run.statistics().stages
+    remade = stats["payload_on_node"].remade
+    print(
+        f"kill to end: {ended - killed_at:.1f} s; made again: {ledger.remade}; "
+        f"failures: {collections.Counter(ledger.failed)}"
+    )
+    assert remade >= 1  # lost with the node, made again on its successor
+    assert {on for s, _, on in ledger.remade if s == "payload_on_node"} == {node}
+    assert stats["payload_value"].dead_lettered == 0
+    assert f"results lost with node {node} were made again" in run.report().render(width=300)

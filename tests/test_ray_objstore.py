@@ -186,46 +186,141 @@ def test_small_results_come_back_as_values_between_ray_stages(
     assert not any("Kept" in types for types, _ in sent)
 
 
-def test_a_lost_object_fails_its_items_under_the_retry_policy_never_silently(
-    ray: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The first task's outputs are swapped for an object whose owner is then killed:
-    # its items cannot run, are retried, then dead-lettered, naming the loss; the
-    # other items arrive once each.
-    from conveyor.executors.ray import pool
-
+def lost_ref(ray: Any) -> Any:
+    """A ref to an object that is lost: its owner (an actor) was killed."""
     owner = ray.remote(f.RefOwner).remote()
     [lost] = ray.get(owner.put.remote([0]))
     ray.kill(owner)
+    return lost
+
+
+class Ledger(cv.Instrument):
+    """Items read, each root's terminal state, results made again, failures."""
+
+    def __init__(self) -> None:
+        self.read = 0
+        self.states: collections.Counter[str] = collections.Counter()
+        self.remade: list[tuple[str, int, str]] = []
+        self.errors: list[str] = []
+
+    def items_read(self, keys: Any, t_ns: int) -> None:
+        self.read += len(keys)
+
+    def roots_finished(self, roots: Any, state: str, t_ns: int) -> None:
+        self.states[state] += len(roots)
+
+    def results_remade(self, stage: str, count: int, lost_on: str, t_ns: int) -> None:
+        self.remade.append((stage, count, lost_on))
+
+    def unit_failed(self, stage, key, error, traceback, attempt, retrying, t_ns):  # type: ignore[no-untyped-def]
+        self.errors.append(f"{stage} {attempt} {retrying} {error}")
+
+
+def lose_first(monkeypatch: pytest.MonkeyPatch, lost: Any, *stages: str) -> list[int]:
+    """The first kept outputs of each of ``stages`` are swapped for ``lost`` as they are
+    made (and, for a later stage, the upstream objects its task read): the number of
+    results swapped, by stage."""
+    from conveyor.executors.ray import pool
+
     make, swapped = pool.handles, []
 
     def handles(outputs: Any, shapes: Any) -> list[Any]:
-        if not swapped:
-            swapped.append(len(shapes))
+        if outputs.stage in stages[len(swapped) :][:1]:
+            swapped.append(sum(1 for s in shapes if s is not None))
             outputs.ref = lost
+            for ref, _ in outputs.lineage.upstream:  # alive: the task's units hold them
+                if ref() is not None:
+                    ref().ref = lost
         return make(outputs, shapes)
 
     monkeypatch.setattr(pool, "handles", handles)
-    errors: list[str] = []
+    return swapped
 
-    class Errors(cv.Instrument):
-        def unit_failed(self, stage, key, error, traceback, attempt, retrying, t_ns):  # type: ignore[no-untyped-def]
-            errors.append(f"{stage} {attempt} {retrying} {error}")
 
+def test_a_lost_object_is_made_again_and_each_item_reaches_the_output_once(
+    ray: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first task's outputs are swapped for an object whose owner is then killed:
+    # the consumer finds it lost, the driver runs the producer's task again, and the
+    # items go on, with no retry policy and nothing skipped.
+    swapped = lose_first(monkeypatch, lost_ref(ray), "big_array")
+    ledger = Ledger()
     pipe = cv.Pipeline(
         "lost",
         [
             cv.stage(f.big_array, executor="ray", workers=2),
-            cv.stage(f.array_first, executor="ray", retry=2, on_error="skip"),
+            cv.stage(f.array_first, executor="ray"),
         ],
     )
-    run = pipe.run(range(12), instruments=[Errors()])
+    run = pipe.run(range(12), instruments=[ledger])
     [n] = swapped
-    stats = run.statistics().stages["array_first"]
-    assert stats.dead_lettered == n and len(run.results) == 12 - n
+    assert sorted(run.results) == [float(i) for i in range(12)]  # each once
+    assert ledger.read == 12 and ledger.states == {"done": 12}  # the ledger balances
+    stats = run.statistics().stages
+    assert stats["big_array"].remade == n and stats["big_array"].items_out == 12
+    assert stats["array_first"].errors == stats["array_first"].dead_lettered == 0
+    node = f"{ray.util.get_node_ip_address()} {ray.get_runtime_context().get_node_id()[:8]}"
+    assert ledger.remade == [("big_array", n, node)] and not ledger.errors
+    assert f"{n} results lost with node {node} were made again" in run.report().render(width=300)
+
+
+def test_lost_objects_two_stages_deep_are_made_again_up_the_chain(
+    ray: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # plus_one's first outputs and the big_array objects its task read are lost: the
+    # consumer's loss makes plus_one run again, whose inputs are made again first
+    swapped = lose_first(monkeypatch, lost_ref(ray), "array_plus_one")
+    ledger = Ledger()
+    pipe = cv.Pipeline(
+        "deep",
+        [
+            cv.stage(f.big_array, executor="ray", workers=2),
+            cv.stage(f.array_plus_one, executor="ray"),
+            cv.stage(f.array_first, executor="ray", workers=2),
+        ],
+    )
+    run = pipe.run(range(10), instruments=[ledger])
+    assert swapped and sorted(run.results) == [float(i + 1) for i in range(10)]
+    assert ledger.read == 10 and ledger.states == {"done": 10}
+    stats = run.statistics().stages
+    assert stats["array_plus_one"].remade == swapped[0]
+    assert stats["big_array"].remade >= 1  # lost (or freed since), made again first
+    assert {s for s, _, _ in ledger.remade} == {"big_array", "array_plus_one"}
+    assert not ledger.errors
+
+
+def test_a_result_lost_again_each_time_it_is_made_fails_under_the_policy(
+    ray: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every re-made object is lost too: past the producer's attempts (retry=1: two),
+    # the items are dead-lettered by the consumer's policy, named, and the rest arrive
+    from conveyor.executors.ray import remaking
+
+    lost = lost_ref(ray)
+    swapped = lose_first(monkeypatch, lost, "big_array")
+    wait = remaking.Rerun.wait
+
+    def lost_again(self: Any, stop: Any) -> Any:
+        return lost, wait(self, stop)[1]
+
+    monkeypatch.setattr(remaking.Rerun, "wait", lost_again)
+    ledger = Ledger()
+    pipe = cv.Pipeline(
+        "lost-again",
+        [
+            cv.stage(f.big_array, executor="ray", workers=2, retry=1),
+            cv.stage(f.array_first, executor="ray", retry=1, on_error="skip"),
+        ],
+    )
+    run = pipe.run(range(12), instruments=[ledger])
+    [n] = swapped
+    stats = run.statistics().stages
+    assert stats["array_first"].dead_lettered == n and len(run.results) == 12 - n
     assert len(set(run.results)) == len(run.results)  # none twice
-    assert len(errors) == 3 * n  # retry=2: three attempts each
-    assert all("object store and is lost" in e for e in errors)
+    assert ledger.read == 12 and ledger.states == {"done": 12 - n, "dead_lettered": n}
+    assert stats["big_array"].remade == 2 * n  # made again twice (its attempts), lost each time
+    assert len(ledger.errors) == 2 * n  # the consumer's two attempts per item
+    assert all("stage 'big_array'" in e and "more retry attempts" in e for e in ledger.errors)
 
 
 def plasma_bytes(ray: Any) -> int:

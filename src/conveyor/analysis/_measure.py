@@ -113,6 +113,7 @@ class StageMeasure:
     predecessors: tuple[str, ...] = ()
     fused: tuple[str, ...] = ()  # the fused chain it ran in, sharing its workers
     nodes: tuple[NodeGroup, ...] = ()  # a cluster's workers by node (none: this machine)
+    remade: tuple[tuple[str, int], ...] = ()  # results made again: (node lost with or "", n)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +205,7 @@ def measure(rec: Recording) -> RunMeasure:
             predecessors=s.shape.predecessors,
             fused=s.shape.fused,
             nodes=node_groups(s, rec.places.get(s.name, {})),
+            remade=tuple(sorted(rec.remade.get(s.name, {}).items())),
         )
     first_latency = None
     if rec.first_done_ns is not None and rec.first_read_ns is not None:
@@ -246,6 +248,10 @@ def node_lines(m: RunMeasure) -> list[str]:
 
     nodes of on_node: 127.0.0.3 1f2e3d4c: actors 0, 1 (150 units, busy 3.10 s);
         127.0.0.2 9a8b7c6d: actors 2, 3 (150 units, busy 3.02 s)
+
+    and one per stage and node whose results were made again, e.g.::
+
+    12 results lost with node 127.0.0.3 1f2e3d4c were made again by stage on_node
     """
     out = []
     for s in m.stages.values():
@@ -257,4 +263,8 @@ def node_lines(m: RunMeasure) -> list[str]:
             for g in s.nodes
         )
         out.append(f"nodes of {s.name}: {groups}")
+    for s in m.stages.values():
+        for node, n in s.remade:
+            what = f"lost with node {node}" if node else "freed and needed again"
+            out.append(f"{n} results {what} were made again by stage {s.name}")
     return out

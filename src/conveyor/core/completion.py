@@ -65,10 +65,13 @@ class Completion:
         self._calls: list[list[Any]] = []  # a fused task's later calls, by chain index
         self._failed: set[int] = set()  # and the indices of those that failed
         self._worker = -1
+        self.states: dict[str, StageState] = {}  # by name: the stages results are made again by
 
     def complete(self, s: StageState, task: Task, out: Outcome) -> None:
         """``task`` of stage ``s`` came back: account for each of its units."""
         s.busy -= 1
+        if out.remade is not None:
+            self._remade(out.remade)
         for t in s.targets:
             t.reserved -= task.reserved
         if s.then is None:
@@ -144,6 +147,17 @@ class Completion:
         for unit in sorted(failed):
             f = failed[unit]
             self._unit_failed(s, task, unit, f.error, f.traceback, fatal=f.fatal)
+
+    def _remade(self, remade: list[tuple[str, str, int]]) -> None:
+        """Results of earlier stages were made again for this task (never routed again:
+        the items they belong to are where they were)."""
+        now = monotonic_ns()
+        for stage, lost_on, count in remade:
+            state = self.states.get(stage)
+            if state is not None:
+                state.remade += count
+            if self._has_ins:
+                self._ins.results_remade(stage, count, lost_on, now)
 
     def _place(self, stage: str, worker: int, place: str) -> None:
         if self._placed.get((stage, worker)) != place:

@@ -146,6 +146,12 @@ class Instrument:
         and a node id): said once per worker, before its first ``task_finished``.
         Workers on the driver's machine (threads, processes) are never placed."""
 
+    def results_remade(self, stage: str, count: int, lost_on: str, t_ns: int) -> None:
+        """``count`` results of ``stage`` kept on a cluster's node were made again by
+        re-running the units that made them, for a consumer that needed them: lost
+        with node ``lost_on``, or freed (``lost_on`` is ``""``) and needed again to
+        make a lost result of a later stage. The items go on; nothing is counted twice."""
+
     def stage_resized(self, stage: str, workers: int, t_ns: int) -> None:
         """``stage``'s pool now has ``workers`` workers (see ``Run.resize``)."""
 

@@ -178,6 +178,7 @@ class StageState:
         self.dead_lettered = 0
         self.timeouts = 0
         self.lost_workers = 0
+        self.remade = 0
         self.cache_hits = 0
         self.tasks = 0
         self.busy_ns = 0
@@ -337,6 +338,7 @@ class StageState:
             dead_lettered=self.dead_lettered,
             timeouts=self.timeouts,
             lost_workers=self.lost_workers,
+            remade=self.remade,
             cache_hits=self.cache_hits,
             calls=self.calls,
             live_workers=_alive(self.head or self),

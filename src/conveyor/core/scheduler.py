@@ -123,6 +123,7 @@ class Scheduler:
         tracking = self._ins.wants("roots_finished") or push
         self.ledger = RootLedger(ordered=ordered, tracking=tracking)
         self._completion = Completion(self.ledger, self._ins, self.output, ordered=ordered)
+        self._completion.states = by_name
         self.feed = Feed(
             source,
             wake=self._wake,

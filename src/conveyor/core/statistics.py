@@ -46,6 +46,7 @@ class StageStatistics:
     dead_lettered: int = 0  # items skipped under on_error="skip"
     timeouts: int = 0  # calls that ran past the stage's timeout
     lost_workers: int = 0  # process workers that died mid-task (and were replaced)
+    remade: int = 0  # results lost (or freed) and made again by re-running their task
     cache_hits: int = 0  # calls answered from the stage's cache
     calls: int = 0  # times the function was called, retries and repeats included
     live_workers: int = 0  # workers that can take a task now (converges on ``workers``)

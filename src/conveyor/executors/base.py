@@ -144,6 +144,9 @@ class Outcome:
     uncached: str | None = None  # what the cache could not do, and the fix: warned once
     ends: list[int] | None = None  # units that overlap (async): when each one ended
     place: str | None = None  # the node the worker ran on (a cluster's); None: this machine
+    # results of other stages made again for this task (lost with their node, or freed
+    # and needed again by a re-run): (stage, the node they were lost with or "", count)
+    remade: list[tuple[str, str, int]] | None = None
 
     @property
     def calls(self) -> int:

@@ -5,6 +5,11 @@ run says so once per worker (``Instrument.worker_placed``), the recorder keeps i
 (``Recording.places``: stage -> worker -> node), and the report, the Gantt chart and
 the dashboard's timeline group a stage's workers by node. Workers on the driver's
 machine (threads, processes) have no place: one node, this machine.
+
+Results kept on a node and lost with it are made again by re-running their stage
+(``Instrument.results_remade``); the recorder counts them (``Recording.remade``:
+stage -> the node they were lost with, "" for results freed and needed again ->
+count), and the report says so next to the nodes.
 """
 
 from __future__ import annotations
@@ -18,9 +23,21 @@ __all__ = ["NodeGroup", "PlacesNoted", "lane_label", "lanes", "node_groups"]
 
 
 class PlacesNoted:
-    """The recorder's part that notes where each worker runs (``worker_placed``)."""
+    """The recorder's part that notes where each worker runs (``worker_placed``) and
+    the results made again (``results_remade``)."""
 
     _nodes: dict[str, dict[int, str]] | None = None
+    _remade: dict[str, dict[str, int]] | None = None
+
+    def results_remade(self, stage: str, count: int, lost_on: str, t_ns: int) -> None:
+        if self._remade is None:
+            self._remade = {}
+        per = self._remade.setdefault(stage, {})
+        per[lost_on] = per.get(lost_on, 0) + count
+
+    def remade(self) -> dict[str, dict[str, int]]:
+        """stage -> node the results were lost with ("": freed) -> results made again."""
+        return {stage: dict(m) for stage, m in (self._remade or {}).items()}
 
     def worker_placed(self, stage: str, worker: int, place: str, t_ns: int) -> None:
         if self._nodes is None:

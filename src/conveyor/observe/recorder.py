@@ -456,6 +456,7 @@ class Recorder(PlacesNoted, Instrument):
             detail_limit=self.detail,
             detail_end_ns=self._detail_end,
             places=self.places(),
+            remade=self.remade(),
             gpus=self._gpus.series(),
         )
 

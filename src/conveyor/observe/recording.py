@@ -267,6 +267,8 @@ class Recording:
     source_ns: int | None = None  # time spent inside the source, producing items
     driver_ns: int | None = None  # time conveyor's scheduler spent moving items
     places: dict[str, dict[int, str]] = dataclasses.field(default_factory=dict)  # cluster nodes
+    # stage -> node its results were lost with ("": freed, needed again) -> results made again
+    remade: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     gpus: list[GpuSeries] = dataclasses.field(default_factory=list)  # sampled devices
 
     @property

@@ -13,16 +13,19 @@ import os
 import sys
 import traceback
 from time import monotonic_ns
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.executors.base import CacheSpec, Outcome
 from conveyor.executors.calls import close_quietly, worker_function
-from conveyor.executors.processes.functions import load_function
+from conveyor.executors.processes.functions import dump_function, load_function
 from conveyor.executors.processes.messages import decode_task, encode_reply
 from conveyor.executors.processes.remote import Packed, pack
 from conveyor.executors.processes.shm import SegmentRegistry
 from conveyor.executors.ray.handles import decode_kept_task, keep_results, worth_little
 from conveyor.executors.task import run_task
+
+if TYPE_CHECKING:
+    from conveyor.core.stage import Stage
 
 # Values travel inside Ray's own messages and object store, never through conveyor's
 # shared-memory segments: a threshold no array reaches.
@@ -32,6 +35,29 @@ NEVER = 1 << 62
 def plain_registry() -> SegmentRegistry:
     """A registry that never puts an array in shared memory (Ray moves the bytes)."""
     return SegmentRegistry("cvray", owner=False, threshold=NEVER)
+
+
+def actor_args(s: Stage, cache: CacheSpec | None) -> tuple[Any, ...]:
+    """What each of stage ``s``'s actors is made with (:class:`StageWorker`'s arguments)."""
+    # Ray's workers do not inherit the driver's environment: conveyor's own settings
+    # (CONVEYOR_*) follow the run; others go through Ray's runtime_env.
+    env = {k: v for k, v in os.environ.items() if k.startswith("CONVEYOR_")}
+    env["CONVEYOR_WORKER"] = "ray"
+    init = b"" if s.init is None else dump_function(s.init)
+    return (
+        list(sys.path),
+        dump_function(s.fn),
+        init,
+        s.kind,
+        s.initial,
+        s.is_async,
+        s.concurrency,
+        s.timeout,
+        cache,
+        s.name,
+        env,
+        s.split,
+    )
 
 
 class StageWorker:
@@ -88,14 +114,15 @@ class StageWorker:
         return encode_reply(self._run(data, refs), self.registry)
 
     def run_kept(
-        self, data: bytes, refs: list[Any] | None = None
+        self, data: bytes, refs: list[Any] | None = None, force: bool = False
     ) -> tuple[tuple[bool, bytes], list[Any] | None]:
         """Run one task and keep its results in the object store: ``((True, reply),
         outputs)``, the reply carrying each result's size instead of its value (two
         returns: the caller owns both objects, so they outlive this actor). Results
-        too small to be worth it come back as values: ``((False, reply), None)``."""
+        too small to be worth it come back as values: ``((False, reply), None)``,
+        unless ``force`` (a task run again to make lost results: :mod:`.lineage`)."""
         out = self._run(data, refs)
-        if worth_little(out.results):
+        if not force and worth_little(out.results):
             return (False, encode_reply(out, self.registry)), None
         failed = {f.unit for f in out.failures}
         outputs, shapes, bad = keep_results(out.results, self.kind, failed, split=self.split)
@@ -160,9 +187,9 @@ def actor_class() -> Any:
         class Probed(StageWorker):
             @method(num_returns=2)
             def run_kept(
-                self, data: bytes, refs: list[Any] | None = None
+                self, data: bytes, refs: list[Any] | None = None, force: bool = False
             ) -> tuple[tuple[bool, bytes], list[Any] | None]:
-                return StageWorker.run_kept(self, data, refs)
+                return StageWorker.run_kept(self, data, refs, force)
 
             @method(concurrency_group="probe")
             def current(self) -> tuple[int, int]:

@@ -99,9 +99,12 @@ class KeptBytes:
         with self._lock:
             self._in_flight = max(0, self._in_flight - units)
 
-    def keep(self, ref: Any, nbytes: int, units: int, stage: str) -> Outputs:
-        """``ref`` holds ``nbytes`` of results: counted until its last handle is dropped."""
-        outputs = Outputs(ref, nbytes, stage)
+    def keep(
+        self, ref: Any, nbytes: int, units: int, stage: str, lineage: Any = None, place: str = ""
+    ) -> Outputs:
+        """``ref`` holds ``nbytes`` of results, made on node ``place`` (``lineage``: how to
+        make them again): counted until its last handle is dropped."""
+        outputs = Outputs(ref, nbytes, stage, lineage, place)
         with self._lock:
             self.held += nbytes
             self.objects += 1

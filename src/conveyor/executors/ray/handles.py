@@ -15,7 +15,9 @@ An object lives while a handle to it does (Ray's reference counting), so it is f
 once every unit it holds has been consumed.
 
 A handle whose object was lost (its node died) fails the unit that needed it with
-:class:`LostResultError`, under the consumer's retry and skip policy: an item is
+:class:`LostResultError`, naming the task's lost objects; the driver then makes them
+again by re-running the tasks that made them (:mod:`.lineage`), and past that
+module's bound the unit fails under the consumer's retry and skip policy: an item is
 never silently dropped.
 """
 
@@ -45,17 +47,30 @@ Position = int | tuple[int, int]  # a unit's result, or child j of unit i (flat_
 
 class LostResultError(Exception):
     """The object holding an upstream stage's result is gone (its node died, or Ray
-    freed it): the unit that needed it cannot run. It fails under the consuming
-    stage's retry and skip policy, naming the item."""
+    freed it): the unit that needed it cannot run. ``lost`` lists the task's lost
+    objects (their slots) for the driver to make again (:mod:`.lineage`); past that
+    bound it fails under the consuming stage's retry and skip policy, naming the item."""
+
+    lost: tuple[int, ...] = ()
 
 
 class Outputs:
-    """One task's output list in the object store: its ref, its size, its stage."""
+    """One task's output list in the object store: its ref, its size, its stage, and
+    how to make it again (``lineage``: :class:`.lineage.Lineage`, None for none).
 
-    __slots__ = ("__weakref__", "nbytes", "ref", "stage")
+    ``ref`` is replaced when the object is made again: every handle reads the new one.
+    ``place`` is the node it was made on; ``remade`` counts the times it was made
+    again, ``making`` is set while it is being made (both :mod:`.lineage`'s)."""
 
-    def __init__(self, ref: Any, nbytes: int, stage: str) -> None:
+    __slots__ = ("__weakref__", "lineage", "making", "nbytes", "place", "ref", "remade", "stage")
+
+    def __init__(
+        self, ref: Any, nbytes: int, stage: str, lineage: Any = None, place: str = ""
+    ) -> None:
         self.ref, self.nbytes, self.stage = ref, nbytes, stage
+        self.lineage, self.place = lineage, place
+        self.remade = 0
+        self.making: Any = None
 
 
 class Kept:
@@ -85,9 +100,9 @@ class Kept:
 
 
 class _Pickler(pickle.Pickler):
-    """Pickles units, writing each handle as (slot, position): slot k is refs[k]."""
+    """Pickles units, writing each handle as (slot, position): slot k is objects[k]."""
 
-    def __init__(self, file: io.BytesIO, refs: list[Any], slots: dict[int, int]) -> None:
+    def __init__(self, file: io.BytesIO, refs: list[Outputs], slots: dict[int, int]) -> None:
         super().__init__(file, protocol=5)
         self.refs, self.slots = refs, slots
         self.used: set[int] = set()
@@ -99,17 +114,18 @@ class _Pickler(pickle.Pickler):
         k = self.slots.get(id(outputs))
         if k is None:
             k = self.slots[id(outputs)] = len(self.refs)
-            self.refs.append(outputs.ref)
+            self.refs.append(outputs)
         self.used.add(k)
         return (k, obj.at)
 
 
-def encode_task(task_id: int, units: list[Any]) -> tuple[bytes, list[Any]]:
-    """``(data, refs)``: the task as a Ray actor receives it. Without handles, the plain
-    pickle of ``(task_id, units)`` and no refs; with handles, each unit pickled on its
-    own (so that a lost object fails only the units that need it) and the refs of the
-    objects they name, which Ray lends the actor with the call."""
-    refs: list[Any] = []
+def encode_task(task_id: int, units: list[Any]) -> tuple[bytes, list[Outputs]]:
+    """``(data, objects)``: the task as a Ray actor receives it. Without handles, the
+    plain pickle of ``(task_id, units)`` and no objects; with handles, each unit
+    pickled on its own (so that a lost object fails only the units that need it) and
+    the objects they name, whose refs (read when the task is sent: one made again
+    since is read new) Ray lends the actor with the call."""
+    refs: list[Outputs] = []
     slots: dict[int, int] = {}
     buf = io.BytesIO()
     _Pickler(buf, refs, slots).dump((task_id, units))
@@ -211,13 +227,13 @@ def decode_kept_task(
         try:
             if gone:
                 cause = lost[gone[0]]
-                raise LostResultError(
+                error = LostResultError(
                     f"stage {stage!r}: the upstream result this item needs was kept in "
                     f"Ray's object store and is lost ({type(cause).__name__}: its node "
-                    "died, or Ray evicted it), and a retry would fetch the same object; "
-                    "skip such items (on_error='skip') and re-drive them from the dead "
-                    "letters, or keep results on the driver (CONVEYOR_RAY_OBJECT_STORE=0)"
-                ) from cause
+                    "died, or Ray evicted it)"
+                )
+                error.lost = tuple(sorted(lost))  # the driver makes these again
+                raise error from cause
             units.append(_Unpickler(piece, fetched).load())
         except Exception as exc:
             return task_id, units, failure(i, exc)

@@ -21,11 +21,11 @@ Faults keep the contract of :mod:`conveyor.executors.base`:
   task fails with a fatal :class:`~conveyor.WorkerLostError` (an import failing
   on the nodes, usually).
 
-A stage ``timeout`` for plain functions: while an actor is busy the collector asks it
-(``current()``, in a concurrency group of its own, so it answers mid-task) which
-unit it runs and for how long; one past the timeout has its actor killed and
-replaced, and that unit fails with :class:`TimeoutError` (``async def`` stages time
-each call out in the actor).
+A stage ``timeout`` for plain functions, and actors no node can place: :mod:`.watch`.
+Results kept in the object store (:mod:`.handles`, :mod:`.budget`) and lost with their
+node are made again by re-running the tasks that made them (:mod:`.lineage`,
+:mod:`.remaking`): this pool runs such a task first, and holds back an outcome whose
+inputs were lost until they are made again.
 
 Durations come from the actor's clock and are placed on the driver's: a task's
 stamps are shifted to end when its reply arrived, so a node whose monotonic clock
@@ -35,10 +35,7 @@ differs is still measured right.
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 import threading
-import warnings
 from collections import deque
 from collections.abc import Sequence
 from time import monotonic_ns
@@ -55,28 +52,36 @@ from conveyor.executors.base import (
     Traits,
     not_run,
 )
-from conveyor.executors.processes.functions import check_picklable, dump_function
+from conveyor.executors.processes.functions import check_picklable
 from conveyor.executors.processes.messages import decode_reply, unpicklable_task
 from conveyor.executors.processes.shm import dumps
-from conveyor.executors.ray.actor import actor_class, plain_registry
+from conveyor.executors.ray.actor import actor_args, actor_class, plain_registry
 from conveyor.executors.ray.budget import KeptBytes, KeptStatistics, default_cap
 from conveyor.executors.ray.connect import connect, import_ray
 from conveyor.executors.ray.faults import broken_outcome, load_failed, start_failed
-from conveyor.executors.ray.handles import encode_task, handles, keeps_results, resolve, total_bytes
-from conveyor.executors.ray.options import ray_options, unplaced
+from conveyor.executors.ray.handles import (
+    Outputs,
+    encode_task,
+    handles,
+    keeps_results,
+    resolve,
+    total_bytes,
+)
+from conveyor.executors.ray.lineage import Lineage
+from conveyor.executors.ray.options import ray_options
+from conveyor.executors.ray.remaking import Recovery, Rerun, Reruns, Sent
 from conveyor.executors.ray.roster import Actor
+from conveyor.executors.ray.watch import PROBE, Watch
 
 if TYPE_CHECKING:
     from conveyor.core.stage import Stage
 
 MAX_START_FAILURES = 3
-_PROBE: Any = object()  # in _refs: the answer of an actor's current()
-UNPLACED_SECONDS = 30  # an actor not placed by then: say why the stage waits
 WAIT_SECONDS = 0.05  # the collector's longest wait: how soon it sees new work or a stop
 JOIN_SECONDS = 10.0  # how long shutdown waits for actors to close their instances
 
 
-class RayExecutor(Executor):
+class RayExecutor(Watch, Reruns, Executor):
     traits = Traits(target_task_ns=20_000_000, in_flight_per_worker=1, shares_memory=False)
 
     def __init__(
@@ -90,8 +95,9 @@ class RayExecutor(Executor):
         super().__init__(stage, post, cache=cache, context=context)
         self._registry = plain_registry()
         self._actors: list[Actor] = []
-        self._pending: deque[tuple[Task, bytes, list[Any]]] = deque()
-        self._refs: dict[Any, tuple[Actor, Task | None]] = {}  # None: the ready() call
+        self._pending: deque[tuple[Task, bytes, list[Outputs]]] = deque()
+        self._reruns: deque[Rerun] = deque()  # tasks run again for a lineage: first
+        self._refs: dict[Any, tuple[Actor, Any]] = {}  # a Task, a Rerun, PROBE, None: ready()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -107,8 +113,9 @@ class RayExecutor(Executor):
         self._keep = False  # results stay in the object store (hand_on decides)
         self._bytes_bound: int | None = None
         self._budget: KeptBytes | None = None
-        self._kept: dict[Any, Any] = {}  # a kept task's reply ref -> its outputs ref
+        self._sent: dict[Any, Sent] = {}  # reply ref -> a task that keeps or reads handles
         self._reads_handles = False  # a producer hands this stage handles (hand_on)
+        self._recovery = Recovery(stage.name, post)  # its lost inputs made again
 
     @classmethod
     def check(cls, stage: Stage, *, pipeline_built: bool) -> None:
@@ -134,26 +141,7 @@ class RayExecutor(Executor):
     def start(self) -> None:
         self._ray = connect()
         s = self.stage
-        fn_bytes = dump_function(s.fn)
-        init_bytes = b"" if s.init is None else dump_function(s.init)
-        # Ray's workers do not inherit the driver's environment: conveyor's own
-        # settings (CONVEYOR_*) follow the run; others go through Ray's runtime_env.
-        env = {k: v for k, v in os.environ.items() if k.startswith("CONVEYOR_")}
-        env["CONVEYOR_WORKER"] = "ray"
-        self._args = (
-            list(sys.path),
-            fn_bytes,
-            init_bytes,
-            s.kind,
-            s.initial,
-            s.is_async,
-            s.concurrency,
-            s.timeout,
-            self.cache,
-            s.name,
-            env,
-            s.split,
-        )
+        self._args = actor_args(s, self.cache)
         self._options = ray_options(s)
         if self._keep:
             cap = self._bytes_bound or default_cap(self._ray)
@@ -177,18 +165,18 @@ class RayExecutor(Executor):
             self.post(not_run(task))
             return
         try:
-            refs: list[Any]
+            objects: list[Outputs]
             try:  # the plain pickle, in C; a handle refuses it: then the handles' own
-                data, refs = dumps((task.id, task.units), self._registry)[0], []
+                data, objects = dumps((task.id, task.units), self._registry)[0], []
             except TypeError:
                 if not self._reads_handles:
                     raise
-                data, refs = encode_task(task.id, task.units)
+                data, objects = encode_task(task.id, task.units)
         except Exception as exc:
             self.post(unpicklable_task(task, exc, -1, self._registry))
             return
         with self._lock:
-            self._pending.append((task, data, refs))
+            self._pending.append((task, data, objects))
             self._dispatch()
         self._wake.set()
 
@@ -224,6 +212,8 @@ class RayExecutor(Executor):
             actors = [a for a in self._actors if not a.dead]
             pending = [p[0] for p in self._pending]
             self._pending.clear()
+            reruns = list(self._reruns)
+            self._reruns.clear()
         for task in pending:
             self.post(not_run(task))
         self._stop.set()
@@ -235,10 +225,14 @@ class RayExecutor(Executor):
             for a in self._actors:
                 a.held.clear()
             self._refs.clear()
-            self._kept.clear()
+            self._sent.clear()
             closing = [self._kill(a, graceful=not cancel) for a in actors]
-        for task in held:  # the run is ending (cancelled): every task still gets its answer
-            self.post(not_run(task))
+        for t in [*reruns, *held]:  # the run is ending: every task gets its answer
+            if isinstance(t, Rerun):
+                t.fail("the run is ending")
+            else:
+                self.post(not_run(t))
+        self._recovery.close()  # its held outcomes are posted
         # As process workers are joined: a class stage's instance is closed by the time
         # the run returns (close() runs in the actor).
         stops = [ref for ref in closing if ref is not None]
@@ -284,19 +278,29 @@ class RayExecutor(Executor):
         """Send pending tasks to the least loaded serving actors, up to their depth."""
         depth = 1 + self.traits.in_flight_per_worker
         budget = self._budget
-        while self._pending:
+        while self._pending or self._reruns:
             room = [a for a in self._actors if a.serving and not a.dead and len(a.held) < depth]
             if not room:
                 return
+            a = min(room, key=lambda a: (len(a.held), not a.ready))
+            if self._reruns:  # lost results made again: first, whatever the bytes cap
+                box = self._reruns.popleft()
+                ref, box.outputs = a.handle.run_kept.remote(box.data, box.refs, True)
+                a.held.append((box, ref))
+                self._refs[ref] = (a, box)
+                continue
             if budget is not None and not budget.admits(len(self._pending[0][0].units)):
                 return  # past the bytes cap: wait until consumers free some
-            a = min(room, key=lambda a: (len(a.held), not a.ready))
-            task, data, refs = self._pending.popleft()
+            task, data, objects = self._pending.popleft()
+            refs = [o.ref for o in objects]  # read now: one made again since is new
+            kept = None
             if budget is not None and budget.probe():
-                ref, self._kept[ref] = a.handle.run_kept.remote(data, refs)
+                ref, kept = a.handle.run_kept.remote(data, refs)
                 budget.sent(len(task.units))
             else:
                 ref = a.handle.run.remote(data, refs)
+            if kept is not None or objects:
+                self._sent[ref] = Sent(data, objects, refs, kept)
             a.held.append((task, ref))
             self._refs[ref] = (a, task)
 
@@ -323,56 +327,12 @@ class RayExecutor(Executor):
                 self._probe()
             self._warn_if_unplaced()
 
-    def _warn_if_unplaced(self) -> None:
-        """Say once when an actor has waited ``UNPLACED_SECONDS`` for a node: its
-        resources are nowhere free (the run waits for a node that has them)."""
-        if self._warned:
-            return
-        now = monotonic_ns()
-        with self._lock:
-            waiting = [
-                a
-                for a in self._actors
-                if not a.ready and not a.dead and now - a.born > UNPLACED_SECONDS * 1e9
-            ]
-        if waiting:
-            self._warned = True
-            # -W error must not end this thread: the warning is advice, not a failure
-            with contextlib.suppress(Warning):
-                self._warn_unplaced(len(waiting))
-
-    def _warn_unplaced(self, waiting: int) -> None:
-        warnings.warn(unplaced(self.stage, waiting, UNPLACED_SECONDS), RuntimeWarning, stacklevel=1)
-
-    def _probe(self) -> None:
-        """Ask each busy actor which unit it runs and for how long (answered in
-        :meth:`_answer`): one question out per actor at a time."""
-        with self._lock:
-            for a in self._actors:
-                if a.held and a.ready and not a.dead and not a.probing:
-                    a.probing = True
-                    self._refs[a.handle.current.remote()] = (a, _PROBE)
-
-    def _probed(self, a: Actor, value: tuple[int, int]) -> None:
-        """Kill ``a`` if its unit has run past the timeout: Ray then reports it dead,
-        and :meth:`_died` posts its task as timed out, blaming that unit."""
-        unit, ran_ns = value
-        assert self.stage.timeout is not None
-        with self._lock:
-            a.probing = False
-            late = unit >= 0 and ran_ns > self.stage.timeout * 1e9 and not a.dead
-            if late:
-                a.timed_out = unit
-        if late:
-            with contextlib.suppress(Exception):
-                self._ray.kill(a.handle, no_restart=True)
-
     def _answer(self, ref: Any) -> None:
         """The reply ``ref`` has come: post its outcome (collector thread)."""
         ray = self._ray
         with self._lock:
             entry = self._refs.pop(ref, None)
-            kept = self._forget(ref, entry)
+            sent = self._forget(ref, entry)
         if entry is None:
             return
         a, task = entry
@@ -382,7 +342,7 @@ class RayExecutor(Executor):
             self._died(a)
             return
         except Exception as exc:  # Ray lost the reply (its object, its owner): run again
-            if task is _PROBE:
+            if task is PROBE:
                 a.probing = False
                 return
             if task is None:
@@ -393,19 +353,25 @@ class RayExecutor(Executor):
         if task is None:
             self._became_ready(a, value)
             return
-        if task is _PROBE:
+        if task is PROBE:
             self._probed(a, value)
             return
         received = monotonic_ns()
-        if kept is not None:  # a kept task's reply: (whether it kept its results, reply)
+        kept = None if sent is None else sent.kept
+        rerun = isinstance(task, Rerun)
+        if rerun:  # a task run again: (True, reply), its outputs kept whatever their size
+            value = value[1]
+        elif kept is not None:  # a kept task's reply: (whether it kept its results, reply)
             kept_them, value = value
             kept = kept if kept_them else None
             self._budget.answered(kept=kept_them)  # type: ignore[union-attr]
-        out = decode_reply(value, task.id, a.index, self._registry)
+        out = decode_reply(value, -1 if rerun else task.id, a.index, self._registry)
         out.place = a.node or None
-        if kept is not None and self._budget is not None:  # sizes came: make handles
-            n = sum(1 for r in out.results if r is not None)
-            outputs = self._budget.keep(kept, total_bytes(out.results), n, self.stage.name)
+        if kept is not None and sent is not None and self._budget is not None:
+            n = sum(1 for r in out.results if r is not None)  # sizes came: make handles
+            lineage = Lineage(self, sent.data, sent.objects, out.results)
+            nbytes = total_bytes(out.results)
+            outputs = self._budget.keep(kept, nbytes, n, self.stage.name, lineage, a.node)
             out.results = handles(outputs, out.results)
         if out.stamps:  # the actor's clock, placed on ours: it ended as the reply came
             shift = received - out.stamps[-1]
@@ -423,7 +389,10 @@ class RayExecutor(Executor):
             if not a.serving and not a.held:
                 self._kill(a, graceful=True)
             self._dispatch()
-        self.post(out)
+        if rerun:
+            task.finish(out)
+        elif not self._recovery.held_back(out, sent):  # else posted once inputs are made
+            self.post(out)
 
     def _became_ready(self, a: Actor, value: Any) -> None:
         pid, node, error = value
@@ -436,11 +405,14 @@ class RayExecutor(Executor):
                 self._broken = self._broken or exc
             self._died(a)
 
-    def _lost(self, a: Actor, task: Task, exc: BaseException) -> None:
+    def _lost(self, a: Actor, task: Task | Rerun, exc: BaseException) -> None:
         with self._lock:
             a.held = deque(h for h in a.held if h[0] is not task)
             self._dispatch()
-        self.post(not_run(task, a.index))
+        if isinstance(task, Rerun):
+            task.fail(f"its reply was lost ({type(exc).__name__})")
+        else:
+            self.post(not_run(task, a.index))
 
     def _died(self, a: Actor) -> None:
         """``a`` is gone: account for every task it held, and replace it."""
@@ -461,36 +433,44 @@ class RayExecutor(Executor):
             broken = self._broken
             if was_serving and not self._closing and broken is None:
                 self._start_actor()
-            pending: list[Task] = []
+            pending: list[Task | Rerun] = []
             if broken is not None:
-                pending = [p[0] for p in self._pending]
+                pending = [p[0] for p in self._pending] + list(self._reruns)
                 self._pending.clear()
+                self._reruns.clear()
             else:
                 self._dispatch()
         self._wake.set()
+        for box in [t for t in [*held, *pending] if isinstance(t, Rerun)]:
+            box.fail(f"its actor died ({broken})" if broken else "its actor died")
         if broken is not None:
             for task in [*held, *pending]:
-                self.post(broken_outcome(task, broken))
+                if isinstance(task, Task):
+                    self.post(broken_outcome(task, broken))
             return
         if not held:
             return
         first, rest = held[0], held[1:]
-        if at_start:
+        if isinstance(first, Rerun):  # it ran: the tasks behind it did not
+            pass
+        elif at_start:
             self.post(not_run(first, a.index))
         else:
             unit = a.timed_out  # known when it timed out; else unknown (-1)
             lost = LostWorker(a.pid, None, unit, timed_out=unit >= 0)
             self.post(Outcome(first.id, a.index, [], [], lost=lost))
         for task in rest:
-            self.post(not_run(task, a.index))
+            if isinstance(task, Task):
+                self.post(not_run(task, a.index))
 
-    def _forget(self, ref: Any, entry: tuple[Actor, Task | None] | None) -> Any:
-        """``ref``'s task is answered or lost: the outputs ref of a kept one (lock held)."""
-        task = None if entry is None else entry[1]
-        kept = self._kept.pop(ref, None) if isinstance(task, Task) else None
-        if kept is not None and self._budget is not None:
-            self._budget.returned(len(task.units))  # type: ignore[union-attr]
-        return kept
+    def _forget(self, ref: Any, entry: tuple[Actor, Any] | None) -> Sent | None:
+        """``ref``'s task is answered or lost: what was sent with it, if it keeps or
+        reads handles (lock held)."""
+        sent = self._sent.pop(ref, None)
+        if sent is not None and sent.kept is not None and self._budget is not None:
+            assert entry is not None
+            self._budget.returned(len(entry[1].units))
+        return sent
 
 
 __all__ = ["RayExecutor", "ray_options"]

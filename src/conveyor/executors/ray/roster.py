@@ -7,6 +7,7 @@ from time import monotonic_ns
 from typing import Any
 
 from conveyor.executors.base import Task
+from conveyor.executors.ray.remaking import Rerun
 
 
 class Actor:
@@ -21,7 +22,7 @@ class Actor:
         self.dead = False
         self.pid: int | None = None
         self.node = ""
-        self.held: deque[tuple[Task, Any]] = deque()  # sent, unanswered, in order
+        self.held: deque[tuple[Task | Rerun, Any]] = deque()  # sent, unanswered, in order
         self.probing = False  # a current() call is out
         self.born = monotonic_ns()
         self.timed_out = -1  # the unit that ran past the stage's timeout (-1: none)
