@@ -80,7 +80,10 @@ class Lifecycle:
             NAME,
             build=self.build,
             holdout=self.held_out,
-            gate={"metric": "accuracy", "min_effect": 0.02, "minimum": 0.8},
+            # better than the champion by 2 points at least, and never under 70%: the
+            # held-out third of a retraining window is small (a few hundred rows), so
+            # a floor nearer the candidate's accuracy there would fail it by chance
+            gate={"metric": "accuracy", "min_effect": 0.02, "minimum": 0.7},
             reference=lambda c: self.train[0],
             # after a shift the champion's answers are the wrong ones: a low bar for
             # agreement; the shadow checks the candidate's errors and latency

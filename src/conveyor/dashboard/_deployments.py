@@ -24,7 +24,7 @@ from conveyor.lifecycle._records import (
     event_from_row,
     rollout_from_row,
 )
-from conveyor.lifecycle._tables import has_tables
+from conveyor.lifecycle._tables import has_log
 from conveyor.store import RunStore
 
 __all__ = ["deployments_view", "event_view"]
@@ -187,7 +187,7 @@ def deployments_view(store: RunStore, name: str) -> dict[str, Any]:
     they served and its latest decisions, with how many more there are."""
 
     def read(c: sqlite3.Connection) -> dict[str, Any]:
-        if not has_tables(c):
+        if not has_log(c):
             return {"lifecycle": False, "active": [], "rollouts": [], "events": [], "chart": None}
         count = "SELECT count(*) FROM {} WHERE name = ?"
         events = [
@@ -273,7 +273,7 @@ def event_view(store: RunStore, name: str, id_: int) -> dict[str, Any] | None:
         return None if row is None else event_from_row(row)
 
     def read(c: sqlite3.Connection) -> dict[str, Any] | None:
-        if not has_tables(c):
+        if not has_log(c):
             return None
         event = one(c, id_)
         if event is None or event.name != name:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.errors import LifecycleError
+from conveyor.lifecycle._lease import controlling
 from conveyor.lifecycle._log import LifecycleLog
 from conveyor.lifecycle._rollouts import canary, promote, rollback, shadow
 
@@ -359,13 +360,16 @@ class Release:
             )
             started = time.monotonic()
             judgement = None
-            while time.monotonic() - started < self.watch:
-                time.sleep(min(policy.interval, self.watch))
-                now = log.window(rollout.id, 0, "champion")
-                judgement = judge_canary(policy, baseline, now, elapsed=time.monotonic() - started)
-                if judgement.action == "rollback":
-                    break
-            log.finish_rollout(rollout.id, "passed", "watched")
+            pause = min(policy.interval, self.watch)
+            with controlling(log, rollout, pause, time.sleep) as wait:
+                while time.monotonic() - started < self.watch:
+                    wait(pause)
+                    now = log.window(rollout.id, 0, "champion")
+                    elapsed = time.monotonic() - started
+                    judgement = judge_canary(policy, baseline, now, elapsed=elapsed)
+                    if judgement.action == "rollback":
+                        break
+                log.finish_rollout(rollout.id, "passed", "watched")
         if judgement is not None and judgement.action == "rollback":
             event = rollback(
                 self.name,

@@ -24,6 +24,7 @@ from typing import Any
 
 from conveyor.errors import LifecycleError
 from conveyor.lifecycle._arms import ArmStats
+from conveyor.lifecycle._lease import controlling
 from conveyor.lifecycle._log import LifecycleLog
 from conveyor.lifecycle._records import LifecycleEvent, Rollout
 
@@ -112,15 +113,16 @@ def shadow(
             policy=asdict(policy),
             parent=parent,
         )
-        _await_server(log, rollout, serve_timeout, clock, sleep)
-        started = clock()
-        while True:
-            sleep(interval)
-            theirs = log.window(rollout.id, 0, "champion")
-            mine = log.window(rollout.id, 0, "shadow")
-            judgement = judge_shadow(policy, theirs, mine, elapsed=clock() - started)
-            if judgement.action != "hold":
-                break
+        with controlling(log, rollout, interval, sleep) as wait:
+            _await_server(log, rollout, serve_timeout, clock, wait)
+            started = clock()
+            while True:
+                wait(interval)
+                theirs = log.window(rollout.id, 0, "champion")
+                mine = log.window(rollout.id, 0, "shadow")
+                judgement = judge_shadow(policy, theirs, mine, elapsed=clock() - started)
+                if judgement.action != "hold":
+                    break
         passed = judgement.action == "advance"
         event = log.record(
             name,
@@ -175,85 +177,86 @@ def canary(
             policy=asdict(policy),
             parent=parent,
         )
-        _await_server(log, rollout, serve_timeout, clock, sleep)
-        events: list[LifecycleEvent] = []
-        totals = {"champion": ArmStats(), "candidate": ArmStats()}
-        for step, share in enumerate(steps):
-            if step:
-                log.set_share(rollout.id, share, step=step)
-            started = clock()
-            while True:
-                sleep(policy.interval)
-                theirs = log.window(rollout.id, step, "champion")
-                mine = log.window(rollout.id, step, "candidate")
-                judgement = judge_canary(policy, theirs, mine, elapsed=clock() - started)
-                if judgement.action != "hold":
-                    break
-            totals = {
-                "champion": totals["champion"].merge(theirs),
-                "candidate": totals["candidate"].merge(mine),
-            }
-            advanced = judgement.action == "advance"
-            events.append(
-                log.record(
-                    name,
-                    "canary_step",
-                    version=candidate,
-                    passed=advanced,
-                    rollout=rollout.id,
-                    run_id=run_id,
-                    parent=events[-1].id if events else parent,
-                    summary=f"step {step + 1} of {len(steps)}, {share:.0%} of traffic: "
-                    f"{judgement.reason}",
-                    evidence=_evidence(
-                        judgement,
-                        step=step,
-                        share=share,
-                        champion=theirs.to_dict(),
-                        candidate=mine.to_dict(),
-                    ),
-                )
-            )
-            if not advanced:
-                ended = log.finish_rollout(rollout.id, "rolled_back", judgement.reason)
+        with controlling(log, rollout, policy.interval, sleep) as wait:
+            _await_server(log, rollout, serve_timeout, clock, wait)
+            events: list[LifecycleEvent] = []
+            totals = {"champion": ArmStats(), "candidate": ArmStats()}
+            for step, share in enumerate(steps):
+                if step:
+                    log.set_share(rollout.id, share, step=step)
+                started = clock()
+                while True:
+                    wait(policy.interval)
+                    theirs = log.window(rollout.id, step, "champion")
+                    mine = log.window(rollout.id, step, "candidate")
+                    judgement = judge_canary(policy, theirs, mine, elapsed=clock() - started)
+                    if judgement.action != "hold":
+                        break
+                totals = {
+                    "champion": totals["champion"].merge(theirs),
+                    "candidate": totals["candidate"].merge(mine),
+                }
+                advanced = judgement.action == "advance"
                 events.append(
                     log.record(
                         name,
-                        "rollback",
-                        version=champion,
-                        passed=False,
+                        "canary_step",
+                        version=candidate,
+                        passed=advanced,
                         rollout=rollout.id,
                         run_id=run_id,
-                        parent=events[-1].id,
-                        summary=f"canary of v{candidate} rolled back at {share:.0%}: "
-                        f"{judgement.reason}; v{champion} serves all traffic",
-                        evidence={"from": candidate, "to": champion, "step": step},
+                        parent=events[-1].id if events else parent,
+                        summary=f"step {step + 1} of {len(steps)}, {share:.0%} of traffic: "
+                        f"{judgement.reason}",
+                        evidence=_evidence(
+                            judgement,
+                            step=step,
+                            share=share,
+                            champion=theirs.to_dict(),
+                            candidate=mine.to_dict(),
+                        ),
                     )
                 )
-                return RolloutResult(ended, False, judgement.reason, events)
-        reason = f"every step passed ({', '.join(f'{s:.0%}' for s in steps)})"
-        if promote:
-            events.append(
-                _move(
-                    log,
-                    store,
-                    name,
-                    alias,
-                    candidate,
-                    "promote",
-                    f"canary passed: {reason}",
-                    parent=events[-1].id,
-                    rollout=rollout.id,
-                    run_id=run_id,
-                    evidence={
-                        "from": champion,
-                        "to": candidate,
-                        **{arm: s.to_dict() for arm, s in totals.items()},
-                    },
+                if not advanced:
+                    ended = log.finish_rollout(rollout.id, "rolled_back", judgement.reason)
+                    events.append(
+                        log.record(
+                            name,
+                            "rollback",
+                            version=champion,
+                            passed=False,
+                            rollout=rollout.id,
+                            run_id=run_id,
+                            parent=events[-1].id,
+                            summary=f"canary of v{candidate} rolled back at {share:.0%}: "
+                            f"{judgement.reason}; v{champion} serves all traffic",
+                            evidence={"from": candidate, "to": champion, "step": step},
+                        )
+                    )
+                    return RolloutResult(ended, False, judgement.reason, events)
+            reason = f"every step passed ({', '.join(f'{s:.0%}' for s in steps)})"
+            if promote:
+                events.append(
+                    _move(
+                        log,
+                        store,
+                        name,
+                        alias,
+                        candidate,
+                        "promote",
+                        f"canary passed: {reason}",
+                        parent=events[-1].id,
+                        rollout=rollout.id,
+                        run_id=run_id,
+                        evidence={
+                            "from": champion,
+                            "to": candidate,
+                            **{arm: s.to_dict() for arm, s in totals.items()},
+                        },
+                    )
                 )
-            )
-        ended = log.finish_rollout(rollout.id, "promoted" if promote else "passed", reason)
-        return RolloutResult(ended, True, reason, events)
+            ended = log.finish_rollout(rollout.id, "promoted" if promote else "passed", reason)
+            return RolloutResult(ended, True, reason, events)
 
 
 def _move(

@@ -6,7 +6,8 @@ judgement, traffic step, promotion, rollback, drift check and retraining, each w
 its evidence (JSON) and ``parent``, the event that caused it (lineage: a drift alarm →
 the retraining release → its gate → its canary → the promotion). ``rollouts`` holds
 one row per shadow, canary or post-release watch: which versions, the candidate's
-share now and its step, the state. ``traffic`` is what each server (replica)
+share now and its step, the state; ``rollout_leases`` when its controller last said
+it was alive (:mod:`conveyor.lifecycle._lease`). ``traffic`` is what each server (replica)
 measured per rollout, step and arm (cumulative counts, rewritten every few
 seconds; readers sum the replicas), so which
 version served which share of traffic when is on record. ``drift_references`` keeps
@@ -51,6 +52,11 @@ TABLES = (
         parent INTEGER
     )""",
     "CREATE INDEX IF NOT EXISTS rollouts_by_name ON rollouts (name, alias, state)",
+    """CREATE TABLE IF NOT EXISTS rollout_leases (
+        rollout INTEGER PRIMARY KEY,
+        renewed_at REAL NOT NULL,
+        seconds REAL NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS traffic (
         rollout INTEGER NOT NULL,
         step INTEGER NOT NULL,
@@ -93,6 +99,17 @@ def create_tables(conn: sqlite3.Connection) -> None:
 
 
 def has_tables(conn: sqlite3.Connection) -> bool:
+    """Whether every table is there (a store made by an older conveyor may lack the
+    newest: ``create_tables`` adds it)."""
+    row = conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
+        "('labeled_requests', 'rollout_leases')"
+    ).fetchone()
+    return bool(row[0] == 2)
+
+
+def has_log(conn: sqlite3.Connection) -> bool:
+    """Whether the lifecycle ever wrote to this store (its tables of any version)."""
     row = conn.execute(
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'labeled_requests'"
     ).fetchone()

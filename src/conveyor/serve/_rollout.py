@@ -145,7 +145,14 @@ class Traffic:
     # --- on worker threads: the store ------------------------------------------------
 
     def read(self) -> Any:
-        """The rollout running on this alias now (or None); blocking."""
+        """The rollout running on this alias now (or None); blocking. A rollout whose
+        controller stopped renewing its lease is ended here first (the champion then
+        serves everything): a canary never outlives its controller."""
+        from conveyor.lifecycle._lease import expire
+
+        ended = expire(self.store, self.name, self.alias)
+        if ended is not None:
+            log.warning("rollout %s ended: %s", ended.id, ended.reason)
         return self.store.active_rollout(self.name, self.alias)
 
     def write(self, route: Route) -> None:
