@@ -63,7 +63,7 @@ def test_snapshots_and_the_recording_are_written_while_the_run_goes_on(tmp_path:
         assert last["state"] == "succeeded" and last["emitted"] == 100
         assert last["stages"][0] | {"busy_s": 0} == {
             "name": "double", "in": 100, "out": 100, "errors": 0, "dead": 0, "depth": 0,
-            "bound": 128, "busy": 0, "workers": 2, "busy_s": 0,
+            "bound": 1024, "busy": 0, "workers": 2, "busy_s": 0,
         }  # fmt: skip
         times = [at for at, _ in snapshots]
         assert times == sorted(times)

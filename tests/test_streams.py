@@ -352,3 +352,65 @@ def test_an_abandoned_stream_stops_its_reader_and_workers() -> None:
     assert wait_until(
         lambda: not [t for t in threading.enumerate() if t.name.startswith("conveyor-")]
     )
+
+
+# --- default bounds that grow for small items -------------------------------------------
+
+
+def test_a_default_queue_of_small_items_grows_to_1024_and_never_past() -> None:
+    make = cv.Stage(sf.plus_100, executor="processes", workers=2)
+    use = cv.Stage(sf.plus_100, name="plus_100_2")
+    run = cv.Pipeline("p", [make, use], fuse=False).run(range(20_000), record=False)
+    assert sorted(run.results) == [i + 200 for i in range(20_000)]
+    stats = run.statistics().stages
+    for name in ("plus_100", "plus_100_2"):
+        queue = stats[name].queue
+        assert queue.bound == 1024 and queue.peak_depth <= 1024, (name, queue)
+    # what grew is the size of a process task: far more than 128 over the free slots
+    assert stats["plus_100"].items_in / stats["plus_100"].tasks > 64
+
+
+def test_large_items_keep_the_default_128_places() -> None:
+    make = cv.Stage(sf.megabyte, workers=2)  # 1 MiB each
+    use = cv.Stage(sf.size_of)
+    run = cv.Pipeline("p", [make, use]).run(range(200), record=False)
+    assert sum(run.results) == 200 << 20
+    queue = run.statistics().stages["size_of"].queue
+    assert queue.bound == 128 and queue.peak_depth <= 128
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "stage"),
+    [({"capacity": 128}, {}), ({}, {"capacity": 64}), ({"capacity_bytes": 1 << 30}, {})],
+)
+def test_a_bound_the_user_gave_never_grows(pipeline: dict, stage: dict) -> None:
+    use = cv.Stage(sf.plus_100, **stage)
+    run = cv.Pipeline("p", [use], **pipeline).run(range(5_000), record=False)
+    assert len(run.results) == 5_000
+    queue = run.statistics().stages["plus_100"].queue
+    assert queue.bound == stage.get("capacity", 128)
+    assert queue.peak_depth <= queue.bound
+
+
+def test_a_grown_bound_shrinks_back_when_the_items_grow() -> None:
+    from conveyor.core.flow import GROWN_BYTES, StageQueue
+
+    q = StageQueue(128, grow_to=1024)
+    q.put([((i,), i) for i in range(8)])  # ints: tiny
+    assert q.bound == 1024 and q.max_bound == 1024
+    q.put([((i,), b"x" * 4096) for i in range(64)])  # 4 KiB each: about 1 MiB of them
+    assert 128 <= q.bound < 1024
+    assert q.bound == pytest.approx(GROWN_BYTES / q.item_bytes, abs=1)
+    for _ in range(20):
+        q.put([((0,), b"x" * (1 << 20))])  # 1 MiB each: back to the floor, never under
+    assert q.bound == 128
+    assert q.room() == 128 - len(q.items)
+    fixed = StageQueue(128)
+    fixed.put([((i,), i) for i in range(8)])
+    assert fixed.bound == 128 and fixed.max_bound == 128
+
+
+def test_a_grown_bound_is_what_the_recording_and_the_report_show() -> None:
+    run = cv.Pipeline("p", [cv.Stage(sf.plus_100)]).run(range(3_000))
+    assert run.recording.stages["plus_100"].shape.capacity == 1024
+    assert "/ 1024" in run.report().render()

@@ -174,7 +174,7 @@ def apply_config(
             new_stages,
             edges=edges,
             ordered=top.get("ordered", pipeline.ordered),
-            capacity=top.get("capacity", pipeline.capacity),
+            capacity=top.get("capacity", pipeline.capacity_given),
             capacity_bytes=top.get("capacity_bytes", pipeline.capacity_bytes),
             source=pipeline.source,
             fuse=top.get("fuse", pipeline.fuse),

@@ -34,7 +34,7 @@ class StageInfo:
     kind: str
     executor: str
     workers: int
-    capacity: int | None  # bound of its input queue; None for collect
+    capacity: int | None  # most its input queue may hold; None for collect
     predecessors: tuple[str, ...]
     successors: tuple[str, ...]
     concurrency: int = 1  # calls in flight per worker (async def stages)

@@ -41,6 +41,11 @@ Key = tuple[Any, ...]
 Item = tuple[Key, Any]
 
 MAX_UNITS = 1024
+# A default queue grows past its bound while its items are small: up to ``grow_to``
+# items (MAX_UNITS) as long as they hold at most this many bytes in all. Larger tasks
+# of small items amortise each hand-off (a process round trip carries ~8x the rows);
+# items over GROWN_BYTES / bound (8 KiB at a bound of 128) keep the plain bound.
+GROWN_BYTES = 1 << 20
 EWMA = 0.3  # weight of the newest task in the moving average of unit times
 
 
@@ -49,13 +54,17 @@ class StageQueue:
 
     ``bytes_bound``, if set, bounds it in bytes too, from a moving average of the
     measured size of the items put (a sample of them); at least one item always fits.
-    ``timed`` keeps when items arrived, for a batch's ``max_wait``.
+    ``grow_to``, if set, lets the bound grow from ``bound`` up to ``grow_to`` items as
+    long as they hold at most ``GROWN_BYTES`` (see :data:`GROWN_BYTES`): the default
+    queues of small items. ``timed`` keeps when items arrived, for a batch's ``max_wait``.
     """
 
     __slots__ = (
         "arrivals",
         "bound",
         "bytes_bound",
+        "floor",
+        "grow_to",
         "item_bytes",
         "items",
         "items_in",
@@ -65,10 +74,17 @@ class StageQueue:
     )
 
     def __init__(
-        self, bound: int | None, *, bytes_bound: int | None = None, timed: bool = False
+        self,
+        bound: int | None,
+        *,
+        bytes_bound: int | None = None,
+        timed: bool = False,
+        grow_to: int | None = None,
     ) -> None:
         self.bound = bound
         self.bytes_bound = bytes_bound
+        self.floor = bound
+        self.grow_to = grow_to if bound is not None and grow_to and grow_to > bound else None
         self.item_bytes = 0.0  # moving average of an item's size; 0: not measured yet
         self.items: deque[Item] = deque()
         self.reserved = 0  # places held by in-flight upstream tasks
@@ -77,6 +93,11 @@ class StageQueue:
         self.peak = 0
         # (arrival ns, items) per put, oldest first: only for a batch with max_wait
         self.arrivals: deque[list[int]] | None = deque() if timed else None
+
+    @property
+    def max_bound(self) -> int | None:
+        """The most items this queue may ever hold (None: unbounded)."""
+        return self.grow_to or self.bound
 
     def room(self) -> int:
         if self.bound is None:
@@ -93,8 +114,11 @@ class StageQueue:
         self.items_in += len(items)
         if len(self.items) > self.peak:
             self.peak = len(self.items)
-        if self.bytes_bound is not None:
+        if self.bytes_bound is not None or self.grow_to is not None:
             self._measure(items)
+            if self.grow_to is not None and self.item_bytes > 0:
+                fits = int(GROWN_BYTES / self.item_bytes)
+                self.bound = max(self.floor, min(self.grow_to, fits))  # type: ignore[type-var]
         if self.arrivals is not None and items:
             self.arrivals.append([monotonic_ns(), len(items)])
 
@@ -136,14 +160,22 @@ class StageState:
     """A stage while it runs: its queue, its workers' slots, its counters."""
 
     def __init__(
-        self, stage: Stage, bound: int | None, traits: Traits, *, bytes_bound: int | None = None
+        self,
+        stage: Stage,
+        bound: int | None,
+        traits: Traits,
+        *,
+        bytes_bound: int | None = None,
+        grow_to: int | None = None,
     ) -> None:
         self.stage = stage
         self.name = stage.name
         self.kind = stage.kind
         self.traits = traits
         self.max_wait_ns = None if stage.max_wait is None else int(stage.max_wait * 1e9)
-        self.queue = StageQueue(bound, bytes_bound=bytes_bound, timed=self.max_wait_ns is not None)
+        self.queue = StageQueue(
+            bound, bytes_bound=bytes_bound, timed=self.max_wait_ns is not None, grow_to=grow_to
+        )
         self.join: Join | None = None  # join=True: where predecessors' results meet
         self.fold: Fold | None = None  # kind="fold": the merged state
         self.targets: list[StageQueue] = []  # successors' queues, or the output buffer
@@ -312,8 +344,8 @@ class StageState:
             self.kind,
             s.executor,
             self.slots,
-            self.queue.bound,
-            predecessors,
+            self.queue.max_bound,  # a default bound may grow this far (the recorder
+            predecessors,  # keeps the bound it ended with)
             successors,
             s.concurrency if s.is_async else 1,
             self.fused,

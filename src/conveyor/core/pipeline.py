@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from conveyor.core.service import Service
 
 DEFAULT_CAPACITY = 128
+GROWN_ITEMS = 1024  # how far a default bound grows while its items are small
 
 Edge = tuple["Stage | str", "Stage | str"]
 
@@ -40,7 +41,10 @@ class Pipeline:
         edges: ``(upstream, downstream)`` pairs, by stage or by name, for a DAG.
         ordered: yield results in source order (a bounded reorder buffer holds
             early results); default unordered, which never waits for stragglers.
-        capacity: default bound of each stage's input queue, in items.
+        capacity: default bound of each stage's input queue, in items. None (the
+            default) bounds each at 128 items, grown up to 1,024 while the items are
+            small (the queue holds at most about 1 MiB of them): small items then
+            travel in larger tasks. A number fixes every default bound at that.
         capacity_bytes: default bound of each stage's input queue in bytes, from the
             measured size of the items that pass (None: items only).
         source: the default source for :meth:`run` and ``conveyor run``: an
@@ -59,16 +63,19 @@ class Pipeline:
         *,
         edges: Iterable[Edge] | None = None,
         ordered: bool = False,
-        capacity: int = DEFAULT_CAPACITY,
+        capacity: int | None = None,
         capacity_bytes: int | None = None,
         source: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
         fuse: bool | str = "auto",
     ) -> None:
         if not isinstance(name, str) or not name:
             raise PipelineError(f"pipeline name must be a non-empty string, got {name!r}")
-        if not isinstance(capacity, int) or capacity < 1:
+        if capacity is not None and (
+            isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1
+        ):
             raise PipelineError(
-                f"pipeline {name!r}: capacity={capacity!r}; give a whole number of at least 1"
+                f"pipeline {name!r}: capacity={capacity!r}; give a whole number of at least 1, "
+                "or None (128 items, grown for small items)"
             )
         if capacity_bytes is not None and (
             isinstance(capacity_bytes, bool)
@@ -81,7 +88,8 @@ class Pipeline:
             )
         self.name = name
         self.ordered = ordered
-        self.capacity = capacity
+        self.capacity_given = capacity  # None: the default, which grows for small items
+        self.capacity = DEFAULT_CAPACITY if capacity is None else capacity
         self.capacity_bytes = capacity_bytes
         self.source = source
         if fuse not in (True, False, "auto"):
@@ -186,6 +194,18 @@ class Pipeline:
             assert s.size is not None
             bound = max(bound, s.size)  # a full batch must fit in the queue
         return bound
+
+    def grow_of(self, stage: str | None = None) -> int | None:
+        """How far ``stage``'s input queue (None: the output buffer) may grow for small
+        items: only a default bound grows (no ``capacity`` or ``capacity_bytes`` given
+        on the stage or the pipeline); None when it does not."""
+        if self.capacity_given is not None or self.capacity_bytes is not None:
+            return None
+        if stage is not None:
+            s = self.stages[stage]
+            if s.kind == "collect" or s.capacity is not None or s.capacity_bytes is not None:
+                return None
+        return GROWN_ITEMS
 
     def stream(
         self,

@@ -107,12 +107,12 @@ class Scheduler:
                 pipeline.capacity_of(n),
                 executor_class(pipeline.stages[n].executor).traits,
                 bytes_bound=pipeline.stages[n].capacity_bytes or pipeline.capacity_bytes,
+                grow_to=pipeline.grow_of(n),
             )
             for n in pipeline.order
         ]
         by_name = {s.name: s for s in self.stages}
-        self.output = StageQueue(pipeline.capacity)
-        self.refill = max(1, pipeline.capacity // 4)
+        self.output = StageQueue(pipeline.capacity, grow_to=pipeline.grow_of())
         for s in self.stages:
             s.successors = [by_name[n] for n in pipeline.successors[s.name]]
             s.predecessors = [by_name[n] for n in pipeline.predecessors[s.name]]
@@ -138,7 +138,7 @@ class Scheduler:
         self._timed = [s for s in self.stages if s.max_wait_ns is not None]  # max_wait
         # A collect or fold holds every root until the source ends, so it must not be
         # throttled by the window; its output is one item, with nothing to reorder.
-        bounds = sum(s.queue.bound or 0 for s in self.stages) + pipeline.capacity
+        bounds = sum(q.max_bound or 0 for q in [s.queue for s in self.stages] + [self.output])
         holds_all = any(s.kind in ("collect", "fold") for s in self.stages)
         self.window = 1 << 62 if holds_all else 2 * bounds
         self.items_read = 0
@@ -233,7 +233,7 @@ class Scheduler:
         # of it is free, then refill in bulk.
         if not (
             out.items
-            and out.bound - len(out.items) - out.reserved < self.refill  # type: ignore[operator]
+            and out.room() < max(1, out.bound // 4)  # type: ignore[operator]
             and self._completions.empty()
         ):
             while True:

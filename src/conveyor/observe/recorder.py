@@ -35,6 +35,7 @@ unit has started, and the window's integrals are differences.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from bisect import bisect_left, bisect_right
 from collections import deque
@@ -386,6 +387,8 @@ class Recorder(PlacesNoted, Instrument):
                     if s is not None:
                         s.items_in, s.items_out = st.items_in, st.items_out
                         s.errors = max(s.errors, st.errors)
+                        if st.queue.bound != s.shape.capacity:  # a default bound that grew
+                            s.shape = dataclasses.replace(s.shape, capacity=st.queue.bound)
         self._pending.clear()  # tasks that never came back (a lost worker's)
         self.finished = True
 

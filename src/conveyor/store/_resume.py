@@ -229,7 +229,7 @@ def redrive_plan(pipeline: Pipeline, letters: list[Any]) -> list[tuple[Pipeline,
             f"{pipeline.name}:redrive-{stage}",
             [pipeline.stages[n] for n in pipeline.order if n in keep],
             edges=edges,
-            capacity=pipeline.capacity,
+            capacity=pipeline.capacity_given,
             fuse=pipeline.fuse,
         )
         plans.append((sub, [letter.load_value() for letter in group]))
