@@ -32,15 +32,17 @@ def have_ray() -> bool:
     return True
 
 
-def tests_path() -> str:
-    """PYTHONPATH for Ray's workers: the tests' helper modules and the source."""
+def tests_path(*first: str) -> str:
+    """PYTHONPATH for Ray's workers: ``first``, the tests' helper modules and the source."""
     here = Path(__file__).resolve().parent
-    return os.pathsep.join([str(here), str(here.parent / "src")])
+    return os.pathsep.join([*first, str(here), str(here.parent / "src")])
 
 
 @contextlib.contextmanager
-def local_ray(num_cpus: int = 4) -> Iterator[Any]:
-    """A fresh local Ray instance for this process; shut down (its own children only)."""
+def local_ray(num_cpus: int = 4, num_gpus: int = 0, *, path: tuple[str, ...] = ()) -> Iterator[Any]:
+    """A fresh local Ray instance for this process; shut down (its own children only).
+    ``num_gpus`` are Ray's to hand out (none need exist); ``path`` goes first on its
+    workers' PYTHONPATH (``tests/fakes``: the scripted ``pynvml``)."""
     import ray
 
     os.environ.update(ENV)
@@ -48,9 +50,10 @@ def local_ray(num_cpus: int = 4) -> Iterator[Any]:
     ray.init(
         address="local",
         num_cpus=num_cpus,
+        num_gpus=num_gpus,
         include_dashboard=False,
         _temp_dir=temp,
-        runtime_env={"env_vars": {"PYTHONPATH": tests_path(), **ENV}},
+        runtime_env={"env_vars": {"PYTHONPATH": tests_path(*path), **ENV}},
         logging_level="WARNING",
         log_to_driver=False,
     )

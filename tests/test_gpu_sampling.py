@@ -22,50 +22,8 @@ from conveyor.core.events import StageInfo
 from conveyor.observe import GpuSeries
 from conveyor.observe.gpu import IDLE_PERCENT, POINTS, GpuSampler, stage_devices
 from conveyor.observe.recording import Recording
+from fakes.pynvml import FakeNvml, GiB
 from pipesim import MS, SimStage, simulate
-
-GiB = 1 << 30
-
-
-class FakeNvml(types.ModuleType):
-    """``pynvml`` as conveyor calls it, with scripted utilisation per device index."""
-
-    class NVMLError(Exception):
-        pass
-
-    def __init__(self, script: dict[int, list[int]], *, init_error: str | None = None) -> None:
-        super().__init__("pynvml")
-        self.script = {d: list(v) for d, v in script.items()}
-        self.init_error = init_error
-        self.inits = self.shutdowns = 0
-        self.reads: dict[int, int] = {d: 0 for d in script}
-        self.lock = threading.Lock()
-
-    def nvmlInit(self) -> None:
-        if self.init_error:
-            raise self.NVMLError(self.init_error)
-        self.inits += 1
-
-    def nvmlShutdown(self) -> None:
-        self.shutdowns += 1
-
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
-        if i not in self.script:
-            raise self.NVMLError(f"Invalid Argument: no device {i}")
-        return i
-
-    def nvmlDeviceGetName(self, h: int) -> bytes:
-        return b"Fake H200"
-
-    def nvmlDeviceGetUtilizationRates(self, h: int) -> types.SimpleNamespace:
-        with self.lock:
-            n = self.reads[h]
-            self.reads[h] += 1
-        values = self.script[h]
-        return types.SimpleNamespace(gpu=values[min(n, len(values) - 1)], memory=0)
-
-    def nvmlDeviceGetMemoryInfo(self, h: int) -> types.SimpleNamespace:
-        return types.SimpleNamespace(total=141 * GiB, used=(h + 1) * GiB, free=0)
 
 
 @pytest.fixture
