@@ -169,3 +169,17 @@ def test_an_actor_killed_mid_run_loses_no_other_series(
     assert sum(sum(g.samples) for g in rec.gpus) == sum(
         sum(g.samples) for series in puts.values() for g in series
     )
+
+
+def test_a_node_whose_library_finds_no_device_fails_nothing(
+    nvml_log: Path,
+    puts: dict[tuple[str, int], list[gpu.GpuSeries]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CONVEYOR_FAKE_NVML", "{}")  # NVML starts, and knows no device 0
+    pipe = cv.Pipeline(
+        "ray-gpu-none", [cv.stage(f.visible_devices, executor="ray", workers=2, gpus=0.5)]
+    )
+    run = pipe.run(range(20))
+    assert len(run.results) == 20 and run.recording.gpus == []
+    assert len(nvml_log.read_text().splitlines()) == 2 and puts == {}  # tried; said none
