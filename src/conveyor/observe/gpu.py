@@ -2,26 +2,37 @@
 
 When a run has stages with ``gpus`` > 0 and NVIDIA's management library is installed
 (``pip install 'conveyor[gpu]'``, the ``nvidia-ml-py`` package, imported as
-``pynvml``), the recorder starts a :class:`GpuSampler`: a daemon thread of the
-driver that every ``period_s`` (half a second) reads each device's utilisation (the
-share of the last sample period in which a kernel ran) and memory in use, and stops
-with the run. Without the library, or without a GPU, nothing is sampled and nothing
-fails: one debug line on the ``conveyor.gpu`` logger says why.
+``pynvml``), the devices those stages use are read every ``period_s`` (half a
+second) by a :class:`GpuSampler`, a daemon thread: each device's utilisation (the
+share of the last sample period in which a kernel ran) and memory in use, until the
+run stops. Without the library, or without a GPU, nothing is sampled and nothing
+fails: one debug line on the ``conveyor.gpu`` logger says why (on the machine where
+it happened).
 
-Which devices a stage uses (:func:`stage_devices`):
+Which devices a stage uses, and who samples them:
 
 - process workers of this machine (``processes``): the devices each worker gets
   through ``CUDA_VISIBLE_DEVICES`` (:func:`conveyor.executors.gpus.gpu_devices`, the
-  same packing);
+  same packing), sampled by the recorder's sampler on the driver
+  (:func:`stage_devices`, :func:`sampler_for`);
 - workers in the driver's process (``threads``, ``sync``...): the first
-  ``ceil(gpus × workers)`` devices the driver sees (CUDA's default device first);
-- workers elsewhere (``ray``'s actors): not sampled; their devices are on the nodes
-  Ray placed them.
+  ``ceil(gpus × workers)`` devices the driver sees (CUDA's default device first),
+  the same;
+- Ray's actors (``ray``): the devices Ray gave each actor (``ray.get_gpu_ids()``),
+  sampled on their node by a sampler inside the actor
+  (:mod:`conveyor.executors.ray.sampling`); the stage's collector thread asks each
+  actor for its series every second and once more at the end, moves them onto the
+  driver's clock and puts them in the run's :class:`RemoteGpus`, which
+  :func:`sampler_for` hands the recorder. Actors that share a device (``gpus=0.5``)
+  sample it each; their series merge into one per node and device
+  (:meth:`GpuSeries.merged`). An actor that dies keeps the series of its last answer.
 
-Each device becomes a :class:`GpuSeries` in the recording: at most ``POINTS``
-points, each the mean utilisation, the peak memory and how many of its samples
-found the device idle (utilisation at most ``IDLE_PERCENT``); past ``POINTS``,
-neighbouring points merge, halving the resolution, so a long run stays small.
+Each device becomes a :class:`GpuSeries` in the recording (``node`` names a Ray
+node, "" the driver's machine): at most ``POINTS`` points, each the mean
+utilisation, the peak memory and how many of its samples found the device idle
+(utilisation at most ``IDLE_PERCENT``); past ``POINTS``, neighbouring points merge,
+halving the resolution, so a long run stays small. A run with no GPU stage starts
+nothing.
 """
 
 from __future__ import annotations
