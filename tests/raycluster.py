@@ -125,13 +125,15 @@ class Node:
 
 class LoopbackCluster:
     """A head on 127.0.0.2 and a worker node on 127.0.0.3 (with resource ``node2``),
-    fast failure detection, every port its own."""
+    fast failure detection, every port its own; ``gpus`` (fake) GPUs on each node, and
+    ``path`` first on their workers' PYTHONPATH (as :func:`local_ray`'s)."""
 
     HEAD, WORKER = "127.0.0.2", "127.0.0.3"
 
-    def __init__(self) -> None:
+    def __init__(self, gpus: int = 0, path: tuple[str, ...] = ()) -> None:
         self.temp = tempfile.mkdtemp(prefix="cvr2", dir="/tmp")
-        self.env = {**os.environ, **ENV, "PYTHONPATH": tests_path()}
+        self.env = {**os.environ, **ENV, "PYTHONPATH": tests_path(*path)}
+        self.gpus = [f"--num-gpus={gpus}"] if gpus else []
         self.port = free_port(self.HEAD)
         self.address = f"{self.HEAD}:{self.port}"
         self.nodes: list[Node] = []
@@ -187,6 +189,7 @@ class LoopbackCluster:
                     f"--node-ip-address={self.HEAD}",
                     f"--port={self.port}",
                     "--num-cpus=4",
+                    *self.gpus,
                     "--include-dashboard=false",
                     f"--ray-client-server-port={free_port(self.HEAD)}",
                     f"--system-config={config}",
@@ -203,6 +206,7 @@ class LoopbackCluster:
                 f"--address={self.address}",
                 f"--node-ip-address={self.WORKER}",
                 "--num-cpus=2",
+                *self.gpus,
                 '--resources={"node2": 4}',
                 *self._ports(self.WORKER),
             ],
