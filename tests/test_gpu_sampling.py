@@ -280,6 +280,7 @@ def test_the_dashboards_timeline_carries_the_gpu_series() -> None:
     rec = dataclasses.replace(rec, gpus=[gpu_series(rec, "0", ["embed"], 0.5)])
     (g,) = timeline_data(rec, width=100)["gpus"]
     assert g["device"] == "0" and g["stages"] == ["embed"] and g["name"] == "Fake H200"
+    assert g["node"] == ""  # this machine's (a Ray node's device names its node)
     assert len(g["x"]) == len(g["utilisation"]) == len(g["memory_gib"]) == len(rec.gpus[0].t_ns)
     assert set(g["utilisation"]) == {0.0, 90.0} and set(g["memory_gib"]) == {1.0}
     assert g["x"][0] == (rec.gpus[0].t_ns[0] - rec.started_ns) / 1e9
