@@ -32,15 +32,17 @@ def have_ray() -> bool:
     return True
 
 
-def tests_path() -> str:
-    """PYTHONPATH for Ray's workers: the tests' helper modules and the source."""
+def tests_path(*first: str) -> str:
+    """PYTHONPATH for Ray's workers: ``first``, the tests' helper modules and the source."""
     here = Path(__file__).resolve().parent
-    return os.pathsep.join([str(here), str(here.parent / "src")])
+    return os.pathsep.join([*first, str(here), str(here.parent / "src")])
 
 
 @contextlib.contextmanager
-def local_ray(num_cpus: int = 4) -> Iterator[Any]:
-    """A fresh local Ray instance for this process; shut down (its own children only)."""
+def local_ray(num_cpus: int = 4, num_gpus: int = 0, *, path: tuple[str, ...] = ()) -> Iterator[Any]:
+    """A fresh local Ray instance for this process; shut down (its own children only).
+    ``num_gpus`` are Ray's to hand out (none need exist); ``path`` goes first on its
+    workers' PYTHONPATH (``tests/fakes``: the scripted ``pynvml``)."""
     import ray
 
     os.environ.update(ENV)
@@ -48,9 +50,10 @@ def local_ray(num_cpus: int = 4) -> Iterator[Any]:
     ray.init(
         address="local",
         num_cpus=num_cpus,
+        num_gpus=num_gpus,
         include_dashboard=False,
         _temp_dir=temp,
-        runtime_env={"env_vars": {"PYTHONPATH": tests_path(), **ENV}},
+        runtime_env={"env_vars": {"PYTHONPATH": tests_path(*path), **ENV}},
         logging_level="WARNING",
         log_to_driver=False,
     )
@@ -122,13 +125,15 @@ class Node:
 
 class LoopbackCluster:
     """A head on 127.0.0.2 and a worker node on 127.0.0.3 (with resource ``node2``),
-    fast failure detection, every port its own."""
+    fast failure detection, every port its own; ``gpus`` (fake) GPUs on each node, and
+    ``path`` first on their workers' PYTHONPATH (as :func:`local_ray`'s)."""
 
     HEAD, WORKER = "127.0.0.2", "127.0.0.3"
 
-    def __init__(self) -> None:
+    def __init__(self, gpus: int = 0, path: tuple[str, ...] = ()) -> None:
         self.temp = tempfile.mkdtemp(prefix="cvr2", dir="/tmp")
-        self.env = {**os.environ, **ENV, "PYTHONPATH": tests_path()}
+        self.env = {**os.environ, **ENV, "PYTHONPATH": tests_path(*path)}
+        self.gpus = [f"--num-gpus={gpus}"] if gpus else []
         self.port = free_port(self.HEAD)
         self.address = f"{self.HEAD}:{self.port}"
         self.nodes: list[Node] = []
@@ -184,6 +189,7 @@ class LoopbackCluster:
                     f"--node-ip-address={self.HEAD}",
                     f"--port={self.port}",
                     "--num-cpus=4",
+                    *self.gpus,
                     "--include-dashboard=false",
                     f"--ray-client-server-port={free_port(self.HEAD)}",
                     f"--system-config={config}",
@@ -200,6 +206,7 @@ class LoopbackCluster:
                 f"--address={self.address}",
                 f"--node-ip-address={self.WORKER}",
                 "--num-cpus=2",
+                *self.gpus,
                 '--resources={"node2": 4}',
                 *self._ports(self.WORKER),
             ],

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import sys
 import threading
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,50 +23,8 @@ from conveyor.core.events import StageInfo
 from conveyor.observe import GpuSeries
 from conveyor.observe.gpu import IDLE_PERCENT, POINTS, GpuSampler, stage_devices
 from conveyor.observe.recording import Recording
+from fakes.pynvml import FakeNvml, GiB
 from pipesim import MS, SimStage, simulate
-
-GiB = 1 << 30
-
-
-class FakeNvml(types.ModuleType):
-    """``pynvml`` as conveyor calls it, with scripted utilisation per device index."""
-
-    class NVMLError(Exception):
-        pass
-
-    def __init__(self, script: dict[int, list[int]], *, init_error: str | None = None) -> None:
-        super().__init__("pynvml")
-        self.script = {d: list(v) for d, v in script.items()}
-        self.init_error = init_error
-        self.inits = self.shutdowns = 0
-        self.reads: dict[int, int] = {d: 0 for d in script}
-        self.lock = threading.Lock()
-
-    def nvmlInit(self) -> None:
-        if self.init_error:
-            raise self.NVMLError(self.init_error)
-        self.inits += 1
-
-    def nvmlShutdown(self) -> None:
-        self.shutdowns += 1
-
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
-        if i not in self.script:
-            raise self.NVMLError(f"Invalid Argument: no device {i}")
-        return i
-
-    def nvmlDeviceGetName(self, h: int) -> bytes:
-        return b"Fake H200"
-
-    def nvmlDeviceGetUtilizationRates(self, h: int) -> types.SimpleNamespace:
-        with self.lock:
-            n = self.reads[h]
-            self.reads[h] += 1
-        values = self.script[h]
-        return types.SimpleNamespace(gpu=values[min(n, len(values) - 1)], memory=0)
-
-    def nvmlDeviceGetMemoryInfo(self, h: int) -> types.SimpleNamespace:
-        return types.SimpleNamespace(total=141 * GiB, used=(h + 1) * GiB, free=0)
 
 
 @pytest.fixture
@@ -321,6 +280,91 @@ def test_the_dashboards_timeline_carries_the_gpu_series() -> None:
     rec = dataclasses.replace(rec, gpus=[gpu_series(rec, "0", ["embed"], 0.5)])
     (g,) = timeline_data(rec, width=100)["gpus"]
     assert g["device"] == "0" and g["stages"] == ["embed"] and g["name"] == "Fake H200"
+    assert g["node"] == ""  # this machine's (a Ray node's device names its node)
     assert len(g["x"]) == len(g["utilisation"]) == len(g["memory_gib"]) == len(rec.gpus[0].t_ns)
     assert set(g["utilisation"]) == {0.0, 90.0} and set(g["memory_gib"]) == {1.0}
     assert g["x"][0] == (rec.gpus[0].t_ns[0] - rec.started_ns) / 1e9
+
+
+# --- series from elsewhere: Ray's actors ------------------------------------------
+
+
+def series(device: str, node: str, stage: str, t: list[int], util: list[float]) -> GpuSeries:
+    g = GpuSeries(device, [stage], "Fake H200", 141 * GiB, node=node)
+    for ti, u in zip(t, util, strict=True):
+        g.add(ti, u, GiB)
+    return g
+
+
+def test_a_device_two_actors_sampled_is_one_series_in_time_order() -> None:
+    a = series("0", "10.0.0.5 1a2b3c4d", "embed", [0, 20, 40], [0, 0, 90])
+    b = series("0", "10.0.0.5 1a2b3c4d", "rerank", [10, 30], [90, 90])
+    g = GpuSeries.merged([a, b])
+    assert g.t_ns == [0, 10, 20, 30, 40] and g.utilisation == [0, 90, 0, 90, 90]
+    assert g.stages == ["embed", "rerank"] and g.node == "10.0.0.5 1a2b3c4d"
+    assert g.idle_share() == 0.4 and a.t_ns == [0, 20, 40]  # the parts are untouched
+    # past POINTS, neighbours merge: every sample kept, fewer points
+    many = [series("0", "n", "s", list(range(k, 4 * POINTS, 4)), [0.0] * POINTS) for k in (1, 2)]
+    big = GpuSeries.merged(many)
+    assert len(big.t_ns) < POINTS and sum(big.samples) == 2 * POINTS and big.idle_share() == 1
+    assert GpuSeries.merged([a]).shifted(5).t_ns == [5, 25, 45]
+
+
+def test_remote_series_merge_per_node_and_device() -> None:
+    from conveyor.observe.gpu import RemoteGpus
+
+    remote = RemoteGpus()
+    remote.put(("embed", 0), [series("0", "node-a", "embed", [0, 10], [0, 0])])
+    remote.put(("embed", 1), [series("0", "node-a", "embed", [5], [50])])
+    remote.put(("embed", 2), [series("0", "node-b", "embed", [5], [70])])
+    remote.put(("embed", 0), [series("0", "node-a", "embed", [0, 10, 20], [0, 0, 0])])  # later
+    got = remote.series()
+    assert [(g.node, g.device, sum(g.samples)) for g in got] == [
+        ("node-a", "0", 4),
+        ("node-b", "0", 1),
+    ]
+
+
+def test_ray_stages_alone_sample_nothing_on_the_driver(
+    two_gpus: FakeNvml, caplog: pytest.LogCaptureFixture
+) -> None:
+    from conveyor.observe import gpu
+
+    stages = [info("embed", "ray", 2, 0.5)]
+    with caplog.at_level(logging.DEBUG, logger="conveyor.gpu"):
+        assert isinstance(gpu.sampler_for(stages, run_id="r1"), gpu.NoSampling)
+    assert two_gpus.inits == 0 and caplog.records == []  # nothing to say: nothing is here
+    remote = gpu.open_remote("r2")
+    try:
+        remote.put(("embed", 0), [series("0", "node-a", "embed", [0], [0])])
+        sampling = gpu.sampler_for(stages, run_id="r2")
+    finally:
+        gpu.close_remote("r2")
+    assert gpu.sampler_for(stages, run_id="r2").series() == []  # closed with its run
+    sampling.stop()
+    assert [(g.node, g.stages) for g in sampling.series()] == [("node-a", ["embed"])]
+    assert two_gpus.inits == 0
+
+
+def test_an_actors_series_come_onto_the_drivers_clock() -> None:
+    from conveyor.executors.ray.roster import Actor
+    from conveyor.executors.ray.sampling import GpuPolls
+    from conveyor.observe.gpu import RemoteGpus
+
+    class Pool(GpuPolls):
+        def __init__(self) -> None:
+            self.stage = types.SimpleNamespace(name="embed")  # type: ignore[assignment]
+            self._remote = RemoteGpus()
+
+    pool, a = Pool(), Actor(0, None, None)
+    now = time.monotonic_ns()
+    # the actor's clock runs 1 s behind; asked 4 ms ago, it answered at its now - 1 s
+    a.gpus_asked = now - 4 * MS
+    pool._gpus_answered(a, (now - 2 * MS - 10**9, [series("0", "n", "embed", [0], [0])]))
+    assert a.gpus_asked == 0 and a.clock_shift is not None
+    assert abs(a.clock_shift - 10**9) < 2 * MS  # the round trip's middle, give or take
+    (g,) = pool._remote.series()  # type: ignore[union-attr]
+    assert g.t_ns == [a.clock_shift]
+    # an actor that samples nothing is never asked again
+    pool._gpus_answered(a, (now, None))
+    assert a.gpus_off

@@ -11,9 +11,11 @@ ledger balances.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +23,7 @@ import pytest
 import conveyor as cv
 import stagefns as f
 from raycluster import ENV, LoopbackCluster, have_ray
+from test_ray_gpus import FAKES, once_sampling, parse
 
 pytestmark = [
     pytest.mark.slow,
@@ -56,13 +59,42 @@ def cluster() -> Iterator[tuple[Any, LoopbackCluster]]:
     import ray
 
     os.environ.update(ENV)
-    c = LoopbackCluster()
+    c = LoopbackCluster(gpus=1, path=(FAKES,))  # one fake GPU per node
     try:
         c.start(ray)
         yield ray, c
     finally:
         ray.shutdown()
         c.shutdown()
+
+
+def test_each_nodes_gpu_is_one_series_labelled_with_its_node(
+    cluster: tuple[Any, LoopbackCluster], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # before the tests that kill a node: a GPU on each, an actor of gpus=1 on each
+    ray, c = cluster
+    assert c.wait_nodes(ray, 2)
+    nodes = {f"{n['NodeManagerAddress']} {n['NodeID'][:8]}" for n in c.alive_nodes(ray)}
+    log = tmp_path / "nvml.log"
+    monkeypatch.setenv("CONVEYOR_FAKE_NVML", json.dumps({"0": [0]}))  # idle
+    monkeypatch.setenv("CONVEYOR_FAKE_NVML_LOG", str(log))
+    pipe = cv.Pipeline(
+        "gpu-two-nodes",
+        [
+            cv.stage(parse, name="parse"),
+            cv.stage(f.visible_devices, name="embed", executor="ray", workers=2, gpus=1),
+        ],
+    )
+    run = pipe.run(once_sampling(log, 2, 150))
+    rec = run.recording
+    assert len(run.results) == 150 and {d for _, d in run.results} <= {"0"}
+    assert set(rec.places["embed"].values()) == nodes  # one actor per node
+    assert sorted(g.node for g in rec.gpus) == sorted(nodes)
+    for g in rec.gpus:
+        assert g.device == "0" and g.stages == ["embed"] and sum(g.samples) >= 2
+        assert set(g.utilisation) == {0.0} and set(g.memory) == {1 << 30}
+    report = run.report().render(width=300)
+    assert all(f"GPU 0 on {node} (stage embed) was idle" in report for node in nodes)
 
 
 def test_a_node_killed_mid_run_loses_and_duplicates_nothing(

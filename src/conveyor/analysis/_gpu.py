@@ -17,7 +17,8 @@ meanwhile:
 - neither: the stage's workers held the device without using it (work on the CPU
   between GPU calls, transfers, small batches).
 
-A device busy most of the run gets no line, bottleneck or not.
+A device busy most of the run gets no line, bottleneck or not. A device of a Ray
+node is named with its node: ``GPU 0 on 10.0.0.5 1a2b3c4d (stage embed) ...``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def gpu_idle_lines(rec: Recording, m: RunMeasure, bn: Bottleneck | None) -> list
         if idle is None or idle < IDLE_WORTH_SAYING or not stages:
             continue
         s = max(stages, key=lambda st: st.starved_share)
-        head = f"GPU {g.device} (stage {', '.join(st.name for st in stages)}) was idle {idle:.0%}"
+        where = f"GPU {g.device} on {g.node}" if g.node else f"GPU {g.device}"
+        head = f"{where} (stage {', '.join(st.name for st in stages)}) was idle {idle:.0%}"
         if s.starved_share >= STARVED_WORTH_SAYING:
             out.append(
                 f"{head} of the run while {s.name}'s input queue was empty "

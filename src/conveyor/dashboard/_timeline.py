@@ -29,7 +29,7 @@ def timeline_data(rec: Recording, *, width: int = 1000) -> dict[str, Any]:
     ``x`` are the buckets' starts in seconds since the run started; ``lanes`` are
     ``{"stage", "worker", "busy": [share per bucket], "units"}``; ``depth`` is
     ``{"x": [...], "stages": [{"stage", "mean": [...], "peak": [...], "bound"}]}``;
-    ``gpus`` are ``{"device", "name", "stages", "x", "utilisation", "memory_gib"}``.
+    ``gpus`` are ``{"device", "node", "name", "stages", "x", "utilisation", "memory_gib"}``.
     """
     width = max(MIN_WIDTH, min(int(width), MAX_WIDTH))
     start = rec.started_ns
@@ -71,6 +71,7 @@ def timeline_data(rec: Recording, *, width: int = 1000) -> dict[str, Any]:
         "gpus": [
             {
                 "device": g.device,
+                "node": g.node,
                 "name": g.name,
                 "stages": g.stages,
                 "x": [round((t - start) / 1e9, 6) for t in g.t_ns],

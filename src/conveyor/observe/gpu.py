@@ -2,26 +2,37 @@
 
 When a run has stages with ``gpus`` > 0 and NVIDIA's management library is installed
 (``pip install 'conveyor[gpu]'``, the ``nvidia-ml-py`` package, imported as
-``pynvml``), the recorder starts a :class:`GpuSampler`: a daemon thread of the
-driver that every ``period_s`` (half a second) reads each device's utilisation (the
-share of the last sample period in which a kernel ran) and memory in use, and stops
-with the run. Without the library, or without a GPU, nothing is sampled and nothing
-fails: one debug line on the ``conveyor.gpu`` logger says why.
+``pynvml``), the devices those stages use are read every ``period_s`` (half a
+second) by a :class:`GpuSampler`, a daemon thread: each device's utilisation (the
+share of the last sample period in which a kernel ran) and memory in use, until the
+run stops. Without the library, or without a GPU, nothing is sampled and nothing
+fails: one debug line on the ``conveyor.gpu`` logger says why (on the machine where
+it happened).
 
-Which devices a stage uses (:func:`stage_devices`):
+Which devices a stage uses, and who samples them:
 
 - process workers of this machine (``processes``): the devices each worker gets
   through ``CUDA_VISIBLE_DEVICES`` (:func:`conveyor.executors.gpus.gpu_devices`, the
-  same packing);
+  same packing), sampled by the recorder's sampler on the driver
+  (:func:`stage_devices`, :func:`sampler_for`);
 - workers in the driver's process (``threads``, ``sync``...): the first
-  ``ceil(gpus × workers)`` devices the driver sees (CUDA's default device first);
-- workers elsewhere (``ray``'s actors): not sampled; their devices are on the nodes
-  Ray placed them.
+  ``ceil(gpus × workers)`` devices the driver sees (CUDA's default device first),
+  the same;
+- Ray's actors (``ray``): the devices Ray gave each actor (``ray.get_gpu_ids()``),
+  sampled on their node by a sampler inside the actor
+  (:mod:`conveyor.executors.ray.sampling`); the stage's collector thread asks each
+  actor for its series every second and once more at the end, moves them onto the
+  driver's clock and puts them in the run's :class:`RemoteGpus`, which
+  :func:`sampler_for` hands the recorder. Actors that share a device (``gpus=0.5``)
+  sample it each; their series merge into one per node and device
+  (:meth:`GpuSeries.merged`). An actor that dies keeps the series of its last answer.
 
-Each device becomes a :class:`GpuSeries` in the recording: at most ``POINTS``
-points, each the mean utilisation, the peak memory and how many of its samples
-found the device idle (utilisation at most ``IDLE_PERCENT``); past ``POINTS``,
-neighbouring points merge, halving the resolution, so a long run stays small.
+Each device becomes a :class:`GpuSeries` in the recording (``node`` names a Ray
+node, "" the driver's machine): at most ``POINTS`` points, each the mean
+utilisation, the peak memory and how many of its samples found the device idle
+(utilisation at most ``IDLE_PERCENT``); past ``POINTS``, neighbouring points merge,
+halving the resolution, so a long run stays small. A run with no GPU stage starts
+nothing.
 """
 
 from __future__ import annotations
@@ -47,8 +58,13 @@ __all__ = [
     "GpuSampler",
     "GpuSeries",
     "NoSampling",
+    "RemoteGpus",
+    "Sampling",
+    "close_remote",
+    "open_remote",
     "sampler_for",
     "stage_devices",
+    "start_sampler",
 ]
 
 IDLE_PERCENT = 5.0  # utilisation at or below this counts as idle
@@ -73,6 +89,7 @@ class GpuSeries:
     memory: list[int] = dataclasses.field(default_factory=list)
     idle: list[int] = dataclasses.field(default_factory=list)
     samples: list[int] = dataclasses.field(default_factory=list)
+    node: str = ""  # a Ray node ("<IP> <node id's start>"); "" for the driver's machine
 
     def idle_share(self, t0_ns: int | None = None, t1_ns: int | None = None) -> float | None:
         """The share of samples in ``[t0_ns, t1_ns]`` that found the device idle; None
@@ -93,6 +110,29 @@ class GpuSeries:
         self.samples.append(1)
         if len(self.t_ns) >= POINTS:
             self._halve()
+
+    @classmethod
+    def merged(cls, parts: Sequence[GpuSeries]) -> GpuSeries:
+        """One device sampled by several samplers (Ray actors sharing it): every point
+        in time order, the stages of all; neighbouring points merge past ``POINTS``."""
+        first = parts[0]
+        out = cls(first.device, [], first.name, first.memory_total, node=first.node)
+        for g in parts:
+            out.stages.extend(s for s in g.stages if s not in out.stages)
+        columns = ("t_ns", "utilisation", "memory", "idle", "samples")
+        points = [p for g in parts for p in zip(*(getattr(g, c) for c in columns), strict=True)]
+        for p in sorted(points, key=lambda p: p[0]):
+            for c, v in zip(columns, p, strict=True):
+                getattr(out, c).append(v)
+        while len(out.t_ns) >= POINTS:
+            out._halve()
+        return out
+
+    def shifted(self, ns: int) -> GpuSeries:
+        """A copy with its times moved by ``ns`` (an actor's clock onto the driver's)."""
+        out = self.copy()
+        out.t_ns = [t + ns for t in self.t_ns]
+        return out
 
     def _halve(self) -> None:
         t, u, m, i, k = [], [], [], [], []
@@ -171,6 +211,7 @@ class GpuSampler(NoSampling):
         *,
         period_s: float = PERIOD_S,
         clock: Callable[[], int] = time.monotonic_ns,
+        node: str = "",
     ) -> None:
         self.nvml = nvml
         self.period_s = period_s
@@ -180,8 +221,9 @@ class GpuSampler(NoSampling):
         for device, stages in devices.items():
             handle = _handle(nvml, device)
             self._handles[device] = handle
+            name = _text(nvml.nvmlDeviceGetName(handle))
             self._series[device] = GpuSeries(
-                device, list(stages), _text(nvml.nvmlDeviceGetName(handle)), _total(nvml, handle)
+                device, list(stages), name, _total(nvml, handle), node=node
             )
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -238,15 +280,93 @@ class GpuSampler(NoSampling):
             return [s.copy() for s in self._series.values()]
 
 
-def sampler_for(stages: Sequence[StageInfo], owner: object | None = None) -> NoSampling:
-    """A started :class:`GpuSampler` for the run's GPU stages, or :class:`NoSampling`
-    when no stage needs a GPU, ``pynvml`` is missing or finds no GPU (a debug line)."""
-    if not any(getattr(s, "gpus", 0) for s in stages):
+class RemoteGpus:
+    """The series of a run's Ray actors, as the driver last collected them: one list per
+    actor (its devices, on the driver's clock), merged per node and device on demand."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_actor: dict[tuple[str, int], list[GpuSeries]] = {}
+
+    def put(self, actor: tuple[str, int], series: list[GpuSeries]) -> None:
+        """``actor`` (stage, index) has sampled ``series`` so far: they replace its last."""
+        with self._lock:
+            self._by_actor[actor] = series
+
+    def series(self) -> list[GpuSeries]:
+        """One series per node and device, whichever actors sampled it."""
+        by_device: dict[tuple[str, str], list[GpuSeries]] = {}
+        with self._lock:
+            for series in self._by_actor.values():
+                for g in series:
+                    by_device.setdefault((g.node, g.device), []).append(g)
+        return [GpuSeries.merged(by_device[k]) for k in sorted(by_device)]
+
+
+_remote: dict[str, RemoteGpus] = {}  # run id -> its actors' series, while the run lasts
+_remote_lock = threading.Lock()
+
+
+def open_remote(run_id: str) -> RemoteGpus:
+    """Where the Ray stages of run ``run_id`` put their actors' series (one per run)."""
+    with _remote_lock:
+        return _remote.setdefault(run_id, RemoteGpus())
+
+
+def close_remote(run_id: str) -> None:
+    """The run's executors have stopped: a sampler made since finds nothing."""
+    with _remote_lock:
+        _remote.pop(run_id, None)
+
+
+class Sampling(NoSampling):
+    """A run's sampling: the driver's devices (``local``) and its Ray actors' (``remote``)."""
+
+    def __init__(self, local: NoSampling, remote: RemoteGpus) -> None:
+        self.local, self.remote = local, remote
+
+    def stop(self) -> None:
+        self.local.stop()
+
+    def series(self) -> list[GpuSeries]:
+        return self.local.series() + self.remote.series()
+
+
+def sampler_for(
+    stages: Sequence[StageInfo], owner: object | None = None, run_id: str | None = None
+) -> NoSampling:
+    """The run's sampling: a started :class:`GpuSampler` for the GPU stages of this
+    machine (:class:`NoSampling` when there is none, or ``pynvml`` is missing or finds
+    no GPU: a debug line), with the series that Ray stages collect from their actors
+    when run ``run_id`` has any."""
+    with _remote_lock:
+        remote = _remote.get(run_id) if run_id is not None else None
+    local = _local_sampler(stages, owner)
+    return local if remote is None else Sampling(local, remote)
+
+
+def _local_sampler(stages: Sequence[StageInfo], owner: object | None) -> NoSampling:
+    here = [s for s in stages if getattr(s, "gpus", 0) and not _elsewhere(s.executor)]
+    if not here:
         return NoSampling()
-    devices = stage_devices(stages, visible_gpus())
+    devices = stage_devices(here, visible_gpus())
     if not devices:
         log.debug("no GPU sampled: the GPU stages' devices are not visible here")
         return NoSampling()
+    return start_sampler(devices, owner)
+
+
+def _elsewhere(executor: str) -> bool:
+    """Workers of ``executor`` run on other machines (Ray's actors)."""
+    traits = executor_traits(executor)
+    return traits is not None and not traits.shares_memory and not traits.host_cores
+
+
+def start_sampler(
+    devices: dict[str, list[str]], owner: object | None, node: str = ""
+) -> NoSampling:
+    """A started :class:`GpuSampler` of ``devices`` (device → stages) of this machine,
+    or :class:`NoSampling` and a debug line saying why not."""
     try:
         import pynvml
     except ImportError:
@@ -258,7 +378,7 @@ def sampler_for(stages: Sequence[StageInfo], owner: object | None = None) -> NoS
         log.debug("no GPU sampled: NVML did not start (%s)", exc)
         return NoSampling()
     try:
-        sampler = GpuSampler(pynvml, devices)
+        sampler = GpuSampler(pynvml, devices, node=node)
         sampler.start(owner)
     except Exception as exc:
         log.debug("no GPU sampled: %s: %s", type(exc).__name__, exc)

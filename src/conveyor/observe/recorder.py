@@ -195,7 +195,7 @@ class Recorder(PlacesNoted, Instrument):
         if entry is not None:  # the first entry's enqueues are the source's reads
             entry.entry = True
         self._control = run.control
-        self._gpus = sampler_for(run.stages, owner=self)
+        self._gpus = sampler_for(run.stages, owner=self, run_id=run.run_id)
 
     def items_enqueued(self, stage: str, keys: Sequence[Key], depth: int, t_ns: int) -> None:
         s = self._stages.get(stage)

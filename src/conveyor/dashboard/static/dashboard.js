@@ -80,15 +80,16 @@
     const gpuEl = document.getElementById("gpus");
     (gpuEl ? tl.gpus : []).forEach((g, i) => {  // a chart per sampled GPU: its utilisation
       const el = gpuEl.appendChild(document.createElement("div"));
+      const gpu = g.node ? `GPU ${g.device} on ${g.node}` : `GPU ${g.device}`;
       el.className = "chart";
       new uPlot({
         width: widthOf(depthEl),
         height: 160,
         scales: { x, y: { range: [0, 100] } },
         cursor: { sync },
-        axes: [{ label: "time since the run started", values: secs }, { label: `GPU ${g.device} busy %` }],
+        axes: [{ label: "time since the run started", values: secs }, { label: `${gpu} busy %` }],
         series: [{ label: "s" }, {
-          label: `GPU ${g.device} (${g.stages.join(", ")})`, stroke: colour(i), width: 1.5,
+          label: `${gpu} (${g.stages.join(", ")})`, stroke: colour(i), width: 1.5,
           points: { show: false }, value: (u, v) => (v == null ? "-" : `${v}%`),
         }],
       }, [g.x, g.utilisation], el);

@@ -23,6 +23,7 @@ from conveyor.executors.processes.remote import Packed, pack
 from conveyor.executors.processes.shm import SegmentRegistry
 from conveyor.executors.ray.handles import decode_kept_task, keep_results, worth_little
 from conveyor.executors.task import run_task
+from conveyor.observe.gpu import GpuSampler, GpuSeries, NoSampling, log, start_sampler
 
 if TYPE_CHECKING:
     from conveyor.core.stage import Stage
@@ -57,6 +58,7 @@ def actor_args(s: Stage, cache: CacheSpec | None) -> tuple[Any, ...]:
         s.name,
         env,
         s.split,
+        bool(s.needs.gpus),
     )
 
 
@@ -77,6 +79,7 @@ class StageWorker:
         stage: str,
         env: dict[str, str],
         split: bool = False,
+        sample_gpus: bool = False,
     ) -> None:
         os.environ.update(env)
         # The driver's import path, where it exists here: the stage's module is found
@@ -96,17 +99,20 @@ class StageWorker:
             self.fn, self.close = worker_function(load_function(fn_bytes), kind, initial, init)
         except BaseException as exc:
             self.error = (pack(exc), traceback.format_exc())
+        self.gpus = own_gpus(stage, self) if sample_gpus else NoSampling()
 
     def ready(self) -> tuple[int, str, tuple[Packed, str] | None]:
         """``(pid, node: its IP and the start of its id, error loading the function or None)``."""
-        node = ""
-        try:
-            import ray
+        return os.getpid(), node_label(), self.error
 
-            node = f"{ray.util.get_node_ip_address()} {ray.get_runtime_context().get_node_id()[:8]}"
-        except Exception:
-            pass
-        return os.getpid(), node, self.error
+    def gpu_series(self, final: bool = False) -> tuple[int, list[GpuSeries] | None]:
+        """``(now on this actor's clock, its devices' series so far)``, None for the series
+        when it samples none; ``final`` stops the sampling first (the run ends)."""
+        if not isinstance(self.gpus, GpuSampler):
+            return monotonic_ns(), None
+        if final:
+            self.gpus.stop()
+        return monotonic_ns(), self.gpus.series()
 
     def run(self, data: bytes, refs: list[Any] | None = None) -> bytes:
         """Run one task (``(task_id, units)`` pickled, or units over handles to the
@@ -166,10 +172,37 @@ class StageWorker:
         return (unit, monotonic_ns() - self.unit_started) if unit >= 0 else (-1, 0)
 
     def stop(self) -> None:
-        """Close a class stage's instance before the actor goes."""
+        """Close a class stage's instance (and stop sampling) before the actor goes."""
+        self.gpus.stop()
         if self.close is not None:
             close_quietly(self.close, self.stage)
             self.close = None
+
+
+def node_label() -> str:
+    """This process's Ray node: its IP and the start of its id ("" outside Ray)."""
+    try:
+        import ray
+
+        return f"{ray.util.get_node_ip_address()} {ray.get_runtime_context().get_node_id()[:8]}"
+    except Exception:
+        return ""
+
+
+def own_gpus(stage: str, owner: object) -> NoSampling:
+    """A sampler of the devices Ray gave this actor, on its node (a debug line and none
+    without a device, nvidia-ml-py or a driver)."""
+    try:
+        import ray
+
+        devices = [str(d) for d in ray.get_gpu_ids()]
+    except Exception as exc:
+        devices = []
+        log.debug("stage %r: Ray did not say which GPUs: %s", stage, exc)
+    if not devices:
+        log.debug("no GPU sampled: Ray gave stage %r's actor none", stage)
+        return NoSampling()
+    return start_sampler({d: [stage] for d in devices}, owner, node_label())
 
 
 _actor: Any = None
@@ -194,6 +227,10 @@ def actor_class() -> Any:
             @method(concurrency_group="probe")
             def current(self) -> tuple[int, int]:
                 return StageWorker.current(self)
+
+            @method(concurrency_group="probe")
+            def gpu_series(self, final: bool = False) -> tuple[int, list[GpuSeries] | None]:
+                return StageWorker.gpu_series(self, final)
 
         Probed.__name__ = Probed.__qualname__ = "StageWorker"
         _actor = remote(max_restarts=0, max_task_retries=0, concurrency_groups={"probe": 1})(Probed)

@@ -71,6 +71,7 @@ from conveyor.executors.ray.lineage import Lineage
 from conveyor.executors.ray.options import ray_options
 from conveyor.executors.ray.remaking import Recovery, Rerun, Reruns, Sent
 from conveyor.executors.ray.roster import Actor
+from conveyor.executors.ray.sampling import GPUS, GpuPolls
 from conveyor.executors.ray.watch import PROBE, Watch
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ WAIT_SECONDS = 0.05  # the collector's longest wait: how soon it sees new work o
 JOIN_SECONDS = 10.0  # how long shutdown waits for actors to close their instances
 
 
-class RayExecutor(Watch, Reruns, Executor):
+class RayExecutor(Watch, GpuPolls, Reruns, Executor):
     traits = Traits(target_task_ns=20_000_000, in_flight_per_worker=1, shares_memory=False)
 
     def __init__(
@@ -146,6 +147,7 @@ class RayExecutor(Watch, Reruns, Executor):
         if self._keep:
             cap = self._bytes_bound or default_cap(self._ray)
             self._budget = KeptBytes(cap, self._wake.set)
+        self._open_gpus()  # a GPU stage: its actors' series, for the recording
         with self._lock:
             self._started = True
             for _ in range(self.target):
@@ -220,6 +222,7 @@ class RayExecutor(Watch, Reruns, Executor):
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
+        self._last_gpus(actors)  # before they stop
         with self._lock:
             held = [task for a in self._actors for task, _ in a.held]
             for a in self._actors:
@@ -325,6 +328,7 @@ class RayExecutor(Watch, Reruns, Executor):
                 self._answer(ref)
             if self.stage.timeout is not None and not self.stage.is_async:
                 self._probe()
+            self._poll_gpus()
             self._warn_if_unplaced()
 
     def _answer(self, ref: Any) -> None:
@@ -345,6 +349,9 @@ class RayExecutor(Watch, Reruns, Executor):
             if task is PROBE:
                 a.probing = False
                 return
+            if task is GPUS:
+                a.gpus_asked = 0
+                return
             if task is None:
                 self._died(a)
                 return
@@ -355,6 +362,9 @@ class RayExecutor(Watch, Reruns, Executor):
             return
         if task is PROBE:
             self._probed(a, value)
+            return
+        if task is GPUS:
+            self._gpus_answered(a, value)
             return
         received = monotonic_ns()
         kept = None if sent is None else sent.kept

@@ -26,3 +26,7 @@ class Actor:
         self.probing = False  # a current() call is out
         self.born = monotonic_ns()
         self.timed_out = -1  # the unit that ran past the stage's timeout (-1: none)
+        self.gpus_asked = 0  # when its GPU series were asked for (0: no question out)
+        self.gpus_off = False  # it samples no GPU: never asked again
+        self.clock_shift: int | None = None  # its monotonic clock onto the driver's
+        self.clock_rtt = 1 << 62  # the round trip that estimate came from
