@@ -88,7 +88,9 @@ def test_each_nodes_gpu_is_one_series_labelled_with_its_node(
     run = pipe.run(once_sampling(log, 2, 150))
     rec = run.recording
     assert len(run.results) == 150 and {d for _, d in run.results} <= {"0"}
-    assert set(rec.places["embed"].values()) == nodes  # one actor per node
+    # one actor per node (a GPU each); the one ready first may take every item, but
+    # both sample their node's device from their start
+    assert set(rec.places["embed"].values()) <= nodes
     assert sorted(g.node for g in rec.gpus) == sorted(nodes)
     for g in rec.gpus:
         assert g.device == "0" and g.stages == ["embed"] and sum(g.samples) >= 2
