@@ -24,34 +24,13 @@ import conveyor as cv
 import stagefns as f
 from raycluster import ENV, LoopbackCluster, have_ray
 from test_ray_gpus import FAKES, once_sampling, parse
+from test_ray_objstore import Ledger
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(360),
     pytest.mark.skipif(not have_ray(), reason="needs Ray: pip install -e '.[ray]'"),
 ]
-
-
-class Ledger(cv.Instrument):
-    """Each source item's terminal state, as the run's events report them."""
-
-    def __init__(self) -> None:
-        self.read = 0
-        self.states: collections.Counter[str] = collections.Counter()
-        self.remade: list[tuple[str, int, str]] = []
-        self.failed: list[str] = []
-
-    def items_read(self, keys: Any, t_ns: int) -> None:
-        self.read += len(keys)
-
-    def roots_finished(self, roots: Any, state: str, t_ns: int) -> None:
-        self.states[state] += len(roots)
-
-    def results_remade(self, stage: str, count: int, lost_on: str, t_ns: int) -> None:
-        self.remade.append((stage, count, lost_on))
-
-    def unit_failed(self, stage, key, error, traceback, attempt, retrying, t_ns):  # type: ignore[no-untyped-def]
-        self.failed.append(f"{stage}: {type(error).__name__}")
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +156,7 @@ def test_results_kept_on_a_killed_node_are_made_again_each_item_once(
     remade = stats["payload_on_node"].remade
     print(
         f"kill to end: {ended - killed_at:.1f} s; made again: {ledger.remade}; "
-        f"failures: {collections.Counter(ledger.failed)}"
+        f"failures: {collections.Counter(ledger.errors)}"
     )
     assert remade >= 1  # lost with the node, made again on its successor
     assert {on for s, _, on in ledger.remade if s == "payload_on_node"} == {node}
