@@ -101,7 +101,7 @@ CONTROLLER = textwrap.dedent(
     import conveyor.lifecycle._lease as lease
     from conveyor.lifecycle import CanaryPolicy, canary
 
-    lease.SLACK = 1.0  # a lease of 3 x 0.1 + 1 s
+    lease.SLACK = 5.0  # a lease of 3 x 0.1 + 5 s: a busy machine may starve this process
     policy = CanaryPolicy(steps=(0.5,), interval=0.1, min_requests=10**6, step_timeout=600)
     canary("m", 2, policy=policy)  # holds until killed: it never has enough requests
     """
