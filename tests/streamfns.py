@@ -104,6 +104,14 @@ def megabyte(x: int) -> bytes:
     return bytes(1 << 20)
 
 
+def sleep_ms(x: int) -> int:
+    """A millisecond's work: a slow stage for its size."""
+    import time
+
+    time.sleep(0.001)
+    return x
+
+
 def size_of(b: bytes) -> int:
     return len(b)
 

@@ -90,7 +90,9 @@ def test_run_prints_the_final_table(target_dir: Path) -> None:
     assert table["double"][:3] == ["threads\u00d72", "5", "5"]
     assert table["inc"][:3] == ["sync\u00d71", "5", "5"]
     assert table["pairs"][:3] == ["threads\u00d71", "5", "3"]  # batches of 2: 2 + 2 + 1
-    assert table["double"][-1].endswith("/ 1024")  # small items: the default bound grew
+    assert table["double"][-1].endswith(
+        "/ 128"
+    )  # five items: done before a unit is timed, so it never grew
     assert "small: succeeded, 5 items read, 3 results" in result.stdout
     assert "limiting stage: " in result.stdout
 
@@ -119,7 +121,7 @@ def test_source_file_streams_stripped_lines(target_dir: Path, tmp_path: Path) ->
     assert list(stats["stages"]) == ["double", "inc", "pairs"]
     double = stats["stages"]["double"]
     assert (double["items_in"], double["items_out"], double["workers"]) == (3, 3, 2)
-    assert double["queue"]["bound"] == 1024  # small items: the default bound grew
+    assert double["queue"]["bound"] == 128  # three items: never grew
     assert stats["stages"]["pairs"]["items_out"] == 2
 
 

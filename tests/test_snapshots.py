@@ -61,9 +61,11 @@ def test_snapshots_and_the_recording_are_written_while_the_run_goes_on(tmp_path:
         snapshots = read_snapshots(reader, run.id)
         last = snapshots[-1][1]
         assert last["state"] == "succeeded" and last["emitted"] == 100
-        assert last["stages"][0] | {"busy_s": 0} == {
+        # the bound grows for these small items once a unit is timed: 128 or 1,024
+        assert last["stages"][0]["bound"] in (128, 1024)
+        assert last["stages"][0] | {"busy_s": 0, "bound": 0} == {
             "name": "double", "in": 100, "out": 100, "errors": 0, "dead": 0, "depth": 0,
-            "bound": 1024, "busy": 0, "workers": 2, "busy_s": 0,
+            "bound": 0, "busy": 0, "workers": 2, "busy_s": 0,
         }  # fmt: skip
         times = [at for at, _ in snapshots]
         assert times == sorted(times)

@@ -408,9 +408,23 @@ def test_a_grown_bound_shrinks_back_when_the_items_grow() -> None:
     fixed = StageQueue(128)
     fixed.put([((i,), i) for i in range(8)])
     assert fixed.bound == 128 and fixed.max_bound == 128
+    slow = StageQueue(128, grow_to=1024)
+    slow.quick = False  # its stage's units take 100 us or more
+    slow.put([((i,), i) for i in range(8)])
+    assert slow.bound == 128 and slow.max_bound == 1024
 
 
 def test_a_grown_bound_is_what_the_recording_and_the_report_show() -> None:
     run = cv.Pipeline("p", [cv.Stage(sf.plus_100)]).run(range(3_000))
     assert run.recording.stages["plus_100"].shape.capacity == 1024
     assert "/ 1024" in run.report().render()
+
+
+def test_a_slow_stage_s_queue_keeps_128_places_however_small_its_items() -> None:
+    """Units of a millisecond dwarf a hand-off already: a longer queue would only make
+    items wait longer, so the bound stays."""
+    slow = cv.Stage(sf.sleep_ms, workers=2)  # 1 ms per item
+    run = cv.Pipeline("p", [slow]).run(range(400), record=False)
+    assert len(run.results) == 400
+    queue = run.statistics().stages["sleep_ms"].queue
+    assert queue.bound == 128 and queue.peak_depth <= 128

@@ -46,6 +46,9 @@ MAX_UNITS = 1024
 # of small items amortise each hand-off (a process round trip carries ~8x the rows);
 # items over GROWN_BYTES / bound (8 KiB at a bound of 128) keep the plain bound.
 GROWN_BYTES = 1 << 20
+# ... and only while its stage's units are quick: a unit this long or longer dwarfs a
+# task's hand-off already, and a longer queue would only make items wait longer.
+QUICK_NS = 100_000
 EWMA = 0.3  # weight of the newest task in the moving average of unit times
 
 
@@ -55,8 +58,8 @@ class StageQueue:
     ``bytes_bound``, if set, bounds it in bytes too, from a moving average of the
     measured size of the items put (a sample of them); at least one item always fits.
     ``grow_to``, if set, lets the bound grow from ``bound`` up to ``grow_to`` items as
-    long as they hold at most ``GROWN_BYTES`` (see :data:`GROWN_BYTES`): the default
-    queues of small items. ``timed`` keeps when items arrived, for a batch's ``max_wait``.
+    long as they hold at most ``GROWN_BYTES`` and the consumer is ``quick`` (its units
+    take under ``QUICK_NS``): the default queues of small items on fast stages. ``timed`` keeps when items arrived, for a batch's ``max_wait``.
     """
 
     __slots__ = (
@@ -70,6 +73,7 @@ class StageQueue:
         "items_in",
         "items_out",
         "peak",
+        "quick",
         "reserved",
     )
 
@@ -85,6 +89,7 @@ class StageQueue:
         self.bytes_bound = bytes_bound
         self.floor = bound
         self.grow_to = grow_to if bound is not None and grow_to and grow_to > bound else None
+        self.quick = True  # the consumer's units are quick: a grown bound pays (see pace)
         self.item_bytes = 0.0  # moving average of an item's size; 0: not measured yet
         self.items: deque[Item] = deque()
         self.reserved = 0  # places held by in-flight upstream tasks
@@ -117,7 +122,7 @@ class StageQueue:
         if self.bytes_bound is not None or self.grow_to is not None:
             self._measure(items)
             if self.grow_to is not None and self.item_bytes > 0:
-                fits = int(GROWN_BYTES / self.item_bytes)
+                fits = int(GROWN_BYTES / self.item_bytes) if self.quick else 0
                 self.bound = max(self.floor, min(self.grow_to, fits))  # type: ignore[type-var]
         if self.arrivals is not None and items:
             self.arrivals.append([monotonic_ns(), len(items)])
@@ -176,6 +181,7 @@ class StageState:
         self.queue = StageQueue(
             bound, bytes_bound=bytes_bound, timed=self.max_wait_ns is not None, grow_to=grow_to
         )
+        self.queue.quick = False  # until a unit is timed
         self.join: Join | None = None  # join=True: where predecessors' results meet
         self.fold: Fold | None = None  # kind="fold": the merged state
         self.targets: list[StageQueue] = []  # successors' queues, or the output buffer
@@ -249,6 +255,7 @@ class StageState:
         """Update the moving average of a unit's time (a fused head's: its whole chain's)."""
         unit = busy_ns / units
         self.unit_ns = unit if self.unit_ns <= 0 else (1 - EWMA) * self.unit_ns + EWMA * unit
+        self.queue.quick = self.unit_ns < QUICK_NS
 
     # --- cutting tasks ------------------------------------------------------------------
 
