@@ -116,6 +116,7 @@ class Completion:
                     fin(s.name, task.id, out.worker, task.keys, stamps[:-1], stamps[1:], None)
                 else:
                     self._task_finished(s, task, out, ran, {})
+            s.task_whole()
             self._succeeded(s, task, range(n), out.results)
             return
         failed = {f.unit: f for f in out.failures if 0 <= f.unit < n}
@@ -125,6 +126,7 @@ class Completion:
                 s.timeouts += 1
             else:
                 s.lost_workers += 1
+                s.worker_lost(n)
             error = failures.lost_error(s.name, s.stage.timeout, out.worker, task.keys, out.lost)
             failed[unit] = Failure(unit, error)
         if out.hits or out.uncached:

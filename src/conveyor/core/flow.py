@@ -207,6 +207,9 @@ class StageState:
             self.prefetch = max(self.prefetch, stage.concurrency)
         self.busy = 0  # tasks in flight
         self.unit_ns = 0.0  # moving average of one unit's service time; 0: unknown
+        # After a worker died mid-task, tasks are cut smaller (halved per loss, doubled
+        # back per whole task): a death costs every unreported unit of its task a rerun.
+        self.loss_cap = MAX_UNITS
         self.drained = False  # no item will ever reach this stage again, and it is idle
         self.items_in = 0
         self.items_out = 0
@@ -244,7 +247,16 @@ class StageState:
         cap = int(self.traits.target_task_ns / self.unit_ns) or 1
         if self.stage.is_async and not self.overlap:
             cap *= self.stage.concurrency  # the task's units run together
-        return min(cap, MAX_UNITS)
+        return min(cap, MAX_UNITS, self.loss_cap)
+
+    def worker_lost(self, units: int) -> None:
+        """A worker died running a task of ``units`` units: cut the next ones to half."""
+        self.loss_cap = max(1, min(self.loss_cap, units) // 2)
+
+    def task_whole(self) -> None:
+        """A task came back whole: let tasks grow again after a loss."""
+        if self.loss_cap < MAX_UNITS:
+            self.loss_cap = min(MAX_UNITS, self.loss_cap * 2)
 
     def measured(self, units: int, busy_ns: int) -> None:
         """``units`` units ran for ``busy_ns`` in all: update the moving average."""
