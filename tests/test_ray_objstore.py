@@ -116,13 +116,8 @@ def test_values_reach_the_driver_where_they_leave_ray(sent: list[tuple[list[str]
         ],
     )
     assert pipe.run(range(5)).results == ["ndarray"] * 5
-    assert cv.Pipeline("out", [cv.stage(f.inc, executor="ray")]).run(range(5)).results == [
-        1,
-        2,
-        3,
-        4,
-        5,
-    ]
+    out = cv.Pipeline("out", [cv.stage(f.inc, executor="ray")]).run(range(5))
+    assert sorted(out.results) == [1, 2, 3, 4, 5]  # unordered: tasks in flight may cross
     assert not any("Kept" in types for types, _ in sent)
 
 
