@@ -59,7 +59,8 @@ class StageQueue:
     measured size of the items put (a sample of them); at least one item always fits.
     ``grow_to``, if set, lets the bound grow from ``bound`` up to ``grow_to`` items as
     long as they hold at most ``GROWN_BYTES`` and the consumer is ``quick`` (its units
-    take under ``QUICK_NS``): the default queues of small items on fast stages. ``timed`` keeps when items arrived, for a batch's ``max_wait``.
+    take under ``QUICK_NS``): the default queues of small items on fast stages.
+    ``timed`` keeps when items arrived, for a batch's ``max_wait``.
     """
 
     __slots__ = (
@@ -84,12 +85,13 @@ class StageQueue:
         bytes_bound: int | None = None,
         timed: bool = False,
         grow_to: int | None = None,
+        quick: bool = True,
     ) -> None:
         self.bound = bound
         self.bytes_bound = bytes_bound
         self.floor = bound
         self.grow_to = grow_to if bound is not None and grow_to and grow_to > bound else None
-        self.quick = True  # the consumer's units are quick: a grown bound pays (see pace)
+        self.quick = quick  # the consumer's units are quick: a grown bound pays (see pace)
         self.item_bytes = 0.0  # moving average of an item's size; 0: not measured yet
         self.items: deque[Item] = deque()
         self.reserved = 0  # places held by in-flight upstream tasks
@@ -179,9 +181,12 @@ class StageState:
         self.traits = traits
         self.max_wait_ns = None if stage.max_wait is None else int(stage.max_wait * 1e9)
         self.queue = StageQueue(
-            bound, bytes_bound=bytes_bound, timed=self.max_wait_ns is not None, grow_to=grow_to
+            bound,
+            bytes_bound=bytes_bound,
+            timed=self.max_wait_ns is not None,
+            grow_to=grow_to,
+            quick=False,  # until a unit is timed
         )
-        self.queue.quick = False  # until a unit is timed
         self.join: Join | None = None  # join=True: where predecessors' results meet
         self.fold: Fold | None = None  # kind="fold": the merged state
         self.targets: list[StageQueue] = []  # successors' queues, or the output buffer
