@@ -8,7 +8,13 @@ import random
 import pytest
 
 from conveyor.analysis import quantile
-from conveyor.observe.histogram import RELATIVE_ERROR, Histogram, bounds_of, key_of
+from conveyor.observe.histogram import (
+    RELATIVE_ERROR,
+    Histogram,
+    HistogramCounter,
+    bounds_of,
+    key_of,
+)
 
 QS = (0.0, 0.01, 0.25, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0)
 
@@ -82,3 +88,24 @@ def test_empty_and_persistence() -> None:
     h.add_many([3, 1_000_000, 42])
     assert Histogram.from_dict(h.to_dict()) == h
     assert Histogram.from_dict(Histogram().to_dict()) == Histogram()
+
+
+def test_a_counter_counts_few_values_exactly_and_many_in_buckets_with_exact_sums() -> None:
+    few = HistogramCounter()
+    few.add_many([5, 7, 5] * 1000)  # three distinct values however many come
+    assert few.exact == {5: 2000, 7: 1000} and not few.spread
+    rng = random.Random(5)
+    values = [rng.randint(1, 10**8) for _ in range(20_000)]
+    many, plain = HistogramCounter(), Histogram()
+    for i in range(0, len(values), 4096):  # as the recorder folds them
+        many.add_many(values[i : i + 4096])
+    plain.add_many(values)
+    assert many.spread and len(many.exact) == 0
+    got = many.value()
+    assert (got.count, got.total, got.low, got.high) == (
+        len(values),
+        sum(values),
+        min(values),
+        max(values),
+    )
+    assert got == plain  # the same buckets as counting them all at once

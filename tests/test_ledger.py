@@ -3,6 +3,7 @@ a finished one."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -80,3 +81,50 @@ def test_absorbed_roots_share_their_batch_root_state() -> None:
         "filtered": [],
         "dead_lettered": [2, 3],
     }
+
+
+class SlowLedger(RootLedger):
+    """The ledger without its bulk paths: every root counted down one by one."""
+
+    def drop(self, roots: list[int]) -> None:
+        for root in roots:
+            self.add(root, -1)
+
+    def _simple(self, roots: list[int]) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("tracking", [False, True])
+@pytest.mark.parametrize("ordered", [False, True])
+def test_bulk_drops_and_merges_end_roots_as_one_by_one_would(tracking: bool, ordered: bool) -> None:
+    rng = random.Random(9)
+    fast, slow = (
+        RootLedger(ordered=ordered, tracking=tracking),
+        SlowLedger(ordered=ordered, tracking=tracking),
+    )
+    first = 0
+    for _ in range(300):
+        n = rng.randint(1, 40)
+        for ledger in (fast, slow):
+            ledger.read(first, n, 1)
+        roots = list(range(first, first + n))
+        first += n
+        if rng.random() < 0.3:  # some roots split in two (a flat_map)
+            for r in roots[: rng.randint(0, n)]:
+                fast.add(r, 1)
+                slow.add(r, 1)
+        live = [r for r in roots for _ in range(fast.live[r])]
+        rng.shuffle(live)
+        dropped, merged, arrived = live[: n // 3], live[n // 3 : 2 * n // 3], live[2 * n // 3 :]
+        for ledger in (fast, slow):
+            ledger.drop(dropped)  # a filter let these go
+            if merged:
+                ledger.merge([[(r,) for r in merged]])  # a batch: into the first one
+            ledger.arrive([((r,), r) for r in arrived])
+            if merged:
+                ledger.arrive([((merged[0],), "batch")])
+        assert fast.live == slow.live
+        assert fast.take_finished() == slow.take_finished()
+        assert fast.take_released() == slow.take_released()
+        assert fast.frontier == slow.frontier
+    assert fast.live == {}

@@ -20,6 +20,7 @@ import operator
 import random
 import warnings
 from collections.abc import Sequence
+from itertools import compress
 from time import monotonic_ns
 from typing import Any
 
@@ -297,12 +298,10 @@ class Completion:
             return list(zip(keys, results, strict=True))
         if s.kind == "filter":  # the items that passed go on as they came
             units_ = task.units if len(units) == len(task.units) else [task.units[i] for i in units]
-            kept: list[Item] = []
-            for key, unit, keep in zip(keys, units_, results, strict=True):
-                if keep:
-                    kept.append((key, unit))
-                else:
-                    self.ledger.add(key[0], -1)
+            kept = list(compress(zip(keys, units_, strict=True), results))
+            if len(kept) < len(keys):
+                gone = compress(keys, map(operator.not_, results))
+                self.ledger.drop(list(map(_key, gone)))  # key -> root
             return kept
         if s.kind == "flat_map":
             paired: list[Item] = []

@@ -71,6 +71,30 @@ class RootLedger:
         del self.live[root]
         self._finish(root)
 
+    def drop(self, roots: list[int]) -> None:
+        """One item of each of ``roots`` ended with no result (a filter let it go)."""
+        live = self.live
+        if self._simple(roots):  # each root had one item left, this one: at C speed
+            deque(map(live.__delitem__, roots), maxlen=0)
+            if self.tracking:
+                self._finished["filtered"].extend(roots)
+            if self.ordered:
+                deque(map(self._advance_frontier, roots), maxlen=0)
+            return
+        for root in roots:
+            self.add(root, -1)
+
+    def _simple(self, roots: list[int]) -> bool:
+        """Whether ``roots`` are distinct, each with one live item left, and none has a
+        result out, a dead letter or an absorbed root: ending them needs no more."""
+        live = self.live
+        return (
+            not (self._reached or self._dead)
+            and not (self._absorbed and any(map(self._absorbed.__contains__, roots)))
+            and list(map(live.__getitem__, roots)).count(1) == len(roots)
+            and len(set(roots)) == len(roots)
+        )
+
     def fan_out(self, items: list[Item], extra: int) -> None:
         live = self.live
         for key, _ in items:
@@ -83,6 +107,14 @@ class RootLedger:
         live = self.live
         for keys in batches:
             into = keys[0][0]
+            others = list(map(_first, keys[1:]))
+            if into not in others and self._simple(others):  # at C speed
+                deque(map(live.__delitem__, others), maxlen=0)
+                if self.tracking and others:
+                    self._absorbed.setdefault(into, []).extend(others)
+                if self.ordered:
+                    deque(map(self._advance_frontier, others), maxlen=0)
+                continue
             live[into] += 1  # the merged item; its first item's count goes below
             for key in keys:
                 root = key[0]

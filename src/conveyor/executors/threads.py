@@ -72,7 +72,8 @@ class ThreadExecutor(Executor):
         self._threads: list[threading.Thread] = []  # every thread started, for shutdown
         self._serving: set[int] = set()  # workers that take tasks (alive() counts them)
         self._abandoned: set[int] = set()  # timed out: their late outcome is dropped
-        # worker -> (task, unit index, unit start ns), while it runs a task
+        # worker -> (task, unit index, unit start ns) while it runs a task, for the
+        # watchdog: kept only for a stage with a timeout
         self._running: dict[int, tuple[Task, int, int]] = {}
         self._watchdog: threading.Thread | None = None
         self._started = False
@@ -175,11 +176,16 @@ class ThreadExecutor(Executor):
         """Run ``task``; every path ends in its outcome."""
         s = self.stage
         running = self._running
+        cancelled = self._cancelled.is_set
 
         def on_unit(unit: int) -> None:
-            if self._cancelled.is_set():
+            if cancelled():
                 raise _Cancelled
             running[worker] = (task, unit, monotonic_ns())
+
+        def unless_cancelled(unit: int) -> None:  # no timeout: no watchdog reads `running`
+            if cancelled():
+                raise _Cancelled
 
         try:
             return run_task(
@@ -192,7 +198,7 @@ class ThreadExecutor(Executor):
                 concurrency=s.concurrency,
                 timeout=s.timeout,
                 cache=self.cache,
-                on_unit=on_unit,
+                on_unit=on_unit if s.timeout is not None else unless_cancelled,
             )
         except _Cancelled:
             return not_run(task, worker)  # the run is ending; nobody reads this

@@ -237,7 +237,7 @@ class HistogramCounter:
     log buckets (:meth:`settle`) once ``EXACT_KEPT`` distinct values have gathered,
     so it stays small whatever it counts. :meth:`value` gives the :class:`Histogram`."""
 
-    __slots__ = ("count", "counts", "exact", "high", "low", "total")
+    __slots__ = ("count", "counts", "exact", "high", "low", "spread", "total")
 
     def __init__(self) -> None:
         self.exact: dict[int, int] = {}
@@ -246,6 +246,28 @@ class HistogramCounter:
         self.total = 0
         self.low: int | None = None
         self.high: int | None = None
+        self.spread = False  # EXACT_KEPT distinct values were seen: count into buckets
+
+    def add_many(self, values: Sequence[int]) -> None:
+        """Count ``values``: exactly while few distinct values have come, then straight
+        into the log buckets (C-speed passes), where exact counts would only be moved
+        again: most durations in ns are distinct."""
+        if not values:
+            return
+        if not self.spread:
+            count_elements(self.exact, values)
+            if len(self.exact) > EXACT_KEPT:
+                self.settle()
+                self.spread = True
+            return
+        count_into(self.counts, values)
+        self.count += len(values)
+        self.total += sum(values)
+        lo, hi = min(values), max(values)
+        if self.low is None or lo < self.low:
+            self.low = lo
+        if self.high is None or hi > self.high:
+            self.high = hi
 
     def settle(self) -> None:
         """Move the exactly counted values into the log buckets."""

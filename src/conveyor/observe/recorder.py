@@ -16,10 +16,9 @@ What each hook does (per call, none of it per item but C-speed ``map`` and count
   still queued): the queue is first-in first-out, so ``task_started`` knows when each
   item it takes entered the queue, and counts their queue wait (dispatch - enqueue).
 - ``task_finished`` extends two flat buffers with its units' start and end stamps;
-  every ``FOLD_AT`` units their service times are counted exactly, in C
-  (``collections``' counting helper over ``map(sub, ends, starts)``), into a
-  :class:`~conveyor.observe.histogram.HistogramCounter`, which moves them into log
-  buckets once ``EXACT_KEPT`` distinct values have gathered: it stays small.
+  every ``FOLD_AT`` units their service times are counted in C into a
+  :class:`~conveyor.observe.histogram.HistogramCounter`: exactly until ``EXACT_KEPT``
+  distinct values have come, then straight into log buckets: it stays small.
 - the source's read bursts ``(first root, end, t, unfinished)`` are kept while any of
   their roots is unfinished; ``roots_finished`` turns its roots into latencies (one
   bisect per burst touched) and forgets bursts whose roots have all finished.
@@ -45,7 +44,7 @@ from typing import Any
 
 from conveyor.core.events import Instrument, Key, RunInfo
 from conveyor.observe.gpu import NoSampling, sampler_for
-from conveyor.observe.histogram import EXACT_KEPT, HistogramCounter, count_elements
+from conveyor.observe.histogram import EXACT_KEPT, HistogramCounter
 from conveyor.observe.places import PlacesNoted
 from conveyor.observe.recording import Recording, RecordingError, StageRecording, StageShape
 from conveyor.observe.recording import UnitDetail as UnitDetail
@@ -108,12 +107,9 @@ class _Stage(StageTimeline):
 
     def fold(self) -> None:
         """Count the buffered units' service times into the histogram."""
-        exact = self.service.exact
-        count_elements(exact, map(sub, self.b_ends, self.b_starts))
+        self.service.add_many(list(map(sub, self.b_ends, self.b_starts)))
         self.b_starts.clear()
         self.b_ends.clear()
-        if len(exact) > EXACT_KEPT:
-            self.service.settle()
 
 
 class Recorder(PlacesNoted, Instrument):
