@@ -317,7 +317,7 @@ def test_the_recording_keeps_which_stages_ran_fused(tmp_path: Path) -> None:
     assert run.report().measure.stages["pair"].fused == group
     table = run.report().render()
     row = next(line for line in table.splitlines() if line.split()[:1] == ["pair"])
-    assert "threads×2 fused" in row
+    assert "threads×8 fused" in row  # one pool with the 4 stages' 2 workers each
 
 
 def test_the_model_gives_a_fused_chain_one_pool_and_resizes_it_whole() -> None:
@@ -362,10 +362,10 @@ def test_a_fused_run_s_report_advises_one_size_for_the_whole_chain() -> None:
     report = pipe.run(range(60)).report()
     model = report.model
     assert model.fused == (("slow", "inc"),)
-    assert model.pools(model.workers) == 3  # the chain's pool of 2, and double's 1
+    assert model.pools(model.workers) == 5  # the chain's pool of 2 + 2, and double's 1
     assert report.allocation is not None  # the sleeping chain limits the run
     assert report.allocation.workers["slow"] == report.allocation.workers["inc"]
-    assert model.pools(report.allocation.workers) <= 3
+    assert model.pools(report.allocation.workers) <= 5
 
 
 def test_a_result_of_a_fused_process_chain_that_cannot_travel_fails_only_its_item() -> None:
@@ -422,3 +422,17 @@ def test_a_stage_that_nothing_reaches_has_no_task_started_or_finished(executor: 
     assert pipe.fused and pipe.run(range(50), instruments=[Checks()]).results == []
     assert events["started"] == events["finished"]
     assert events["finished"]["double"] == 0
+
+
+def test_a_fused_chain_keeps_every_stage_s_workers() -> None:
+    # Two stages of one worker each: apart they run at once, on two workers. Fused, the
+    # chain's pool has both workers, so the two stages' calls still run two at a time.
+    pipe = cv.Pipeline(
+        "two", [cv.stage(f.inc, workers=1), cv.stage(f.double, workers=1)], fuse=True
+    )
+    assert pipe.fused == (("inc", "double"),)
+    run = pipe.run(range(20))
+    assert sorted(run.results) == sorted(2 * (x + 1) for x in range(20))
+    stats = run.statistics().stages
+    assert stats["inc"].workers == stats["double"].workers == 2
+    assert run.report().model.pools(run.report().model.workers) == 2

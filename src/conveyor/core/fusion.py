@@ -6,7 +6,8 @@ with the same workers and resources, is fused when nothing but the hand-off tell
 them apart (:func:`fusable`): the driver then dispatches only ``a``'s tasks, and each
 worker calls ``a``, ``b`` and ``c`` on one item before the next (:class:`Chain`), so
 an item crosses a thread or a pipe once instead of three times and the driver routes
-it once. The recording does not change: the worker times every call of every
+it once. The chain's pool has all its stages' workers (three stages of 2: 6 workers,
+each running the whole chain), as many as apart, so fusing never costs parallelism. The recording does not change: the worker times every call of every
 stage, and the driver settles the task stage by stage as if each had run its own
 (``Completion`` replays ``b``'s and ``c``'s calls on the items ``a`` and ``b``
 produced), so keys, the ledger, statistics, events, dead letters and the report
@@ -130,7 +131,13 @@ def fuse(stages: Sequence[StageState], groups: Iterable[tuple[str, ...]]) -> Non
             portable=not traits.shares_memory,
             in_caller=traits.runs_in_caller,
         )
-        head.run_stage = dataclasses.replace(head.stage, fn=fn, kind="map")
+        # The chain's pool has every member's workers: as many processes as apart, each
+        # running the whole chain, so fusing never takes parallelism away (k stages of
+        # w workers each: k·w / Σs ≥ w / max s items per second).
+        pool = sum(s.stage.workers for s in chain)
+        for s in chain:
+            s.slots = pool
+        head.run_stage = dataclasses.replace(head.stage, fn=fn, kind="map", workers=pool)
 
 
 def members(head: StageState) -> list[StageState]:

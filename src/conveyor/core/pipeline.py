@@ -330,8 +330,8 @@ class Pipeline:
 
     def plan(self) -> str:
         """One line per stage as it will run: its kind, executor and workers, and the
-        stages fused into one task (``parse -> clean`` runs ``clean`` in ``parse``'s
-        workers, on each item as it leaves ``parse``)."""
+        stages fused into one task (``parse -> clean`` runs ``clean`` in the chain's
+        pool, on each item as it leaves ``parse``; the pool has both stages' workers)."""
         fused = {n: g for g in self.fused for n in g}
         lines = [f"pipeline {self.name!r}:"]
         for n in self.order:
@@ -339,7 +339,8 @@ class Pipeline:
             if group and group[0] != n:
                 continue
             names = " -> ".join(group) if group else n
-            where = f"{s.executor}, {s.workers} worker{'s' if s.workers != 1 else ''}"
+            workers = sum(self.stages[m].workers for m in group) if group else s.workers
+            where = f"{s.executor}, {workers} worker{'s' if workers != 1 else ''}"
             kinds = "/".join(dict.fromkeys(self.stages[m].kind for m in group or (n,)))
             note = "  (fused: one task per item)" if group else ""
             lines.append(f"  {names}  [{kinds}; {where}]{note}")
