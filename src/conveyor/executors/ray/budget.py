@@ -109,10 +109,10 @@ class KeptBytes:
             self.held += nbytes
             self.objects += 1
             self.peak = max(self.peak, self.held)
-            if units:
+            if units:  # up at once, down slowly: an estimate under the sizes overshoots
                 per = nbytes / units
                 self._unit_bytes = (
-                    per if self._unit_bytes <= 0 else 0.7 * self._unit_bytes + 0.3 * per
+                    per if per >= self._unit_bytes else 0.7 * self._unit_bytes + 0.3 * per
                 )
         weakref.finalize(outputs, self._free, nbytes)
         return outputs
