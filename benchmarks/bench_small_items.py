@@ -126,14 +126,18 @@ def rows(n: int, repeat: int) -> dict[str, tuple[float, Any]]:
     return out
 
 
-def rows_at_scale(n: int, repeat: int) -> dict[str, tuple[float, Any]]:
-    """The row pipeline with many more rows: the workers' start is paid once."""
-    folder = Path(tempfile.mkdtemp())
-    path = folder / "orders.csv"
+def csv_lines(n: int) -> list[str]:
+    """The lines of a fresh CSV file of ``n`` order rows, without its header."""
+    path = Path(tempfile.mkdtemp()) / "orders.csv"
     sf.write_rows(path, n)
     with path.open() as f:
         next(f)
-        ls = f.readlines()
+        return f.readlines()
+
+
+def rows_at_scale(n: int, repeat: int) -> dict[str, tuple[float, Any]]:
+    """The row pipeline with many more rows: the workers' start is paid once."""
+    ls = csv_lines(n)
 
     def loop() -> dict[str, float]:
         acc: dict[str, float] = {}
@@ -166,12 +170,7 @@ def row_pipeline() -> cv.Pipeline:
 def where_the_time_goes(n: int, repeat: int) -> list[tuple[str, float]]:
     """The default row pipeline's time taken apart (seconds, medians): what a run must
     spend whoever runs it, and what is left, which is conveyor's own work."""
-    folder = Path(tempfile.mkdtemp())
-    path = folder / "orders.csv"
-    sf.write_rows(path, n)
-    with path.open() as f:
-        next(f)
-        ls = f.readlines()
+    ls = csv_lines(n)
     parsed = [sf.parse(line) for line in ls]
     blocks = [pickle.dumps(parsed[i : i + 256], protocol=5) for i in range(0, n, 256)]
 

@@ -142,11 +142,7 @@ class RootLedger:
                 self._seq += 1
         live = self.live
         roots = list(map(_first, map(_first, items)))  # item -> key -> root
-        if (
-            not (self.ordered or self._reached or self._absorbed or self._dead)
-            and list(map(live.__getitem__, roots)).count(1) == len(roots)
-            and len(set(roots)) == len(roots)
-        ):
+        if not self.ordered and self._simple(roots):
             # The common case, at C speed: each root had one item left, this one.
             deque(map(live.__delitem__, roots), maxlen=0)
             if self.tracking:
